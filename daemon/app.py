@@ -1,0 +1,113 @@
+"""Wiring: store, escalation, SMTP and HTTP listeners on one event loop; signals; clean shutdown."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+from daemon.config import Config
+from daemon.http import start_http
+from daemon.metrics import Metrics
+from daemon.runner import Runner
+from daemon.smtp import IngestHandler, start_smtp
+from daemon.store import AsyncStore, IngestResult, Store
+from escalation.records import Envelope
+from escalation.retry import RetrySchedule
+from escalation.steps import EscalationSettings, Escalator
+
+log = logging.getLogger("emergencyd")
+
+SHUTDOWN_DEADLINE_SECONDS = 20.0
+RUNNER_STALL_SECONDS = 60.0
+
+
+def build_integrations(config: Config):
+    """None for both in dry_run: nothing can be called by mistake."""
+    if config.dry_run:
+        return None, None
+    from escalation.pagerduty import PagerDutyPager
+    from escalation.zendesk import ZendeskDesk
+    return ZendeskDesk(config.zendesk), PagerDutyPager(config.pagerduty)
+
+
+def build_escalator(config: Config, store: AsyncStore, metrics: Metrics) -> Escalator:
+    desk, pager = build_integrations(config)
+    esc = config.escalation
+    settings = EscalationSettings(
+        dry_run=config.dry_run,
+        schedule=RetrySchedule(esc.retry_initial_seconds, esc.retry_max_seconds, esc.max_attempts),
+        ticket_head_start_seconds=esc.ticket_head_start_seconds,
+        concurrency=esc.concurrency,
+    )
+    return Escalator(store, desk, pager, settings, metrics)
+
+
+class Daemon:
+    def __init__(self, config: Config):
+        self.config = config
+        self.metrics = Metrics()
+        self.store = AsyncStore(Store.open(config.store.path, busy_timeout_ms=config.store.busy_timeout_ms))
+        self.escalator = build_escalator(config, self.store, self.metrics)
+        self.runner = Runner(self.store, self.escalator, self.metrics,
+                             poll_interval=config.escalation.poll_interval_seconds)
+        self.smtp_handler = IngestHandler(config.smtp, self.ingest, self.metrics)
+        self._stop = asyncio.Event()
+        self._servers: list[asyncio.Server] = []
+
+    async def ingest(self, raw: bytes, envelope: Envelope) -> IngestResult:
+        """The one durable path in: SMTP and IMAP come through here."""
+        result = await self.store.ingest(raw, envelope)
+        counter = self.metrics.duplicates if result.duplicate else self.metrics.received
+        counter.labels(envelope.source).inc()
+        if not result.duplicate:
+            self.runner.wake()
+        return result
+
+    async def readiness(self) -> dict[str, str]:
+        checks = {}
+        try:
+            await self.store.check_writable()
+            checks["store"] = "ok"
+        except Exception as exc:
+            checks["store"] = f"not writable: {exc}"
+        smtp_up = bool(self._servers) and self._servers[0].is_serving()
+        checks["smtp"] = "ok" if smtp_up else "not listening"
+        stalled = time.time() - self.runner.last_loop_at > RUNNER_STALL_SECONDS
+        checks["runner"] = "stalled" if stalled else "ok"
+        return checks
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        smtp = await start_smtp(self.config.smtp, self.smtp_handler, self.metrics)
+        http = await start_http(self.config.metrics.listen, self.metrics, self.readiness)
+        self._servers = [smtp, http]
+        runner = asyncio.create_task(self.runner.run(), name="runner")
+        log.info("emergencyd ready", extra={
+            "smtp": _bound(smtp), "metrics": _bound(http), "dry_run": self.config.dry_run,
+            "store": str(self.config.store.path)})
+        await self._stop.wait()
+        await self._shutdown(runner)
+
+    async def _shutdown(self, runner: asyncio.Task) -> None:
+        log.info("shutting down")
+        self.smtp_handler.accepting = False
+        for server in self._servers:
+            server.close()
+        await self.runner.stop(SHUTDOWN_DEADLINE_SECONDS)
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        self.escalator.close()
+        self.store.close()
+        log.info("stopped")
+
+
+def _bound(server: asyncio.Server) -> str:
+    host, port = server.sockets[0].getsockname()[:2]
+    return f"{host}:{port}"
+
+
+def run_daemon(config: Config) -> None:
+    asyncio.run(Daemon(config).run())

@@ -1,0 +1,105 @@
+"""The `emergencyd` command: run, check-config, inject, status."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from daemon.config import Config, ConfigError, load_config
+from daemon.logs import configure_logging
+from daemon.status import render_status, status_document
+from daemon.store import Store, StoreError
+from escalation.records import Envelope
+
+DEFAULT_CONFIG = "config.toml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    configure_logging(logging.DEBUG if getattr(args, "verbose", False) else logging.INFO)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"emergencyd: config error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return args.func(config, args)
+    except StoreError as exc:
+        print(f"emergencyd: {exc}", file=sys.stderr)
+        return 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emergencyd", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, func, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", default=DEFAULT_CONFIG, help="config file (default: ./config.toml)")
+        p.set_defaults(func=func)
+        return p
+
+    run = command("run", cmd_run, "Run the daemon in the foreground; logs go to stderr.")
+    run.add_argument("--verbose", action="store_true", help="debug logging")
+    command("check-config", cmd_check_config, "Validate the config; exit 0 when it is valid.")
+    inject = command("inject", cmd_inject, "Submit .eml files through the same durable path as SMTP.")
+    inject.add_argument("files", nargs="+", type=Path, metavar="MESSAGE.eml")
+    status = command("status", cmd_status, "Show escalations by state and the recent messages.")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--limit", type=int, default=20, help="how many recent messages (default 20)")
+    return parser
+
+
+def cmd_run(config: Config, args: argparse.Namespace) -> int:
+    from daemon.app import run_daemon
+    run_daemon(config)
+    return 0
+
+
+def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
+    mode = "dry run" if config.dry_run else "live"
+    print(f"{config.source}: valid ({mode}; SMTP {config.smtp.listen}, "
+          f"{len(config.smtp.recipients)} recipient(s); store {config.store.path})")
+    return 0
+
+
+def cmd_inject(config: Config, args: argparse.Namespace) -> int:
+    store = Store.open(config.store.path, busy_timeout_ms=config.store.busy_timeout_ms)
+    failures = 0
+    try:
+        for path in args.files:
+            try:
+                raw = path.read_bytes()
+            except OSError as exc:
+                print(f"{path}: cannot read: {exc.strerror}", file=sys.stderr)
+                failures += 1
+                continue
+            envelope = Envelope(source="inject", mail_from="", rcpt_to=config.smtp.recipients[:1],
+                                peer="local", received_at=time.time())
+            result = store.ingest(raw, envelope)
+            word = "duplicate of message" if result.duplicate else "stored as message"
+            print(f"{path}: {word} {result.message_pk}")
+    finally:
+        store.close()
+    return 1 if failures else 0
+
+
+def cmd_status(config: Config, args: argparse.Namespace) -> int:
+    if not config.store.path.exists():
+        print(f"emergencyd: no store at {config.store.path} yet", file=sys.stderr)
+        return 3
+    store = Store.open(config.store.path, busy_timeout_ms=config.store.busy_timeout_ms)
+    try:
+        document = status_document(store, limit=args.limit, dry_run=config.dry_run)
+    finally:
+        store.close()
+    print(json.dumps(document, indent=2) if args.json else render_status(document))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

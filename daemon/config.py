@@ -1,0 +1,326 @@
+"""config.toml -> frozen dataclasses, validated with errors that name the key.
+
+Secrets never live in config.toml itself: they come from the environment or from
+`*_file` keys (systemd credentials), and are wrapped in `Secret` so that no repr,
+log line or traceback can show them.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+
+class ConfigError(ValueError):
+    """A config problem, phrased for the operator: which key, what is wrong."""
+
+
+@dataclass(frozen=True)
+class Secret:
+    value: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    listen: HostPort
+    recipients: tuple[str, ...]
+    max_message_bytes: int
+    hostname: str
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    path: Path
+    busy_timeout_ms: int
+
+
+@dataclass(frozen=True)
+class ZendeskConfig:
+    url: str
+    email: str
+    ca_file: Path | None
+    token: Secret | None
+    timeout_seconds: float
+
+    @property
+    def agent_url_base(self) -> str:
+        return self.url.rstrip("/") + "/agent/tickets/"
+
+
+@dataclass(frozen=True)
+class PagerDutyConfig:
+    events_url: str
+    api_url: str
+    from_email: str
+    ca_file: Path | None
+    routing_key: Secret | None
+    api_token: Secret | None
+    timeout_seconds: float
+
+
+@dataclass(frozen=True)
+class EscalationConfig:
+    # How long the page may wait for the ticket so that it can carry the
+    # ticket's link. Past this, or on any Zendesk error, it pages without it.
+    ticket_head_start_seconds: float
+    retry_initial_seconds: float
+    retry_max_seconds: float
+    max_attempts: int
+    concurrency: int
+    poll_interval_seconds: float
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: HostPort
+
+
+@dataclass(frozen=True)
+class Config:
+    source: Path
+    dry_run: bool
+    smtp: SmtpConfig
+    store: StoreConfig
+    zendesk: ZendeskConfig
+    pagerduty: PagerDutyConfig
+    escalation: EscalationConfig
+    metrics: MetricsConfig
+
+
+def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) -> Config:
+    """Read and validate a config file. Raises ConfigError naming the key."""
+    path = Path(path)
+    environ = dict(os.environ if environ is None else environ)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    reader = _Reader(data, base_dir=path.resolve().parent, environ=environ)
+    config = Config(
+        source=path.resolve(),
+        dry_run=reader.boolean("dry_run", True),
+        smtp=_smtp(reader),
+        store=_store(reader),
+        zendesk=_zendesk(reader),
+        pagerduty=_pagerduty(reader),
+        escalation=_escalation(reader),
+        metrics=MetricsConfig(listen=reader.host_port("metrics.listen", "127.0.0.1:9464")),
+    )
+    reader.reject_unknown_keys()
+    if not config.dry_run:
+        _require_credentials(config)
+    return config
+
+
+def _smtp(r: _Reader) -> SmtpConfig:
+    recipients = r.string_list("smtp.recipients", [])
+    for addr in recipients:
+        if "@" not in addr or addr.startswith("@") or addr.endswith("@"):
+            raise ConfigError(f"smtp.recipients: {addr!r} is not an email address")
+    return SmtpConfig(
+        listen=r.host_port("smtp.listen", "127.0.0.1:2525"),
+        recipients=tuple(a.strip().lower() for a in recipients),
+        max_message_bytes=r.integer("smtp.max_message_bytes", 25 * 1024 * 1024, minimum=1024),
+        hostname=r.string("smtp.hostname", "emergencyd"),
+    )
+
+
+def _store(r: _Reader) -> StoreConfig:
+    return StoreConfig(
+        path=r.path("store.path", "var/emergencyd.sqlite3"),
+        busy_timeout_ms=r.integer("store.busy_timeout_ms", 5000, minimum=0),
+    )
+
+
+def _zendesk(r: _Reader) -> ZendeskConfig:
+    return ZendeskConfig(
+        url=r.https_url("zendesk.url", "https://example.zendesk.com"),
+        email=r.string("zendesk.email", ""),
+        ca_file=r.optional_path("zendesk.ca_file"),
+        token=r.secret("zendesk.token_file", "EMERGENCYD_ZENDESK_TOKEN"),
+        timeout_seconds=r.number("zendesk.timeout_seconds", 10.0, minimum=0.1),
+    )
+
+
+def _pagerduty(r: _Reader) -> PagerDutyConfig:
+    return PagerDutyConfig(
+        events_url=r.https_url("pagerduty.events_url", "https://events.pagerduty.com"),
+        api_url=r.https_url("pagerduty.api_url", "https://api.pagerduty.com"),
+        from_email=r.string("pagerduty.from_email", ""),
+        ca_file=r.optional_path("pagerduty.ca_file"),
+        routing_key=r.secret("pagerduty.routing_key_file", "EMERGENCYD_PAGERDUTY_ROUTING_KEY"),
+        api_token=r.secret("pagerduty.api_token_file", "EMERGENCYD_PAGERDUTY_API_TOKEN"),
+        timeout_seconds=r.number("pagerduty.timeout_seconds", 10.0, minimum=0.1),
+    )
+
+
+def _escalation(r: _Reader) -> EscalationConfig:
+    initial = r.number("escalation.retry_initial_seconds", 5.0, minimum=0.01)
+    return EscalationConfig(
+        ticket_head_start_seconds=r.number("escalation.ticket_head_start_seconds", 2.0, minimum=0.0),
+        retry_initial_seconds=initial,
+        retry_max_seconds=r.number("escalation.retry_max_seconds", 600.0, minimum=initial),
+        max_attempts=r.integer("escalation.max_attempts", 1000, minimum=1),
+        concurrency=r.integer("escalation.concurrency", 8, minimum=1),
+        poll_interval_seconds=r.number("escalation.poll_interval_seconds", 1.0, minimum=0.01),
+    )
+
+
+def _require_credentials(config: Config) -> None:
+    """With dry_run off, a missing credential must stop the daemon, never page silently into nothing."""
+    missing = []
+    if config.zendesk.token is None:
+        missing.append("Zendesk token (EMERGENCYD_ZENDESK_TOKEN or zendesk.token_file)")
+    if not config.zendesk.email:
+        missing.append("zendesk.email")
+    if config.pagerduty.routing_key is None:
+        missing.append("PagerDuty routing key (EMERGENCYD_PAGERDUTY_ROUTING_KEY or pagerduty.routing_key_file)")
+    if config.pagerduty.api_token is not None and not config.pagerduty.from_email:
+        missing.append("pagerduty.from_email (needed with a PagerDuty REST API token)")
+    if not config.smtp.recipients:
+        missing.append("smtp.recipients")
+    if missing:
+        raise ConfigError("dry_run = false but missing: " + "; ".join(missing))
+
+
+_KNOWN_SECTIONS = {
+    "smtp": {"listen", "recipients", "max_message_bytes", "hostname"},
+    "store": {"path", "busy_timeout_ms"},
+    "zendesk": {"url", "email", "ca_file", "token_file", "timeout_seconds"},
+    "pagerduty": {"events_url", "api_url", "from_email", "ca_file", "routing_key_file",
+                  "api_token_file", "timeout_seconds"},
+    "escalation": {"ticket_head_start_seconds", "retry_initial_seconds", "retry_max_seconds",
+                   "max_attempts", "concurrency", "poll_interval_seconds"},
+    "metrics": {"listen"},
+}
+_KNOWN_TOP_LEVEL = {"dry_run"}
+
+
+class _Reader:
+    """Typed access to the parsed TOML by dotted key, with operator-facing errors."""
+
+    def __init__(self, data: dict[str, Any], *, base_dir: Path, environ: dict[str, str]):
+        self._data = data
+        self._base_dir = base_dir
+        self._environ = environ
+
+    def _get(self, key: str, default: Any) -> Any:
+        node: Any = self._data
+        for part in key.split("."):
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: its parent is not a table")
+            if part not in node:
+                return default
+            node = node[part]
+        return node
+
+    def string(self, key: str, default: str) -> str:
+        value = self._get(key, default)
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {type(value).__name__}")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._get(key, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+
+    def integer(self, key: str, default: int, *, minimum: int) -> int:
+        value = self._get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if value < minimum:
+            raise ConfigError(f"{key}: must be at least {minimum}, got {value}")
+        return value
+
+    def number(self, key: str, default: float, *, minimum: float) -> float:
+        value = self._get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if value < minimum:
+            raise ConfigError(f"{key}: must be at least {minimum}, got {value}")
+        return float(value)
+
+    def string_list(self, key: str, default: list[str]) -> list[str]:
+        value = self._get(key, default)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of strings")
+        return value
+
+    def host_port(self, key: str, default: str) -> HostPort:
+        value = self.string(key, default)
+        host, sep, port = value.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(f"{key}: expected HOST:PORT, got {value!r}")
+        return HostPort(host, int(port))
+
+    def https_url(self, key: str, default: str) -> str:
+        value = self.string(key, default).rstrip("/")
+        parts = urlsplit(value)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ConfigError(f"{key}: expected an https:// URL, got {value!r}")
+        return value
+
+    def path(self, key: str, default: str) -> Path:
+        return self._resolve(self.string(key, default))
+
+    def optional_path(self, key: str) -> Path | None:
+        value = self._get(key, None)
+        if value is None:
+            return None
+        path = self._resolve(self.string(key, ""))
+        if not path.is_file():
+            raise ConfigError(f"{key}: {path} is not a readable file")
+        return path
+
+    def secret(self, file_key: str, env_name: str) -> Secret | None:
+        """The environment wins over the file, so an operator can override a credential file."""
+        env_value = self._environ.get(env_name, "").strip()
+        if env_value:
+            return Secret(env_value)
+        path = self.optional_path(file_key)
+        if path is None:
+            return None
+        value = path.read_text(encoding="utf-8").strip()
+        if not value:
+            raise ConfigError(f"{file_key}: {path} is empty")
+        return Secret(value)
+
+    def _resolve(self, value: str) -> Path:
+        expanded = Path(os.path.expandvars(value)).expanduser()
+        return expanded if expanded.is_absolute() else self._base_dir / expanded
+
+    def reject_unknown_keys(self) -> None:
+        """A typo in a key must not silently fall back to a default."""
+        for key, value in self._data.items():
+            if key in _KNOWN_SECTIONS:
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{key}: expected a table")
+                for sub in value:
+                    if sub not in _KNOWN_SECTIONS[key]:
+                        raise ConfigError(f"{key}.{sub}: unknown key")
+            elif key not in _KNOWN_TOP_LEVEL:
+                raise ConfigError(f"{key}: unknown key")

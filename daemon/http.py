@@ -1,0 +1,79 @@
+"""/metrics, /healthz and /readyz on the daemon's own loop: a tiny HTTP/1.1 server.
+
+Only GET of three paths, one request per connection; anything else is 404/405.
+Bounded reads and a timeout, so a slow or hostile client cannot hold it.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Awaitable, Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from daemon.config import HostPort
+from daemon.metrics import Metrics
+
+log = logging.getLogger("emergencyd.http")
+
+ReadyCheck = Callable[[], Awaitable[dict[str, str]]]   # check name -> "ok" or why not
+REQUEST_TIMEOUT_SECONDS = 5.0
+MAX_HEADER_BYTES = 8192
+
+
+async def start_http(listen: HostPort, metrics: Metrics, readiness: ReadyCheck) -> asyncio.Server:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            method, path = await asyncio.wait_for(_read_request(reader), REQUEST_TIMEOUT_SECONDS)
+            status, content_type, body = await _route(method, path, metrics, readiness)
+        except (asyncio.TimeoutError, ValueError, asyncio.LimitOverrunError, asyncio.IncompleteReadError):
+            status, content_type, body = 400, "text/plain", b"bad request\n"
+        try:
+            writer.write(_response(status, content_type, body))
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, listen.host, listen.port, limit=MAX_HEADER_BYTES)
+
+
+async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str]:
+    request_line = (await reader.readuntil(b"\r\n")).decode("latin-1").strip()
+    parts = request_line.split()
+    if len(parts) != 3:
+        raise ValueError("malformed request line")
+    total = 0
+    while True:   # skip headers; nothing here needs them
+        line = await reader.readuntil(b"\r\n")
+        total += len(line)
+        if total > MAX_HEADER_BYTES:
+            raise ValueError("headers too large")
+        if line == b"\r\n":
+            break
+    return parts[0], parts[1].split("?", 1)[0]
+
+
+async def _route(method: str, path: str, metrics: Metrics, readiness: ReadyCheck) -> tuple[int, str, bytes]:
+    if path not in ("/metrics", "/healthz", "/readyz"):
+        return 404, "text/plain", b"not found\n"
+    if method not in ("GET", "HEAD"):
+        return 405, "text/plain", b"method not allowed\n"
+    if path == "/metrics":
+        return 200, CONTENT_TYPE_LATEST, generate_latest(metrics.registry)
+    if path == "/healthz":
+        return 200, "text/plain", b"ok\n"
+    checks = await readiness()
+    ready = all(v == "ok" for v in checks.values())
+    body = json.dumps({"ready": ready, "checks": checks}, sort_keys=True).encode() + b"\n"
+    return (200 if ready else 503), "application/json", body
+
+
+def _response(status: int, content_type: str, body: bytes) -> bytes:
+    reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+              503: "Service Unavailable"}[status]
+    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    return head.encode("latin-1") + body

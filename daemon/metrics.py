@@ -1,0 +1,81 @@
+"""Prometheus metrics about emergencyd itself, on a registry of its own.
+
+Every label series is created at zero, so alerts on rates work from the first scrape.
+"""
+from __future__ import annotations
+
+import time
+from importlib.metadata import PackageNotFoundError, version
+
+from prometheus_client import CollectorRegistry, disable_created_metrics, Counter, Gauge, Histogram, Info
+
+from escalation.records import STEP_ORDER
+from escalation.steps import integration_of
+
+SOURCES = ("smtp", "imap", "inject")
+REJECT_REASONS = ("unknown_recipient", "too_large", "store_failure", "shutting_down")
+STEP_OUTCOMES = ("success", "retry", "failed")
+STATUS_CLASSES = ("2xx", "4xx", "5xx", "network")
+# Receipt to page: an emergency should page within seconds; a Zendesk or PagerDuty
+# outage stretches this into minutes and hours.
+PAGE_LATENCY_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)
+
+
+def _version() -> str:
+    try:
+        return version("emergencyd")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+# `_created` series double the output and no alert uses them.
+disable_created_metrics()
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.received = Counter("emergencyd_messages_received_total",
+                                "Messages committed to the store, by source.", ["source"], registry=r)
+        self.duplicates = Counter("emergencyd_messages_duplicate_total",
+                                  "Deliveries of a message that was already stored.", ["source"], registry=r)
+        self.rejected = Counter("emergencyd_messages_rejected_total",
+                                "Messages or recipients refused at ingest, by reason.", ["reason"], registry=r)
+        self.steps = Counter("emergencyd_escalation_steps_total",
+                             "Escalation step attempts, by integration, step, outcome and HTTP status class.",
+                             ["integration", "step", "outcome", "status_class"], registry=r)
+        self.page_latency = Histogram("emergencyd_page_latency_seconds",
+                                      "Seconds from receipt of a message to PagerDuty accepting its page.",
+                                      buckets=PAGE_LATENCY_BUCKETS, registry=r)
+        self.last_page = Gauge("emergencyd_last_page_timestamp_seconds",
+                               "Unix time of the last page PagerDuty accepted.", registry=r)
+        self.pending = Gauge("emergencyd_escalations_pending",
+                             "Escalations with steps still to do.", registry=r)
+        self.oldest_pending_age = Gauge("emergencyd_escalation_oldest_pending_age_seconds",
+                                        "Age of the oldest unfinished escalation, 0 when none.", registry=r)
+        self.info = Info("emergencyd_build", "Build information.", registry=r)
+        self.info.info({"version": _version()})
+        self._precreate()
+
+    def _precreate(self) -> None:
+        for source in SOURCES:
+            self.received.labels(source)
+            self.duplicates.labels(source)
+        for reason in REJECT_REASONS:
+            self.rejected.labels(reason)
+        for step in STEP_ORDER:
+            integration = integration_of(step)
+            self.steps.labels(integration, step, "success", "2xx")
+            for outcome in ("retry", "failed"):
+                for status_class in STATUS_CLASSES[1:]:
+                    self.steps.labels(integration, step, outcome, status_class)
+
+    # -- the escalation observer --------------------------------------------------
+
+    def step_finished(self, integration: str, step: str, outcome: str, status_class: str) -> None:
+        self.steps.labels(integration, step, outcome, status_class).inc()
+
+    def paged(self, seconds_since_receipt: float) -> None:
+        self.page_latency.observe(max(seconds_since_receipt, 0.0))
+        self.last_page.set(time.time())

@@ -1,0 +1,100 @@
+"""The runner: finds escalations with due work and advances each, one task per message.
+
+It wakes when ingest commits a message, and otherwise polls the store, which also
+picks up what `emergencyd inject` committed from another process and what a
+previous process left unfinished (crash recovery is just "due now").
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from daemon.metrics import Metrics
+from escalation.steps import Escalator
+
+log = logging.getLogger("emergencyd.runner")
+
+DUE_BATCH = 200
+
+
+class Runner:
+    def __init__(self, store, escalator: Escalator, metrics: Metrics, *, poll_interval: float):
+        self._store = store
+        self._escalator = escalator
+        self._metrics = metrics
+        self._poll_interval = poll_interval
+        self._wake = asyncio.Event()
+        self._in_flight: dict[int, asyncio.Task] = {}
+        self._stopping = False
+        self.last_loop_at = 0.0   # proof of life for health checks and the watchdog
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    async def run(self) -> None:
+        while not self._stopping:
+            self.last_loop_at = time.time()
+            try:
+                started = await self._start_due()
+                await self._update_gauges()
+            except Exception:   # a store hiccup must not kill the runner; it retries next round
+                log.exception("runner round failed")
+                started = 0
+            await self._sleep(started)
+
+    async def _start_due(self) -> int:
+        started = 0
+        for pk in await self._store.due(time.time(), DUE_BATCH):
+            if pk not in self._in_flight:
+                self._in_flight[pk] = asyncio.create_task(self._advance(pk), name=f"escalation-{pk}")
+                started += 1
+        return started
+
+    async def _advance(self, pk: int) -> None:
+        try:
+            await self._escalator.advance(pk)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("escalation round failed", extra={"message_pk": pk})
+        finally:
+            self._in_flight.pop(pk, None)
+            self._wake.set()   # its next steps may be due at once
+
+    async def _update_gauges(self) -> None:
+        counts = await self._store.counts_by_state()
+        self._metrics.pending.set(counts.get("pending", 0) + counts.get("new", 0))
+        oldest = await self._store.oldest_unfinished_received_at()
+        self._metrics.oldest_pending_age.set(0 if oldest is None else max(time.time() - oldest, 0))
+
+    async def _sleep(self, started: int) -> None:
+        timeout = self._poll_interval
+        next_due = await self._store.next_due_at()
+        # A step that is due but whose escalation is already in flight is that task's
+        # business: waiting for it is the wake event's job, not a busy loop's.
+        if next_due is not None and (started or next_due > time.time()):
+            timeout = min(timeout, max(next_due - time.time(), 0.01))
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        self._wake.clear()
+
+    async def stop(self, deadline_seconds: float) -> None:
+        """Stop starting work; let steps in flight finish and commit, up to the deadline."""
+        self._stopping = True
+        self._wake.set()
+        tasks = list(self._in_flight.values())
+        if not tasks:
+            return
+        done, pending = await asyncio.wait(tasks, timeout=deadline_seconds)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.warning("shutdown deadline passed; unfinished steps resume at next start",
+                        extra={"unfinished": len(pending)})

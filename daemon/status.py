@@ -1,0 +1,58 @@
+"""`emergencyd status`: counts by state and the recent messages, as data or as text."""
+from __future__ import annotations
+
+from typing import Any
+
+from daemon.store import Store
+from escalation.content import iso
+from escalation.records import EscalationRecord
+
+
+def status_document(store: Store, *, limit: int, dry_run: bool) -> dict[str, Any]:
+    return {
+        "dry_run": dry_run,
+        "counts": store.counts_by_state(),
+        "messages": [_message(r) for r in store.recent(limit)],
+    }
+
+
+def _message(record: EscalationRecord) -> dict[str, Any]:
+    return {
+        "id": record.message_pk,
+        "received_at": iso(record.envelope.received_at),
+        "source": record.envelope.source,
+        "sender": record.sender,
+        "subject": record.subject,
+        "message_id": record.message_id,
+        "deliveries": record.deliveries,
+        "state": record.state,
+        "ticket_id": record.ticket_id,
+        "dedup_key": record.dedup_key,
+        "paged_at": iso(record.paged_at),
+        "incident_url": record.incident_url,
+        "last_error": record.last_error(),
+        "steps": {s.name: {"state": s.state, "attempts": s.attempts, "last_error": s.last_error,
+                           "next_attempt_at": iso(s.next_attempt_at) if s.state == "pending" else None,
+                           "result": s.result}
+                  for s in record.steps},
+    }
+
+
+def render_status(document: dict[str, Any]) -> str:
+    counts = document["counts"]
+    lines = ["emergencyd status" + ("  (dry run: nothing is sent)" if document["dry_run"] else ""),
+             "by state: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no messages yet"), ""]
+    header = f"{'id':>5}  {'received (UTC)':<20} {'state':<8} {'ticket':>8}  {'dedup_key':<51} subject"
+    lines.append(header)
+    for m in document["messages"]:
+        ticket = str(m["ticket_id"]) if m["ticket_id"] is not None else _dry_or_dash(m)
+        lines.append(f"{m['id']:>5}  {(m['received_at'] or '')[:19]:<20} {m['state']:<8} {ticket:>8}  "
+                     f"{m['dedup_key']:<51} {(m['subject'] or '')[:60]}")
+        if m["last_error"]:
+            lines.append(f"{'':>7}last error: {m['last_error'][:200]}")
+    return "\n".join(lines)
+
+
+def _dry_or_dash(message: dict[str, Any]) -> str:
+    ticket_step = message["steps"].get("ticket", {})
+    return "(dry)" if ticket_step.get("result", {}).get("dry_run") else "-"

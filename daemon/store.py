@@ -1,0 +1,360 @@
+"""The durable store: the only module that knows SQL.
+
+SQLite in WAL mode with synchronous=FULL, so a commit that returned is on disk.
+The SQL stays plain (no SQLite-only upserts in the hot paths) so that a PostgreSQL
+backend can implement the same interface later.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from escalation.records import (
+    DONE, FAILED, NEW, PENDING, STEP_DONE, STEP_FAILED, STEP_PENDING, STEP_ORDER,
+    EscalationRecord, Envelope, StepRecord, dedup_key_of, identity_of,
+)
+from parsers.identity import message_id_of
+
+T = TypeVar("T")
+
+
+class StoreError(RuntimeError):
+    """The store could not commit or read; ingest answers 451 on it."""
+
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: messages, their escalation, and its steps.
+    """
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        identity TEXT NOT NULL UNIQUE,
+        message_id TEXT,
+        sha256 TEXT NOT NULL,
+        raw BLOB NOT NULL,
+        size INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        mail_from TEXT NOT NULL,
+        rcpt_to TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        helo TEXT NOT NULL,
+        tls INTEGER NOT NULL,
+        received_at REAL NOT NULL,
+        deliveries INTEGER NOT NULL,
+        last_delivery_at REAL NOT NULL
+    );
+    CREATE TABLE escalations (
+        message_pk INTEGER PRIMARY KEY REFERENCES messages(id),
+        dedup_key TEXT NOT NULL,
+        state TEXT NOT NULL,
+        subject TEXT,
+        sender TEXT,
+        ticket_id INTEGER,
+        incident_url TEXT,
+        paged_at REAL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX escalations_state ON escalations(state);
+    CREATE TABLE steps (
+        message_pk INTEGER NOT NULL REFERENCES messages(id),
+        name TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        next_attempt_at REAL NOT NULL,
+        last_error TEXT,
+        result TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (message_pk, name)
+    );
+    CREATE INDEX steps_due ON steps(state, next_attempt_at);
+    """,
+)
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    message_pk: int
+    identity: str
+    duplicate: bool
+
+
+class Store:
+    """Synchronous store. One connection; callers serialise access (AsyncStore does)."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path):
+        self._conn = conn
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path, *, busy_timeout_ms: int = 5000) -> "Store":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _create_private(path)
+        try:
+            conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
+                                   timeout=busy_timeout_ms / 1000)
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            store = cls(conn, path)
+            store._migrate()
+            return store
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open store {path}: {exc}") from exc
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # -- schema -----------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        return self._conn.execute("PRAGMA user_version").fetchone()[0]
+
+    def _migrate(self) -> None:
+        current = self.schema_version()
+        if current > len(MIGRATIONS):
+            raise StoreError(f"store schema version {current} is newer than this emergencyd "
+                             f"({len(MIGRATIONS)}); refusing to touch it")
+        for version in range(current + 1, len(MIGRATIONS) + 1):
+            with self._transaction():
+                for statement in _statements(MIGRATIONS[version - 1]):
+                    self._conn.execute(statement)
+                self._conn.execute(f"PRAGMA user_version = {version}")
+
+    def _transaction(self, *, rollback: bool = False) -> "_Transaction":
+        return _Transaction(self._conn, rollback=rollback)
+
+    # -- ingest -----------------------------------------------------------------
+
+    def ingest(self, raw: bytes, envelope: Envelope) -> IngestResult:
+        """Commit the bytes and envelope durably, once per message identity."""
+        sha = hashlib.sha256(raw).hexdigest()
+        message_id = message_id_of(raw)
+        identity = identity_of(message_id, sha)
+        now = envelope.received_at or time.time()
+        try:
+            with self._transaction():
+                row = self._conn.execute("SELECT id FROM messages WHERE identity = ?", (identity,)).fetchone()
+                if row:
+                    self._conn.execute(
+                        "UPDATE messages SET deliveries = deliveries + 1, last_delivery_at = ? WHERE id = ?",
+                        (now, row[0]))
+                    return IngestResult(row[0], identity, duplicate=True)
+                cur = self._conn.execute(
+                    "INSERT INTO messages (identity, message_id, sha256, raw, size, source, mail_from, rcpt_to,"
+                    " peer, helo, tls, received_at, deliveries, last_delivery_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
+                    (identity, message_id, sha, raw, len(raw), envelope.source, envelope.mail_from,
+                     json.dumps(list(envelope.rcpt_to)), envelope.peer, envelope.helo, int(envelope.tls),
+                     now, now))
+                pk = cur.lastrowid
+                self._conn.execute(
+                    "INSERT INTO escalations (message_pk, dedup_key, state, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?)", (pk, dedup_key_of(identity), NEW, now, now))
+                return IngestResult(pk, identity, duplicate=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"could not commit message: {exc}") from exc
+
+    # -- escalation state machine -------------------------------------------------
+
+    def plan(self, pk: int, *, subject: str, sender: str | None, steps: tuple[str, ...]) -> None:
+        """Record the parse summary and the steps to take; idempotent."""
+        now = time.time()
+        with self._transaction():
+            self._conn.execute(
+                "UPDATE escalations SET state = ?, subject = ?, sender = ?, updated_at = ?"
+                " WHERE message_pk = ? AND state = ?", (PENDING, subject, sender, now, pk, NEW))
+            for name in steps:
+                exists = self._conn.execute(
+                    "SELECT 1 FROM steps WHERE message_pk = ? AND name = ?", (pk, name)).fetchone()
+                if not exists:
+                    self._conn.execute(
+                        "INSERT INTO steps (message_pk, name, state, attempts, next_attempt_at, result, updated_at)"
+                        " VALUES (?, ?, ?, 0, ?, '{}', ?)", (pk, name, STEP_PENDING, now, now))
+
+    def begin_attempt(self, pk: int, step: str) -> int:
+        """Count an attempt before the external call; returns how many came before it.
+
+        A crash mid-call leaves attempts > 0, which tells the next try to look for
+        the effect of the previous one before repeating it.
+        """
+        with self._transaction():
+            row = self._conn.execute(
+                "SELECT attempts FROM steps WHERE message_pk = ? AND name = ?", (pk, step)).fetchone()
+            self._conn.execute("UPDATE steps SET attempts = attempts + 1, updated_at = ?"
+                               " WHERE message_pk = ? AND name = ?", (time.time(), pk, step))
+        return row[0]
+
+    def defer_step(self, pk: int, step: str, until: float) -> None:
+        """A step waiting on another one is due no sooner than that one."""
+        with self._transaction():
+            self._conn.execute("UPDATE steps SET next_attempt_at = ?, updated_at = ? WHERE message_pk = ? AND name = ?",
+                               (until, time.time(), pk, step))
+
+    def complete_step(self, pk: int, step: str, result: dict[str, Any], **escalation: Any) -> None:
+        """Commit a step's result, and any escalation fields it settles (ticket_id, paged_at...)."""
+        now = time.time()
+        allowed = {"ticket_id", "incident_url", "paged_at"}
+        if not set(escalation) <= allowed:
+            raise ValueError(f"unknown escalation fields: {set(escalation) - allowed}")
+        with self._transaction():
+            self._conn.execute(
+                "UPDATE steps SET state = ?, result = ?, last_error = NULL, updated_at = ?"
+                " WHERE message_pk = ? AND name = ?", (STEP_DONE, json.dumps(result), now, pk, step))
+            for column, value in escalation.items():
+                self._conn.execute(f"UPDATE escalations SET {column} = ?, updated_at = ? WHERE message_pk = ?",
+                                   (value, now, pk))
+            self._settle(pk, now)
+
+    def fail_step(self, pk: int, step: str, *, error: str, next_attempt_at: float | None) -> None:
+        """Record a failure: retried at next_attempt_at, or permanent when that is None."""
+        now = time.time()
+        state = STEP_PENDING if next_attempt_at is not None else STEP_FAILED
+        with self._transaction():
+            self._conn.execute(
+                "UPDATE steps SET state = ?, last_error = ?, next_attempt_at = ?, updated_at = ?"
+                " WHERE message_pk = ? AND name = ?",
+                (state, error[:2000], next_attempt_at if next_attempt_at is not None else now, now, pk, step))
+            self._settle(pk, now)
+
+    def _settle(self, pk: int, now: float) -> None:
+        states = {r[0] for r in self._conn.execute("SELECT state FROM steps WHERE message_pk = ?", (pk,))}
+        if STEP_PENDING in states:
+            return
+        final = FAILED if STEP_FAILED in states else DONE
+        self._conn.execute("UPDATE escalations SET state = ?, updated_at = ? WHERE message_pk = ?",
+                           (final, now, pk))
+
+    # -- reads ------------------------------------------------------------------
+
+    def due(self, now: float, limit: int = 100) -> list[int]:
+        """Escalations with work to do now: new ones, and pending steps whose time has come."""
+        rows = self._conn.execute(
+            "SELECT message_pk FROM escalations WHERE state = ?"
+            " UNION SELECT message_pk FROM steps WHERE state = ? AND next_attempt_at <= ?"
+            " ORDER BY 1 LIMIT ?", (NEW, STEP_PENDING, now, limit)).fetchall()
+        return [r[0] for r in rows]
+
+    def next_due_at(self) -> float | None:
+        row = self._conn.execute("SELECT MIN(next_attempt_at) FROM steps WHERE state = ?",
+                                 (STEP_PENDING,)).fetchone()
+        return row[0]
+
+    def raw(self, pk: int) -> bytes:
+        return self._conn.execute("SELECT raw FROM messages WHERE id = ?", (pk,)).fetchone()[0]
+
+    def record(self, pk: int) -> EscalationRecord:
+        row = self._conn.execute(_RECORD_SQL + " WHERE m.id = ?", (pk,)).fetchone()
+        if row is None:
+            raise KeyError(pk)
+        return self._to_record(row)
+
+    def recent(self, limit: int = 20) -> list[EscalationRecord]:
+        rows = self._conn.execute(_RECORD_SQL + " ORDER BY m.id DESC LIMIT ?", (limit,)).fetchall()
+        return [self._to_record(r) for r in rows]
+
+    def counts_by_state(self) -> dict[str, int]:
+        rows = self._conn.execute("SELECT state, COUNT(*) FROM escalations GROUP BY state").fetchall()
+        return {state: count for state, count in rows}
+
+    def oldest_unfinished_received_at(self) -> float | None:
+        row = self._conn.execute(
+            "SELECT MIN(m.received_at) FROM messages m JOIN escalations e ON e.message_pk = m.id"
+            " WHERE e.state IN (?, ?)", (NEW, PENDING)).fetchone()
+        return row[0]
+
+    def check_writable(self) -> None:
+        """A write that is rolled back: proves the store takes writes without changing it."""
+        with self._transaction(rollback=True):
+            self._conn.execute("UPDATE escalations SET updated_at = updated_at WHERE 0")
+
+    def _to_record(self, row: sqlite3.Row | tuple) -> EscalationRecord:
+        (pk, identity, message_id, sha, size, source, mail_from, rcpt_to, peer, helo, tls, received_at,
+         deliveries, dedup_key, state, subject, sender, ticket_id, incident_url, paged_at) = row
+        steps = [StepRecord(name=n, state=s, attempts=a, next_attempt_at=t, last_error=e,
+                            result=json.loads(r), updated_at=u)
+                 for n, s, a, t, e, r, u in self._conn.execute(
+                     "SELECT name, state, attempts, next_attempt_at, last_error, result, updated_at"
+                     " FROM steps WHERE message_pk = ?", (pk,))]
+        steps.sort(key=lambda s: STEP_ORDER.index(s.name) if s.name in STEP_ORDER else len(STEP_ORDER))
+        envelope = Envelope(source=source, mail_from=mail_from, rcpt_to=tuple(json.loads(rcpt_to)),
+                            peer=peer, helo=helo, tls=bool(tls), received_at=received_at)
+        return EscalationRecord(
+            message_pk=pk, identity=identity, message_id=message_id, dedup_key=dedup_key, state=state,
+            envelope=envelope, size=size, sha256=sha, deliveries=deliveries, subject=subject,
+            sender=sender, ticket_id=ticket_id, incident_url=incident_url, paged_at=paged_at,
+            steps=tuple(steps))
+
+
+_RECORD_SQL = (
+    "SELECT m.id, m.identity, m.message_id, m.sha256, m.size, m.source, m.mail_from, m.rcpt_to, m.peer,"
+    " m.helo, m.tls, m.received_at, m.deliveries, e.dedup_key, e.state, e.subject, e.sender, e.ticket_id,"
+    " e.incident_url, e.paged_at FROM messages m JOIN escalations e ON e.message_pk = m.id"
+)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error so nothing is half-written."""
+
+    def __init__(self, conn: sqlite3.Connection, *, rollback: bool = False):
+        self._conn = conn
+        self._rollback = rollback
+
+    def __enter__(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None and not self._rollback:
+            try:
+                self._conn.execute("COMMIT")
+                return
+            except sqlite3.Error:
+                self._rollback_quietly()
+                raise
+        self._rollback_quietly()
+
+    def _rollback_quietly(self) -> None:
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file 0600 before SQLite does: it holds tenants' mail."""
+    if not path.exists():
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+        os.close(fd)
+
+
+class AsyncStore:
+    """Runs every store call on one dedicated thread, so commits never block the event loop."""
+
+    def __init__(self, store: Store):
+        self.sync = store
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self.sync, name)
+
+        async def bound(*args: Any, **kwargs: Any) -> Any:
+            return await self.call(method, *args, **kwargs)
+        return bound
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self.sync.close()

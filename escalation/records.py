@@ -1,0 +1,96 @@
+"""The escalation state as it flows between the store, the runner and `status`.
+
+An escalation is a small state machine persisted step by step: each external call
+is followed by a commit of its result, so a restart resumes exactly where the
+previous process stopped.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+# Escalation states.
+NEW = "new"            # stored, not yet parsed and planned
+PENDING = "pending"    # planned; some steps still to do
+DONE = "done"          # every step done
+FAILED = "failed"      # a step failed permanently; a human must look
+
+# Step states.
+STEP_PENDING = "pending"
+STEP_DONE = "done"
+STEP_FAILED = "failed"
+
+# Step names, in the order a human reads them.
+TICKET = "ticket"            # create the Zendesk ticket (looked up by external_id on retry)
+TICKET_NOTE = "ticket_note"  # internal note: envelope and header summary
+PAGE = "page"                # PagerDuty Events v2 trigger
+LINK_TICKET = "link_ticket"  # internal note on the ticket carrying the dedup_key (and incident URL)
+LINK_PAGE = "link_page"      # note on the incident with the ticket URL, when the page went without it
+
+STEP_ORDER = (TICKET, TICKET_NOTE, PAGE, LINK_TICKET, LINK_PAGE)
+ZENDESK_STEPS = frozenset({TICKET, TICKET_NOTE, LINK_TICKET})
+PAGERDUTY_STEPS = frozenset({PAGE, LINK_PAGE})
+
+
+def identity_of(message_id: str | None, sha256_hex: str) -> str:
+    """What makes two deliveries the same message: its Message-ID, else its exact bytes."""
+    return f"mid:{message_id}" if message_id else f"sha256:{sha256_hex}"
+
+
+def dedup_key_of(identity: str) -> str:
+    """Stable key used as Zendesk external_id and PagerDuty dedup_key (<= 255 chars)."""
+    return "emergencyd-" + hashlib.sha256(identity.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What the SMTP session (or the IMAP server, or `inject`) told us besides the bytes."""
+    source: str                       # smtp | imap | inject
+    mail_from: str
+    rcpt_to: tuple[str, ...]
+    peer: str = ""
+    helo: str = ""
+    tls: bool = False
+    received_at: float = 0.0          # unix time
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    name: str
+    state: str
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    result: dict[str, Any] = field(default_factory=dict)
+    updated_at: float = 0.0
+
+    @property
+    def done(self) -> bool:
+        return self.state == STEP_DONE
+
+
+@dataclass(frozen=True)
+class EscalationRecord:
+    message_pk: int
+    identity: str
+    message_id: str | None
+    dedup_key: str
+    state: str
+    envelope: Envelope
+    size: int
+    sha256: str
+    deliveries: int
+    subject: str | None
+    sender: str | None
+    ticket_id: int | None
+    incident_url: str | None
+    paged_at: float | None
+    steps: tuple[StepRecord, ...]
+
+    def step(self, name: str) -> StepRecord | None:
+        return next((s for s in self.steps if s.name == name), None)
+
+    def last_error(self) -> str | None:
+        errors = [s for s in self.steps if s.last_error and s.state != STEP_DONE]
+        return errors[0].last_error if errors else None

@@ -1,0 +1,76 @@
+"""Zendesk through zenpy. Synchronous: the runner calls it from a worker thread.
+
+zenpy has no base-URL parameter: the host is "{subdomain}.{domain}", so the URL's
+host is split at its first dot (which also reaches a loopback fake as "127" +
+"0.0.1:PORT"). Our own response hook turns every non-2xx answer into
+HttpStatusError before zenpy's handling, so that zenpy never sleeps on a 429 and
+never crashes on an HTTP-date Retry-After: our retry schedule decides.
+"""
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import requests
+from zenpy import Zenpy
+from zenpy.lib.api_objects import Comment, Ticket, User
+
+from daemon.config import ZendeskConfig
+from escalation.content import NoteRequest, TicketRequest
+from escalation.retry import HttpStatusError, parse_retry_after
+from escalation.tls import trust_bundle
+
+
+def raise_for_status(integration: str):
+    def hook(response: requests.Response, *args, **kwargs) -> None:
+        if response.status_code >= 400:
+            raise HttpStatusError(integration, response.status_code, response.text[:2000],
+                                  parse_retry_after(response.headers.get("Retry-After")))
+    return hook
+
+
+def split_host(url: str) -> tuple[str, str]:
+    """'https://acme.zendesk.com' -> ('acme', 'zendesk.com'); keeps a port on the domain."""
+    netloc = urlsplit(url).netloc
+    subdomain, _, domain = netloc.partition(".")
+    return subdomain, domain
+
+
+class ZendeskDesk:
+    def __init__(self, config: ZendeskConfig):
+        if config.token is None:
+            raise ValueError("a Zendesk token is required")
+        session = requests.Session()
+        session.trust_env = False   # REQUESTS_CA_BUNDLE in the environment would override verify
+        session.verify = trust_bundle(config.ca_file)
+        session.hooks["response"].append(raise_for_status("zendesk"))
+        subdomain, domain = split_host(config.url)
+        self._agent_url_base = config.agent_url_base
+        self._client = Zenpy(subdomain=subdomain, domain=domain, email=config.email,
+                             token=config.token.value, session=session,
+                             timeout=config.timeout_seconds, disable_cache=True)
+
+    def ticket_url(self, ticket_id: int) -> str:
+        return f"{self._agent_url_base}{ticket_id}"
+
+    def find_ticket(self, external_id: str) -> int | None:
+        """external_id is not unique on Zendesk's side: take the oldest, which is ours."""
+        ids = sorted(t.id for t in self._client.tickets(external_id=external_id))
+        return ids[0] if ids else None
+
+    def create_ticket(self, request: TicketRequest) -> int:
+        requester = None
+        if request.requester_email:
+            requester = User(email=request.requester_email, name=request.requester_name or request.requester_email)
+        ticket = Ticket(subject=request.subject, external_id=request.external_id, tags=list(request.tags),
+                        priority=request.priority, requester=requester,
+                        comment=Comment(body=request.body, public=True))
+        audit = self._client.tickets.create(ticket)
+        return audit.ticket.id
+
+    def has_comment(self, ticket_id: int, marker: str) -> bool:
+        return any(marker in (c.body or "") for c in self._client.tickets.comments(ticket=ticket_id))
+
+    def add_note(self, note: NoteRequest) -> None:
+        ticket = Ticket(id=note.ticket_id)
+        ticket.comment = Comment(body=note.body, public=False)
+        self._client.tickets.update(ticket)

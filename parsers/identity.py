@@ -1,0 +1,98 @@
+"""Message identity: a fast, header-only read of Message-ID, and the
+normalisation of message ids shared with the full parser so both always
+agree on what a message's id is."""
+
+from __future__ import annotations
+
+import re
+from email import policy
+from email.parser import BytesHeaderParser
+
+from parsers.text import header_text
+
+__all__ = [
+    "MAX_MESSAGE_ID_CHARS",
+    "header_block_end",
+    "message_id_of",
+    "message_ids_in",
+    "normalize_message_id",
+    "skip_leading_blank_lines",
+]
+
+MAX_MESSAGE_ID_CHARS = 998  # RFC 5322 line length limit
+MAX_IDS = 100
+
+_LEADING_BLANK_LINES = re.compile(rb"(?:[ \t]*(?:\r\n|\n|\r))+")
+_HEADER_SEPARATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
+_ANGLE_ADDR = re.compile(r"<([^<>]*)>")
+_ID_SEPARATORS = re.compile(r"[\s,]+")
+
+
+def skip_leading_blank_lines(raw: bytes) -> bytes:
+    """Drop blank or whitespace-only lines before the first header.
+
+    Some gateways (seen with Exchange) emit them; the stdlib parser then
+    sees no headers at all and treats the whole message as body.
+    """
+    match = _LEADING_BLANK_LINES.match(raw)
+    return raw[match.end():] if match else raw
+
+
+def header_block_end(data: bytes) -> int | None:
+    """Offset of the blank line that ends the header block, or None when
+    there is none (header-only or truncated message)."""
+    found = [pos for pos in (data.find(sep) for sep in _HEADER_SEPARATORS) if pos >= 0]
+    return min(found) if found else None
+
+
+def normalize_message_id(value: str | None) -> str | None:
+    """The id inside a Message-ID style value, without angle brackets.
+
+    None when empty, longer than 998 characters, or containing whitespace
+    or control characters (garbage we must not use as a dedup key).
+    """
+    if value is None:
+        return None
+    text = header_text(value).strip()
+    match = _ANGLE_ADDR.search(text)
+    return _valid_id(match.group(1) if match else text.strip("<>"))
+
+
+def message_ids_in(value: object, limit: int = MAX_IDS) -> tuple[str, ...]:
+    """All message ids in an In-Reply-To / References value, in order,
+    deduplicated; the last ``limit`` are kept because the newest ancestors
+    matter most for threading."""
+    text = header_text(value)
+    tokens = _ANGLE_ADDR.findall(text) or _ID_SEPARATORS.split(text)
+    ids = (_valid_id(token) for token in tokens)
+    unique = tuple(dict.fromkeys(i for i in ids if i))
+    return unique[-limit:] if limit > 0 else ()
+
+
+def _valid_id(candidate: str) -> str | None:
+    candidate = candidate.strip()
+    if not candidate or len(candidate) > MAX_MESSAGE_ID_CHARS:
+        return None
+    if not candidate.isprintable() or any(ch.isspace() for ch in candidate):
+        return None
+    return candidate
+
+
+def message_id_of(raw: bytes) -> str | None:
+    """The Message-ID of a raw message from its header block only.
+
+    Never raises: missing, empty or garbage ids give None. Only the first
+    Message-ID header counts, exactly as in ``parse_message``.
+    """
+    try:
+        data = skip_leading_blank_lines(bytes(raw))
+        end = header_block_end(data)
+        headers = BytesHeaderParser(policy=policy.compat32).parsebytes(
+            data if end is None else data[:end]
+        )
+        for name, value in headers.raw_items():
+            if name.strip().lower() == "message-id":
+                return normalize_message_id(value)
+        return None
+    except Exception:  # garbage in, no id out; the caller must not crash
+        return None

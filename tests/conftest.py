@@ -1,0 +1,62 @@
+"""Shared fixtures: the test CA, the HTTPS fakes, and the daemon as a subprocess."""
+from __future__ import annotations
+
+import pytest
+
+from tests.fakes.pagerduty import FakePagerDuty
+from tests.fakes.tls import TestCA
+from tests.fakes.zendesk import FakeZendesk
+from tests.harness import (
+    API_TOKEN, ROUTING_KEY, ZENDESK_EMAIL, ZENDESK_TOKEN, DaemonProcess, base_env, live_env, write_config,
+)
+
+
+@pytest.fixture(scope="session")
+def ca() -> TestCA:
+    return TestCA()
+
+
+@pytest.fixture
+def ca_file(ca, tmp_path):
+    return ca.write_ca_pem(tmp_path)
+
+
+@pytest.fixture
+def zendesk(ca):
+    with FakeZendesk(ca=ca, email=ZENDESK_EMAIL, token=ZENDESK_TOKEN) as fake:
+        yield fake
+
+
+@pytest.fixture
+def pagerduty(ca):
+    with FakePagerDuty(ca=ca, api_token=API_TOKEN) as fake:
+        yield fake
+
+
+@pytest.fixture
+def start_daemon(tmp_path):
+    """start_daemon(dry_run=..., ...) -> a running DaemonProcess; every one is stopped afterwards."""
+    started: list[DaemonProcess] = []
+
+    def start(*, env: dict[str, str] | None = None, **config_args) -> DaemonProcess:
+        dry_run = config_args.pop("dry_run", True)
+        config = write_config(tmp_path, dry_run=dry_run, **config_args)
+        process = DaemonProcess(config=config, env=env or (base_env() if dry_run else live_env()),
+                                log_path=tmp_path / "daemon.log")
+        started.append(process)
+        return process.start()
+
+    yield start
+    for process in started:
+        if process.proc and process.proc.poll() is None:
+            process.proc.kill()
+            process.proc.wait(10)
+
+
+@pytest.fixture
+def live_daemon(start_daemon, zendesk, pagerduty, ca_file):
+    """A daemon with dry_run off, wired to both fakes."""
+    def start(**config_args) -> DaemonProcess:
+        return start_daemon(dry_run=False, zendesk_url=zendesk.url, pagerduty_url=pagerduty.url,
+                            ca_file=ca_file, **config_args)
+    return start

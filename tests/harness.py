@@ -1,0 +1,204 @@
+"""Runs the real daemon as a subprocess, the way an operator does, for end-to-end tests.
+
+The daemon listens on port 0 and says where in its "ready" log line, so tests never
+race for free ports. Its whole stderr is kept in a file, so tests can grep it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import smtplib
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPIENT = "emergency@example.org"
+ZENDESK_EMAIL = "bot@example.org"
+ZENDESK_TOKEN = "zd-test-token-5c1e7d"
+ROUTING_KEY = "R0UT1NGKEY0123456789abcdef012345"   # 32 characters, like a real one
+API_TOKEN = "pd-rest-token-9f8e7d"
+SECRETS = (ZENDESK_TOKEN, ROUTING_KEY, API_TOKEN)
+
+READY = re.compile(r"emergencyd ready.*smtp=([\d.]+):(\d+) .*metrics=([\d.]+):(\d+)")
+
+
+def write_config(directory: Path, *, dry_run: bool, zendesk_url: str = "https://example.zendesk.com",
+                 pagerduty_url: str = "https://events.pagerduty.com", ca_file: Path | None = None,
+                 extra: str = "", escalation: str = "", store: str = "") -> Path:
+    ca_line = f'ca_file = "{ca_file}"' if ca_file else ""
+    text = f"""
+dry_run = {str(dry_run).lower()}
+{extra}
+[smtp]
+listen = "127.0.0.1:0"
+recipients = ["{RECIPIENT}", "Second@Example.org"]
+max_message_bytes = 200000
+
+[store]
+path = "var/store.sqlite3"
+busy_timeout_ms = 300
+{store}
+
+[zendesk]
+url = "{zendesk_url}"
+email = "{ZENDESK_EMAIL}"
+timeout_seconds = 3
+{ca_line}
+
+[pagerduty]
+events_url = "{pagerduty_url}"
+api_url = "{pagerduty_url}"
+from_email = "oncall@example.org"
+timeout_seconds = 3
+{ca_line}
+
+[escalation]
+retry_initial_seconds = 0.2
+retry_max_seconds = 1.0
+ticket_head_start_seconds = 1.0
+poll_interval_seconds = 0.1
+{escalation}
+
+[metrics]
+listen = "127.0.0.1:0"
+"""
+    path = directory / "config.toml"
+    path.write_text(text)
+    return path
+
+
+@dataclass
+class DaemonProcess:
+    config: Path
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen | None = None
+    smtp_port: int = 0
+    metrics_port: int = 0
+    logs: list[str] = field(default_factory=list)
+
+    def start(self, timeout: float = 15.0) -> "DaemonProcess":
+        log = open(self.log_path, "ab")
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daemon.cli", "run", "--config", str(self.config)],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = READY.search(self._new_log())
+            if match:
+                self.smtp_port, self.metrics_port = int(match.group(2)), int(match.group(4))
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited {self.proc.returncode}:\n{self.log_text()}")
+            time.sleep(0.02)
+        raise RuntimeError(f"daemon not ready in {timeout}s:\n{self.log_text()}")
+
+    def _new_log(self) -> str:
+        with open(self.log_path, "rb") as f:
+            f.seek(self._log_offset)
+            return f.read().decode("utf-8", "replace")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text("utf-8", "replace") if self.log_path.exists() else ""
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def send(self, message: bytes | str, *, sender: str = "tenant@example.net",
+             recipients: tuple[str, ...] = (RECIPIENT,)) -> dict:
+        """Send with smtplib; returns smtplib's refused dict (raises on any refusal of the whole mail)."""
+        with smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=10) as client:
+            return client.sendmail(sender, list(recipients), message)
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return run_cli(self.config, *args, env=self.env, check=check)
+
+    def status(self) -> dict:
+        return json.loads(self.cli("status", "--json", "--limit", "1000").stdout)
+
+    def http_get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def wait_for(self, predicate, timeout: float = 20.0, interval: float = 0.1, what: str = "condition"):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(interval)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}\n--- daemon log ---\n"
+                             f"{self.log_text()[-5000:]}")
+
+    def wait_settled(self, count: int, timeout: float = 20.0) -> dict:
+        """Until `count` messages exist and none is new or pending."""
+        def settled():
+            doc = self.status()
+            counts = doc["counts"]
+            total = sum(counts.values())
+            if total >= count and not counts.get("new") and not counts.get("pending"):
+                return doc
+            return None
+        return self.wait_for(settled, timeout, what=f"{count} settled escalations")
+
+
+def run_cli(config: Path, *args: str, env: dict[str, str] | None = None,
+            check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "daemon.cli", *args, "--config", str(config)],
+                            cwd=ROOT, env=env or base_env(), capture_output=True, text=True, timeout=60)
+    if check and result.returncode != 0:
+        raise AssertionError(f"emergencyd {' '.join(args)} exited {result.returncode}:\n"
+                             f"{result.stdout}\n{result.stderr}")
+    return result
+
+
+def base_env(**overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMERGENCYD_")}
+    env.update(overrides)
+    return env
+
+
+def live_env() -> dict[str, str]:
+    return base_env(EMERGENCYD_ZENDESK_TOKEN=ZENDESK_TOKEN, EMERGENCYD_PAGERDUTY_ROUTING_KEY=ROUTING_KEY,
+                    EMERGENCYD_PAGERDUTY_API_TOKEN=API_TOKEN)
+
+
+def require_tool(name: str) -> str:
+    """A missing system tool fails the test in CI and skips it elsewhere, saying why."""
+    import pytest
+    path = shutil.which(name)
+    if path:
+        return path
+    message = f"{name} is not installed (make test installs it when run as root)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def make_message(subject: str = "Apps down", body: str = "Our production app returns 502 since 02:10.",
+                 sender: str = "tenant@example.net", message_id: str | None = "<m1@example.net>",
+                 extra_headers: str = "") -> bytes:
+    mid = f"Message-ID: {message_id}\r\n" if message_id else ""
+    return (f"From: Tenant <{sender}>\r\nTo: {RECIPIENT}\r\nSubject: {subject}\r\n{mid}"
+            f"Date: Fri, 27 Nov 2026 02:15:00 +0000\r\n{extra_headers}"
+            f"Content-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n").encode()

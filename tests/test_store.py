@@ -1,0 +1,122 @@
+"""The store: durable settings, one row per message identity, steps committed one by one."""
+import sqlite3
+import stat
+import time
+
+import pytest
+
+from daemon.store import MIGRATIONS, Store, StoreError
+from escalation.records import DONE, FAILED, NEW, PENDING, Envelope, dedup_key_of
+from tests.harness import make_message
+
+
+def envelope(source="smtp"):
+    return Envelope(source=source, mail_from="tenant@example.net", rcpt_to=("emergency@example.org",),
+                    peer="127.0.0.1:5000", helo="mx.example.net", tls=False, received_at=time.time())
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store.open(tmp_path / "var" / "store.sqlite3", busy_timeout_ms=200)
+    yield s
+    s.close()
+
+
+def test_durability_settings_and_private_file(store):
+    conn = sqlite3.connect(store.path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2   # FULL
+    assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
+    assert store.schema_version() == len(MIGRATIONS)
+
+
+def test_reopening_runs_no_migration_twice(tmp_path, store):
+    store.ingest(make_message(), envelope())
+    again = Store.open(store.path)
+    assert again.schema_version() == len(MIGRATIONS)
+    assert again.counts_by_state() == {NEW: 1}
+    again.close()
+
+
+def test_a_store_from_a_newer_version_is_refused(tmp_path):
+    path = tmp_path / "store.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer than this emergencyd"):
+        Store.open(path)
+
+
+def test_same_message_id_is_stored_once(store):
+    first = store.ingest(make_message(), envelope())
+    second = store.ingest(make_message(body="resent by another relay"), envelope("imap"))
+    assert not first.duplicate and second.duplicate
+    assert second.message_pk == first.message_pk
+    record = store.record(first.message_pk)
+    assert record.deliveries == 2 and record.envelope.source == "smtp"
+    assert record.message_id == "m1@example.net"
+    assert record.dedup_key == dedup_key_of("mid:m1@example.net")
+
+
+def test_without_message_id_identity_is_the_exact_bytes(store):
+    a = store.ingest(make_message(message_id=None), envelope())
+    b = store.ingest(make_message(message_id=None), envelope())
+    c = store.ingest(make_message(message_id=None, body="different"), envelope())
+    assert b.duplicate and b.message_pk == a.message_pk
+    assert not c.duplicate and c.message_pk != a.message_pk
+    assert store.record(a.message_pk).identity.startswith("sha256:")
+
+
+def test_raw_bytes_and_envelope_round_trip(store):
+    raw = make_message(body="caf\u00e9 \u2603")
+    pk = store.ingest(raw, envelope()).message_pk
+    assert store.raw(pk) == raw
+    record = store.record(pk)
+    assert record.envelope.rcpt_to == ("emergency@example.org",)
+    assert record.envelope.helo == "mx.example.net" and record.size == len(raw)
+
+
+def test_steps_are_committed_one_by_one_until_done(store):
+    pk = store.ingest(make_message(), envelope()).message_pk
+    assert store.due(time.time()) == [pk]
+    store.plan(pk, subject="Apps down", sender="tenant@example.net", steps=("ticket", "page"))
+    assert store.record(pk).state == PENDING
+    assert store.begin_attempt(pk, "ticket") == 0
+    store.complete_step(pk, "ticket", {"ticket_id": 7}, ticket_id=7)
+    record = store.record(pk)
+    assert record.ticket_id == 7 and record.step("ticket").done and record.state == PENDING
+    store.begin_attempt(pk, "page")
+    store.fail_step(pk, "page", error="HTTP 503", next_attempt_at=time.time() + 60)
+    assert store.due(time.time()) == []
+    assert store.record(pk).step("page").last_error == "HTTP 503"
+    assert store.begin_attempt(pk, "page") == 1
+    store.complete_step(pk, "page", {"dedup_key": "k"}, paged_at=time.time())
+    assert store.record(pk).state == DONE
+
+
+def test_a_permanent_failure_settles_as_failed(store):
+    pk = store.ingest(make_message(), envelope()).message_pk
+    store.plan(pk, subject="s", sender=None, steps=("ticket",))
+    store.fail_step(pk, "ticket", error="HTTP 422: invalid requester", next_attempt_at=None)
+    record = store.record(pk)
+    assert record.state == FAILED and record.last_error() == "HTTP 422: invalid requester"
+
+
+def test_planning_twice_adds_no_steps(store):
+    pk = store.ingest(make_message(), envelope()).message_pk
+    store.plan(pk, subject="s", sender=None, steps=("ticket", "page"))
+    store.begin_attempt(pk, "ticket")
+    store.plan(pk, subject="s", sender=None, steps=("ticket", "page"))
+    assert [s.attempts for s in store.record(pk).steps] == [1, 0]
+
+
+def test_a_locked_store_refuses_and_writes_nothing(store):
+    locker = sqlite3.connect(store.path, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    with pytest.raises(StoreError, match="could not commit"):
+        store.ingest(make_message(), envelope())
+    locker.execute("ROLLBACK")
+    locker.close()
+    assert store.counts_by_state() == {}
+    assert store._conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 0
+    assert not store.ingest(make_message(), envelope()).duplicate
