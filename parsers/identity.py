@@ -16,24 +16,26 @@ __all__ = [
     "message_id_of",
     "message_ids_in",
     "normalize_message_id",
-    "skip_leading_blank_lines",
+    "skip_preamble",
 ]
 
 MAX_MESSAGE_ID_CHARS = 998  # RFC 5322 line length limit
 MAX_IDS = 100
 
 _LEADING_BLANK_LINES = re.compile(rb"(?:[ \t]*(?:\r\n|\n|\r))+")
+_UTF8_BOM = b"\xef\xbb\xbf"
 _HEADER_SEPARATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
 _ANGLE_ADDR = re.compile(r"<([^<>]*)>")
 _ID_SEPARATORS = re.compile(r"[\s,]+")
 
 
-def skip_leading_blank_lines(raw: bytes) -> bytes:
-    """Drop blank or whitespace-only lines before the first header.
-
-    Some gateways (seen with Exchange) emit them; the stdlib parser then
-    sees no headers at all and treats the whole message as body.
-    """
+def skip_preamble(raw: bytes) -> bytes:
+    """Drop what some gateways put before the first header: a UTF-8 byte
+    order mark (Windows tools) and blank or whitespace-only lines (seen
+    with Exchange). Left in place, the stdlib parser finds no headers at
+    all and treats the whole message as body."""
+    if raw.startswith(_UTF8_BOM):
+        raw = raw[len(_UTF8_BOM):]
     match = _LEADING_BLANK_LINES.match(raw)
     return raw[match.end():] if match else raw
 
@@ -85,7 +87,7 @@ def message_id_of(raw: bytes) -> str | None:
     Message-ID header counts, exactly as in ``parse_message``.
     """
     try:
-        data = skip_leading_blank_lines(bytes(raw))
+        data = skip_preamble(bytes(raw))
         end = header_block_end(data)
         headers = BytesHeaderParser(policy=policy.compat32).parsebytes(
             data if end is None else data[:end]

@@ -29,7 +29,7 @@ from parsers.identity import (
     header_block_end,
     message_ids_in,
     normalize_message_id,
-    skip_leading_blank_lines,
+    skip_preamble,
 )
 from parsers.text import (
     TRUNCATION_MARKER,
@@ -131,7 +131,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
 
 
 def _parse(raw: bytes) -> ParsedMessage:
-    raw = skip_leading_blank_lines(raw)
+    raw = skip_preamble(raw)
     raw_headers = _raw_header_block(raw)
     if not raw.strip():
         return _unparsed(raw, raw_headers, "empty message")
@@ -143,19 +143,20 @@ def _parse(raw: bytes) -> ParsedMessage:
     except Exception as exc:  # RecursionError on deeply nested multiparts
         return _unparsed(raw, raw_headers, f"email parser failed: {_describe(exc)}")
 
+    if len(msg) == 0:  # not a mail: binary garbage, a stray file
+        return _unparsed(raw, raw_headers, "no header fields found")
+
     if len(msg) > MAX_HEADERS_FOR_MAIL_PARSER:
         mail, error = None, None
         defects += ("TooManyHeadersDefect",)
     else:
         mail, error = _run_mail_parser(msg)
     body = _scan_body(msg)
-    if error is None and len(msg) == 0:
-        error = "no header fields found"
     return _assemble(
         msg,
         mail,
         raw_headers,
-        text=body.text if error is None else _failure_text(raw_headers, body.text if len(msg) else ""),
+        text=body.text if error is None else _failure_text(raw_headers, body.text),
         attachments=body.attachments,
         defects=_defect_names(mail, body.defects | set(defects)),
         parse_error=error,
@@ -234,7 +235,7 @@ def _failure_text(raw_headers: str, recovered: str) -> str:
 
 def _last_resort(raw: object, error: str) -> ParsedMessage:
     try:
-        raw_headers = _raw_header_block(skip_leading_blank_lines(_as_bytes(raw)))
+        raw_headers = _raw_header_block(skip_preamble(_as_bytes(raw)))
     except Exception:
         raw_headers = ""
     return ParsedMessage(

@@ -422,13 +422,13 @@ class FakeHTTPSServer:
             fault.hold._wait_for_release()
 
         response.headers = {**self.common_headers(rec), **response.headers}
+        rec.status = response.status  # before sending: the client may look at once
         try:
             _send(handler, response)
         except OSError:
             # The client gave up (timeout, crash) while we delayed or held: expected.
+            rec.status = None
             handler.close_connection = True
-            return
-        rec.status = response.status
 
     def _route_safely(self, rec: RecordedRequest) -> Response:
         try:

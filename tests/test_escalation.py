@@ -1,0 +1,156 @@
+"""End to end: mail in over SMTP, ticket and page out through the real clients to the HTTPS fakes.
+
+Assertions are on what the fakes received, never on which of our functions ran.
+"""
+from email.utils import formatdate
+import time
+
+from tests.harness import API_TOKEN, ROUTING_KEY, ZENDESK_TOKEN, make_message
+
+
+def ticket_of(zendesk, dedup_key):
+    [ticket] = zendesk.tickets_with_external_id(dedup_key)
+    return ticket
+
+
+def notes_of(zendesk, ticket_id):
+    return [c["body"] for c in zendesk.comments(ticket_id) if not c["public"]]
+
+
+def test_one_mail_gives_one_ticket_and_one_page_linked_both_ways(live_daemon, zendesk, pagerduty):
+    daemon = live_daemon()
+    daemon.send(make_message(subject="Apps down", body="All our apps return 502 since 02:10."))
+    [message] = daemon.wait_settled(1)["messages"]
+    assert message["state"] == "done", message
+
+    ticket = ticket_of(zendesk, message["dedup_key"])
+    assert ticket["id"] == message["ticket_id"]
+    assert ticket["subject"] == "Apps down" and "emergency-email" in ticket["tags"]
+    assert zendesk.user_by_email("tenant@example.net")["id"] == ticket["requester_id"]
+    public = [c for c in zendesk.comments(ticket["id"]) if c["public"]]
+    assert "All our apps return 502" in public[0]["body"]
+
+    [incident] = pagerduty.incidents()
+    assert incident["dedup_key"] == message["dedup_key"]
+    trigger = incident["log"][0]
+    agent_url = f"{zendesk.url}/agent/tickets/{ticket['id']}"
+    assert trigger["links"][0]["href"] == agent_url
+    details = trigger["payload"]["custom_details"]
+    assert details["ticket_id"] == ticket["id"] and details["sender"] == "tenant@example.net"
+    assert details["subject"] == "Apps down" and details["received_at"]
+
+    notes = notes_of(zendesk, ticket["id"])
+    envelope_note = next(n for n in notes if "MAIL FROM: <tenant@example.net>" in n)
+    assert "RCPT TO: <emergency@example.org>" in envelope_note and "Message-ID: m1@example.net" in envelope_note
+    link_note = next(n for n in notes if "PagerDuty dedup_key" in n)
+    assert message["dedup_key"] in link_note and incident["html_url"] in link_note
+    assert message["incident_url"] == incident["html_url"]
+    # The incident links back to the ticket in a note too.
+    assert any(agent_url in n["content"] for n in incident["notes"])
+
+
+def test_the_same_mail_twice_gives_one_of_each(live_daemon, zendesk, pagerduty):
+    daemon = live_daemon()
+    daemon.send(make_message())
+    daemon.wait_settled(1)
+    daemon.send(make_message())          # e.g. the sending MTA retried after a lost 250
+    daemon.send(make_message(), recipients=("second@example.org",))
+    [message] = daemon.wait_settled(1)["messages"]
+    assert message["deliveries"] == 3
+    assert len(zendesk.tickets()) == 1
+    assert len(pagerduty.incidents()) == 1
+    assert len([e for e in pagerduty.events() if e["event_action"] == "trigger"]) == 1
+
+
+def test_paging_does_not_wait_for_a_zendesk_outage(live_daemon, zendesk, pagerduty):
+    zendesk.set_down(True)
+    daemon = live_daemon()
+    daemon.send(make_message())
+    # The page goes out while Zendesk is still down, without a ticket link.
+    incident = daemon.wait_for(lambda: pagerduty.incidents(), what="the page")[0]
+    assert not incident["log"][0].get("links")
+    assert zendesk.tickets() == []
+    status = daemon.status()["messages"][0]
+    assert status["state"] == "pending" and "HTTP 503" in status["steps"]["ticket"]["last_error"]
+
+    zendesk.set_down(False)
+    [message] = daemon.wait_settled(1, timeout=30)["messages"]
+    ticket = ticket_of(zendesk, message["dedup_key"])
+    assert any(message["dedup_key"] in n for n in notes_of(zendesk, ticket["id"]))
+    [incident] = pagerduty.incidents()
+    assert any(f"/agent/tickets/{ticket['id']}" in n["content"] for n in incident["notes"])
+    assert len([e for e in pagerduty.events() if e["event_action"] == "trigger"]) == 1
+
+
+def test_rate_limits_are_honoured_in_both_retry_after_forms(live_daemon, zendesk, pagerduty):
+    zendesk.inject_status(429, headers={"Retry-After": "1"}, path="/api/v2/tickets.json", method="POST")
+    pagerduty.inject_status(429, headers={"Retry-After": formatdate(time.time() + 2, usegmt=True)},
+                            path="/v2/enqueue")
+    daemon = live_daemon()
+    daemon.send(make_message())
+    [message] = daemon.wait_settled(1, timeout=30)["messages"]
+    assert message["state"] == "done"
+    assert message["steps"]["ticket"]["attempts"] == 2 and message["steps"]["page"]["attempts"] == 2
+    creates = zendesk.requests_matching(path="/api/v2/tickets.json", method="POST")
+    assert creates[1].received_at - creates[0].received_at >= 0.9
+    enqueues = pagerduty.requests_matching(path="/v2/enqueue")
+    # HTTP-dates have whole seconds: "now + 2 s" is at least one second away.
+    assert enqueues[1].received_at - enqueues[0].received_at >= 1.0
+    assert len(zendesk.tickets()) == 1 and len(pagerduty.incidents()) == 1
+
+
+def test_a_permanent_error_is_recorded_with_the_body_and_does_not_block_the_other_side(
+        live_daemon, zendesk, pagerduty):
+    zendesk.inject_status(422, body={"error": "RecordInvalid", "description": "Requester is suspended"},
+                          path="/api/v2/tickets.json", method="POST")
+    daemon = live_daemon()
+    daemon.send(make_message())
+    [message] = daemon.wait_settled(1)["messages"]
+    assert message["state"] == "failed"
+    assert "HTTP 422" in message["steps"]["ticket"]["last_error"]
+    assert "Requester is suspended" in message["steps"]["ticket"]["last_error"]
+    assert message["steps"]["page"]["state"] == "done"
+    assert len(pagerduty.incidents()) == 1
+    assert message["steps"]["link_ticket"]["last_error"] == "not possible: ticket failed"
+    _, metrics = daemon.http_get("/metrics")
+    assert ('emergencyd_escalation_steps_total{integration="zendesk",outcome="failed",'
+            'status_class="4xx",step="ticket"} 1.0') in metrics
+
+
+def test_network_faults_and_malformed_answers_are_retried(live_daemon, zendesk, pagerduty):
+    zendesk.inject_drop(path="/api/v2/tickets.json", method="POST")
+    pagerduty.inject_malformed(path="/v2/enqueue")
+    pagerduty.inject_status(502, path="/v2/enqueue")
+    daemon = live_daemon()
+    daemon.send(make_message())
+    [message] = daemon.wait_settled(1, timeout=30)["messages"]
+    assert message["state"] == "done"
+    assert message["steps"]["page"]["attempts"] == 3
+    assert len(zendesk.tickets()) == 1 and len(pagerduty.incidents()) == 1
+
+
+def test_metrics_and_health(live_daemon, zendesk, pagerduty):
+    daemon = live_daemon()
+    daemon.send(make_message())
+    daemon.wait_settled(1)
+    assert daemon.http_get("/healthz") == (200, "ok\n")
+    status, body = daemon.http_get("/readyz")
+    assert status == 200 and '"ready": true' in body
+    _, metrics = daemon.http_get("/metrics")
+    assert 'emergencyd_messages_received_total{source="smtp"} 1.0' in metrics
+    assert "emergencyd_page_latency_seconds_count 1.0" in metrics
+    assert "emergencyd_escalations_pending 0.0" in metrics
+    assert "emergencyd_escalation_oldest_pending_age_seconds 0.0" in metrics
+    assert daemon.http_get("/nope")[0] == 404
+
+
+def test_secrets_never_reach_logs_or_status(live_daemon, zendesk, pagerduty):
+    zendesk.inject_status(401, path="/api/v2/tickets.json")
+    pagerduty.inject_status(400, path="/v2/enqueue")
+    daemon = live_daemon()
+    daemon.send(make_message())
+    daemon.wait_settled(1)
+    output = daemon.log_text() + daemon.cli("status", "--json").stdout + daemon.cli("status").stdout
+    output += daemon.http_get("/metrics")[1]
+    for secret in (ZENDESK_TOKEN, ROUTING_KEY, API_TOKEN):
+        assert secret not in output
