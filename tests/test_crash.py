@@ -1,0 +1,87 @@
+"""kill -9 at the worst moments: after Zendesk or PagerDuty acted, before we committed it.
+
+The fakes hold the response of the chosen request: its effect is applied, the
+daemon is killed while waiting for the answer, and a restarted daemon must
+finish with exactly one ticket, one incident, one link each way.
+"""
+import pytest
+
+from tests.harness import make_message
+
+TICKET_UPDATE = r"/api/v2/tickets/\d+\.json"
+
+
+def assert_one_of_everything(daemon, zendesk, pagerduty):
+    [message] = daemon.wait_settled(1, timeout=30)["messages"]
+    assert message["state"] == "done", message
+    [ticket] = zendesk.tickets()
+    [incident] = pagerduty.incidents()
+    assert ticket["id"] == message["ticket_id"] and incident["dedup_key"] == message["dedup_key"]
+    notes = [c["body"] for c in zendesk.comments(ticket["id"]) if not c["public"]]
+    assert len([n for n in notes if "MAIL FROM:" in n]) == 1
+    assert len([n for n in notes if message["dedup_key"] in n and "PagerDuty" in n]) == 1
+    assert len([n for n in incident["notes"] if f"/agent/tickets/{ticket['id']}" in n["content"]]) == 1
+    return message
+
+
+def crash_while_held(daemon, hold):
+    assert hold.wait_received(20) is not None, daemon.log_text()
+    daemon.kill9()
+    hold.release()
+    daemon.start()
+
+
+def test_killed_after_zendesk_created_the_ticket(live_daemon, zendesk, pagerduty):
+    hold = zendesk.hold(path=r"/api/v2/tickets\.json", method="POST")
+    daemon = live_daemon()
+    daemon.send(make_message())
+    crash_while_held(daemon, hold)
+    message = assert_one_of_everything(daemon, zendesk, pagerduty)
+    assert message["steps"]["ticket"]["result"].get("found_existing") is True
+
+
+def test_killed_between_ticket_and_page(live_daemon, zendesk, pagerduty):
+    hold = pagerduty.hold(path="/v2/enqueue")
+    daemon = live_daemon()
+    daemon.send(make_message())
+    crash_while_held(daemon, hold)
+    assert_one_of_everything(daemon, zendesk, pagerduty)
+    assert len([e for e in pagerduty.events() if e["event_action"] == "trigger"]) == 2   # folded by dedup_key
+
+
+def test_killed_between_page_and_link(live_daemon, zendesk, pagerduty):
+    page_hold = pagerduty.hold(path="/v2/enqueue")
+    daemon = live_daemon()
+    daemon.send(make_message())
+    page_hold.wait_received(20)
+    # The ticket and its envelope note are done; hold the next ticket update, the link.
+    daemon.wait_for(lambda: daemon.status()["messages"][0]["steps"]["ticket_note"]["state"] == "done",
+                    what="the envelope note")
+    link_hold = zendesk.hold(path=TICKET_UPDATE, method="PUT")
+    page_hold.release()
+    crash_while_held(daemon, link_hold)
+    message = assert_one_of_everything(daemon, zendesk, pagerduty)
+    assert message["steps"]["link_ticket"]["result"].get("found_existing") is True
+
+
+def test_killed_after_the_incident_note(live_daemon, zendesk, pagerduty):
+    hold = pagerduty.hold(path=r"/incidents/\w+/notes", method="POST")
+    daemon = live_daemon()
+    daemon.send(make_message())
+    crash_while_held(daemon, hold)
+    message = assert_one_of_everything(daemon, zendesk, pagerduty)
+    assert message["steps"]["link_page"]["result"].get("found_existing") is True
+
+
+@pytest.mark.parametrize("held", ["zendesk", "pagerduty"])
+def test_sigterm_mid_escalation_loses_nothing(live_daemon, zendesk, pagerduty, held):
+    fake = zendesk if held == "zendesk" else pagerduty
+    hold = fake.hold(path=r"/api/v2/tickets\.json" if held == "zendesk" else "/v2/enqueue", method="POST")
+    daemon = live_daemon()
+    daemon.send(make_message())
+    hold.wait_received(20)
+    daemon.proc.send_signal(15)
+    hold.release()             # the step in flight finishes and commits before exit
+    assert daemon.proc.wait(30) == 0
+    daemon.start()
+    assert_one_of_everything(daemon, zendesk, pagerduty)
