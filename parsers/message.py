@@ -227,10 +227,13 @@ def _headers_only(raw: bytes) -> Message:
 
 
 def _failure_text(raw_headers: str, recovered: str) -> str:
-    parts = [UNPARSEABLE_MARKER, raw_headers]
+    """The marker, the raw headers, then any body text still recovered."""
+    text = UNPARSEABLE_MARKER
+    if raw_headers:
+        text += "\n" + raw_headers
     if recovered:
-        parts += ["", recovered]
-    return _bounded_text("\n".join(parts))
+        text += "\n\n" + recovered
+    return _bounded_text(text)
 
 
 def _last_resort(raw: object, error: str) -> ParsedMessage:
@@ -240,7 +243,7 @@ def _last_resort(raw: object, error: str) -> ParsedMessage:
         raw_headers = ""
     return ParsedMessage(
         message_id=None, sender=None, sender_name=None, recipients=(), subject="",
-        date=None, text=f"{UNPARSEABLE_MARKER}\n{raw_headers}", attachments=(),
+        date=None, text=_failure_text(raw_headers, ""), attachments=(),
         defects=(), in_reply_to=(), references=(), auto_submitted=None,
         precedence=None, content_type="text/plain", headers=(),
         raw_headers=raw_headers, parse_error=error,

@@ -154,3 +154,23 @@ def test_secrets_never_reach_logs_or_status(live_daemon, zendesk, pagerduty):
     output += daemon.http_get("/metrics")[1]
     for secret in (ZENDESK_TOKEN, ROUTING_KEY, API_TOKEN):
         assert secret not in output
+
+
+def test_unparseable_mail_is_still_escalated_with_a_marker(live_daemon, zendesk, pagerduty):
+    daemon = live_daemon()
+    # No header field at all: binary noise in short lines, as a broken relay might send.
+    noise = bytes(b for b in range(1, 256) if b not in b"\r\n.:")
+    daemon.send(b"\r\n".join([noise[:60], noise[60:120], noise[120:180], b"", b"body"]))
+    [message] = daemon.wait_settled(1)["messages"]
+    [ticket] = zendesk.tickets()
+    bodies = " ".join(c["body"] for c in zendesk.comments(ticket["id"]))
+    assert "could not be parsed" in bodies
+    assert len(pagerduty.incidents()) == 1
+
+
+def test_a_huge_subject_is_bounded_in_the_page(live_daemon, zendesk, pagerduty):
+    daemon = live_daemon()
+    daemon.send(make_message(subject="down " * 190))
+    daemon.wait_settled(1)
+    [incident] = pagerduty.incidents()
+    assert len(incident["log"][0]["payload"]["summary"]) <= 1024

@@ -19,6 +19,7 @@ import json
 import re
 import socket
 import ssl
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -61,7 +62,8 @@ class RecordedRequest:
     json: Any  # decoded body, or None if it was empty or not JSON
     received_at: float  # time.monotonic()
     fault: str | None = None  # e.g. "status:429", "drop", "hold"; None if answered normally
-    status: int | None = None  # status sent; None if dropped, still held, or the send failed
+    status: int | None = None  # status answered; None if dropped, still held, or the send failed
+    # (a client that vanished is not always noticed: TCP may accept the write)
 
 
 class Hold:
@@ -165,10 +167,7 @@ class _TLSServer(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         # Clients that vanish (timeouts, kill -9, rejected certificates) are part of
         # the tests; only unexpected errors deserve a traceback.
-        import sys
-
-        exc = sys.exc_info()[1]
-        if isinstance(exc, OSError):
+        if isinstance(sys.exc_info()[1], OSError):
             return
         super().handle_error(request, client_address)
 

@@ -225,9 +225,7 @@ class FakePagerDuty(FakeHTTPSServer):
             if incident_id is None:
                 incident_id = self._new_incident(service, dedup_key, event["payload"]["summary"],
                                                  urgency="high", via="events")
-            self._incidents[incident_id]["log"].append(entry)
-            self._incidents[incident_id]["alert_counts"]["all"] = len(
-                [e for e in self._incidents[incident_id]["log"] if e["event_action"] == "trigger"])
+            self._incidents[incident_id]["log"].append(entry)  # same alert: no new alert or incident
             return incident_id
         if incident_id is None:
             return None  # nothing open under this key: accepted, no effect
@@ -373,8 +371,7 @@ class FakePagerDuty(FakeHTTPSServer):
             "updated_at": now,
             "last_status_change_at": now,
             "resolved_at": None,
-            "first_log_entry_id": self._new_id().replace("P", "R", 1),
-            "alert_counts": {"all": 0 if via == "events" else 1},
+            "first_log_entry_id": "Q" + "".join(self._ids.choices(string.ascii_uppercase + string.digits, k=13)),
             "created_via": via,
             "log": [],
             "notes": [],
@@ -396,7 +393,7 @@ class FakePagerDuty(FakeHTTPSServer):
     def _rest_incident(self, rec: dict[str, Any]) -> dict[str, Any]:
         incident_id = rec["id"]
         resolved = rec["status"] == "resolved"
-        alerts = rec["alert_counts"]["all"]
+        alerts = 1 if rec["created_via"] == "events" else 0  # REST-made incidents have no alert
         log_id = rec["first_log_entry_id"]
         return {
             "id": incident_id,
