@@ -83,19 +83,20 @@ def test_paging_does_not_wait_for_a_zendesk_outage(live_daemon, zendesk, pagerdu
 
 
 def test_rate_limits_are_honoured_in_both_retry_after_forms(live_daemon, zendesk, pagerduty):
-    zendesk.inject_status(429, headers={"Retry-After": "1"}, path="/api/v2/tickets.json", method="POST")
-    pagerduty.inject_status(429, headers={"Retry-After": formatdate(time.time() + 2, usegmt=True)},
-                            path="/v2/enqueue")
     daemon = live_daemon()
+    zendesk.inject_status(429, headers={"Retry-After": "1"}, path="/api/v2/tickets.json", method="POST")
+    retry_at_wall = int(time.time()) + 2
+    retry_at = time.monotonic() + (retry_at_wall - time.time())
+    pagerduty.inject_status(429, headers={"Retry-After": formatdate(retry_at_wall, usegmt=True)},
+                            path="/v2/enqueue")
     daemon.send(make_message())
     [message] = daemon.wait_settled(1, timeout=30)["messages"]
     assert message["state"] == "done"
     assert message["steps"]["ticket"]["attempts"] == 2 and message["steps"]["page"]["attempts"] == 2
     creates = zendesk.requests_matching(path="/api/v2/tickets.json", method="POST")
-    assert creates[1].received_at - creates[0].received_at >= 0.9
+    assert creates[1].received_at - creates[0].received_at >= 0.95
     enqueues = pagerduty.requests_matching(path="/v2/enqueue")
-    # HTTP-dates have whole seconds: "now + 2 s" is at least one second away.
-    assert enqueues[1].received_at - enqueues[0].received_at >= 1.0
+    assert enqueues[1].received_at >= retry_at - 0.05     # not before the HTTP-date
     assert len(zendesk.tickets()) == 1 and len(pagerduty.incidents()) == 1
 
 
@@ -174,3 +175,16 @@ def test_a_huge_subject_is_bounded_in_the_page(live_daemon, zendesk, pagerduty):
     daemon.wait_settled(1)
     [incident] = pagerduty.incidents()
     assert len(incident["log"][0]["payload"]["summary"]) <= 1024
+
+
+def test_a_slow_zendesk_delays_the_page_by_the_head_start_at_most(live_daemon, zendesk, pagerduty):
+    zendesk.inject_delay(4.0, path="/api/v2/tickets.json", method="POST")
+    daemon = live_daemon()     # ticket_head_start_seconds = 1 in the test config
+    daemon.send(make_message())
+    incident = daemon.wait_for(lambda: pagerduty.incidents(), what="the page")[0]
+    # The page did not wait for the 4-second ticket: no ticket existed when it was sent.
+    assert not incident["log"][0].get("links")
+    [message] = daemon.wait_settled(1)["messages"]
+    assert message["steps"]["page"]["result"]["carried_ticket_link"] is False
+    [incident] = pagerduty.incidents()
+    assert any(f"/agent/tickets/{message['ticket_id']}" in n["content"] for n in incident["notes"])

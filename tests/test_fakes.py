@@ -7,6 +7,7 @@ used only where a client would hide the fault under test (drops, delays, holds).
 
 from __future__ import annotations
 
+import email.utils
 import ssl
 import threading
 import time
@@ -236,11 +237,20 @@ def test_zenpy_waits_out_429_with_retry_after_seconds(zd, zd_fake):
 
 
 def test_zenpy_crashes_on_429_with_http_date(zd, zd_fake):
-    zd_fake.inject_status(429, headers={"Retry-After": http_date(2)})
+    zd_fake.inject_status(429, headers={"Retry-After": lambda: http_date(2)})  # dated when sent
     with pytest.raises(ValueError):  # zenpy does int(Retry-After)
         zd.tickets.create(new_ticket())
     assert zd_fake.tickets() == []
     assert zd_fake.requests[0].fault == "status:429"
+
+
+def test_callable_header_values_are_evaluated_when_sent(zd_fake, ca_pem):
+    # So an HTTP-date Retry-After counts from the response, not from when the test set it up.
+    zd_fake.inject_status(429, headers={"Retry-After": lambda: http_date(2), "X-Sent-At": lambda: repr(time.monotonic())})
+    response = requests.get(f"{zd_fake.url}/api/v2/tickets.json", verify=str(ca_pem))
+    assert float(response.headers["X-Sent-At"]) >= zd_fake.requests[0].received_at
+    retry_at = email.utils.parsedate_to_datetime(response.headers["Retry-After"]).timestamp()
+    assert 0.5 < retry_at - time.time() <= 2
 
 
 def test_zenpy_raises_on_429_without_retry_after(zd, zd_fake):

@@ -109,7 +109,7 @@ class _Fault:
     times: int | None  # None: until cleared
     status: int | None = None
     body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, Any] = field(default_factory=dict)  # values may be callables
     seconds: float = 0.0
     hold: Hold | None = None
 
@@ -268,7 +268,7 @@ class FakeHTTPSServer:
         self,
         status: int,
         body: Any = None,
-        headers: dict[str, str] | None = None,
+        headers: dict[str, Any] | None = None,
         *,
         times: int | None = 1,
         path: str | None = None,
@@ -278,6 +278,8 @@ class FakeHTTPSServer:
 
         body: bytes or str are sent as is, anything else as JSON; None means the
         service's own error shape for that status and path (`error_body`).
+        headers: a value may be a callable, evaluated when the response is sent, e.g.
+        {"Retry-After": lambda: http_date(2)} for a date relative to that moment.
         """
         self._add_fault(
             _Fault("status", *self._filters(path, method), times, status=status, body=body, headers=headers or {})
@@ -420,7 +422,10 @@ class FakeHTTPSServer:
             fault.hold._note_arrival(rec)
             fault.hold._wait_for_release()
 
-        response.headers = {**self.common_headers(rec), **response.headers}
+        response.headers = {
+            name: value() if callable(value) else value
+            for name, value in {**self.common_headers(rec), **response.headers}.items()
+        }
         rec.status = response.status  # before sending: the client may look at once
         try:
             _send(handler, response)

@@ -1,0 +1,525 @@
+"""SMTP ingest benchmark: emergencyd against the fsync floor, and end to end to PagerDuty.
+
+    .venv/bin/python bench/smtp_ingest.py [--messages N] [--connections K] [--json FILE]
+
+Three measurements, one after the other in the same run (never at the same time:
+they would fight over the same cores and the same disk):
+
+1. floor: bench/fsync_floor_server.py, a bare aiosmtpd server that writes and fsyncs
+   each message (and its directory) before answering 250;
+2. emergencyd in dry_run mode: commits to SQLite (WAL, synchronous=FULL) before 250,
+   and escalates in dry_run meanwhile, as it would in production;
+3. emergencyd with dry_run off, against FakeZendesk and FakePagerDuty running in this
+   process: latency from the end of DATA to the trigger event reaching PagerDuty.
+
+1 and 2 get the same N messages over K concurrent SMTP connections (threads, one
+smtplib connection each, many messages per connection). Figures only: nothing is
+asserted. See bench/README.md for what each figure means.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import smtplib
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from escalation.records import dedup_key_of  # noqa: E402
+from tests.harness import (  # noqa: E402
+    API_TOKEN, RECIPIENT, ZENDESK_EMAIL, ZENDESK_TOKEN, DaemonProcess, base_env, live_env, make_message,
+    write_config,
+)
+
+SENDER = "noc@tenant-acme.example.net"
+FLOOR_SERVER = Path(__file__).resolve().parent / "fsync_floor_server.py"
+SMTP_TIMEOUT = 60.0
+
+
+# --- messages -------------------------------------------------------------------
+
+def build_message(run: str, index: int) -> tuple[str, bytes]:
+    """A realistic ~1.5 KB tenant alert with a unique Message-ID; returns (dedup_key, bytes)."""
+    mid = f"{run}.{index:06d}@mail.tenant-acme.example.net"
+    host = f"web-{index % 17:02d}"
+    extra = (
+        f"Received: from mail.tenant-acme.example.net (mail.tenant-acme.example.net [198.51.100.{index % 250 + 1}])\r\n"
+        f"\tby mx1.example.org with ESMTPS id {index:08x}; Fri, 27 Nov 2026 02:15:01 +0000\r\n"
+        "Return-Path: <noc@tenant-acme.example.net>\r\n"
+        "MIME-Version: 1.0\r\n"
+        "Content-Transfer-Encoding: 8bit\r\n"
+        "X-Mailer: Alertmanager/0.27\r\n"
+        "X-Priority: 1 (Highest)\r\n"
+    )
+    body = (
+        "Hello,\r\n\r\n"
+        f"Our production application on {host}.tenant-acme.example.net has been returning HTTP 502\r\n"
+        "to most requests since 02:10 UTC. The load balancer marks every backend unhealthy and\r\n"
+        "our customers cannot log in or place orders. We have not deployed anything tonight.\r\n\r\n"
+        "What we see:\r\n"
+        f"  - health checks failing on {host} and its two siblings since 02:09:41\r\n"
+        "  - upstream connect timeouts in the proxy log (about 1200 per minute)\r\n"
+        "  - the database replica lag alert fired at 02:08 and cleared at 02:11\r\n\r\n"
+        "Excerpt from the proxy log:\r\n"
+        "  02:10:03 upstream timed out (110: Connection timed out) while connecting to upstream\r\n"
+        "  02:10:04 no live upstreams while connecting to upstream, client: 203.0.113.45\r\n"
+        "  02:10:04 no live upstreams while connecting to upstream, client: 203.0.113.77\r\n\r\n"
+        f"Incident reference on our side: ACME-INC-{20000 + index}. Please call the on-call\r\n"
+        "number in our contract if you need access to the machines.\r\n\r\n"
+        "-- \r\nAcme Network Operations Centre\r\n+1 555 0100 (24/7)\r\n"
+    )
+    raw = make_message(subject=f"URGENT: production down on {host} (ACME-INC-{20000 + index})", body=body,
+                       sender=SENDER, message_id=f"<{mid}>", extra_headers=extra)
+    return dedup_key_of("mid:" + mid), raw
+
+
+# --- the SMTP load ----------------------------------------------------------------
+
+@dataclass
+class Sample:
+    key: str
+    start: float      # time.monotonic() just before smtplib's data()
+    end: float        # time.monotonic() when data() returned (the 250 was read)
+    code: int
+
+
+@dataclass
+class LoadResult:
+    samples: list[Sample] = field(default_factory=list)
+    rejected: int = 0
+    errors: list[str] = field(default_factory=list)
+    started: float = 0.0
+    finished: float = 0.0
+
+    @property
+    def accepted(self) -> list[Sample]:
+        return [s for s in self.samples if s.code == 250]
+
+
+def _send_one(client: smtplib.SMTP, raw: bytes) -> tuple[float, float, int]:
+    code, _ = client.mail(SENDER)
+    if code != 250:
+        client.rset()
+        return 0.0, 0.0, code
+    code, _ = client.rcpt(RECIPIENT)
+    if code not in (250, 251):
+        client.rset()
+        return 0.0, 0.0, code
+    start = time.monotonic()
+    try:
+        code, _ = client.data(raw)
+    except smtplib.SMTPDataError as exc:
+        code = exc.smtp_code
+    return start, time.monotonic(), code
+
+
+def run_load(port: int, messages: list[tuple[str, bytes]], connections: int,
+             warmup: list[tuple[str, bytes]] | None = None) -> LoadResult:
+    """Send `messages` over `connections` concurrent connections; message i goes on connection i % K.
+
+    Each connection first sends its warm-up message (untimed), then all wait on a barrier,
+    so the clock starts with every connection open and warm.
+    """
+    result = LoadResult()
+    lock = threading.Lock()
+    barrier = threading.Barrier(connections + 1)
+    shares = [messages[i::connections] for i in range(connections)]
+
+    def worker(number: int) -> None:
+        local: list[Sample] = []
+        rejected = 0
+        try:
+            with smtplib.SMTP("127.0.0.1", port, local_hostname="bench.localhost", timeout=SMTP_TIMEOUT) as client:
+                client.ehlo_or_helo_if_needed()
+                if warmup:
+                    _send_one(client, warmup[number % len(warmup)][1])
+                barrier.wait()
+                for key, raw in shares[number]:
+                    start, end, code = _send_one(client, raw)
+                    if code == 250:
+                        local.append(Sample(key, start, end, code))
+                    else:
+                        rejected += 1
+        except threading.BrokenBarrierError:
+            pass
+        except Exception as exc:   # reported, not raised: a figure, not a test
+            barrier.abort()
+            with lock:
+                result.errors.append(f"connection {number}: {type(exc).__name__}: {exc}")
+        with lock:
+            result.samples.extend(local)
+            result.rejected += rejected
+
+    threads = [threading.Thread(target=worker, args=(n,), name=f"smtp-{n}", daemon=True)
+               for n in range(connections)]
+    for t in threads:
+        t.start()
+    try:
+        barrier.wait(timeout=SMTP_TIMEOUT)
+    except threading.BrokenBarrierError:
+        pass
+    result.started = time.monotonic()
+    for t in threads:
+        while t.is_alive():
+            t.join(0.2)
+    ends = [s.end for s in result.samples]
+    result.finished = max(ends) if ends else result.started
+    return result
+
+
+# --- figures ----------------------------------------------------------------------
+
+def percentile(values: list[float], p: float) -> float | None:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * p / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def row(name: str, messages: int, connections: int, count: int, seconds: float,
+        latencies: list[float], **extra) -> dict:
+    return {
+        "name": name, "messages": messages, "connections": connections, "completed": count,
+        "seconds": round(seconds, 4),
+        "msg_per_s": round(count / seconds, 1) if seconds > 0 else None,
+        "p50_ms": _ms(percentile(latencies, 50)), "p99_ms": _ms(percentile(latencies, 99)),
+        "max_ms": _ms(max(latencies) if latencies else None), **extra,
+    }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+def smtp_row(name: str, result: LoadResult, sent: int, connections: int, **extra) -> dict:
+    accepted = result.accepted
+    return row(name, sent, connections, len(accepted), result.finished - result.started,
+               [s.end - s.start for s in accepted], rejected=result.rejected, errors=result.errors, **extra)
+
+
+# --- the three runs -------------------------------------------------------------
+
+class Cleanup(contextlib.ExitStack):
+    """Everything started is stopped, in reverse order, however the run ends."""
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+def stop_daemon(daemon: DaemonProcess) -> None:
+    if daemon.proc is None:
+        return
+    try:
+        daemon.stop(timeout=15)
+    except subprocess.TimeoutExpired:
+        daemon.proc.kill()
+        daemon.proc.wait(10)
+
+
+def start_floor(directory: Path, stack: Cleanup) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen([sys.executable, str(FLOOR_SERVER), str(directory / "spool")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT, text=True)
+    stack.callback(stop_process, proc)
+    line = proc.stdout.readline()   # "ready PORT"; the pipe on stdin ends it if we die
+    if not line.startswith("ready "):
+        raise RuntimeError(f"floor server did not start: {line!r} (exit {proc.poll()})")
+    return proc, int(line.split()[1])
+
+
+def start_emergencyd(directory: Path, stack: Cleanup, *, env: dict[str, str], **config_args) -> DaemonProcess:
+    directory.mkdir(parents=True, exist_ok=True)
+    config = write_config(directory, **config_args)
+    daemon = DaemonProcess(config=config, env=env, log_path=directory / "daemon.log")
+    stack.callback(stop_daemon, daemon)
+    try:
+        return daemon.start()
+    except BaseException:
+        print(daemon.log_text()[-4000:], file=sys.stderr)
+        raise
+
+
+def bench_floor(args, workdir: Path, stack: Cleanup, messages, warmup) -> dict:
+    directory = workdir / "floor"
+    directory.mkdir()
+    proc, port = start_floor(directory, stack)
+    result = run_load(port, messages, args.connections, warmup)
+    stop_process(proc)
+    files = len(list((directory / "spool").glob("*.eml")))
+    return smtp_row("floor (fsync per message)", result, len(messages), args.connections, files_written=files)
+
+
+def bench_dry_run(args, workdir: Path, stack: Cleanup, messages, warmup) -> dict:
+    directory = workdir / "dry-run"
+    daemon = start_emergencyd(directory, stack, env=base_env(), dry_run=True)
+    result = run_load(daemon.smtp_port, messages, args.connections, warmup)
+    backlog = _escalation_backlog(directory / "var" / "store.sqlite3")
+    stop_daemon(daemon)
+    return smtp_row("emergencyd dry-run", result, len(messages), args.connections,
+                    escalations_unfinished_at_end=backlog)
+
+
+def _escalation_backlog(path: Path) -> int | None:
+    """Escalations not yet done when the last 250 came back (read-only peek at the store)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as conn:
+            return conn.execute("SELECT COUNT(*) FROM escalations WHERE state IN ('new', 'pending')").fetchone()[0]
+    except sqlite3.Error:
+        return None
+
+
+def bench_pagerduty(args, workdir: Path, stack: Cleanup, run: str) -> tuple[dict, dict]:
+    from tests.fakes.pagerduty import FakePagerDuty
+    from tests.fakes.tls import TestCA
+    from tests.fakes.zendesk import FakeZendesk
+
+    directory = workdir / "live"
+    directory.mkdir()
+    ca = TestCA()
+    zendesk = stack.enter_context(FakeZendesk(ca=ca, email=ZENDESK_EMAIL, token=ZENDESK_TOKEN))
+    pagerduty = stack.enter_context(FakePagerDuty(ca=ca, api_token=API_TOKEN))
+    daemon = start_emergencyd(directory, stack, env=live_env(), dry_run=False, zendesk_url=zendesk.url,
+                              pagerduty_url=pagerduty.url, ca_file=ca.write_ca_pem(directory))
+
+    def first_triggers() -> dict[str, float]:
+        found: dict[str, float] = {}
+        for req in pagerduty.requests_matching(r"^/v2/enqueue$", "POST"):
+            event = req.json if isinstance(req.json, dict) else {}
+            if event.get("event_action") == "trigger" and event.get("dedup_key"):
+                key = event["dedup_key"]
+                found[key] = min(found.get(key, req.received_at), req.received_at)
+        return found
+
+    def wait_pages(keys: set[str], timeout: float) -> dict[str, float]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = first_triggers()
+            if keys <= found.keys() or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.02)
+
+    # Unloaded: one message at a time, each waiting for its page (the first opens the
+    # HTTPS connections and is not counted).
+    idle: list[float] = []
+    probes = [build_message(f"{run}-idle", i) for i in range(args.idle_probes + 1)]
+    for number, (key, raw) in enumerate(probes):
+        with smtplib.SMTP("127.0.0.1", daemon.smtp_port, local_hostname="bench.localhost",
+                          timeout=SMTP_TIMEOUT) as client:
+            start, _, code = _send_one(client, raw)
+        if code != 250:
+            continue
+        page_at = wait_pages({key}, 10.0).get(key)
+        if page_at is not None and number > 0:
+            idle.append(page_at - start)
+
+    # Loaded: the burst.
+    messages = [build_message(f"{run}-live", i) for i in range(args.live_messages)]
+    result = run_load(daemon.smtp_port, messages, args.connections)
+    accepted = result.accepted
+    keys = {s.key for s in accepted}
+    found = wait_pages(keys, args.page_timeout)
+    latencies = [found[s.key] - s.start for s in accepted if s.key in found]
+    last_page = max((found[k] for k in keys if k in found), default=result.started)
+    stop_daemon(daemon)
+    figures = row("emergencyd to PagerDuty", len(messages), args.connections, len(latencies),
+                  last_page - result.started, latencies, pages_expected=len(keys), pages_arrived=len(latencies),
+                  rejected=result.rejected, errors=result.errors, smtp=smtp_row(
+                      "emergencyd live, SMTP accept", result, len(messages), args.connections),
+                  fake_errors=[repr(e) for e in zendesk.errors + pagerduty.errors])
+    idle_figures = {"probes": len(idle), "p50_ms": _ms(percentile(idle, 50)),
+                    "max_ms": _ms(max(idle) if idle else None)}
+    return figures, idle_figures
+
+
+# --- machine and report -----------------------------------------------------------
+
+def machine(workdir: Path) -> dict:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    try:
+        nproc = len(os.sched_getaffinity(0))
+    except AttributeError:
+        nproc = os.cpu_count()
+    import aiosmtpd
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "nproc": nproc, "cpu": cpu, "python": platform.python_version(),
+        "implementation": platform.python_implementation(), "kernel": platform.release(),
+        "sqlite": sqlite3.sqlite_version, "aiosmtpd": getattr(aiosmtpd, "__version__", "?"),
+        "filesystem": filesystem_of(workdir), "commit": git_describe(),
+    }
+
+
+def filesystem_of(path: Path) -> str:
+    """Type and device of the mount holding `path` (fsync on tmpfs costs nothing)."""
+    best = ("", "?", "?")
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            device, mount, kind = line.split()[:3]
+            if str(path.resolve()).startswith(mount.rstrip("/") + "/") and len(mount) >= len(best[0]):
+                best = (mount, kind, device)
+    return f"{best[1]} on {best[2]} ({best[0] or '?'})"
+
+
+def git_describe() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return f"{rev}{' (dirty)' if dirty else ''}" if rev else "?"
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
+def _fmt(value, width: int, digits: int = 1) -> str:
+    if value is None:
+        return "-".rjust(width)
+    if isinstance(value, float):
+        return f"{value:{width}.{digits}f}"
+    return str(value).rjust(width)
+
+
+def report(info: dict, rows: list[dict], idle: dict | None, args) -> str:
+    out = [
+        "emergencyd SMTP ingest benchmark",
+        f"date      {info['date']}",
+        f"machine   nproc={info['nproc']}  cpu={info['cpu']}  kernel={info['kernel']}",
+        f"python    {info['implementation']} {info['python']}  sqlite {info['sqlite']}  aiosmtpd {info['aiosmtpd']}",
+        f"disk      {info['filesystem']}",
+        f"commit    {info['commit']}",
+        "",
+        f"{'':28}{'messages':>9}{'connections':>12}{'msg/s':>9}{'p50 ms':>9}{'p99 ms':>9}",
+    ]
+    for r in rows:
+        out.append(f"{r['name']:28}{_fmt(r['messages'], 9)}{_fmt(r['connections'], 12)}"
+                   f"{_fmt(r['msg_per_s'], 9)}{_fmt(r['p50_ms'], 9, 2)}{_fmt(r['p99_ms'], 9, 2)}")
+    out.append("")
+    out.append("latency, floor and dry-run rows: smtplib data() call, i.e. DATA, the 354 reply, sending the")
+    out.append("  ~1.5 KB body and the final '.', until the 250 arrives (the body transfer is included).")
+    out.append("msg/s, floor and dry-run rows: messages answered 250 / (last 250 - start, all connections open).")
+    pd = next((r for r in rows if r["name"] == "emergencyd to PagerDuty"), None)
+    if pd:
+        out.append("latency, PagerDuty row: from time.monotonic() just before data() (our 'end of DATA') to the")
+        out.append("  fake PagerDuty receiving that message's trigger event (matched by dedup_key).")
+        out.append("msg/s, PagerDuty row: pages arrived / (last page - start of the burst).")
+        out.append(f"pages arrived: {pd['pages_arrived']}/{pd['pages_expected']} "
+                   f"(waited up to {args.page_timeout:g}s); SMTP accept in that run: "
+                   f"{_fmt(pd['smtp']['msg_per_s'], 0)} msg/s, p50 {_fmt(pd['smtp']['p50_ms'], 0, 2)} ms, "
+                   f"p99 {_fmt(pd['smtp']['p99_ms'], 0, 2)} ms")
+        if idle and idle["probes"]:
+            out.append(f"unloaded, one message at a time to PagerDuty: p50 {_fmt(idle['p50_ms'], 0, 2)} ms, "
+                       f"max {_fmt(idle['max_ms'], 0, 2)} ms over {idle['probes']} messages")
+    dry = next((r for r in rows if r["name"] == "emergencyd dry-run"), None)
+    if dry and dry.get("escalations_unfinished_at_end") is not None:
+        out.append(f"dry-run: {dry['escalations_unfinished_at_end']} escalations still unfinished when the last "
+                   "250 came back (the runner shares the store thread with ingest).")
+    for r in rows:
+        problems = list(r.get("errors") or [])
+        if r.get("rejected"):
+            problems.insert(0, f"{r['rejected']} messages not answered 250")
+        if r.get("fake_errors"):
+            problems += [f"fake: {e}" for e in r["fake_errors"]]
+        for problem in problems:
+            out.append(f"WARNING {r['name']}: {problem}")
+    return "\n".join(out)
+
+
+# --- main -------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=2000, help="messages for the floor and dry-run (2000)")
+    parser.add_argument("--connections", type=int, default=8, help="concurrent SMTP connections (8)")
+    parser.add_argument("--live-messages", type=int, default=200,
+                        help="messages for the run to the fake PagerDuty (200)")
+    parser.add_argument("--idle-probes", type=int, default=5,
+                        help="messages sent one at a time to PagerDuty before the burst (5)")
+    parser.add_argument("--page-timeout", type=float, default=60.0,
+                        help="seconds to wait for every page after the burst (60)")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument("--tmpdir", type=Path, help="where the spool and stores go (default: the system's "
+                        "temp dir); use the disk you mean to measure, not a tmpfs")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (daemon logs, stores)")
+    args = parser.parse_args(argv)
+    if args.messages < 1 or args.connections < 1 or args.live_messages < 1:
+        parser.error("--messages, --connections and --live-messages must be at least 1")
+    return args
+
+
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)   # unwinds through the cleanup stack
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
+    run = f"bench{os.getpid()}-{int(time.time())}"
+    workdir = Path(tempfile.mkdtemp(prefix="emergencyd-bench-", dir=args.tmpdir))
+    with Cleanup() as stack:
+        if args.keep:
+            stack.callback(print, f"kept {workdir}", file=sys.stderr)
+        else:
+            stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+        info = machine(workdir)
+        messages = [build_message(run, i) for i in range(args.messages)]
+        warmup = [build_message(f"{run}-warmup", i) for i in range(args.connections)]
+        sizes = [len(raw) for _, raw in messages]
+        print(f"{args.messages} messages of {min(sizes)}-{max(sizes)} bytes over {args.connections} connections; "
+              f"then {args.live_messages} to the fake PagerDuty ...", file=sys.stderr, flush=True)
+        rows = []
+        for name, bench in (("floor", bench_floor), ("dry-run", bench_dry_run)):
+            began = time.monotonic()
+            rows.append(bench(args, workdir, stack, messages, warmup))
+            print(f"  {name}: {time.monotonic() - began:.1f}s", file=sys.stderr, flush=True)
+        began = time.monotonic()
+        live, idle = bench_pagerduty(args, workdir, stack, run)
+        rows.append(live)
+        print(f"  to PagerDuty: {time.monotonic() - began:.1f}s", file=sys.stderr, flush=True)
+        print(report(info, rows, idle, args))
+        if args.json:
+            doc = {"machine": info, "message_bytes": {"min": min(sizes), "max": max(sizes)},
+                   "rows": rows, "unloaded_to_pagerduty": idle}
+            args.json.write_text(json.dumps(doc, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted; everything started was stopped", file=sys.stderr)
+        sys.exit(130)
