@@ -113,6 +113,7 @@ class LoadResult:
 
 
 def _send_one(client: smtplib.SMTP, raw: bytes) -> tuple[float, float, int]:
+    client.ehlo_or_helo_if_needed()
     code, _ = client.mail(SENDER)
     if code != 250:
         client.rset()

@@ -85,34 +85,40 @@ class Escalator:
         return steps
 
     async def advance(self, pk: int) -> None:
-        """Run every step of one escalation that is due now, until none is."""
+        """Run the steps of one escalation, each as soon as it is due and its prerequisites are done.
+
+        Steps run concurrently: a page in flight does not hold up the ticket's note,
+        and a slow ticket holds up the page by the head start at most.
+        """
         record = await self._store.record(pk)
         parsed = parse_message(await self._store.raw(pk))
         if record.state == NEW:
             await self._store.plan(pk, subject=parsed.subject, sender=content.requester_of(record, parsed),
                                    steps=self.planned_steps())
             record = await self._store.record(pk)
-        while record.state == PENDING and await self._run_due_steps(record, parsed):
+        running: dict[str, asyncio.Task] = {}
+        while record.state == PENDING:
+            for name in await self._ready_steps(record, running):
+                running[name] = asyncio.create_task(self._start(record, parsed, name, running))
+            if not running:
+                return
+            done, _ = await asyncio.wait(running.values(), return_when=asyncio.FIRST_COMPLETED)
+            for name in [n for n, task in running.items() if task in done]:
+                running.pop(name).result()
             record = await self._store.record(pk)
 
-    async def _run_due_steps(self, record: EscalationRecord, parsed: ParsedMessage) -> bool:
-        """One pass; True when any step ran, so the caller looks again."""
+    async def _ready_steps(self, record: EscalationRecord, running: dict[str, asyncio.Task]) -> list[str]:
         now = time.time()
-        due = [s.name for s in record.steps if s.state == STEP_PENDING and s.next_attempt_at <= now]
-        runnable = []
-        for name in due:
-            blocked_by = await self._blocked_by(record, name)
-            if blocked_by is None:
-                runnable.append(name)
-        if not runnable:
-            return False
-        if TICKET in runnable and PAGE in runnable:
-            await self._ticket_then_page(record, parsed)
-            runnable = [n for n in runnable if n not in (TICKET, PAGE)]
-        await asyncio.gather(*(self._run_step(record, parsed, n) for n in runnable))
-        return True
+        ready = []
+        for step in record.steps:
+            if step.state != STEP_PENDING or step.name in running or step.next_attempt_at > now:
+                continue
+            if await self._waits_on_prerequisite(record, step.name, running) is None:
+                ready.append(step.name)
+        return ready
 
-    async def _blocked_by(self, record: EscalationRecord, name: str) -> str | None:
+    async def _waits_on_prerequisite(self, record: EscalationRecord, name: str,
+                                     running: dict[str, asyncio.Task]) -> str | None:
         """A step whose prerequisite is not done waits for it, or fails with it."""
         for prerequisite in PREREQUISITES[name]:
             before = record.step(prerequisite)
@@ -121,17 +127,19 @@ class Escalator:
             if before.state == STEP_FAILED:
                 await self._store.fail_step(record.message_pk, name, error=f"not possible: {prerequisite} failed",
                                             next_attempt_at=None)
-            else:
+            elif prerequisite not in running:
                 await self._store.defer_step(record.message_pk, name, before.next_attempt_at)
             return prerequisite
         return None
 
-    async def _ticket_then_page(self, record: EscalationRecord, parsed: ParsedMessage) -> None:
-        ticket = asyncio.create_task(self._run_step(record, parsed, TICKET))
-        await asyncio.wait({ticket}, timeout=self._settings.ticket_head_start_seconds)
-        # Re-read: the page carries the ticket's link when the ticket made it in time.
-        await self._run_step(await self._store.record(record.message_pk), parsed, PAGE)
-        await ticket
+    async def _start(self, record: EscalationRecord, parsed: ParsedMessage, name: str,
+                     running: dict[str, asyncio.Task]) -> None:
+        ticket = running.get(TICKET)
+        if name == PAGE and ticket is not None:
+            # Give the ticket a head start so the page can carry its link; then page regardless.
+            await asyncio.wait({ticket}, timeout=self._settings.ticket_head_start_seconds)
+            record = await self._store.record(record.message_pk)
+        await self._run_step(record, parsed, name)
 
     async def _run_step(self, record: EscalationRecord, parsed: ParsedMessage, name: str) -> None:
         integration = integration_of(name)

@@ -31,13 +31,18 @@ def crash_while_held(daemon, hold):
     daemon.start()
 
 
-def test_killed_after_zendesk_created_the_ticket(live_daemon, zendesk, pagerduty):
-    hold = zendesk.hold(path=r"/api/v2/tickets\.json", method="POST")
+@pytest.mark.parametrize("service, path, method, step", [
+    ("zendesk", r"/api/v2/tickets\.json", "POST", "ticket"),           # Zendesk created the ticket
+    ("pagerduty", r"/incidents/\w+/notes", "POST", "link_page"),       # PagerDuty added the note
+])
+def test_killed_after_the_effect_and_before_its_commit(live_daemon, zendesk, pagerduty, service, path, method,
+                                                       step):
+    hold = {"zendesk": zendesk, "pagerduty": pagerduty}[service].hold(path=path, method=method)
     daemon = live_daemon()
     daemon.send(make_message())
     crash_while_held(daemon, hold)
     message = assert_one_of_everything(daemon, zendesk, pagerduty)
-    assert message["steps"]["ticket"]["result"].get("found_existing") is True
+    assert message["steps"][step]["result"].get("found_existing") is True
 
 
 def test_killed_between_ticket_and_page(live_daemon, zendesk, pagerduty):
@@ -62,15 +67,6 @@ def test_killed_between_page_and_link(live_daemon, zendesk, pagerduty):
     crash_while_held(daemon, link_hold)
     message = assert_one_of_everything(daemon, zendesk, pagerduty)
     assert message["steps"]["link_ticket"]["result"].get("found_existing") is True
-
-
-def test_killed_after_the_incident_note(live_daemon, zendesk, pagerduty):
-    hold = pagerduty.hold(path=r"/incidents/\w+/notes", method="POST")
-    daemon = live_daemon()
-    daemon.send(make_message())
-    crash_while_held(daemon, hold)
-    message = assert_one_of_everything(daemon, zendesk, pagerduty)
-    assert message["steps"]["link_page"]["result"].get("found_existing") is True
 
 
 @pytest.mark.parametrize("held", ["zendesk", "pagerduty"])
