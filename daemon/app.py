@@ -43,6 +43,10 @@ def build_escalator(config: Config, store: AsyncStore, metrics: Metrics) -> Esca
     return Escalator(store, desk, pager, settings, metrics)
 
 
+class StartupError(RuntimeError):
+    """The daemon cannot start; the message says what to fix."""
+
+
 class Daemon:
     def __init__(self, config: Config):
         self.config = config
@@ -81,8 +85,15 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        smtp = await start_smtp(self.config.smtp, self.smtp_handler, self.metrics)
-        http = await start_http(self.config.metrics.listen, self.metrics, self.readiness)
+        try:
+            smtp = await start_smtp(self.config.smtp, self.smtp_handler, self.metrics)
+        except OSError as exc:
+            raise StartupError(f"cannot listen for SMTP on {self.config.smtp.listen}: {exc.strerror}") from None
+        try:
+            http = await start_http(self.config.metrics.listen, self.metrics, self.readiness)
+        except OSError as exc:
+            smtp.close()
+            raise StartupError(f"cannot listen for metrics on {self.config.metrics.listen}: {exc.strerror}") from None
         self._servers = [smtp, http]
         runner = asyncio.create_task(self.runner.run(), name="runner")
         log.info("emergencyd ready", extra={

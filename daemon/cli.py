@@ -55,8 +55,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
-    from daemon.app import run_daemon
-    run_daemon(config)
+    from daemon.app import StartupError, run_daemon
+    try:
+        run_daemon(config)
+    except StartupError as exc:
+        print(f"emergencyd: {exc}", file=sys.stderr)
+        return 4
     return 0
 
 

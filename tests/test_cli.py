@@ -46,3 +46,33 @@ def test_status_before_any_mail(tmp_path):
     config = write_config(tmp_path, dry_run=True)
     result = run_cli(config, "status", env=base_env(), check=False)
     assert result.returncode == 3 and "no store" in result.stderr
+
+
+def test_live_mode_without_credentials_will_not_run(tmp_path):
+    config = write_config(tmp_path, dry_run=False)
+    result = run_cli(config, "run", env=base_env(), check=False)
+    assert result.returncode == 2
+    assert "EMERGENCYD_PAGERDUTY_ROUTING_KEY" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_port_in_use_is_a_clear_startup_error(tmp_path):
+    import socket
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = write_config(tmp_path, dry_run=True)
+        config.write_text(config.read_text().replace('listen = "127.0.0.1:0"\nrecipients',
+                                                     f'listen = "127.0.0.1:{port}"\nrecipients'))
+        result = run_cli(config, "run", env=base_env(), check=False)
+    assert result.returncode == 4
+    assert f"cannot listen for SMTP on 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_corrupt_store_is_a_clear_error(tmp_path):
+    config = write_config(tmp_path, dry_run=True)
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "store.sqlite3").write_bytes(b"this is not a database" * 100)
+    result = run_cli(config, "run", env=base_env(), check=False)
+    assert result.returncode == 3
+    assert "cannot open store" in result.stderr and "Traceback" not in result.stderr
