@@ -88,7 +88,10 @@ async def serve(directory: Path) -> int:
     except asyncio.TimeoutError:
         pass
     handler.close()
-    print(f"stored {handler.stored}", flush=True)
+    try:
+        print(f"stored {handler.stored}", flush=True)
+    except OSError:   # the parent (and its end of the pipe) is gone
+        pass
     os._exit(0)   # do not wait for the stdin reader thread
 
 

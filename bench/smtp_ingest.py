@@ -28,7 +28,6 @@ import shutil
 import signal
 import smtplib
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -106,6 +105,7 @@ class LoadResult:
     errors: list[str] = field(default_factory=list)
     started: float = 0.0
     finished: float = 0.0
+    server_cpu: float | None = None   # CPU seconds the server used from the start to the end of the load
 
     @property
     def accepted(self) -> list[Sample]:
@@ -131,7 +131,7 @@ def _send_one(client: smtplib.SMTP, raw: bytes) -> tuple[float, float, int]:
 
 
 def run_load(port: int, messages: list[tuple[str, bytes]], connections: int,
-             warmup: list[tuple[str, bytes]] | None = None) -> LoadResult:
+             warmup: list[tuple[str, bytes]] | None = None, server_pid: int | None = None) -> LoadResult:
     """Send `messages` over `connections` concurrent connections; message i goes on connection i % K.
 
     Each connection first sends its warm-up message (untimed), then all wait on a barrier,
@@ -176,12 +176,27 @@ def run_load(port: int, messages: list[tuple[str, bytes]], connections: int,
     except threading.BrokenBarrierError:
         pass
     result.started = time.monotonic()
+    cpu_before = cpu_seconds(server_pid)
     for t in threads:
         while t.is_alive():
             t.join(0.2)
+    cpu_after = cpu_seconds(server_pid)
     ends = [s.end for s in result.samples]
     result.finished = max(ends) if ends else result.started
+    if cpu_before is not None and cpu_after is not None:
+        result.server_cpu = cpu_after - cpu_before
     return result
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds used so far by process `pid` (all its threads), from /proc."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 # --- figures ----------------------------------------------------------------------
@@ -214,8 +229,10 @@ def _ms(seconds: float | None) -> float | None:
 
 def smtp_row(name: str, result: LoadResult, sent: int, connections: int, **extra) -> dict:
     accepted = result.accepted
-    return row(name, sent, connections, len(accepted), result.finished - result.started,
-               [s.end - s.start for s in accepted], rejected=result.rejected, errors=result.errors, **extra)
+    seconds = result.finished - result.started
+    cpu = None if result.server_cpu is None or seconds <= 0 else round(100 * result.server_cpu / seconds)
+    return row(name, sent, connections, len(accepted), seconds, [s.end - s.start for s in accepted],
+               rejected=result.rejected, errors=result.errors, server_cpu_percent=cpu, **extra)
 
 
 # --- the three runs -------------------------------------------------------------
@@ -271,7 +288,7 @@ def bench_floor(args, workdir: Path, stack: Cleanup, messages, warmup) -> dict:
     directory = workdir / "floor"
     directory.mkdir()
     proc, port = start_floor(directory, stack)
-    result = run_load(port, messages, args.connections, warmup)
+    result = run_load(port, messages, args.connections, warmup, server_pid=proc.pid)
     stop_process(proc)
     files = len(list((directory / "spool").glob("*.eml")))
     return smtp_row("floor (fsync per message)", result, len(messages), args.connections, files_written=files)
@@ -280,7 +297,7 @@ def bench_floor(args, workdir: Path, stack: Cleanup, messages, warmup) -> dict:
 def bench_dry_run(args, workdir: Path, stack: Cleanup, messages, warmup) -> dict:
     directory = workdir / "dry-run"
     daemon = start_emergencyd(directory, stack, env=base_env(), dry_run=True)
-    result = run_load(daemon.smtp_port, messages, args.connections, warmup)
+    result = run_load(daemon.smtp_port, messages, args.connections, warmup, server_pid=daemon.proc.pid)
     backlog = _escalation_backlog(directory / "var" / "store.sqlite3")
     stop_daemon(daemon)
     return smtp_row("emergencyd dry-run", result, len(messages), args.connections,
@@ -342,7 +359,7 @@ def bench_pagerduty(args, workdir: Path, stack: Cleanup, run: str) -> tuple[dict
 
     # Loaded: the burst.
     messages = [build_message(f"{run}-live", i) for i in range(args.live_messages)]
-    result = run_load(daemon.smtp_port, messages, args.connections)
+    result = run_load(daemon.smtp_port, messages, args.connections, server_pid=daemon.proc.pid)
     accepted = result.accepted
     keys = {s.key for s in accepted}
     found = wait_pages(keys, args.page_timeout)
@@ -442,6 +459,10 @@ def report(info: dict, rows: list[dict], idle: dict | None, args) -> str:
         if idle and idle["probes"]:
             out.append(f"unloaded, one message at a time to PagerDuty: p50 {_fmt(idle['p50_ms'], 0, 2)} ms, "
                        f"max {_fmt(idle['max_ms'], 0, 2)} ms over {idle['probes']} messages")
+    cpu = [f"{r['name'].split(' (')[0]} {r['server_cpu_percent']}%" for r in rows[:2]
+           if r.get("server_cpu_percent") is not None]
+    if cpu:
+        out.append(f"server CPU during the load (100% = one core): {', '.join(cpu)}")
     dry = next((r for r in rows if r["name"] == "emergencyd dry-run"), None)
     if dry and dry.get("escalations_unfinished_at_end") is not None:
         out.append(f"dry-run: {dry['escalations_unfinished_at_end']} escalations still unfinished when the last "
@@ -486,6 +507,7 @@ def _terminate(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # even if started with SIGINT ignored
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
     run = f"bench{os.getpid()}-{int(time.time())}"

@@ -39,8 +39,9 @@ def build_escalator(config: Config, store: AsyncStore, metrics: Metrics) -> Esca
         schedule=RetrySchedule(esc.retry_initial_seconds, esc.retry_max_seconds, esc.max_attempts),
         ticket_head_start_seconds=esc.ticket_head_start_seconds,
         concurrency=esc.concurrency,
+        own_addresses=config.smtp.recipients,
     )
-    return Escalator(store, desk, pager, settings, metrics)
+    return Escalator(store, desk, pager, settings, metrics, config.policy)
 
 
 class StartupError(RuntimeError):

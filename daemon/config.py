@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfoNotFoundError
+
+from escalation.policy import Policy
+from escalation.policy_config import PolicyError, parse_policy
 
 
 class ConfigError(ValueError):
@@ -102,6 +106,7 @@ class Config:
     pagerduty: PagerDutyConfig
     escalation: EscalationConfig
     metrics: MetricsConfig
+    policy: Policy
 
 
 def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) -> Config:
@@ -126,6 +131,7 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
         pagerduty=_pagerduty(reader),
         escalation=_escalation(reader),
         metrics=MetricsConfig(listen=reader.host_port("metrics.listen", "127.0.0.1:9464")),
+        policy=_policy(data.get("policy")),
     )
     reader.reject_unknown_keys()
     if not config.dry_run:
@@ -187,6 +193,17 @@ def _escalation(r: _Reader) -> EscalationConfig:
     )
 
 
+def _policy(table: Any) -> Policy:
+    try:
+        return parse_policy(table)
+    except PolicyError as exc:
+        raise ConfigError(str(exc)) from None
+    except ZoneInfoNotFoundError:
+        raise ConfigError(f"policy.timezone: unknown time zone {table.get('timezone')!r}") from None
+    except ValueError as exc:   # the calendar refuses impossible settings
+        raise ConfigError(f"policy: {exc}") from None
+
+
 def _require_credentials(config: Config) -> None:
     """With dry_run off, a missing credential must stop the daemon, never page silently into nothing."""
     missing = []
@@ -214,7 +231,7 @@ _KNOWN_SECTIONS = {
                    "max_attempts", "concurrency", "poll_interval_seconds"},
     "metrics": {"listen"},
 }
-_KNOWN_TOP_LEVEL = {"dry_run"}
+_KNOWN_TOP_LEVEL = {"dry_run", "policy"}   # [policy] checks its own keys
 
 
 class _Reader:

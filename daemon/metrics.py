@@ -9,7 +9,10 @@ from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import CollectorRegistry, disable_created_metrics, Counter, Gauge, Histogram, Info
 
+from escalation.hours import Window
+from escalation.policy import SEVERITIES, Verdict
 from escalation.records import STEP_ORDER
+from parsers.noise import NOISE_KINDS
 from escalation.steps import integration_of
 
 SOURCES = ("smtp", "imap", "inject")
@@ -54,11 +57,21 @@ class Metrics:
                              "Escalations with steps still to do.", registry=r)
         self.oldest_pending_age = Gauge("emergencyd_escalation_oldest_pending_age_seconds",
                                         "Age of the oldest unfinished escalation, 0 when none.", registry=r)
+        self.verdicts = Counter("emergencyd_verdicts_total",
+                                "Policy decisions on non-noise mail, by severity ('none': not an incident) and window.",
+                                ["severity", "window"], registry=r)
+        self.suppressed = Counter("emergencyd_messages_suppressed_total",
+                                  "Mail recognised as noise and never paged, by kind.", ["kind"], registry=r)
         self.info = Info("emergencyd_build", "Build information.", registry=r)
         self.info.info({"version": _version()})
         self._precreate()
 
     def _precreate(self) -> None:
+        for severity in (*SEVERITIES, "none"):
+            for window in Window:
+                self.verdicts.labels(severity, window.value)
+        for kind in NOISE_KINDS:
+            self.suppressed.labels(kind)
         for source in SOURCES:
             self.received.labels(source)
             self.duplicates.labels(source)
@@ -75,6 +88,12 @@ class Metrics:
 
     def step_finished(self, integration: str, step: str, outcome: str, status_class: str) -> None:
         self.steps.labels(integration, step, outcome, status_class).inc()
+
+    def decided(self, verdict: Verdict) -> None:
+        if verdict.suppressed:
+            self.suppressed.labels(verdict.category.removeprefix("noise:")).inc()
+        else:
+            self.verdicts.labels(verdict.severity or "none", verdict.window.value).inc()
 
     def paged(self, seconds_since_receipt: float) -> None:
         self.page_latency.observe(max(seconds_since_receipt, 0.0))

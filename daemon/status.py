@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from daemon.store import Store
-from escalation.content import iso
+from escalation.content import describe_verdict, iso
 from escalation.records import EscalationRecord
 
 
@@ -26,6 +26,11 @@ def _message(record: EscalationRecord) -> dict[str, Any]:
         "message_id": record.message_id,
         "deliveries": record.deliveries,
         "state": record.state,
+        "decision": describe_verdict(record.verdict) if record.verdict else None,
+        "severity": (record.verdict or {}).get("severity"),
+        "window": (record.verdict or {}).get("window"),
+        "suppressed_reason": (record.verdict or {}).get("reason") if (record.verdict or {}).get("suppressed") else None,
+        "verdict": record.verdict,
         "ticket_id": record.ticket_id,
         "dedup_key": record.dedup_key,
         "paged_at": iso(record.paged_at),
@@ -42,12 +47,15 @@ def render_status(document: dict[str, Any]) -> str:
     counts = document["counts"]
     lines = ["emergencyd status" + ("  (dry run: nothing is sent)" if document["dry_run"] else ""),
              "by state: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no messages yet"), ""]
-    header = f"{'id':>5}  {'received (UTC)':<20} {'state':<8} {'ticket':>8}  {'dedup_key':<51} subject"
+    header = (f"{'id':>5}  {'received (UTC)':<20} {'state':<10} {'sev':<4} {'ticket':>8}  {'dedup_key':<51} "
+              "subject")
     lines.append(header)
     for m in document["messages"]:
         ticket = str(m["ticket_id"]) if m["ticket_id"] is not None else _dry_or_dash(m)
-        lines.append(f"{m['id']:>5}  {(m['received_at'] or '')[:19]:<20} {m['state']:<8} {ticket:>8}  "
-                     f"{m['dedup_key']:<51} {(m['subject'] or '')[:60]}")
+        lines.append(f"{m['id']:>5}  {(m['received_at'] or '')[:19]:<20} {m['state']:<10} "
+                     f"{m['severity'] or '-':<4} {ticket:>8}  {m['dedup_key']:<51} {(m['subject'] or '')[:60]}")
+        if m["decision"]:
+            lines.append(f"{'':>7}{m['decision'][:200]}")
         if m["last_error"]:
             lines.append(f"{'':>7}last error: {m['last_error'][:200]}")
     return "\n".join(lines)

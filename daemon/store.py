@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from escalation.records import (
-    DONE, FAILED, NEW, PENDING, STEP_DONE, STEP_FAILED, STEP_PENDING, STEP_ORDER,
+    DONE, FAILED, NEW, PENDING, SUPPRESSED, STEP_DONE, STEP_FAILED, STEP_PENDING, STEP_ORDER,
     EscalationRecord, Envelope, StepRecord, dedup_key_of, identity_of,
 )
 from parsers.identity import message_id_of
@@ -75,6 +75,14 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (message_pk, name)
     );
     CREATE INDEX steps_due ON steps(state, next_attempt_at);
+    """,
+    # 2: the policy's verdict, kept with the escalation it decided.
+    """
+    ALTER TABLE escalations ADD COLUMN verdict TEXT;
+    ALTER TABLE escalations ADD COLUMN category TEXT;
+    ALTER TABLE escalations ADD COLUMN severity TEXT;
+    ALTER TABLE escalations ADD COLUMN support_window TEXT;
+    ALTER TABLE escalations ADD COLUMN suppressed_reason TEXT
     """,
 )
 
@@ -165,13 +173,22 @@ class Store:
 
     # -- escalation state machine -------------------------------------------------
 
-    def plan(self, pk: int, *, subject: str, sender: str | None, steps: tuple[str, ...]) -> None:
-        """Record the parse summary and the steps to take; idempotent."""
+    def plan(self, pk: int, *, subject: str, sender: str | None, steps: tuple[str, ...],
+             verdict: dict[str, Any] | None = None) -> None:
+        """Record the parse summary, the verdict and the steps to take; idempotent.
+
+        With no steps to take (suppressed noise without a ticket) the escalation is final at once.
+        """
         now = time.time()
+        verdict = verdict or {}
+        state = PENDING if steps else SUPPRESSED
         with self._transaction():
             self._conn.execute(
-                "UPDATE escalations SET state = ?, subject = ?, sender = ?, updated_at = ?"
-                " WHERE message_pk = ? AND state = ?", (PENDING, subject, sender, now, pk, NEW))
+                "UPDATE escalations SET state = ?, subject = ?, sender = ?, verdict = ?, category = ?, severity = ?,"
+                " support_window = ?, suppressed_reason = ?, updated_at = ? WHERE message_pk = ? AND state = ?",
+                (state, subject, sender, json.dumps(verdict), verdict.get("category"), verdict.get("severity"),
+                 verdict.get("window"), verdict.get("reason") if verdict.get("suppressed") else None,
+                 now, pk, NEW))
             for name in steps:
                 exists = self._conn.execute(
                     "SELECT 1 FROM steps WHERE message_pk = ? AND name = ?", (pk, name)).fetchone()
@@ -278,7 +295,7 @@ class Store:
 
     def _to_record(self, row: sqlite3.Row | tuple) -> EscalationRecord:
         (pk, identity, message_id, sha, size, source, mail_from, rcpt_to, peer, helo, tls, received_at,
-         deliveries, dedup_key, state, subject, sender, ticket_id, incident_url, paged_at) = row
+         deliveries, dedup_key, state, subject, sender, ticket_id, incident_url, paged_at, verdict) = row
         steps = [StepRecord(name=n, state=s, attempts=a, next_attempt_at=t, last_error=e,
                             result=json.loads(r), updated_at=u)
                  for n, s, a, t, e, r, u in self._conn.execute(
@@ -291,13 +308,13 @@ class Store:
             message_pk=pk, identity=identity, message_id=message_id, dedup_key=dedup_key, state=state,
             envelope=envelope, size=size, sha256=sha, deliveries=deliveries, subject=subject,
             sender=sender, ticket_id=ticket_id, incident_url=incident_url, paged_at=paged_at,
-            steps=tuple(steps))
+            verdict=json.loads(verdict) if verdict else None, steps=tuple(steps))
 
 
 _RECORD_SQL = (
     "SELECT m.id, m.identity, m.message_id, m.sha256, m.size, m.source, m.mail_from, m.rcpt_to, m.peer,"
     " m.helo, m.tls, m.received_at, m.deliveries, e.dedup_key, e.state, e.subject, e.sender, e.ticket_id,"
-    " e.incident_url, e.paged_at FROM messages m JOIN escalations e ON e.message_pk = m.id"
+    " e.incident_url, e.paged_at, e.verdict FROM messages m JOIN escalations e ON e.message_pk = m.id"
 )
 
 

@@ -64,18 +64,81 @@ def subject_of(parsed: ParsedMessage) -> str:
 
 
 def ticket_request(record: EscalationRecord, parsed: ParsedMessage) -> TicketRequest:
+    verdict = record.verdict or {}
+    subject = verdict.get("ticket_subject") or subject_of(parsed)
+    body = parsed.text.strip() or "(the message has no text body)"
+    if subject != subject_of(parsed):
+        body = f"Original subject: {subject_of(parsed)}\n\n{body}"
     return TicketRequest(
         external_id=record.dedup_key,
-        subject=subject_of(parsed),
-        body=bounded(parsed.text.strip() or "(the message has no text body)", MAX_COMMENT_CHARS),
+        subject=subject,
+        body=bounded(body, MAX_COMMENT_CHARS),
         requester_email=requester_of(record, parsed),
         requester_name=parsed.sender_name,
+        tags=ticket_tags(verdict),
+        priority=verdict.get("zendesk_priority"),
     )
+
+
+def ticket_tags(verdict: dict[str, Any]) -> tuple[str, ...]:
+    """Zendesk tags are single words: severity, category and window, lower-case."""
+    tags = [TICKET_TAG]
+    if verdict.get("severity"):
+        tags.append(verdict["severity"].lower())
+    elif verdict:
+        tags.append("not-an-incident" if not verdict.get("suppressed") else "suppressed")
+    for key, prefix in (("category", "category"), ("window", "window")):
+        if verdict.get(key):
+            tags.append(f"{prefix}-{verdict[key].replace(':', '-').replace('_', '-')}")
+    return tuple(tags)
+
+
+_WINDOW_WORDS = {"in_hours": "in hours", "out_of_hours_waking": "out of hours (waking hours)",
+                 "out_of_hours_overnight": "out of hours (overnight)"}
+
+
+def describe_verdict(verdict: dict[str, Any]) -> str:
+    """One line a human reads first, e.g. 'P1 (apps not served), out of hours (overnight): respond by 02:40, update hourly'."""
+    window = _WINDOW_WORDS.get(verdict.get("window", ""), verdict.get("window", ""))
+    category = (verdict.get("category") or "").replace("_", " ").replace("noise:", "")
+    if verdict.get("suppressed"):
+        return f"Suppressed as {category}, {window}: {verdict.get('reason')}. Not paged."
+    head = f"{verdict.get('severity') or 'Not an incident'} ({category}), {window}"
+    parts = []
+    if verdict.get("respond_by"):
+        parts.append(f"respond by {_clock(verdict['respond_by'])}")
+    if verdict.get("update_every_seconds"):
+        parts.append(_update_words(verdict["update_every_seconds"], verdict.get("working_time", False)))
+    paging = f"paged at {verdict['urgency']} urgency" if verdict.get("page") else "not paged"
+    return f"{head}: {', '.join(parts + [paging])}"
+
+
+def _clock(iso_time: str) -> str:
+    when = datetime.fromisoformat(iso_time)
+    return f"{when:%H:%M} ({when:%a %d %b %Z})"
+
+
+def _update_words(seconds: int, working_time: bool) -> str:
+    if working_time and seconds % (8 * 3600) == 0:
+        days = seconds // (8 * 3600)
+        return "update every business day" if days == 1 else f"update every {days} business days"
+    hours = seconds / 3600
+    return "update hourly" if hours == 1 else f"update every {hours:g} hours"
+
+
+def verdict_lines(verdict: dict[str, Any]) -> list[str]:
+    """The verdict for the ticket's internal note: the decision, then every rule that fired."""
+    lines = [f"emergencyd: {describe_verdict(verdict)}", f"Decided by: {verdict.get('reason')}"]
+    for hit in verdict.get("rules", []):
+        lines.append(f"  rule {hit['rule']} ({hit['severity'] or 'not an incident'}) matched "
+                     f"{hit['matched']!r} in the {hit['field']}")
+    return lines
 
 
 def envelope_note(record: EscalationRecord, parsed: ParsedMessage, ticket_id: int) -> NoteRequest:
     env = record.envelope
-    lines = [
+    lines = verdict_lines(record.verdict) + [""] if record.verdict else []
+    lines += [
         f"Received by emergencyd over {env.source.upper()} at {iso(env.received_at)}",
         f"MAIL FROM: <{env.mail_from}>",
         f"RCPT TO: {', '.join(f'<{r}>' for r in env.rcpt_to) or '(none)'}",
@@ -106,8 +169,14 @@ def link_note(record: EscalationRecord, ticket_id: int, incident_url: str | None
     return NoteRequest(ticket_id, "\n".join(lines + ["", marker]), marker)
 
 
+# PagerDuty maps event severity to urgency when the service uses "urgency based on
+# alert severity": critical/error are high urgency, warning/info are low.
+PAGERDUTY_SEVERITY = {"high": "critical", "low": "warning"}
+
+
 def page_request(record: EscalationRecord, parsed: ParsedMessage, ticket_url: str | None) -> PageRequest:
     sender = requester_of(record, parsed) or "unknown sender"
+    verdict = record.verdict or {}
     details: dict[str, Any] = {
         "sender": sender,
         "subject": subject_of(parsed),
@@ -115,12 +184,18 @@ def page_request(record: EscalationRecord, parsed: ParsedMessage, ticket_url: st
         "ticket_id": record.ticket_id,
         "message_id": record.message_id,
     }
+    if verdict:
+        details.update({"decision": describe_verdict(verdict), "severity": verdict.get("severity"),
+                        "category": verdict.get("category"), "window": verdict.get("window"),
+                        "respond_by": verdict.get("respond_by"),
+                        "rules": [f"{h['rule']}: {h['matched']}" for h in verdict.get("rules", [])]})
     links = ({"href": ticket_url, "text": f"Zendesk ticket #{record.ticket_id}"},) if ticket_url else ()
     return PageRequest(
         dedup_key=record.dedup_key,
-        summary=bounded(f"Emergency email from {sender}: {subject_of(parsed)}", MAX_SUMMARY_CHARS),
+        summary=bounded(f"{verdict.get('severity') or 'Emergency'} email from {sender}: "
+                        f"{verdict.get('ticket_subject') or subject_of(parsed)}", MAX_SUMMARY_CHARS),
         source=sender,
-        severity="critical",
+        severity=PAGERDUTY_SEVERITY.get(verdict.get("urgency") or "high", "critical"),
         custom_details=details,
         links=links,
     )

@@ -15,6 +15,7 @@ NEW = "new"            # stored, not yet parsed and planned
 PENDING = "pending"    # planned; some steps still to do
 DONE = "done"          # every step done
 FAILED = "failed"      # a step failed permanently; a human must look
+SUPPRESSED = "suppressed"  # noise, recorded with its reason; nothing sent
 
 # Step states.
 STEP_PENDING = "pending"
@@ -87,6 +88,7 @@ class EscalationRecord:
     incident_url: str | None
     paged_at: float | None
     steps: tuple[StepRecord, ...]
+    verdict: dict[str, Any] | None = None   # Verdict.as_dict() as decided when planned
 
     def step(self, name: str) -> StepRecord | None:
         return next((s for s in self.steps if s.name == name), None)

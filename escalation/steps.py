@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import datetime, timezone
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Protocol
@@ -26,7 +27,9 @@ from escalation.records import (
     LINK_PAGE, LINK_TICKET, NEW, PAGE, PAGERDUTY_STEPS, PENDING, STEP_FAILED, STEP_PENDING, TICKET,
     TICKET_NOTE, EscalationRecord,
 )
-from escalation.retry import RetrySchedule, TransientError, classify
+from escalation.policy import Policy, Verdict, classify
+from escalation.retry import RetrySchedule, TransientError
+from escalation.retry import classify as classify_failure
 from parsers.message import ParsedMessage, parse_message
 
 log = logging.getLogger("emergencyd.escalation")
@@ -45,6 +48,7 @@ StepResult = tuple[dict[str, Any], dict[str, Any]]   # (step result, escalation 
 class Observer(Protocol):
     def step_finished(self, integration: str, step: str, outcome: str, status_class: str) -> None: ...
     def paged(self, seconds_since_receipt: float) -> None: ...
+    def decided(self, verdict: Verdict) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class EscalationSettings:
     schedule: RetrySchedule
     ticket_head_start_seconds: float
     concurrency: int
+    own_addresses: tuple[str, ...] = ()
 
 
 def integration_of(step: str) -> str:
@@ -60,7 +65,8 @@ def integration_of(step: str) -> str:
 
 
 class Escalator:
-    def __init__(self, store, desk, pager, settings: EscalationSettings, observer: Observer):
+    def __init__(self, store, desk, pager, settings: EscalationSettings, observer: Observer, policy: Policy):
+        self.policy = policy     # replaced whole on reload; each escalation is decided once, when planned
         self._store = store
         self._desk = desk
         self._pager = pager
@@ -78,11 +84,22 @@ class Escalator:
         for pool in self._threads.values():
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def planned_steps(self) -> tuple[str, ...]:
-        steps = (TICKET, TICKET_NOTE, PAGE, LINK_TICKET)
-        if self._pager is not None and self._pager.has_rest_api:
-            steps += (LINK_PAGE,)
+    def planned_steps(self, verdict: Verdict) -> tuple[str, ...]:
+        steps: tuple[str, ...] = (TICKET, TICKET_NOTE) if verdict.ticket else ()
+        if verdict.page:
+            steps += (PAGE,)
+            if verdict.ticket:
+                steps += (LINK_TICKET,)
+                if self._pager is not None and self._pager.has_rest_api:
+                    steps += (LINK_PAGE,)
         return steps
+
+    def decide(self, record: EscalationRecord, parsed: ParsedMessage) -> Verdict:
+        """The policy's verdict, from the time the message was received (not its Date header)."""
+        env = record.envelope
+        return classify(parsed, received_at=datetime.fromtimestamp(env.received_at, timezone.utc),
+                        mail_from=env.mail_from if env.source == "smtp" else None,
+                        own_addresses=self._settings.own_addresses, policy=self.policy)
 
     async def advance(self, pk: int) -> None:
         """Run the steps of one escalation, each as soon as it is due and its prerequisites are done.
@@ -93,8 +110,11 @@ class Escalator:
         record = await self._store.record(pk)
         parsed = parse_message(await self._store.raw(pk))
         if record.state == NEW:
+            verdict = self.decide(record, parsed)
             await self._store.plan(pk, subject=parsed.subject, sender=content.requester_of(record, parsed),
-                                   steps=self.planned_steps())
+                                   steps=self.planned_steps(verdict), verdict=verdict.as_dict())
+            self._observer.decided(verdict)
+            log.info("decided", extra={"message_pk": pk, "decision": content.describe_verdict(verdict.as_dict())})
             record = await self._store.record(pk)
         running: dict[str, asyncio.Task] = {}
         while record.state == PENDING:
@@ -161,7 +181,7 @@ class Escalator:
             self._observer.paged(time.time() - record.envelope.received_at)
 
     async def _record_failure(self, record: EscalationRecord, name: str, exc: Exception, attempts: int) -> None:
-        failure = classify(exc)
+        failure = classify_failure(exc)
         next_at = self._settings.schedule.next_attempt_at(failure, attempts)
         await self._store.fail_step(record.message_pk, name, error=failure.reason, next_attempt_at=next_at)
         outcome = "retry" if next_at is not None else "failed"

@@ -39,6 +39,7 @@ def test_status_lists_ticket_and_dedup_key_for_every_message(live_daemon, zendes
     text = daemon.cli("status").stdout
     for message in doc["messages"]:
         assert f"{message['ticket_id']:>8}  {message['dedup_key']}" in text
+        assert message["decision"].startswith("P1 (unclassified)")
     json.dumps(doc)   # machine-readable as promised
 
 

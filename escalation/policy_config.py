@@ -1,0 +1,178 @@
+"""[policy] in config.toml -> Policy, with errors that name the key."""
+from __future__ import annotations
+
+import re
+from datetime import date, timedelta
+from typing import Any
+
+from escalation.hours import SupportCalendar, Window
+from escalation.policy import (
+    FIELDS, NOT_AN_INCIDENT, SEVERITIES, URGENCIES, ZENDESK_PRIORITIES, Policy, Route, Rule, phrase_pattern,
+)
+
+RULE_KEYS = {"name", "category", "severity", "fields", "phrases", "regexes", "unless", "requires", "description"}
+ROUTE_KEYS = {"urgency", "zendesk_priority", "respond_within", "update_every", "working_time"}
+POLICY_KEYS = {"timezone", "extra_closures", "unclassified_severity", "unclassified_category",
+               "noise_gets_ticket", "generic_subjects", "rules", "routing"}
+_DURATION = re.compile(r"^\s*(\d+)\s*(m|min|h|d)\s*$")
+_UNITS = {"m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+class PolicyError(ValueError):
+    """A policy config problem, naming the key."""
+
+
+def parse_policy(table: dict[str, Any] | None) -> Policy:
+    """Without a [policy] table every mail is a P1, as the mailing list it replaces behaved."""
+    if table is None:
+        return _page_everything()
+    _reject_unknown("policy", table, POLICY_KEYS)
+    calendar = SupportCalendar(timezone=_str(table, "timezone", "Europe/London", "policy"),
+                               extra_closures=frozenset(_dates(table.get("extra_closures", []))))
+    return Policy(
+        rules=tuple(_rule(i, r) for i, r in enumerate(_list(table, "rules", "policy"))),
+        routing=_routing(table.get("routing")),
+        calendar=calendar,
+        unclassified_severity=_severity(table.get("unclassified_severity", "P1"), "policy.unclassified_severity"),
+        unclassified_category=_str(table, "unclassified_category", "unclassified", "policy"),
+        noise_gets_ticket=_bool(table, "noise_gets_ticket", False, "policy"),
+        generic_subjects=tuple(_strings(table, "generic_subjects", "policy")),
+    )
+
+
+def _page_everything() -> Policy:
+    page = Route("high", "urgent", timedelta(minutes=20), timedelta(hours=1), working_time=False)
+    routing = {(severity, window): page for severity in (*SEVERITIES, NOT_AN_INCIDENT) for window in Window}
+    return Policy(rules=(), routing=routing, calendar=SupportCalendar())
+
+
+def _rule(index: int, table: Any) -> Rule:
+    where = f"policy.rules[{index}]"
+    if not isinstance(table, dict):
+        raise PolicyError(f"{where}: expected a table")
+    _reject_unknown(where, table, RULE_KEYS)
+    name = _str(table, "name", None, where)
+    where = f"policy.rules[{index}] ({name})"
+    fields = _strings(table, "fields", where) or ["subject", "body"]
+    for f in fields:
+        if f not in FIELDS:
+            raise PolicyError(f"{where}.fields: {f!r} is not one of {', '.join(FIELDS)}")
+    patterns = [phrase_pattern(p) for p in _strings(table, "phrases", where)]
+    patterns += [_regex(r, f"{where}.regexes") for r in _strings(table, "regexes", where)]
+    if not patterns:
+        raise PolicyError(f"{where}: needs at least one of phrases or regexes")
+    return Rule(name=name, category=_str(table, "category", None, where),
+                severity=_severity(table.get("severity"), f"{where}.severity"), fields=tuple(fields),
+                patterns=tuple(patterns), unless=tuple(phrase_pattern(p) for p in _strings(table, "unless", where)),
+                requires=tuple(phrase_pattern(p) for p in _strings(table, "requires", where)),
+                description=_str(table, "description", "", where))
+
+
+def _routing(table: Any) -> dict[tuple[str, Window], Route]:
+    if not isinstance(table, dict):
+        raise PolicyError("policy.routing: expected a table of severities")
+    routing = {}
+    for severity in (*SEVERITIES, NOT_AN_INCIDENT):
+        row = table.get(severity)
+        if not isinstance(row, dict):
+            raise PolicyError(f"policy.routing.{severity}: missing")
+        for window in Window:
+            where = f"policy.routing.{severity}.{window}"
+            if window.value not in row:
+                raise PolicyError(f"{where}: missing")
+            routing[(severity, window)] = _route(row[window.value], where)
+    extra = set(table) - {*SEVERITIES, NOT_AN_INCIDENT}
+    if extra:
+        raise PolicyError(f"policy.routing.{sorted(extra)[0]}: unknown severity")
+    return routing
+
+
+def _route(table: Any, where: str) -> Route:
+    if not isinstance(table, dict):
+        raise PolicyError(f"{where}: expected a table")
+    _reject_unknown(where, table, ROUTE_KEYS)
+    urgency = table.get("urgency", "none")
+    if urgency not in (*URGENCIES, "none"):
+        raise PolicyError(f"{where}.urgency: expected high, low or none, got {urgency!r}")
+    priority = _str(table, "zendesk_priority", None, where)
+    if priority not in ZENDESK_PRIORITIES:
+        raise PolicyError(f"{where}.zendesk_priority: expected one of {', '.join(ZENDESK_PRIORITIES)}")
+    update = table.get("update_every")
+    return Route(urgency=None if urgency == "none" else urgency, zendesk_priority=priority,
+                 respond_within=_duration(table.get("respond_within"), f"{where}.respond_within"),
+                 update_every=None if update is None else _duration(update, f"{where}.update_every"),
+                 working_time=_bool(table, "working_time", False, where))
+
+
+def _duration(value: Any, where: str) -> timedelta:
+    match = _DURATION.match(value) if isinstance(value, str) else None
+    if not match:
+        raise PolicyError(f"{where}: expected a duration like '20m', '2h' or '1d', got {value!r}")
+    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+
+
+def _severity(value: Any, where: str) -> str | None:
+    if value in SEVERITIES:
+        return value
+    if value == NOT_AN_INCIDENT:
+        return None
+    raise PolicyError(f"{where}: expected P1, P2, P3, P4 or 'none', got {value!r}")
+
+
+def _regex(value: str, where: str) -> re.Pattern[str]:
+    try:
+        # Text is normalised (casefolded) before matching; IGNORECASE keeps hand-written classes honest.
+        return re.compile(value, re.IGNORECASE)
+    except re.error as exc:
+        raise PolicyError(f"{where}: {value!r} is not a valid regex: {exc}") from None
+
+
+def _dates(values: Any) -> list[date]:
+    if not isinstance(values, list):
+        raise PolicyError("policy.extra_closures: expected a list of dates")
+    out = []
+    for value in values:
+        if isinstance(value, date):
+            out.append(value)
+        elif isinstance(value, str):
+            try:
+                out.append(date.fromisoformat(value))
+            except ValueError:
+                raise PolicyError(f"policy.extra_closures: {value!r} is not a YYYY-MM-DD date") from None
+        else:
+            raise PolicyError(f"policy.extra_closures: {value!r} is not a date")
+    return out
+
+
+def _str(table: dict, key: str, default: str | None, where: str) -> str:
+    value = table.get(key, default)
+    if not isinstance(value, str) or (default is None and not value):
+        raise PolicyError(f"{where}.{key}: expected a non-empty string")
+    return value
+
+
+def _bool(table: dict, key: str, default: bool, where: str) -> bool:
+    value = table.get(key, default)
+    if not isinstance(value, bool):
+        raise PolicyError(f"{where}.{key}: expected true or false")
+    return value
+
+
+def _list(table: dict, key: str, where: str) -> list:
+    value = table.get(key, [])
+    if not isinstance(value, list):
+        raise PolicyError(f"{where}.{key}: expected a list")
+    return value
+
+
+def _strings(table: dict, key: str, where: str) -> list[str]:
+    value = _list(table, key, where)
+    if not all(isinstance(v, str) and v.strip() for v in value):
+        raise PolicyError(f"{where}.{key}: expected a list of non-empty strings")
+    return value
+
+
+def _reject_unknown(where: str, table: dict, known: set[str]) -> None:
+    for key in table:
+        if key not in known:
+            raise PolicyError(f"{where}.{key}: unknown key")

@@ -1,0 +1,69 @@
+"""Descriptive ticket subjects, after the support manual's tip: "failure pushing app" becomes
+"failure pushing app: invalid mode 0444", from the most specific error line of the body."""
+from __future__ import annotations
+
+import re
+import unicodedata
+
+MAX_SUBJECT_CHARS = 150
+MAX_LINES_EXAMINED = 400
+_REPLY_PREFIX = re.compile(r"^\s*((re|fwd?|aw|wg|sv|vs|tr|rif|enc)\s*(\[\d+\])?\s*:\s*|\[[^\]]{1,40}\]\s*)+",
+                           re.IGNORECASE)
+_ERROR_WORDS = re.compile(
+    r"\b(error|errors|failed|failure|fails|failing|exception|invalid|denied|refused|timed? ?out|timeout|"
+    r"unavailable|cannot|can't|unable|fatal|panic|crash(ed)?|rejected|forbidden|not found|oom|killed)\b",
+    re.IGNORECASE)
+_SPECIFIC = re.compile(r"(\d{3,}|\b\d+\b|['\"`][^'\"`]{2,}['\"`]|\w+=\S+|/\S+|\w+\.\w+|[A-Z_]{4,}|:\s*\S)")
+
+
+def bare_subject(subject: str) -> str:
+    """Without Re:/Fwd:/AW: and [tags], case and whitespace folded: what a human would call the subject."""
+    text = _REPLY_PREFIX.sub("", unicodedata.normalize("NFKC", subject))
+    return re.sub(r"\s+", " ", text).strip().casefold()
+
+
+def is_generic(subject: str, generic_subjects: tuple[str, ...]) -> bool:
+    bare = bare_subject(subject).strip(" .!?:-")
+    return not bare or bare in {g.casefold().strip(" .!?:-") for g in generic_subjects}
+
+
+def most_specific_error_line(text: str) -> str | None:
+    """The line that best names the failure: error words plus specifics (codes, quotes, paths)."""
+    best, best_score = None, 0
+    for line in text.splitlines()[:MAX_LINES_EXAMINED]:
+        line = line.strip()
+        if not 8 <= len(line) <= 200 or line.startswith(">"):
+            continue
+        errors = len(_ERROR_WORDS.findall(line))
+        if not errors:
+            continue
+        score = 3 * errors + len(_SPECIFIC.findall(line))
+        if score > best_score:
+            best, best_score = line, score
+    return best
+
+
+def descriptive_subject(subject: str, text: str, generic_subjects: tuple[str, ...]) -> str:
+    """The tenant's subject, or for a generic one, it plus the most specific error line."""
+    subject = subject.strip()
+    if not is_generic(subject, generic_subjects):
+        return subject or "(no subject)"
+    line = most_specific_error_line(text)
+    if line is None:
+        return subject or "(no subject)"
+    line = _after_error_prefix(line)
+    combined = f"{subject}: {line}" if subject else line
+    return combined if len(combined) <= MAX_SUBJECT_CHARS else combined[: MAX_SUBJECT_CHARS - 1] + "\u2026"
+
+
+_PREFIX = re.compile(r"^.*?\b(error|failed|failure|fatal|exception)\s*:\s*", re.IGNORECASE)
+
+
+def _after_error_prefix(line: str) -> str:
+    """'cf push failed: Error: invalid mode 0444' -> 'invalid mode 0444': the specific part."""
+    rest = line
+    while True:
+        match = _PREFIX.match(rest)
+        if not match or len(rest) - match.end() < 8:
+            return rest
+        rest = rest[match.end():]
