@@ -399,6 +399,34 @@ def machine(workdir: Path) -> dict:
     }
 
 
+class OtherLoad:
+    """CPU used on the machine by processes other than this one and its (waited-for) children."""
+
+    def __init__(self) -> None:
+        self._start = (time.monotonic(), self._machine_busy(), self._ours())
+
+    @staticmethod
+    def _machine_busy() -> float:
+        try:
+            fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+            user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[:7])
+            return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError):
+            return 0.0
+
+    @staticmethod
+    def _ours() -> float:
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    def cores(self) -> float:
+        """Average cores used by others since construction; call once every child has been waited for."""
+        began, busy, ours = self._start
+        elapsed = time.monotonic() - began
+        others = (self._machine_busy() - busy) - (self._ours() - ours)
+        return round(max(others, 0.0) / elapsed, 2) if elapsed > 0 else 0.0
+
+
 def filesystem_of(path: Path) -> str:
     """Type and device of the mount holding `path` (fsync on tmpfs costs nothing)."""
     best = ("", "?", "?")
@@ -437,6 +465,8 @@ def report(info: dict, rows: list[dict], idle: dict | None, args) -> str:
         f"python    {info['implementation']} {info['python']}  sqlite {info['sqlite']}  aiosmtpd {info['aiosmtpd']}",
         f"disk      {info['filesystem']}",
         f"commit    {info['commit']}",
+        f"others    other processes used {info['others_cores']:.2f} of {info['nproc']} cores on average during the run"
+        + ("  (figures are pessimistic)" if info['others_cores'] > 0.1 else ""),
         "",
         f"{'':28}{'messages':>9}{'connections':>12}{'msg/s':>9}{'p50 ms':>9}{'p99 ms':>9}",
     ]
@@ -518,6 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         info = machine(workdir)
+        others = OtherLoad()
         messages = [build_message(run, i) for i in range(args.messages)]
         warmup = [build_message(f"{run}-warmup", i) for i in range(args.connections)]
         sizes = [len(raw) for _, raw in messages]
@@ -532,6 +563,7 @@ def main(argv: list[str] | None = None) -> int:
         live, idle = bench_pagerduty(args, workdir, stack, run)
         rows.append(live)
         print(f"  to PagerDuty: {time.monotonic() - began:.1f}s", file=sys.stderr, flush=True)
+        info["others_cores"] = others.cores()
         print(report(info, rows, idle, args))
         if args.json:
             doc = {"machine": info, "message_bytes": {"min": min(sizes), "max": max(sizes)},

@@ -6,7 +6,9 @@ import logging
 import signal
 import time
 
-from daemon.config import Config
+from dataclasses import replace
+
+from daemon.config import Config, ConfigError, load_config
 from daemon.http import start_http
 from daemon.metrics import Metrics
 from daemon.runner import Runner
@@ -86,6 +88,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         try:
             smtp = await start_smtp(self.config.smtp, self.smtp_handler, self.metrics)
         except OSError as exc:
@@ -102,6 +105,24 @@ class Daemon:
             "store": str(self.config.store.path)})
         await self._stop.wait()
         await self._shutdown(runner)
+
+    def reload(self) -> None:
+        """SIGHUP: take the new policy and recipients; a bad file keeps the old ones running."""
+        try:
+            new = load_config(self.config.source)
+        except ConfigError as exc:
+            log.error("reload refused; still running the previous config", extra={"error": str(exc)})
+            return
+        self.escalator.policy = new.policy
+        self.smtp_handler.recipients = frozenset(new.smtp.recipients)
+        needs_restart = [name for name in ("dry_run", "store", "zendesk", "pagerduty", "escalation", "metrics")
+                         if getattr(new, name) != getattr(self.config, name)]
+        needs_restart += ["smtp"] if replace(new.smtp, recipients=()) != replace(self.config.smtp, recipients=()) else []
+        self.config = replace(self.config, policy=new.policy, smtp=replace(self.config.smtp,
+                                                                            recipients=new.smtp.recipients))
+        log.info("reloaded policy and recipients", extra={
+            "rules": len(new.policy.rules), "recipients": len(new.smtp.recipients),
+            "changes_needing_restart": ",".join(needs_restart) or "none"})
 
     async def _shutdown(self, runner: asyncio.Task) -> None:
         log.info("shutting down")

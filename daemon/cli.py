@@ -48,6 +48,13 @@ def _parser() -> argparse.ArgumentParser:
     command("check-config", cmd_check_config, "Validate the config; exit 0 when it is valid.")
     inject = command("inject", cmd_inject, "Submit .eml files through the same durable path as SMTP.")
     inject.add_argument("files", nargs="+", type=Path, metavar="MESSAGE.eml")
+    inject.add_argument("--received-at", metavar="ISO-8601",
+                        help="when the mail really arrived, for replaying saved mail (default: now)")
+    explain = command("classify", cmd_classify,
+                      "Explain the policy's decision for each message: one JSON object per line.")
+    explain.add_argument("files", nargs="+", type=Path, metavar="MESSAGE.eml")
+    explain.add_argument("--at", help="receive time, ISO-8601 (default: now; no offset means the policy's zone)")
+    explain.add_argument("--text", action="store_true", help="human-readable output")
     status = command("status", cmd_status, "Show escalations by state and the recent messages.")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--limit", type=int, default=20, help="how many recent messages (default 20)")
@@ -72,6 +79,12 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_inject(config: Config, args: argparse.Namespace) -> int:
+    from daemon.explain import receive_time
+    try:
+        received_at = receive_time(args.received_at, config).timestamp() if args.received_at else None
+    except ValueError:
+        print(f"emergencyd: --received-at {args.received_at!r} is not an ISO-8601 time", file=sys.stderr)
+        return 2
     store = Store.open(config.store.path, busy_timeout_ms=config.store.busy_timeout_ms)
     failures = 0
     try:
@@ -83,13 +96,18 @@ def cmd_inject(config: Config, args: argparse.Namespace) -> int:
                 failures += 1
                 continue
             envelope = Envelope(source="inject", mail_from="", rcpt_to=config.smtp.recipients[:1],
-                                peer="local", received_at=time.time())
+                                peer="local", received_at=received_at or time.time())
             result = store.ingest(raw, envelope)
             word = "duplicate of message" if result.duplicate else "stored as message"
             print(f"{path}: {word} {result.message_pk}")
     finally:
         store.close()
     return 1 if failures else 0
+
+
+def cmd_classify(config: Config, args: argparse.Namespace) -> int:
+    from daemon.explain import run_classify
+    return run_classify(config, args.files, args.at, args.text)
 
 
 def cmd_status(config: Config, args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ class IngestHandler:
     """aiosmtpd handler hooks: check recipients, commit, then answer."""
 
     def __init__(self, config: SmtpConfig, ingest: Ingest, metrics: Metrics):
-        self._recipients = frozenset(config.recipients)
+        self.recipients = frozenset(config.recipients)   # replaced whole on reload
         self._ingest = ingest
         self._metrics = metrics
         self.accepting = True
@@ -40,7 +40,7 @@ class IngestHandler:
         if not self.accepting:
             self._metrics.rejected.labels("shutting_down").inc()
             return "421 4.3.2 Service shutting down, try again later"
-        if address.strip().lower() not in self._recipients:
+        if address.strip().lower() not in self.recipients:
             self._metrics.rejected.labels("unknown_recipient").inc()
             log.info("recipient refused", extra={"peer": _peer(session), "rcpt": address[:254]})
             return "550 5.1.1 Recipient address rejected: not an address served here"

@@ -115,7 +115,7 @@ def describe_verdict(verdict: dict[str, Any]) -> str:
 
 def _clock(iso_time: str) -> str:
     when = datetime.fromisoformat(iso_time)
-    return f"{when:%H:%M} ({when:%a %d %b %Z})"
+    return f"{when:%H:%M} ({when:%a %d %b})"   # already in the policy's time zone
 
 
 def _update_words(seconds: int, working_time: bool) -> str:

@@ -253,6 +253,16 @@ def _fold(text: str) -> str:
     return " ".join(stripped.casefold().split())
 
 
+def _subject_pattern(*alternatives: str) -> re.Pattern[str]:
+    """Alternatives matched at the start of a folded subject, after any
+    leading punctuation ("[Automatyczna odpowiedz] ..."). The pattern text
+    is folded like the subject (diacritics dropped, compatibility forms
+    normalised) but not case-folded, which would turn \\W into \\w."""
+    source = "^\\W*(?:" + "|".join(alternatives) + ")"
+    decomposed = unicodedata.normalize("NFKD", source)
+    return re.compile("".join(ch for ch in decomposed if not unicodedata.combining(ch)))
+
+
 def _quote(value: str) -> str:
     value = " ".join(value.split())
     if len(value) > MAX_REASON_VALUE_CHARS:
@@ -331,6 +341,26 @@ def exchange_ndr_header(facts: _Facts) -> str | None:
     return None
 
 
+# Amazon SES reports bounces and complaints to an SNS topic; an e-mail
+# subscription of that topic receives them as JSON ("AWS Notification
+# Message"). Only these two notification types are noise: the same SNS
+# mail carries CloudWatch alarms, which a tenant may well route to us.
+_SES_NOTIFICATION = re.compile(r'"(?:notificationtype|eventtype)"\s*:\s*"(bounce|complaint)"')
+
+
+def _ses_notification_type(facts: _Facts) -> str | None:
+    if facts.header("x-amz-sns-message-id") is None:
+        return None
+    match = _SES_NOTIFICATION.search(facts.body_sample)
+    return match.group(1) if match else None
+
+
+def ses_bounce_notification(facts: _Facts) -> str | None:
+    if _ses_notification_type(facts) == "bounce":
+        return 'Amazon SES bounce notification via SNS (x-amz-sns-message-id, "notificationType":"Bounce")'
+    return None
+
+
 # ---------------------------------------------------------------------------
 # 3. Feedback reports (ARF) and 4. read receipts (MDN): structural evidence
 # ---------------------------------------------------------------------------
@@ -341,6 +371,12 @@ def feedback_report(facts: _Facts) -> str | None:
         return "Content-Type multipart/report; report-type=feedback-report (ARF)"
     if "message/feedback-report" in facts.part_types:
         return "a message/feedback-report part (ARF)"
+    return None
+
+
+def ses_complaint_notification(facts: _Facts) -> str | None:
+    if _ses_notification_type(facts) == "complaint":
+        return 'Amazon SES complaint notification via SNS (x-amz-sns-message-id, "notificationType":"Complaint")'
     return None
 
 
@@ -368,31 +404,30 @@ def mailer_daemon_sender(facts: _Facts) -> str | None:
 
 
 # Subjects of non-delivery and delay notices, matched at the start of the
-# folded subject (lower case, no diacritics).
-_BOUNCE_SUBJECT = re.compile(
-    r"^\W*(?:"
-    r"undeliver(?:able|ed)\b|undelivered mail|non[- ]?deliver|not delivered|"
-    r"delivery (?:status notification|failure|failed|has failed|notification|problem|report|error|warning|delayed)|"
-    r"(?:mail|message) delivery (?:failed|failure|error|problem|report|status)|"
-    r"delivery failure|failure notice|failed delivery|returned mail|returned to sender|mail returned|"
-    r"mail system error|could not (?:be )?(?:send|deliver)|"
-    r"warning: (?:could not send|message .{0,80} delayed|delayed mail)|delayed mail|"
-    r"message (?:delayed|not delivered|undeliverable|delivery)|"
-    r"(?:email |mail )?bounce(?:d)? (?:notification|message|notice)|"
+# folded subject (see _fold; the patterns are folded the same way).
+_BOUNCE_SUBJECT = _subject_pattern(
+    r"undeliver(?:able|ed)\b|undelivered mail|non[- ]?deliver|not delivered",
+    r"delivery (?:status notification|failure|failed|has failed|notification|problem|report|error|warning|delayed)",
+    r"(?:mail|message) delivery (?:failed|failure|error|problem|report|status)",
+    r"delivery failure|failure notice|failed delivery|returned mail|returned to sender|mail returned",
+    r"mail system error|could not (?:be )?(?:sent|send|delivered|deliver)",
+    r"warning: (?:could not send|message .{0,80} delayed|delayed mail)|delayed mail",
+    r"message (?:delayed|not delivered|undeliverable|delivery)",
+    r"(?:email |mail )?bounced? (?:notification|message|notice)",
+    r"postmaster notify",
     # German, French, Spanish, Italian, Dutch, Polish, Portuguese, Nordic,
-    # Czech, Japanese
-    r"unzustellbar|nicht zustellbar|zustellung fehlgeschlagen|unzustellbare|"
-    r"non remis|non distribuable|echec de (?:la )?(?:remise|distribution)|"
-    r"no se puede entregar|no entregado|error de entrega|"
-    r"non recapitabile|mancato recapito|impossibile recapitare|"
-    r"onbestelbaar|niet bezorgd|"
-    r"niedostarczalne|niedostarczona|nie dostarczono|"
-    r"nao (?:e possivel entregar|entregue)|impossivel entregar|"
-    r"kan ikke leveres|kunde inte levereras|ej levererat|"
-    r"nedorucitelne|nelze dorucit|"
-    r"配信不能|配送不能|不達|配信エラー|メールエラー|"
-    r"退信|投递失败|无法投递"
-    r")"
+    # Czech, Japanese, Chinese
+    r"unzustellbar|nicht zustellbar|zustellung fehlgeschlagen",
+    r"non remis|non distribuable|échec de (?:la )?(?:remise|distribution)",
+    r"no se puede entregar|no entregado|error de entrega",
+    r"non recapitabile|mancato recapito|impossibile recapitare",
+    r"onbestelbaar|niet bezorgd",
+    r"niedostarczalne|niedostarczona|nie dostarczono",
+    r"não (?:é possível entregar|entregue)|impossível entregar",
+    r"kan ikke leveres|kunde inte levereras|ej levererat",
+    r"nedoručitelné|nelze doručit",
+    r"配信不能|配送不能|不達|配信エラー|メールエラー",
+    r"退信|投递失败|无法投递",
 )
 
 
@@ -436,11 +471,12 @@ def bounce_subject(facts: _Facts) -> str | None:
 # 6. Read receipts by subject
 # ---------------------------------------------------------------------------
 
-_RECEIPT_SUBJECT = re.compile(
-    r"^\W*(?:read|gelesen|lu|leido|letto|gelezen|lido|przeczytan[ay]|lest|last|luettu|preceteno|"
-    r"return receipt|read receipt|read notification|lesebestatigung|accuse de (?:reception|lecture)|"
-    r"confirmacion de lectura|conferma di lettura|leesbevestiging|disposition notification|"
-    r"message disposition notification|開封済み|已读)\s*(?:[:：]|$|\()"
+_RECEIPT_SUBJECT = _subject_pattern(
+    r"(?:read|gelesen|lu|leído|letto|gelezen|lido|przeczytan[ay]|lest|läst|luettu|přečteno)\s*(?::|$)",
+    r"return receipt|read receipt|read notification|lesebestätigung|accusé de (?:réception|lecture)",
+    r"confirmación de lectura|conferma di lettura|leesbevestiging",
+    r"(?:message )?disposition notification",
+    r"開封済み|已读",
 )
 
 
@@ -454,6 +490,8 @@ def _receipt_evidence(facts: _Facts) -> str | None:
         return f"Auto-Submitted: {facts.auto_submitted}"
     if "text/rfc822-headers" in facts.part_types:
         return "a text/rfc822-headers part"
+    if facts.content_type == "application/ms-tnef" or "application/ms-tnef" in facts.part_types:
+        return "an Outlook TNEF (winmail.dat) body"
     if re.search(r"\bwas read on\b|^disposition: |original-message-id:|wurde am .{0,40} gelesen", facts.body_sample):
         return "read-notification wording in the body"
     return None
@@ -505,29 +543,29 @@ def precedence_header(facts: _Facts) -> str | None:
     return None
 
 
-# Phrases that only an auto-responder puts at the start of a subject.
-_AUTO_REPLY_SUBJECT = re.compile(
-    r"^\W*(?:"
-    r"auto(?:matic|matische|matisch)?[- ]?(?:reply|response|respond|antwort|answer)|"
-    r"auto[:：]|autoreply|autoresponse|autorespond|"
-    r"out of (?:the )?office\s*(?:[-:(]|$|auto|reply|until|till|notice|notification|message|response)|"
-    r"(?:i am|i'm|i will be) (?:currently )?(?:out of (?:the )?office|away|on (?:vacation|holiday|leave))|"
-    r"on (?:vacation|holiday|leave)\s*(?:[-:(]|$)|vacation (?:reply|response|message|notice)|away from (?:the )?office|"
-    r"office closed\s*(?:[-:(]|$)|"
-    r"abwesenheitsnotiz|abwesenheit\s*(?:[-:(]|$)|automatische antwort|"
-    r"reponse automatique|absence\s*(?:[-:(]|$|du bureau|prolongee)|absent(?:e)? du bureau|"
-    r"respuesta automatica|fuera de (?:la )?oficina|"
-    r"risposta automatica|fuori ufficio|"
-    r"automatisch antwoord|afwezig\s*(?:[-:(]|$)|"
-    r"automatyczna odpowiedz|nieobecnosc\s*(?:[-:(]|$)|"
-    r"resposta automatica|ausencia\s*(?:[-:(]|$)|"
-    r"autosvar|automatisk svar|frav(?:ær|aer)|"
-    r"automaattinen vastaus|poissa|"
-    r"automaticka odpoved|automatikus valasz|otomatik (?:yanit|cevap)|"
-    r"automatic reply|auto reply|"
-    r"автоматический ответ|автоответ|αυτοματη απαντηση|"
-    r"自動応答|自動返信|自动回复|自動回覆|不在通知|자동 ?응답"
-    r")",
+# Phrases that only an auto-responder puts at the start of a subject. Words
+# a human might start a subject with ("Absence", "Out of office") must be
+# followed by a colon, a dash, a parenthesis or the end of the subject.
+_END = r"\s*(?:[-:(]|$)"
+_AUTO_REPLY_SUBJECT = _subject_pattern(
+    r"auto(?:matic|matische|matisch)?[- ]?(?:reply|respons|antwort|answer)",
+    r"auto:",  # Lotus Notes "AUTO: Smith, John is out of the office"
+    r"out of (?:the )?office(?:" + _END + r"|\s*(?:auto|reply|until|till|notice|notification|message|response))",
+    r"(?:i am|i'm|i will be) (?:currently )?(?:out of (?:the )?office|away|on (?:vacation|holiday|leave))",
+    r"on (?:vacation|holiday|leave)" + _END + r"|vacation(?:" + _END + r"|\s*(?:reply|response|message|notice))",
+    r"away from (?:the |my )?(?:office|desk|e-?mail)|office closed" + _END,
+    r"abwesenheitsnotiz|abwesenheit" + _END + r"|automatische antwort|nicht im büro",
+    r"réponse automatique|absence(?:" + _END + r"|\s*du bureau|\s*prolongée)|absente? du bureau",
+    r"respuesta automática|fuera de (?:la )?oficina|ausente" + _END,
+    r"risposta automatica|fuori (?:ufficio|sede)",
+    r"automatisch antwoord|afwezig" + _END,
+    r"automatyczna odpowiedź|nieobecność" + _END,
+    r"resposta automática|ausência" + _END + r"|fora do escritório",
+    r"autosvar|automatisk svar|fravær" + _END + r"|frånvaro" + _END,
+    r"automaattinen vastaus|poissa" + _END,
+    r"automatická odpověď|automatikus válasz|otomatik (?:yanıt|cevap)",
+    r"автоматический ответ|автоответ|αυτόματη απάντηση",
+    r"自動応答|自動返信|自动回复|自動回覆|不在通知|자동 ?응답",
 )
 
 
@@ -560,7 +598,9 @@ RULES: tuple[tuple[str, Predicate], ...] = (
     ("bounce", delivery_status_part),
     ("bounce", failed_recipients_header),
     ("bounce", exchange_ndr_header),
+    ("bounce", ses_bounce_notification),
     ("feedback_report", feedback_report),
+    ("feedback_report", ses_complaint_notification),
     ("read_receipt", disposition_notification),
     ("bounce", mailer_daemon_sender),
     ("bounce", bounce_subject),

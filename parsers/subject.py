@@ -43,15 +43,28 @@ def most_specific_error_line(text: str) -> str | None:
     return best
 
 
+_GREETING = re.compile(r"^(hi|hello|hey|dear|good (morning|afternoon|evening)|team|all|thanks|thank you)\b.{0,40}$",
+                       re.IGNORECASE)
+
+
+def first_statement(text: str) -> str | None:
+    """Without an error line, the first line that says something (not a greeting)."""
+    for line in text.splitlines()[:MAX_LINES_EXAMINED]:
+        line = line.strip()
+        if len(line) >= 12 and not line.startswith(">") and not _GREETING.match(line):
+            return line
+    return None
+
+
 def descriptive_subject(subject: str, text: str, generic_subjects: tuple[str, ...]) -> str:
     """The tenant's subject, or for a generic one, it plus the most specific error line."""
     subject = subject.strip()
     if not is_generic(subject, generic_subjects):
         return subject or "(no subject)"
     line = most_specific_error_line(text)
+    line = _after_error_prefix(line) if line else first_statement(text)
     if line is None:
         return subject or "(no subject)"
-    line = _after_error_prefix(line)
     combined = f"{subject}: {line}" if subject else line
     return combined if len(combined) <= MAX_SUBJECT_CHARS else combined[: MAX_SUBJECT_CHARS - 1] + "\u2026"
 

@@ -31,7 +31,8 @@ READY = re.compile(r"emergencyd ready.*smtp=([\d.]+):(\d+) .*metrics=([\d.]+):(\
 
 def write_config(directory: Path, *, dry_run: bool, zendesk_url: str = "https://example.zendesk.com",
                  pagerduty_url: str = "https://events.pagerduty.com", ca_file: Path | None = None,
-                 extra: str = "", escalation: str = "", store: str = "") -> Path:
+                 extra: str = "", escalation: str = "", store: str = "", policy: bool = False) -> Path:
+    """A test config on port 0; policy=True appends the shipped [policy] from config.toml."""
     ca_line = f'ca_file = "{ca_file}"' if ca_file else ""
     text = f"""
 dry_run = {str(dry_run).lower()}
@@ -69,9 +70,17 @@ poll_interval_seconds = 0.1
 [metrics]
 listen = "127.0.0.1:0"
 """
+    if policy:
+        text += shipped_policy()
     path = directory / "config.toml"
     path.write_text(text)
     return path
+
+
+def shipped_policy() -> str:
+    """The [policy] part of the shipped config.toml, which keeps it last."""
+    shipped = (ROOT / "config.toml").read_text()
+    return shipped[shipped.index("\n[policy]\n"):]
 
 
 @dataclass

@@ -1,0 +1,71 @@
+"""`emergencyd classify`: the policy's decision for each file, one JSON object per line.
+
+The same classify() the daemon runs, on files, with an injectable receive time, so
+an operator can ask "what would happen to this mail at 02:00 on Boxing Day?".
+"""
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TextIO
+
+from daemon.config import Config
+from escalation.content import describe_verdict
+from escalation.policy import classify
+from parsers.message import parse_message
+
+KEYS = ("file", "suppressed", "reason", "category", "severity", "window", "page", "urgency", "zendesk_priority",
+        "respond_by", "rules")
+
+
+def receive_time(at: str | None, config: Config) -> datetime:
+    """--at as ISO-8601; a time without an offset is local to the policy's time zone."""
+    if at is None:
+        return datetime.now(timezone.utc)
+    when = datetime.fromisoformat(at)
+    return when if when.tzinfo else when.replace(tzinfo=config.policy.calendar.zone)
+
+
+def explain_file(path: Path, config: Config, received_at: datetime) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        return {"file": str(path), "error": f"cannot read: {exc.strerror}"}
+    try:
+        verdict = classify(parse_message(raw), received_at=received_at, mail_from=None,
+                           own_addresses=config.smtp.recipients, policy=config.policy).as_dict()
+    except Exception as exc:   # a broken file gets an answer, never a traceback
+        return {"file": str(path), "error": f"{type(exc).__name__}: {exc}"}
+    result = {"file": str(path), **{k: verdict[k] for k in KEYS[1:]}}
+    result["ticket_subject"] = verdict["ticket_subject"]
+    result["decision"] = describe_verdict(verdict)
+    return result
+
+
+def write_text(result: dict[str, Any], out: TextIO) -> None:
+    if "error" in result:
+        out.write(f"{result['file']}: error: {result['error']}\n")
+        return
+    out.write(f"{result['file']}\n  {result['decision']}\n  decided by: {result['reason']}\n")
+    for hit in result["rules"]:
+        out.write(f"  rule {hit['rule']} matched {hit['matched']!r} in the {hit['field']}\n")
+    out.write(f"  ticket subject: {result['ticket_subject']}\n")
+
+
+def run_classify(config: Config, files: list[Path], at: str | None, text: bool, out: TextIO = sys.stdout) -> int:
+    try:
+        received_at = receive_time(at, config)
+    except ValueError:
+        print(f"emergencyd: --at {at!r} is not an ISO-8601 time", file=sys.stderr)
+        return 2
+    errors = 0
+    for path in files:
+        result = explain_file(path, config, received_at)
+        errors += "error" in result
+        if text:
+            write_text(result, out)
+        else:
+            out.write(json.dumps(result, ensure_ascii=False) + "\n")
+    return 1 if errors else 0
