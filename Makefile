@@ -28,3 +28,6 @@ bench: setup system-packages
 
 clean:
 	rm -rf $(VENV) var build *.egg-info
+
+corpus-check: setup
+	$(BIN)/python scripts/corpus-check

@@ -67,12 +67,25 @@ MAX_ERROR_CHARS = 300
 # Header values are cut before decoding: nothing downstream shows more,
 # and decoding a 10 MB header costs real time.
 MAX_RAW_VALUE_CHARS = 16 * 1024
-# mail-parser's Received-header analysis costs ~60 µs a header: skip it
-# for header floods and rely on the stdlib fallbacks.
+# mail-parser's Received-header analysis costs ~60 µs a header and it
+# decodes every header (quadratic in encoded words): skip it for header
+# floods and rely on the stdlib fallbacks.
 MAX_HEADERS_FOR_MAIL_PARSER = 1000
+MAX_HEADER_CHARS_FOR_MAIL_PARSER = 256 * 1024
+# Header values are cut as the stdlib parser reads them (see
+# _BoundedCompat32); parameterised MIME headers tighter, their parameter
+# parsing is quadratic in the number of parameters.
+MAX_PARSED_VALUE_CHARS = 64 * 1024
+MAX_PARSED_PARAMETERISED_CHARS = 2 * 1024
 # The stdlib parser and mail-parser cost ~40 µs per MIME part together;
 # beyond this many delimiter-like lines the rest of the message is cut.
 MAX_MIME_DELIMITERS = 10_000
+# The stdlib parser tests every line against the boundary of every
+# enclosing multipart (~0.2 µs each): bound lines x nesting. Nesting is
+# unknown before parsing; the count of boundary declarations bounds it.
+MAX_LINES = 1_000_000
+MIN_LINES = 20_000
+LINE_CHECK_BUDGET = 8_000_000
 MAX_WALKED_PARTS = 10_000
 # Header-only salvage of a message too large or too broken to parse.
 MAX_HEADER_ONLY_BYTES = 1024 * 1024
@@ -137,18 +150,19 @@ def _parse(raw: bytes) -> ParsedMessage:
         return _unparsed(raw, raw_headers, "empty message")
     if len(raw) > MAX_MESSAGE_BYTES:
         return _unparsed(raw, raw_headers, f"message too large: {len(raw)} bytes")
-    raw, defects = _limit_mime_delimiters(raw)
+    raw, defects = _limit_parse_cost(raw)
     try:
-        msg = email.message_from_bytes(raw)
+        msg = email.message_from_bytes(raw, policy=_BOUNDED_COMPAT32)
     except Exception as exc:  # RecursionError on deeply nested multiparts
         return _unparsed(raw, raw_headers, f"email parser failed: {_describe(exc)}")
 
     if len(msg) == 0:  # not a mail: binary garbage, a stray file
         return _unparsed(raw, raw_headers, "no header fields found")
 
-    if len(msg) > MAX_HEADERS_FOR_MAIL_PARSER:
+    too_costly = _too_costly_for_mail_parser(msg)
+    if too_costly:
         mail, error = None, None
-        defects += ("TooManyHeadersDefect",)
+        defects += (too_costly,)
     else:
         mail, error = _run_mail_parser(msg)
     body = _scan_body(msg)
@@ -185,16 +199,70 @@ def _run_mail_parser(msg: Message) -> tuple[mailparser.MailParser | None, str | 
         return None, f"mail-parser failed: {_describe(exc)}"
 
 
+def _too_costly_for_mail_parser(msg: Message) -> str | None:
+    """A defect name when the top-level headers would make mail-parser slow."""
+    if len(msg) > MAX_HEADERS_FOR_MAIL_PARSER:
+        return "TooManyHeadersDefect"
+    if sum(len(_raw_str(value)) for _, value in msg.raw_items()) > MAX_HEADER_CHARS_FOR_MAIL_PARSER:
+        return "OversizedHeadersDefect"
+    return None
+
+
+class _BoundedCompat32(policy.Compat32):
+    """compat32 (mail-parser's choice) that cuts each header value as it is
+    read, in the top-level block and in every MIME part: the stdlib's
+    parameter parsing and RFC 2047 decoding are quadratic in a value's
+    length, so one hostile 10 MB header would otherwise take hours."""
+
+    def header_source_parse(self, sourcelines: list[str]) -> tuple[str, str]:
+        name, value = super().header_source_parse(sourcelines)
+        return name, value[: _parsed_value_limit(name)]
+
+
+_BOUNDED_COMPAT32 = _BoundedCompat32()
+
+
+def _parsed_value_limit(name: str) -> int:
+    if name.strip().lower() in ("content-type", "content-disposition"):
+        return MAX_PARSED_PARAMETERISED_CHARS
+    return MAX_PARSED_VALUE_CHARS
+
+
+def _limit_parse_cost(raw: bytes) -> tuple[bytes, tuple[str, ...]]:
+    """Cut hostile shapes whose parse time grows faster than their size;
+    the defects say that the message was cut."""
+    raw, delimiter_defects = _limit_mime_delimiters(raw)
+    raw, line_defects = _limit_lines(raw)
+    return raw, delimiter_defects + line_defects
+
+
 _DELIMITER_LINE = re.compile(rb"[\r\n]--")
 
 
 def _limit_mime_delimiters(raw: bytes) -> tuple[bytes, tuple[str, ...]]:
-    """Cut a message with absurdly many MIME delimiter lines (a cheap CPU
-    exhaustion input) where the excess starts."""
+    """Cut a message with absurdly many MIME delimiter lines where the
+    excess starts."""
     for count, match in enumerate(_DELIMITER_LINE.finditer(raw), start=1):
         if count > MAX_MIME_DELIMITERS:
             return raw[: match.start()], ("TooManyMimePartsDefect",)
     return raw, ()
+
+
+_BOUNDARY_DECLARATION = re.compile(rb"boundary\s*=", re.IGNORECASE)
+
+
+def _limit_lines(raw: bytes) -> tuple[bytes, tuple[str, ...]]:
+    """Cut a message whose line count times possible multipart nesting
+    exceeds the parser's budget (e.g. 10 million empty lines)."""
+    lines = raw.count(b"\n") + raw.count(b"\r") - raw.count(b"\r\n")
+    if lines <= MIN_LINES:
+        return raw, ()
+    multiparts = sum(1 for _ in _BOUNDARY_DECLARATION.finditer(raw))
+    allowed = min(MAX_LINES, max(MIN_LINES, LINE_CHECK_BUDGET // (1 + multiparts)))
+    if lines <= allowed:
+        return raw, ()
+    first_lines = re.compile(rb"(?:[^\r\n]*(?:\r\n|\r|\n)){%d}" % allowed).match(raw)
+    return (raw[: first_lines.end()] if first_lines else raw), ("TooManyLinesDefect",)
 
 
 # ---------------------------------------------------------------------------
@@ -503,6 +571,8 @@ def _walk(root: Message, defects: set[str]) -> Iterator[tuple[Message, bool]]:
             defects.add("TooManyPartsDefect")
             return
         defects.update(type(defect).__name__ for defect in getattr(part, "defects", ()))
+        if _has_cut_header(part):
+            defects.add("OversizedHeaderDefect")
         yield part, embedded
         children = _children(part)
         if children and depth >= MAX_DEPTH:
@@ -510,6 +580,10 @@ def _walk(root: Message, defects: set[str]) -> Iterator[tuple[Message, bool]]:
             continue
         inner = embedded or part.get_content_maintype() == "message"
         stack.extend((child, inner, depth + 1) for child in reversed(children))
+
+
+def _has_cut_header(part: Message) -> bool:
+    return any(len(_raw_str(value)) >= _parsed_value_limit(name) for name, value in part.raw_items())
 
 
 def _children(part: Message) -> list[Message]:

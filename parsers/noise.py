@@ -12,21 +12,25 @@ The order of the table is the policy:
    hostnames, or a From address that is one of our own addresses.
 2. bounce, structural evidence: multipart/report with
    report-type=delivery-status, a message/delivery-status part,
-   X-Failed-Recipients, Exchange's X-MS-Exchange-Message-Is-Ndr. These come
-   before everything else (but loops) because many bounces also carry
-   ``Auto-Submitted: auto-replied`` (Exim, Exchange).
+   X-Failed-Recipients, Exchange's X-MS-Exchange-Message-Is-Ndr, an Amazon
+   SES bounce notification mailed by SNS. These come before everything else
+   (but loops) because many bounces also carry ``Auto-Submitted:
+   auto-replied`` (Exim, Exchange).
 3. feedback_report: report-type=feedback-report or a message/feedback-report
-   part (ARF, RFC 5965).
+   part (ARF, RFC 5965), or an SES complaint notification mailed by SNS.
 4. read_receipt: report-type=disposition-notification or a
    message/disposition-notification part (MDN, RFC 8098).
 5. bounce, heuristic evidence: a MAILER-DAEMON or postmaster sender (as the
    spec says, even when a human writes from postmaster@; the reason says
-   so), and a typical bounce subject corroborated by a second, weak signal.
+   so), and a typical bounce subject corroborated by a second, weak signal
+   (null reverse path, Auto-Submitted, a text/rfc822-headers part,
+   multipart/report, a daemon-like sender name, local part or reverse path).
    These come after the explicit report types so that an ARF report or an
    MDN sent from postmaster@ keeps its precise kind; it is noise either way.
 6. read_receipt by subject ("Read:", "Gelesen:", ...) corroborated by
    receipt-style evidence (Content-Class urn:content-classes:mdn, a null
-   reverse path, Auto-Submitted, a "was read on" body).
+   reverse path, Auto-Submitted, text/rfc822-headers, an Outlook TNEF body,
+   "was read on" wording).
 7. auto_reply: Auto-Submitted other than "no" (RFC 3834), X-Autoreply /
    X-Autorespond / X-Autoresponse, Precedence auto_reply/bulk/junk/list
    (naming a mailing list when List-Id is present), auto-reply subjects in
@@ -38,15 +42,22 @@ The order of the table is the policy:
 
 Decisions, so they are not rediscovered:
 
-* Subjects are matched at their start, after decoding, Unicode NFKD
-  normalisation, dropping diacritics and case folding. A subject starting
-  with "Re:", "Fwd:" etc. is a human answering or forwarding (e.g. "Re:
-  Automatic reply: ..." or "Fwd: Undeliverable: ..." - a tenant forwarding
-  a bounce may well be reporting an emergency), so it never matches a
-  subject rule; header rules still apply to it.
-* The body is never read for auto-reply or bounce subjects: "I'm out of
-  office tomorrow but our app is down" in a body is a human. Bodies are
-  only looked at as corroboration of a subject match (bounce, receipt).
+* Subjects are matched at their start (after leading punctuation, as in
+  "[Automatyczna odpowiedz]"), after decoding, Unicode NFKD normalisation,
+  dropping diacritics and case folding. So a subject starting with "Re:",
+  "AW:", "Fwd:" etc. never matches a subject rule: it is a human answering
+  or forwarding ("Re: Automatic reply: ...", or "Fwd: Undeliverable: ..." -
+  a tenant forwarding a bounce may well be reporting an emergency). Header
+  rules still apply to such mail.
+* The body never makes a message noise by itself: "I'm out of office
+  tomorrow but our app is down" in a body is a human. It is read only to
+  corroborate a read-receipt subject and for the JSON type of an SES
+  notification. A bounce subject is not corroborated by body wording nor
+  by an attached message/rfc822: a tenant writing "Delivery failure for all
+  outbound mail" with a sample bounce attached is reporting an emergency.
+* A From local part of MAILER-DAEMON or postmaster is a bounce by itself,
+  as the spec says, even for a human writing from postmaster@ (the reason
+  says "a postmaster sender is treated as a bounce").
 * X-Auto-Response-Suppress is not evidence. It asks *recipients* not to
   auto-respond; Outlook puts it on ordinary meeting mail and ticket systems
   on ordinary notifications. Real Outlook/Exchange auto-replies also carry
@@ -125,16 +136,6 @@ def detect_noise(
 _ADDRESS = re.compile(r"[^\s<>()\"',;:@\[\]]+@[A-Za-z0-9.\-\[\]:]+")
 _COMMENT = re.compile(r"\([^()]*\)")
 _PARAMETER = re.compile(r";\s*([A-Za-z0-9_.\-*]+)\s*=\s*(\"(?:[^\"\\]|\\.)*\"|[^;\s]*)")
-# A subject prefix that makes it a human's reply or forward.
-# (English, German, Nordic, Finnish, Dutch, Polish, Portuguese, Italian,
-# French, Spanish, Turkish, Chinese; the subject is folded first, so a
-# full-width colon is ":").
-_REPLY_PREFIX = re.compile(
-    r"^\W*(?:re|aw|sv|vs|antw|odp|res|rif|r|tr|wg|fw|fwd|enc|rv|i|doorst|vl|ynt|fs|回复|转发|答复)"
-    r"\s*(?:\[\d+\]|\(\d+\))?\s*:"
-)
-
-
 class _Facts:
     """The message plus caller context, with derived values computed at most
     once (several rules share them)."""
@@ -200,6 +201,15 @@ class _Facts:
         return sender.rpartition("@")[0] if "@" in sender else sender
 
     @cached_property
+    def reverse_path(self) -> str | None:
+        """The envelope sender, else the first Return-Path, lower case,
+        without angle brackets ("" for the null reverse path)."""
+        value = self.mail_from if self.mail_from is not None else self.header("Return-Path")
+        if value is None:
+            return None
+        return _COMMENT.sub("", value).strip().strip("<>").strip().lower()
+
+    @cached_property
     def null_reverse_path(self) -> str | None:
         """The evidence of a null reverse path, or None."""
         if self.mail_from is not None:
@@ -216,14 +226,12 @@ class _Facts:
         return _fold(self.parsed.subject or "")
 
     @cached_property
-    def is_reply_or_forward(self) -> bool:
-        return bool(_REPLY_PREFIX.match(self.subject))
-
-    @cached_property
     def auto_submitted(self) -> str | None:
         """The Auto-Submitted keyword without parameters or comments, lower
         case, or None when absent or "no"."""
-        for value in self.headers("Auto-Submitted"):
+        # ParsedMessage.headers stops after 200 fields; .auto_submitted does not.
+        values = self.headers("Auto-Submitted") or (self.parsed.auto_submitted or "",)
+        for value in values:
             keyword = _COMMENT.sub(" ", value).split(";")[0].strip().lower()
             if keyword and keyword != "no":
                 return keyword
@@ -431,35 +439,38 @@ _BOUNCE_SUBJECT = _subject_pattern(
 )
 
 
+_DAEMON_NAME = re.compile(
+    r"mail delivery|mailer|postmaster|mail administrator|mail system|delivery (?:sub)?system|^system administrator$"
+)
+_DAEMON_LOCAL_PART = re.compile(r"daemon|bounce|mail-?delivery|^mailadmin|^no-?reply$|^do-?not-?reply$")
+
+
 def _weak_bounce_signal(facts: _Facts) -> str | None:
-    """A second, weak sign of a machine-made notice, to corroborate a bounce subject."""
+    """A second, weak sign of a machine-made notice, to corroborate a bounce
+    subject. Deliberately not: an attached message/rfc822 (a tenant attaches
+    the bounce they got) and body wording (a tenant reporting "Delivery
+    failure for all outbound mail" uses exactly a bounce's words)."""
     if facts.null_reverse_path:
         return facts.null_reverse_path
     if facts.auto_submitted:
         return f"Auto-Submitted: {facts.auto_submitted}"
-    for part_type in ("message/rfc822", "text/rfc822-headers", "message/rfc822-headers", "message/global"):
-        if part_type in facts.part_types:
-            return f"a returned {part_type} part"
+    if "text/rfc822-headers" in facts.part_types:
+        return "a returned text/rfc822-headers part"
     if facts.content_type == "multipart/report":
         return "Content-Type multipart/report"
-    name = _fold(facts.parsed.sender_name or "")
-    if re.search(r"mail delivery|mailer|postmaster|mail administrator|mail system|delivery (?:sub)?system", name):
-        return f"sender name '{_quote(facts.parsed.sender_name or '')}'"
-    local = facts.sender_local_part
-    if re.search(r"daemon|bounce|mail-?delivery|^mdaemon|^mailadmin", local):
+    name = facts.parsed.sender_name or ""
+    if _DAEMON_NAME.search(_fold(name)):
+        return f"sender name '{_quote(name)}'"
+    if _DAEMON_LOCAL_PART.search(facts.sender_local_part):
         return f"sender {facts.sender}"
-    if re.search(
-        r"final-recipient:|diagnostic-code:|could not be delivered|delivery has failed|"
-        r"permanent(?:ly)? (?:error|fatal|failure)|undeliverable|"
-        r"\b5\.\d{1,3}\.\d{1,3}\b|\b(?:550|551|552|553|554)\b",
-        facts.body_sample,
-    ):
-        return "delivery-failure wording in the body"
+    reverse_path = facts.reverse_path
+    if reverse_path and _DAEMON_LOCAL_PART.search(reverse_path.rpartition("@")[0] or reverse_path):
+        return f"reverse path <{reverse_path}>"
     return None
 
 
 def bounce_subject(facts: _Facts) -> str | None:
-    if facts.is_reply_or_forward or not _BOUNCE_SUBJECT.match(facts.subject):
+    if not _BOUNCE_SUBJECT.match(facts.subject):
         return None
     signal = _weak_bounce_signal(facts)
     if signal is None:
@@ -480,6 +491,11 @@ _RECEIPT_SUBJECT = _subject_pattern(
 )
 
 
+_RECEIPT_WORDING = re.compile(
+    r"\bwas read on\b|\bdisposition: (?:manual|automatic)-action|\boriginal-message-id:|\bwurde am .{0,80} gelesen"
+)
+
+
 def _receipt_evidence(facts: _Facts) -> str | None:
     content_class = facts.header("Content-Class")
     if content_class and "mdn" in content_class.lower():
@@ -492,7 +508,7 @@ def _receipt_evidence(facts: _Facts) -> str | None:
         return "a text/rfc822-headers part"
     if facts.content_type == "application/ms-tnef" or "application/ms-tnef" in facts.part_types:
         return "an Outlook TNEF (winmail.dat) body"
-    if re.search(r"\bwas read on\b|^disposition: |original-message-id:|wurde am .{0,40} gelesen", facts.body_sample):
+    if _RECEIPT_WORDING.search(facts.body_sample):
         return "read-notification wording in the body"
     return None
 
@@ -529,7 +545,7 @@ def x_autoreply_header(facts: _Facts) -> str | None:
 
 
 def precedence_header(facts: _Facts) -> str | None:
-    value = facts.header("Precedence")
+    value = facts.header("Precedence") or facts.parsed.precedence
     if value is None:
         return None
     keyword = _COMMENT.sub(" ", value).strip().lower()
@@ -570,7 +586,7 @@ _AUTO_REPLY_SUBJECT = _subject_pattern(
 
 
 def auto_reply_subject(facts: _Facts) -> str | None:
-    if facts.is_reply_or_forward or not _AUTO_REPLY_SUBJECT.match(facts.subject):
+    if not _AUTO_REPLY_SUBJECT.match(facts.subject):
         return None
     return _subject_evidence(facts)
 
@@ -588,7 +604,7 @@ def null_reverse_path(facts: _Facts) -> str | None:
 # The rule table: order is policy (see the module docstring)
 # ---------------------------------------------------------------------------
 
-Predicate = Callable[[_Facts], "str | None"]
+Predicate = Callable[[_Facts], str | None]
 
 RULES: tuple[tuple[str, Predicate], ...] = (
     ("loop", x_loop_names_own_address),
