@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from escalation.records import dedup_key_of  # noqa: E402
+from escalation.records import NEW, PENDING, dedup_key_of  # noqa: E402
 from tests.harness import (  # noqa: E402
     API_TOKEN, RECIPIENT, ZENDESK_EMAIL, ZENDESK_TOKEN, DaemonProcess, base_env, live_env, make_message,
     write_config,
@@ -308,7 +308,8 @@ def _escalation_backlog(path: Path) -> int | None:
     """Escalations not yet done when the last 250 came back (read-only peek at the store)."""
     try:
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as conn:
-            return conn.execute("SELECT COUNT(*) FROM escalations WHERE state IN ('new', 'pending')").fetchone()[0]
+            return conn.execute("SELECT COUNT(*) FROM escalations WHERE state IN (?, ?)",
+                                (NEW, PENDING)).fetchone()[0]
     except sqlite3.Error:
         return None
 
@@ -343,8 +344,9 @@ def bench_pagerduty(args, workdir: Path, stack: Cleanup, run: str) -> tuple[dict
                 return found
             time.sleep(0.02)
 
-    # Unloaded: one message at a time, each waiting for its page (the first opens the
-    # HTTPS connections and is not counted).
+    # Unloaded: one message at a time, each sent once the previous escalation has finished
+    # (the first opens the HTTPS connections and is not counted).
+    store = directory / "var" / "store.sqlite3"
     idle: list[float] = []
     probes = [build_message(f"{run}-idle", i) for i in range(args.idle_probes + 1)]
     for number, (key, raw) in enumerate(probes):
@@ -356,6 +358,9 @@ def bench_pagerduty(args, workdir: Path, stack: Cleanup, run: str) -> tuple[dict
         page_at = wait_pages({key}, 10.0).get(key)
         if page_at is not None and number > 0:
             idle.append(page_at - start)
+        settle_deadline = time.monotonic() + 10.0   # the rest of its escalation too, so the next starts idle
+        while _escalation_backlog(store) and time.monotonic() < settle_deadline:
+            time.sleep(0.02)
 
     # Loaded: the burst.
     messages = [build_message(f"{run}-live", i) for i in range(args.live_messages)]

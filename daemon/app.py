@@ -42,6 +42,7 @@ def build_escalator(config: Config, store: AsyncStore, metrics: Metrics) -> Esca
         ticket_head_start_seconds=esc.ticket_head_start_seconds,
         concurrency=esc.concurrency,
         own_addresses=config.smtp.recipients,
+        own_hostnames=(config.smtp.hostname,),
     )
     return Escalator(store, desk, pager, settings, metrics, config.policy)
 

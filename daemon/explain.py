@@ -35,7 +35,8 @@ def explain_file(path: Path, config: Config, received_at: datetime) -> dict[str,
         return {"file": str(path), "error": f"cannot read: {exc.strerror}"}
     try:
         verdict = classify(parse_message(raw), received_at=received_at, mail_from=None,
-                           own_addresses=config.smtp.recipients, policy=config.policy).as_dict()
+                           own_addresses=config.smtp.recipients, own_hostnames=(config.smtp.hostname,),
+                           policy=config.policy).as_dict()
     except Exception as exc:   # a broken file gets an answer, never a traceback
         return {"file": str(path), "error": f"{type(exc).__name__}: {exc}"}
     result = {"file": str(path), **{k: verdict[k] for k in KEYS[1:]}}

@@ -116,10 +116,10 @@ def phrase_pattern(phrase: str) -> re.Pattern[str]:
 
 
 def classify(parsed: ParsedMessage, *, received_at: datetime, mail_from: str | None,
-             own_addresses: tuple[str, ...], policy: Policy) -> Verdict:
+             own_addresses: tuple[str, ...], policy: Policy, own_hostnames: tuple[str, ...] = ()) -> Verdict:
     window = policy.calendar.window_at(received_at)
     subject = descriptive_subject(parsed.subject, parsed.text, policy.generic_subjects)
-    noise = detect_noise(parsed, mail_from=mail_from, own_addresses=own_addresses)
+    noise = detect_noise(parsed, mail_from=mail_from, own_addresses=own_addresses, own_hostnames=own_hostnames)
     if noise is not None:
         return Verdict(suppressed=True, reason=f"{noise.kind}: {noise.reason}", category=f"noise:{noise.kind}",
                        severity=None, window=window, page=False, urgency=None, zendesk_priority="low",

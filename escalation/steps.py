@@ -58,6 +58,7 @@ class EscalationSettings:
     ticket_head_start_seconds: float
     concurrency: int
     own_addresses: tuple[str, ...] = ()
+    own_hostnames: tuple[str, ...] = ()
 
 
 def integration_of(step: str) -> str:
@@ -99,7 +100,8 @@ class Escalator:
         env = record.envelope
         return classify(parsed, received_at=datetime.fromtimestamp(env.received_at, timezone.utc),
                         mail_from=env.mail_from if env.source == "smtp" else None,
-                        own_addresses=self._settings.own_addresses, policy=self.policy)
+                        own_addresses=self._settings.own_addresses, own_hostnames=self._settings.own_hostnames,
+                        policy=self.policy)
 
     async def advance(self, pk: int) -> None:
         """Run the steps of one escalation, each as soon as it is due and its prerequisites are done.

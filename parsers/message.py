@@ -52,10 +52,9 @@ logging.getLogger("mailparser").setLevel(logging.CRITICAL)
 
 UNPARSEABLE_MARKER = "[emergencyd: this message could not be parsed; raw headers follow]"
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# --- Output bounds -------------------------------------------------------
 MAX_TEXT_CHARS = 1024 * 1024
-MAX_SUBJECT_CHARS = 998
-MAX_NAME_CHARS = 998
+MAX_SUBJECT_CHARS = 998  # RFC 5322 line limit; also names and short values
 MAX_HEADER_VALUE_CHARS = 2000
 MAX_HEADERS = 200
 MAX_RAW_HEADER_BYTES = 16 * 1024
@@ -64,32 +63,38 @@ MAX_ATTACHMENTS = 500
 MAX_DEFECTS = 50
 MAX_DEFECT_CHARS = 100
 MAX_ERROR_CHARS = 300
-# Header values are cut before decoding: nothing downstream shows more,
-# and decoding a 10 MB header costs real time.
+# Header values are cut before our own decoding: nothing downstream shows
+# more, and decoding a 10 MB header costs real time.
 MAX_RAW_VALUE_CHARS = 16 * 1024
-# mail-parser's Received-header analysis costs ~60 µs a header and it
-# decodes every header (quadratic in encoded words): skip it for header
+
+# --- Parse-cost bounds ----------------------------------------------------
+# Several stdlib and mail-parser code paths grow faster than the input;
+# these bounds keep any message up to MAX_MESSAGE_BYTES within seconds.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Header values are cut as the stdlib parser reads them (_BoundedCompat32).
+# Content-Type/-Disposition tighter: every parameter lookup re-parses all
+# parameters (~7 µs each, quadratic in length).
+MAX_PARSED_VALUE_CHARS = 64 * 1024
+MAX_PARSED_PARAMETERISED_CHARS = 2 * 1024
+MAX_PARSED_PARAMETERS = 16  # RFC 2231 continuations of a long filename fit
+# mail-parser's Received-header analysis costs ~60 µs a header, and it
+# decodes every header (quadratic in RFC 2047 words): skip it for header
 # floods and rely on the stdlib fallbacks.
 MAX_HEADERS_FOR_MAIL_PARSER = 1000
 MAX_HEADER_CHARS_FOR_MAIL_PARSER = 256 * 1024
-# Header values are cut as the stdlib parser reads them (see
-# _BoundedCompat32); parameterised MIME headers tighter, their parameter
-# parsing is quadratic in the number of parameters.
-MAX_PARSED_VALUE_CHARS = 64 * 1024
-MAX_PARSED_PARAMETERISED_CHARS = 2 * 1024
-# The stdlib parser and mail-parser cost ~40 µs per MIME part together;
+# The stdlib parser and mail-parser cost ~70 µs per MIME part together;
 # beyond this many delimiter-like lines the rest of the message is cut.
-MAX_MIME_DELIMITERS = 10_000
+MAX_MIME_DELIMITERS = 2000
 # The stdlib parser tests every line against the boundary of every
 # enclosing multipart (~0.2 µs each): bound lines x nesting. Nesting is
 # unknown before parsing; the count of boundary declarations bounds it.
 MAX_LINES = 1_000_000
 MIN_LINES = 20_000
 LINE_CHECK_BUDGET = 8_000_000
-MAX_WALKED_PARTS = 10_000
+MAX_WALKED_PARTS = 2 * MAX_MIME_DELIMITERS
+MAX_DEPTH = 64
 # Header-only salvage of a message too large or too broken to parse.
 MAX_HEADER_ONLY_BYTES = 1024 * 1024
-MAX_DEPTH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,23 +106,23 @@ class Attachment:
 
 @dataclass(frozen=True, slots=True)
 class ParsedMessage:
-    message_id: str | None
-    sender: str | None
-    sender_name: str | None
-    recipients: tuple[str, ...]
-    subject: str
-    date: datetime | None
-    text: str
+    message_id: str | None  # no angle brackets
+    sender: str | None  # addr-spec from From; None when absent/unparseable
+    sender_name: str | None  # display name, decoded
+    recipients: tuple[str, ...]  # addr-specs from To and Cc
+    subject: str  # decoded, single line, "" when absent
+    date: datetime | None  # timezone-aware (UTC)
+    text: str  # readable body: text/plain preferred, else HTML as text
     attachments: tuple[Attachment, ...]
-    defects: tuple[str, ...]
-    in_reply_to: tuple[str, ...]
+    defects: tuple[str, ...]  # sorted defect class names
+    in_reply_to: tuple[str, ...]  # message ids, no angle brackets
     references: tuple[str, ...]
-    auto_submitted: str | None
+    auto_submitted: str | None  # lower-cased, stripped
     precedence: str | None
-    content_type: str
-    headers: tuple[tuple[str, str], ...]
-    raw_headers: str
-    parse_error: str | None = None
+    content_type: str  # full top-level value, type/subtype lower-cased
+    headers: tuple[tuple[str, str], ...]  # (name, decoded value), in order
+    raw_headers: str  # the raw header block as text, bounded
+    parse_error: str | None = None  # set when it could not be parsed properly
 
     def header(self, name: str) -> str | None:
         """First value of header ``name`` (case-insensitive), or None."""
@@ -216,16 +221,24 @@ class _BoundedCompat32(policy.Compat32):
 
     def header_source_parse(self, sourcelines: list[str]) -> tuple[str, str]:
         name, value = super().header_source_parse(sourcelines)
-        return name, value[: _parsed_value_limit(name)]
+        if not _is_parameterised(name):
+            return name, value[:MAX_PARSED_VALUE_CHARS]
+        parameters = value[:MAX_PARSED_PARAMETERISED_CHARS].split(";", MAX_PARSED_PARAMETERS + 1)
+        return name, ";".join(parameters[: MAX_PARSED_PARAMETERS + 1])
 
 
 _BOUNDED_COMPAT32 = _BoundedCompat32()
 
 
-def _parsed_value_limit(name: str) -> int:
-    if name.strip().lower() in ("content-type", "content-disposition"):
-        return MAX_PARSED_PARAMETERISED_CHARS
-    return MAX_PARSED_VALUE_CHARS
+def _is_parameterised(name: str) -> bool:
+    return name.strip().lower() in ("content-type", "content-disposition")
+
+
+def _was_cut(name: str, value: str) -> bool:
+    """Whether _BoundedCompat32 (probably) cut this value."""
+    if _is_parameterised(name):
+        return len(value) >= MAX_PARSED_PARAMETERISED_CHARS or value.count(";") >= MAX_PARSED_PARAMETERS
+    return len(value) >= MAX_PARSED_VALUE_CHARS
 
 
 def _limit_parse_cost(raw: bytes) -> tuple[bytes, tuple[str, ...]]:
@@ -481,7 +494,7 @@ def _stdlib_addresses(values: list[str]) -> list[Address]:
 def _clean_addresses(pairs: object) -> list[Address]:
     cleaned = []
     for name, addr in pairs:  # type: ignore[attr-defined]
-        addr = single_line(header_text(str(addr)), MAX_NAME_CHARS)
+        addr = single_line(header_text(str(addr)), MAX_SUBJECT_CHARS)
         if "@" in addr and " " not in addr:
             cleaned.append((str(name), addr))
     return cleaned[: MAX_RECIPIENTS * 2]
@@ -489,7 +502,7 @@ def _clean_addresses(pairs: object) -> list[Address]:
 
 def _display_name(name: str, addr: str) -> str | None:
     # mail-parser leaves quoted encoded words alone; senders produce them.
-    text = single_line(_decoded(name), MAX_NAME_CHARS).strip("\"' ")
+    text = single_line(_decoded(name), MAX_SUBJECT_CHARS).strip("\"' ")
     return text if text and text.lower() != addr.lower() else None
 
 
@@ -583,7 +596,7 @@ def _walk(root: Message, defects: set[str]) -> Iterator[tuple[Message, bool]]:
 
 
 def _has_cut_header(part: Message) -> bool:
-    return any(len(_raw_str(value)) >= _parsed_value_limit(name) for name, value in part.raw_items())
+    return any(_was_cut(name, _raw_str(value)) for name, value in part.raw_items())
 
 
 def _children(part: Message) -> list[Message]:
@@ -676,7 +689,7 @@ def _filename(part: Message) -> str | None:
         return None
     if not name:
         return None
-    return single_line(_decoded(str(name)), MAX_NAME_CHARS) or None
+    return single_line(_decoded(str(name)), MAX_SUBJECT_CHARS) or None
 
 
 def _decoded_size(part: Message) -> int:
