@@ -60,7 +60,7 @@ def normalize_message_id(value: str | None) -> str | None:
     return _valid_id(match.group(1) if match else text.strip("<>"))
 
 
-def message_ids_in(value: object, limit: int = MAX_IDS) -> tuple[str, ...]:
+def message_ids_in(value: str, limit: int = MAX_IDS) -> tuple[str, ...]:
     """All message ids in an In-Reply-To / References value, in order,
     deduplicated; the last ``limit`` are kept because the newest ancestors
     matter most for threading."""
@@ -87,6 +87,8 @@ def message_id_of(raw: bytes) -> str | None:
     Message-ID header counts, exactly as in ``parse_message``.
     """
     try:
+        if not isinstance(raw, (bytes, bytearray, memoryview)):
+            return None  # bytes(some_int) would allocate, not convert
         data = skip_preamble(bytes(raw))
         end = header_block_end(data)
         headers = BytesHeaderParser(policy=policy.compat32).parsebytes(

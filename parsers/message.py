@@ -8,6 +8,11 @@ tree here, because mail-parser leaves 7-bit ISO-2022-JP text undecoded,
 drops the body of a multipart without boundary and invents random names
 for unnamed attachments. Whenever mail-parser fails, the stdlib results
 stand in for it and ``parse_error`` says so.
+
+Several stdlib and mail-parser code paths are quadratic or worse in some
+input shapes (huge headers, many parameters, deep nesting x many lines);
+those shapes are cut before parsing and reported as defects, so any
+message up to 64 MiB parses in seconds.
 """
 
 from __future__ import annotations
@@ -66,6 +71,8 @@ MAX_ERROR_CHARS = 300
 # Header values are cut before our own decoding: nothing downstream shows
 # more, and decoding a 10 MB header costs real time.
 MAX_RAW_VALUE_CHARS = 16 * 1024
+MAX_REPEATED_HEADERS = 20  # occurrences of one header name we read
+MAX_HTML_INPUT_CHARS = 2 * 1024 * 1024  # over all HTML parts of a message
 
 # --- Parse-cost bounds ----------------------------------------------------
 # Several stdlib and mail-parser code paths grow faster than the input;
@@ -82,6 +89,7 @@ MAX_PARSED_PARAMETERS = 16  # RFC 2231 continuations of a long filename fit
 # floods and rely on the stdlib fallbacks.
 MAX_HEADERS_FOR_MAIL_PARSER = 1000
 MAX_HEADER_CHARS_FOR_MAIL_PARSER = 256 * 1024
+MAX_EPILOGUE_CHARS_FOR_MAIL_PARSER = 64 * 1024
 # The stdlib parser and mail-parser cost ~70 µs per MIME part together;
 # beyond this many delimiter-like lines the rest of the message is cut.
 MAX_MIME_DELIMITERS = 2000
@@ -187,7 +195,9 @@ def _as_bytes(raw: object) -> bytes:
         return b""
     if isinstance(raw, str):  # tolerate callers that already decoded
         return raw.encode("utf-8", "surrogateescape")
-    return bytes(raw)  # type: ignore[call-overload]
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        return bytes(raw)
+    raise TypeError(f"expected bytes, got {type(raw).__name__}")  # bytes(int) allocates
 
 
 def _describe(exc: BaseException) -> str:
@@ -205,12 +215,20 @@ def _run_mail_parser(msg: Message) -> tuple[mailparser.MailParser | None, str | 
 
 
 def _too_costly_for_mail_parser(msg: Message) -> str | None:
-    """A defect name when the top-level headers would make mail-parser slow."""
+    """A defect name when the message would make mail-parser slow."""
     if len(msg) > MAX_HEADERS_FOR_MAIL_PARSER:
         return "TooManyHeadersDefect"
     if sum(len(_raw_str(value)) for _, value in msg.raw_items()) > MAX_HEADER_CHARS_FOR_MAIL_PARSER:
         return "OversizedHeadersDefect"
+    if len(msg.epilogue or "") > MAX_EPILOGUE_CHARS_FOR_MAIL_PARSER:
+        # It re-parses the epilogue with the unbounded stdlib policy.
+        return "OversizedEpilogueDefect"
     return None
+
+
+# ---------------------------------------------------------------------------
+# Parse-cost bounds
+# ---------------------------------------------------------------------------
 
 
 class _BoundedCompat32(policy.Compat32):
@@ -300,9 +318,9 @@ def _unparsed(raw: bytes, raw_headers: str, error: str) -> ParsedMessage:
 
 def _headers_only(raw: bytes) -> Message:
     end = header_block_end(raw)
-    block = raw[:end] if end is not None else raw[:MAX_HEADER_ONLY_BYTES]
+    block = (raw if end is None else raw[:end])[:MAX_HEADER_ONLY_BYTES]
     try:
-        return BytesHeaderParser(policy=policy.compat32).parsebytes(block)
+        return BytesHeaderParser(policy=_BOUNDED_COMPAT32).parsebytes(block)
     except Exception:  # nothing left to salvage from the headers either
         return Message()
 
@@ -359,11 +377,13 @@ class _Headers:
         return values[0][:MAX_RAW_VALUE_CHARS] if values else None
 
     def all(self, name: str) -> list[str]:
-        return [value[:MAX_RAW_VALUE_CHARS] for value in self._by_name.get(name, [])]
+        values = self._by_name.get(name, [])[:MAX_REPEATED_HEADERS]
+        return [value[:MAX_RAW_VALUE_CHARS] for value in values]
 
     def joined_tail(self, name: str) -> str:
         # References grow oldest to newest: keep the end of a huge value.
-        return " ".join(self._by_name.get(name, []))[-MAX_RAW_VALUE_CHARS:]
+        values = self._by_name.get(name, [])[-MAX_REPEATED_HEADERS:]
+        return " ".join(value[-MAX_RAW_VALUE_CHARS:] for value in values)[-MAX_RAW_VALUE_CHARS:]
 
 
 def _raw_str(value: object) -> str:
@@ -658,13 +678,25 @@ def _choose_text(found: _Found) -> str:
         text = _join(plain)
         if text.strip():
             return _bounded_text(text)
-        text = _join(html_to_text(document, MAX_TEXT_CHARS) for document in html)
+        text = _html_text(html)
         if text.strip():
             return _bounded_text(text)
     return ""
 
 
-def _join(texts: Iterator[str] | list[str]) -> str:
+def _html_text(documents: list[str]) -> str:
+    """Convert HTML parts in order within one shared input budget: each
+    conversion costs ~0.5 s per MiB, and a message may carry many."""
+    texts, budget = [], MAX_HTML_INPUT_CHARS
+    for document in documents:
+        if budget <= 0:
+            break
+        texts.append(html_to_text(document[:budget], MAX_TEXT_CHARS))
+        budget -= len(document)
+    return _join(texts)
+
+
+def _join(texts: list[str]) -> str:
     return "\n\n".join(text.strip("\r\n") for text in texts if text.strip())
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import binascii
 import codecs
+import html as html_entities
 import re
 from html.parser import HTMLParser
 from typing import NamedTuple
@@ -499,6 +500,11 @@ _FEED_CHUNK = 256 * 1024
 # A "<" that cannot open markup is text; html.parser would hand each one
 # to handle_data separately, so escape them up front (same result, fast).
 _LITERAL_LT = re.compile(r"<(?![A-Za-z/!?])")
+# html.parser raises AssertionError on a marked section with an unknown
+# keyword ("<![foo["); Outlook's "<![if ...]>" and CDATA are fine.
+_BAD_MARKED_SECTION = re.compile(
+    r"<!\[(?!(?:temp|cdata|ignore|include|rcdata|if|else|endif)(?![\w.-]))", re.IGNORECASE
+)
 
 
 def html_to_text(html: str, limit: int = DEFAULT_TEXT_LIMIT) -> str:
@@ -515,12 +521,12 @@ def html_to_text(html: str, limit: int = DEFAULT_TEXT_LIMIT) -> str:
     if cut:  # end before the tag the cut falls into, not inside it
         html = html[:MAX_HTML_CHARS]
         html = html[: html.rfind("<")] if "<" in html else html
-    html = _LITERAL_LT.sub("&lt;", html)
+    html = _BAD_MARKED_SECTION.sub("&lt;![", _LITERAL_LT.sub("&lt;", html))
     builder = _TextBuilder(limit)
     try:
         _feed(builder, html)
         text = builder.text()
-    except Exception:  # html.parser can still assert on odd markup (<![x[)
+    except Exception:  # safety net: html.parser asserts on some odd markup
         text = builder.text() or _strip_tags(html)
     return _tidy(text, limit, truncated=builder.full or cut)
 
@@ -538,15 +544,13 @@ def _feed(builder: _TextBuilder, html: str) -> None:
 
 def _strip_tags(html: str) -> str:
     """Last-resort conversion when the HTML parser gives up."""
-    import html as html_module
-
-    return " ".join(html_module.unescape(_TAGS.sub(" ", html)).split())
+    return " ".join(html_entities.unescape(_TAGS.sub(" ", html)).split())
 
 
 def _tidy(text: str, limit: int, truncated: bool) -> str:
     text = clean_text(text)
     text = _TRAILING_SPACES.sub("\n", text)
-    text = _BLANK_LINE_RUNS.sub("\n\n", text).strip()
+    text = _BLANK_LINE_RUNS.sub("\n\n", text).rstrip().lstrip("\n")  # keep <pre> indent
     if truncated:
         return bounded((text + TRUNCATION_MARKER).lstrip(), limit, TRUNCATION_MARKER)
     return bounded(text, limit, TRUNCATION_MARKER)
