@@ -61,7 +61,10 @@ UNPARSEABLE_MARKER = "[emergencyd: this message could not be parsed; raw headers
 MAX_TEXT_CHARS = 1024 * 1024
 MAX_SUBJECT_CHARS = 998  # RFC 5322 line limit; also names and short values
 MAX_HEADER_VALUE_CHARS = 2000
-MAX_HEADERS = 200
+MAX_HEADERS = 1000
+# A mail loop piles up Received lines; past this many they are dropped, so the
+# headers that follow (X-Loop, X-Failed-Recipients) are still seen.
+MAX_RECEIVED_HEADERS = 100
 MAX_RAW_HEADER_BYTES = 16 * 1024
 MAX_RECIPIENTS = 500
 MAX_ATTACHMENTS = 500
@@ -452,8 +455,21 @@ def _decoded_headers(items: list[tuple[str, object]]) -> tuple[tuple[str, str], 
             single_line(header_text(name), MAX_HEADER_VALUE_CHARS),
             single_line(_decoded(_raw_str(value)[:MAX_RAW_VALUE_CHARS]), MAX_HEADER_VALUE_CHARS),
         )
-        for name, value in items[:MAX_HEADERS]
+        for name, value in _kept_headers(items)
     )
+
+
+def _kept_headers(items: list[tuple[str, object]]) -> list[tuple[str, object]]:
+    kept, received = [], 0
+    for name, value in items:
+        if str(name).strip().lower() == "received":
+            received += 1
+            if received > MAX_RECEIVED_HEADERS:
+                continue
+        kept.append((name, value))
+        if len(kept) == MAX_HEADERS:
+            break
+    return kept
 
 
 # ---------------------------------------------------------------------------

@@ -645,3 +645,14 @@ def test_decode_helpers() -> None:
     assert decode_rfc2047("plain =? text") == "plain =? text"
     assert decode_bytes(b"caf\xe9", None) == ("café", False)
     assert decode_bytes(b"\xff\xfe", "iso-2022-jp").lossy
+
+
+def test_headers_after_a_received_flood_are_still_seen():
+    received = "".join(f"Received: from relay{n}.example by relay{n + 1}.example; Fri, 27 Nov 2026 02:00:00 +0000\r\n"
+                       for n in range(300))
+    raw = (received + "X-Loop: emergency@example.org\r\nX-Failed-Recipients: gone@example.net\r\n"
+           "From: a@example.net\r\nSubject: loop\r\n\r\nbody\r\n").encode()
+    parsed = parse_message(raw)
+    assert parsed.header("X-Loop") == "emergency@example.org"
+    assert parsed.header("X-Failed-Recipients") == "gone@example.net"
+    assert len(parsed.header_values("Received")) == 100
