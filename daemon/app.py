@@ -13,7 +13,7 @@ from daemon.http import start_http
 from daemon.metrics import Metrics
 from daemon.runner import Runner
 from daemon.smtp import IngestHandler, start_smtp
-from daemon.store import AsyncStore, IngestResult, Store
+from daemon.store import AsyncStore, IngestResult
 from escalation.records import Envelope
 from escalation.retry import RetrySchedule
 from escalation.steps import EscalationSettings, Escalator
@@ -55,7 +55,7 @@ class Daemon:
     def __init__(self, config: Config):
         self.config = config
         self.metrics = Metrics()
-        self.store = AsyncStore(Store.open(config.store.path, busy_timeout_ms=config.store.busy_timeout_ms))
+        self.store = AsyncStore.open(config.store.path, busy_timeout_ms=config.store.busy_timeout_ms)
         self.escalator = build_escalator(config, self.store, self.metrics)
         self.runner = Runner(self.store, self.escalator, self.metrics,
                              poll_interval=config.escalation.poll_interval_seconds)

@@ -21,6 +21,8 @@ from escalation.records import (
     DONE, FAILED, NEW, PENDING, SUPPRESSED, STEP_DONE, STEP_FAILED, STEP_PENDING, STEP_ORDER,
     EscalationRecord, Envelope, StepRecord, dedup_key_of, identity_of,
 )
+from daemon.migrations import MIGRATIONS
+from daemon.store_grouping import GroupingQueries
 from parsers.identity import message_id_of
 
 T = TypeVar("T")
@@ -30,63 +32,6 @@ class StoreError(RuntimeError):
     """The store could not commit or read; ingest answers 451 on it."""
 
 
-MIGRATIONS: tuple[str, ...] = (
-    # 1: messages, their escalation, and its steps.
-    """
-    CREATE TABLE messages (
-        id INTEGER PRIMARY KEY,
-        identity TEXT NOT NULL UNIQUE,
-        message_id TEXT,
-        sha256 TEXT NOT NULL,
-        raw BLOB NOT NULL,
-        size INTEGER NOT NULL,
-        source TEXT NOT NULL,
-        mail_from TEXT NOT NULL,
-        rcpt_to TEXT NOT NULL,
-        peer TEXT NOT NULL,
-        helo TEXT NOT NULL,
-        tls INTEGER NOT NULL,
-        received_at REAL NOT NULL,
-        deliveries INTEGER NOT NULL,
-        last_delivery_at REAL NOT NULL
-    );
-    CREATE TABLE escalations (
-        message_pk INTEGER PRIMARY KEY REFERENCES messages(id),
-        dedup_key TEXT NOT NULL,
-        state TEXT NOT NULL,
-        subject TEXT,
-        sender TEXT,
-        ticket_id INTEGER,
-        incident_url TEXT,
-        paged_at REAL,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL
-    );
-    CREATE INDEX escalations_state ON escalations(state);
-    CREATE TABLE steps (
-        message_pk INTEGER NOT NULL REFERENCES messages(id),
-        name TEXT NOT NULL,
-        state TEXT NOT NULL,
-        attempts INTEGER NOT NULL,
-        next_attempt_at REAL NOT NULL,
-        last_error TEXT,
-        result TEXT NOT NULL,
-        updated_at REAL NOT NULL,
-        PRIMARY KEY (message_pk, name)
-    );
-    CREATE INDEX steps_due ON steps(state, next_attempt_at);
-    """,
-    # 2: the policy's verdict, kept with the escalation it decided.
-    """
-    ALTER TABLE escalations ADD COLUMN verdict TEXT;
-    ALTER TABLE escalations ADD COLUMN category TEXT;
-    ALTER TABLE escalations ADD COLUMN severity TEXT;
-    ALTER TABLE escalations ADD COLUMN support_window TEXT;
-    ALTER TABLE escalations ADD COLUMN suppressed_reason TEXT
-    """,
-)
-
-
 @dataclass(frozen=True)
 class IngestResult:
     message_pk: int
@@ -94,7 +39,7 @@ class IngestResult:
     duplicate: bool
 
 
-class Store:
+class Store(GroupingQueries):
     """Synchronous store. One connection; callers serialise access (AsyncStore does)."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path):
@@ -355,15 +300,31 @@ def _create_private(path: Path) -> None:
 
 
 class AsyncStore:
-    """Runs every store call on one dedicated thread, so commits never block the event loop."""
+    """Runs store calls on dedicated threads, so commits never block the event loop.
 
-    def __init__(self, store: Store):
+    Ingest has a connection and a thread of its own: a mail's 250 waits for its own
+    commit, never behind the escalation bookkeeping queued on the other thread.
+    """
+
+    def __init__(self, store: Store, ingest_store: Store | None = None):
         self.sync = store
+        self._ingest_store = ingest_store or store
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._ingest_executor = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-ingest")
+                                 if ingest_store else self._executor)
+
+    @classmethod
+    def open(cls, path: Path, *, busy_timeout_ms: int) -> "AsyncStore":
+        return cls(Store.open(path, busy_timeout_ms=busy_timeout_ms),
+                   Store.open(path, busy_timeout_ms=busy_timeout_ms))
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    async def ingest(self, raw: bytes, envelope: Envelope) -> IngestResult:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._ingest_executor, self._ingest_store.ingest, raw, envelope)
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         method = getattr(self.sync, name)
@@ -373,5 +334,7 @@ class AsyncStore:
         return bound
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
-        self.sync.close()
+        for executor in {self._executor, self._ingest_executor}:
+            executor.shutdown(wait=True)
+        for store in {id(self.sync): self.sync, id(self._ingest_store): self._ingest_store}.values():
+            store.close()

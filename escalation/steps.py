@@ -149,7 +149,7 @@ class Escalator:
             if before.state == STEP_FAILED:
                 await self._store.fail_step(record.message_pk, name, error=f"not possible: {prerequisite} failed",
                                             next_attempt_at=None)
-            elif prerequisite not in running:
+            elif prerequisite not in running and record.step(name).next_attempt_at < before.next_attempt_at:
                 await self._store.defer_step(record.message_pk, name, before.next_attempt_at)
             return prerequisite
         return None
