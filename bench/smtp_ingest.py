@@ -275,7 +275,8 @@ def start_floor(directory: Path, stack: Cleanup) -> tuple[subprocess.Popen, int]
 
 def start_emergencyd(directory: Path, stack: Cleanup, *, env: dict[str, str], **config_args) -> DaemonProcess:
     directory.mkdir(parents=True, exist_ok=True)
-    config = write_config(directory, **config_args)
+    # The shipped lock timeout: the tests' short one turns a busy moment into 451s.
+    config = write_config(directory, busy_timeout_ms=5000, **config_args)
     daemon = DaemonProcess(config=config, env=env, log_path=directory / "daemon.log")
     stack.callback(stop_daemon, daemon)
     try:

@@ -31,7 +31,8 @@ READY = re.compile(r"emergencyd ready.*smtp=([\d.]+):(\d+) .*metrics=([\d.]+):(\
 
 def write_config(directory: Path, *, dry_run: bool, zendesk_url: str = "https://example.zendesk.com",
                  pagerduty_url: str = "https://events.pagerduty.com", ca_file: Path | None = None,
-                 extra: str = "", escalation: str = "", store: str = "", policy: bool = False) -> Path:
+                 extra: str = "", escalation: str = "", store: str = "", policy: bool = False,
+                 busy_timeout_ms: int = 300) -> Path:
     """A test config on port 0; policy=True appends the shipped [policy] from config.toml."""
     ca_line = f'ca_file = "{ca_file}"' if ca_file else ""
     text = f"""
@@ -44,7 +45,7 @@ max_message_bytes = 200000
 
 [store]
 path = "var/store.sqlite3"
-busy_timeout_ms = 300
+busy_timeout_ms = {busy_timeout_ms}
 {store}
 
 [zendesk]
