@@ -15,6 +15,7 @@ from daemon.runner import Runner
 from daemon.smtp import IngestHandler, start_smtp
 from daemon.store import AsyncStore, IngestResult
 from escalation.records import Envelope
+from escalation.grouping import GroupingSettings
 from escalation.retry import RetrySchedule
 from escalation.steps import EscalationSettings, Escalator
 
@@ -41,6 +42,12 @@ def build_escalator(config: Config, store: AsyncStore, metrics: Metrics) -> Esca
         schedule=RetrySchedule(esc.retry_initial_seconds, esc.retry_max_seconds, esc.max_attempts),
         ticket_head_start_seconds=esc.ticket_head_start_seconds,
         concurrency=esc.concurrency,
+        grouping=GroupingSettings(
+            incident_window_seconds=config.dedup.incident_window_seconds,
+            platform_wide_categories=frozenset(config.dedup.platform_wide_categories),
+            sender_limit=config.dedup.sender_limit,
+            sender_window_seconds=config.dedup.sender_window_seconds),
+        max_new_pages_per_minute=config.dedup.max_new_pages_per_minute,
         own_addresses=config.smtp.recipients,
         own_hostnames=(config.smtp.hostname,),
     )
@@ -116,7 +123,8 @@ class Daemon:
             return
         self.escalator.policy = new.policy
         self.smtp_handler.recipients = frozenset(new.smtp.recipients)
-        needs_restart = [name for name in ("dry_run", "store", "zendesk", "pagerduty", "escalation", "metrics")
+        needs_restart = [name for name in ("dry_run", "store", "zendesk", "pagerduty", "escalation", "dedup",
+                                           "metrics")
                          if getattr(new, name) != getattr(self.config, name)]
         needs_restart += ["smtp"] if replace(new.smtp, recipients=()) != replace(self.config.smtp, recipients=()) else []
         self.config = replace(self.config, policy=new.policy, smtp=replace(self.config.smtp,

@@ -62,6 +62,7 @@ class ZendeskConfig:
     ca_file: Path | None
     token: Secret | None
     timeout_seconds: float
+    requests_per_minute: int
 
     @property
     def agent_url_base(self) -> str:
@@ -92,6 +93,15 @@ class EscalationConfig:
 
 
 @dataclass(frozen=True)
+class DedupConfig:
+    incident_window_seconds: float
+    platform_wide_categories: tuple[str, ...]
+    sender_limit: int
+    sender_window_seconds: float
+    max_new_pages_per_minute: int
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     listen: HostPort
 
@@ -105,6 +115,7 @@ class Config:
     zendesk: ZendeskConfig
     pagerduty: PagerDutyConfig
     escalation: EscalationConfig
+    dedup: DedupConfig
     metrics: MetricsConfig
     policy: Policy
 
@@ -130,6 +141,7 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
         zendesk=_zendesk(reader),
         pagerduty=_pagerduty(reader),
         escalation=_escalation(reader),
+        dedup=_dedup(reader),
         metrics=MetricsConfig(listen=reader.host_port("metrics.listen", "127.0.0.1:9464")),
         policy=_policy(data.get("policy")),
     )
@@ -166,6 +178,7 @@ def _zendesk(r: _Reader) -> ZendeskConfig:
         ca_file=r.optional_path("zendesk.ca_file"),
         token=r.secret("zendesk.token_file", "EMERGENCYD_ZENDESK_TOKEN"),
         timeout_seconds=r.number("zendesk.timeout_seconds", 10.0, minimum=0.1),
+        requests_per_minute=r.integer("zendesk.requests_per_minute", 90, minimum=1),
     )
 
 
@@ -190,6 +203,17 @@ def _escalation(r: _Reader) -> EscalationConfig:
         max_attempts=r.integer("escalation.max_attempts", 1000, minimum=1),
         concurrency=r.integer("escalation.concurrency", 8, minimum=1),
         poll_interval_seconds=r.number("escalation.poll_interval_seconds", 1.0, minimum=0.01),
+    )
+
+
+def _dedup(r: _Reader) -> DedupConfig:
+    return DedupConfig(
+        incident_window_seconds=60 * r.number("dedup.incident_window_minutes", 30, minimum=0),
+        platform_wide_categories=tuple(r.string_list("dedup.platform_wide_categories",
+                                                     ["apps_not_served", "emergency_fix_blocked"])),
+        sender_limit=r.integer("dedup.sender_limit", 10, minimum=1),
+        sender_window_seconds=60 * r.number("dedup.sender_window_minutes", 10, minimum=0),
+        max_new_pages_per_minute=r.integer("dedup.max_new_pages_per_minute", 10, minimum=1),
     )
 
 
@@ -224,12 +248,14 @@ def _require_credentials(config: Config) -> None:
 _KNOWN_SECTIONS = {
     "smtp": {"listen", "recipients", "max_message_bytes", "hostname"},
     "store": {"path", "busy_timeout_ms"},
-    "zendesk": {"url", "email", "ca_file", "token_file", "timeout_seconds"},
+    "zendesk": {"url", "email", "ca_file", "token_file", "timeout_seconds", "requests_per_minute"},
     "pagerduty": {"events_url", "api_url", "from_email", "ca_file", "routing_key_file",
                   "api_token_file", "timeout_seconds"},
     "escalation": {"ticket_head_start_seconds", "retry_initial_seconds", "retry_max_seconds",
                    "max_attempts", "concurrency", "poll_interval_seconds"},
     "metrics": {"listen"},
+    "dedup": {"incident_window_minutes", "platform_wide_categories", "sender_limit", "sender_window_minutes",
+              "max_new_pages_per_minute"},
 }
 _KNOWN_TOP_LEVEL = {"dry_run", "policy"}   # [policy] checks its own keys
 

@@ -62,11 +62,18 @@ class Metrics:
                                 ["severity", "window"], registry=r)
         self.suppressed = Counter("emergencyd_messages_suppressed_total",
                                   "Mail recognised as noise and never paged, by kind.", ["kind"], registry=r)
+        self.relations = Counter("emergencyd_relations_total",
+                                 "How each decided mail relates to earlier mail (first, incident, thread, repeat,"
+                                 " storm, alone).", ["relation"], registry=r)
+        self.pages_deferred = Counter("emergencyd_pages_deferred_total",
+                                      "New pages held back by the per-minute cap (they go out later).", registry=r)
         self.info = Info("emergencyd_build", "Build information.", registry=r)
         self.info.info({"version": _version()})
         self._precreate()
 
     def _precreate(self) -> None:
+        for relation in ("first", "incident", "thread", "repeat", "storm", "alone"):
+            self.relations.labels(relation)
         for severity in (*SEVERITIES, "none"):
             for window in Window:
                 self.verdicts.labels(severity, window.value)
@@ -94,6 +101,12 @@ class Metrics:
             self.suppressed.labels(verdict.category.removeprefix("noise:")).inc()
         else:
             self.verdicts.labels(verdict.severity or "none", verdict.window.value).inc()
+
+    def related(self, kind: str) -> None:
+        self.relations.labels(kind).inc()
+
+    def page_deferred(self) -> None:
+        self.pages_deferred.inc()
 
     def paged(self, seconds_since_receipt: float) -> None:
         self.page_latency.observe(max(seconds_since_receipt, 0.0))

@@ -12,6 +12,8 @@ def status_document(store: Store, *, limit: int, dry_run: bool) -> dict[str, Any
     return {
         "dry_run": dry_run,
         "counts": store.counts_by_state(),
+        "groups": [{**g, "opened_at": iso(g["opened_at"]), "last_report_at": iso(g["last_report_at"])}
+                   for g in store.groups(limit)],
         "messages": [_message(r) for r in store.recent(limit)],
     }
 
@@ -31,8 +33,13 @@ def _message(record: EscalationRecord) -> dict[str, Any]:
         "window": (record.verdict or {}).get("window"),
         "suppressed_reason": (record.verdict or {}).get("reason") if (record.verdict or {}).get("suppressed") else None,
         "verdict": record.verdict,
+        "relation": record.relation,
+        "relation_reason": record.relation_reason,
+        "parent_id": record.parent_pk,
+        "group_id": record.group_id,
         "ticket_id": record.ticket_id,
         "dedup_key": record.dedup_key,
+        "page_key": record.page_key,
         "paged_at": iso(record.paged_at),
         "incident_url": record.incident_url,
         "last_error": record.last_error(),
@@ -47,6 +54,15 @@ def render_status(document: dict[str, Any]) -> str:
     counts = document["counts"]
     lines = ["emergencyd status" + ("  (dry run: nothing is sent)" if document["dry_run"] else ""),
              "by state: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no messages yet"), ""]
+    if document["groups"]:
+        lines += ["incidents (deduplicated):"]
+        for g in document["groups"]:
+            lines.append(f"  #{g['group_id']} {g['fingerprint'][:50]}: {g['reports']} report(s) from "
+                         f"{len(g['tenants'])} tenant(s); dedup_key {g['dedup_key']}")
+            lines.append(f"      problem ticket {g['problem_ticket_id'] or '-'}; incident tickets "
+                         f"{', '.join(str(t) for t in g['incident_ticket_ids'] if t) or '-'}"
+                         + (f"; {g['incident_url']}" if g["incident_url"] else ""))
+        lines.append("")
     header = (f"{'id':>5}  {'received (UTC)':<20} {'state':<10} {'sev':<4} {'ticket':>8}  {'dedup_key':<51} "
               "subject")
     lines.append(header)
@@ -56,6 +72,9 @@ def render_status(document: dict[str, Any]) -> str:
                      f"{m['severity'] or '-':<4} {ticket:>8}  {m['dedup_key']:<51} {(m['subject'] or '')[:60]}")
         if m["decision"]:
             lines.append(f"{'':>7}{m['decision'][:200]}")
+        if m["relation"] not in (None, "first", "alone"):
+            lines.append(f"{'':>7}{m['relation']}: {(m['relation_reason'] or '')[:150]}"
+                         + (f" (message {m['parent_id']})" if m["parent_id"] else ""))
         if m["last_error"]:
             lines.append(f"{'':>7}last error: {m['last_error'][:200]}")
     return "\n".join(lines)

@@ -119,21 +119,27 @@ class Store(GroupingQueries):
     # -- escalation state machine -------------------------------------------------
 
     def plan(self, pk: int, *, subject: str, sender: str | None, steps: tuple[str, ...],
-             verdict: dict[str, Any] | None = None) -> None:
-        """Record the parse summary, the verdict and the steps to take; idempotent.
+             verdict: dict[str, Any] | None = None, relation: dict[str, Any] | None = None) -> None:
+        """Record the parse summary, the verdict, how it relates to other mail, and the steps to take.
 
-        With no steps to take (suppressed noise without a ticket) the escalation is final at once.
+        One transaction, applied once: a crash before it leaves the escalation new, to be
+        decided again. With no steps to take (suppressed noise without a ticket) it is final.
         """
         now = time.time()
         verdict = verdict or {}
         state = PENDING if steps else SUPPRESSED
         with self._transaction():
-            self._conn.execute(
+            updated = self._conn.execute(
                 "UPDATE escalations SET state = ?, subject = ?, sender = ?, verdict = ?, category = ?, severity = ?,"
                 " support_window = ?, suppressed_reason = ?, updated_at = ? WHERE message_pk = ? AND state = ?",
                 (state, subject, sender, json.dumps(verdict), verdict.get("category"), verdict.get("severity"),
                  verdict.get("window"), verdict.get("reason") if verdict.get("suppressed") else None,
-                 now, pk, NEW))
+                 now, pk, NEW)).rowcount
+            if updated and relation is not None:
+                dedup_key, received_at = self._conn.execute(
+                    "SELECT e.dedup_key, m.received_at FROM escalations e JOIN messages m ON m.id = e.message_pk"
+                    " WHERE e.message_pk = ?", (pk,)).fetchone()
+                self._record_relation(pk, relation, dedup_key, received_at)
             for name in steps:
                 exists = self._conn.execute(
                     "SELECT 1 FROM steps WHERE message_pk = ? AND name = ?", (pk, name)).fetchone()
@@ -240,7 +246,8 @@ class Store(GroupingQueries):
 
     def _to_record(self, row: sqlite3.Row | tuple) -> EscalationRecord:
         (pk, identity, message_id, sha, size, source, mail_from, rcpt_to, peer, helo, tls, received_at,
-         deliveries, dedup_key, state, subject, sender, ticket_id, incident_url, paged_at, verdict) = row
+         deliveries, dedup_key, state, subject, sender, ticket_id, incident_url, paged_at, verdict,
+         relation, relation_reason, parent_pk, target_ticket_id, group_id, page_key) = row
         steps = [StepRecord(name=n, state=s, attempts=a, next_attempt_at=t, last_error=e,
                             result=json.loads(r), updated_at=u)
                  for n, s, a, t, e, r, u in self._conn.execute(
@@ -253,13 +260,16 @@ class Store(GroupingQueries):
             message_pk=pk, identity=identity, message_id=message_id, dedup_key=dedup_key, state=state,
             envelope=envelope, size=size, sha256=sha, deliveries=deliveries, subject=subject,
             sender=sender, ticket_id=ticket_id, incident_url=incident_url, paged_at=paged_at,
-            verdict=json.loads(verdict) if verdict else None, steps=tuple(steps))
+            verdict=json.loads(verdict) if verdict else None, steps=tuple(steps), relation=relation,
+            relation_reason=relation_reason, parent_pk=parent_pk, target_ticket_id=target_ticket_id,
+            group_id=group_id, page_key=page_key)
 
 
 _RECORD_SQL = (
     "SELECT m.id, m.identity, m.message_id, m.sha256, m.size, m.source, m.mail_from, m.rcpt_to, m.peer,"
     " m.helo, m.tls, m.received_at, m.deliveries, e.dedup_key, e.state, e.subject, e.sender, e.ticket_id,"
-    " e.incident_url, e.paged_at, e.verdict FROM messages m JOIN escalations e ON e.message_pk = m.id"
+    " e.incident_url, e.paged_at, e.verdict, e.relation, e.relation_reason, e.parent_pk, e.target_ticket_id,"
+    " e.group_id, e.page_key FROM messages m JOIN escalations e ON e.message_pk = m.id"
 )
 
 

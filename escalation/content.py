@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from escalation.policy import own_words
 from escalation.records import EscalationRecord
 from parsers.message import ParsedMessage
 
@@ -23,6 +24,18 @@ class TicketRequest:
     requester_name: str | None
     tags: tuple[str, ...] = (TICKET_TAG,)
     priority: str | None = None
+    type: str | None = None          # "problem" opens an incident group; "incident" joins one
+    problem_id: int | None = None
+
+
+@dataclass(frozen=True)
+class CommentRequest:
+    """A public comment by the sender on an earlier ticket: a reply, a repeat, a storm's excess."""
+    ticket_id: int
+    body: str
+    author_email: str | None
+    author_name: str | None
+    marker: str
 
 
 @dataclass(frozen=True)
@@ -63,7 +76,8 @@ def subject_of(parsed: ParsedMessage) -> str:
     return parsed.subject.strip() or "(no subject)"
 
 
-def ticket_request(record: EscalationRecord, parsed: ParsedMessage) -> TicketRequest:
+def ticket_request(record: EscalationRecord, parsed: ParsedMessage, *,
+                   problem_id: int | None = None) -> TicketRequest:
     verdict = record.verdict or {}
     subject = verdict.get("ticket_subject") or subject_of(parsed)
     body = parsed.text.strip() or "(the message has no text body)"
@@ -77,7 +91,27 @@ def ticket_request(record: EscalationRecord, parsed: ParsedMessage) -> TicketReq
         requester_name=parsed.sender_name,
         tags=ticket_tags(verdict),
         priority=verdict.get("zendesk_priority"),
+        type=_ticket_type(record, problem_id),
+        problem_id=problem_id if record.relation == "incident" else None,
     )
+
+
+def _ticket_type(record: EscalationRecord, problem_id: int | None) -> str | None:
+    """The first ticket of an incident is its problem; other tenants' tickets are its incidents."""
+    if record.relation == "first":
+        return "problem"
+    if record.relation == "incident" and problem_id is not None:
+        return "incident"
+    return None
+
+
+def follow_up_comment(record: EscalationRecord, parsed: ParsedMessage, ticket_id: int) -> CommentRequest:
+    marker = f"[ref {record.dedup_key}]"
+    words = own_words(parsed.text).strip() or "(no new text)"
+    head = f"{subject_of(parsed)}\n\n" if record.relation != "thread" else ""
+    why = f"(by email to the emergency address at {iso(record.envelope.received_at)}; {record.relation_reason})"
+    body = bounded(f"{head}{words}", MAX_COMMENT_CHARS - 400) + f"\n\n{why} {marker}"
+    return CommentRequest(ticket_id, body, requester_of(record, parsed), parsed.sender_name, marker)
 
 
 def ticket_tags(verdict: dict[str, Any]) -> tuple[str, ...]:
@@ -163,7 +197,7 @@ def envelope_note(record: EscalationRecord, parsed: ParsedMessage, ticket_id: in
 def link_note(record: EscalationRecord, ticket_id: int, incident_url: str | None) -> NoteRequest:
     marker = f"[emergencyd:paged:{record.dedup_key}]"
     lines = [f"Paged on PagerDuty at {iso(record.paged_at) or 'an unknown time'}.",
-             f"PagerDuty dedup_key: {record.dedup_key}"]
+             f"PagerDuty dedup_key: {record.page_key or record.dedup_key}"]
     if incident_url:
         lines.append(f"PagerDuty incident: {incident_url}")
     return NoteRequest(ticket_id, "\n".join(lines + ["", marker]), marker)
@@ -174,7 +208,8 @@ def link_note(record: EscalationRecord, ticket_id: int, incident_url: str | None
 PAGERDUTY_SEVERITY = {"high": "critical", "low": "warning"}
 
 
-def page_request(record: EscalationRecord, parsed: ParsedMessage, ticket_url: str | None) -> PageRequest:
+def page_request(record: EscalationRecord, parsed: ParsedMessage, ticket_url: str | None, *,
+                 problem_url: str | None = None, group: dict[str, Any] | None = None) -> PageRequest:
     sender = requester_of(record, parsed) or "unknown sender"
     verdict = record.verdict or {}
     details: dict[str, Any] = {
@@ -189,9 +224,16 @@ def page_request(record: EscalationRecord, parsed: ParsedMessage, ticket_url: st
                         "category": verdict.get("category"), "window": verdict.get("window"),
                         "respond_by": verdict.get("respond_by"),
                         "rules": [f"{h['rule']}: {h['matched']}" for h in verdict.get("rules", [])]})
-    links = ({"href": ticket_url, "text": f"Zendesk ticket #{record.ticket_id}"},) if ticket_url else ()
+    if group:
+        details.update({"reports": group["reports"], "tenants": group["tenants"][:50]})
+    links: tuple[dict[str, str], ...] = ()
+    if problem_url:
+        label = "Zendesk problem ticket" if record.relation == "incident" else "Zendesk ticket of the conversation"
+        links += ({"href": problem_url, "text": label},)
+    if ticket_url:
+        links += ({"href": ticket_url, "text": f"Zendesk ticket #{record.ticket_id}"},)
     return PageRequest(
-        dedup_key=record.dedup_key,
+        dedup_key=record.page_key or record.dedup_key,
         summary=bounded(f"{verdict.get('severity') or 'Emergency'} email from {sender}: "
                         f"{verdict.get('ticket_subject') or subject_of(parsed)}", MAX_SUMMARY_CHARS),
         source=sender,
@@ -201,10 +243,14 @@ def page_request(record: EscalationRecord, parsed: ParsedMessage, ticket_url: st
     )
 
 
-def incident_note(record: EscalationRecord, ticket_url: str) -> IncidentNoteRequest:
+def incident_note(record: EscalationRecord, ticket_url: str, *,
+                  group: dict[str, Any] | None = None) -> IncidentNoteRequest:
     marker = f"[emergencyd:ticket:{record.dedup_key}]"
-    return IncidentNoteRequest(record.dedup_key, f"Zendesk ticket #{record.ticket_id}: {ticket_url}\n{marker}",
-                               marker)
+    kind = "Problem ticket" if record.relation == "first" else "Zendesk ticket"
+    head = f"{kind} #{record.ticket_id}: {ticket_url}"
+    if group and record.relation == "incident":
+        head = f"Report {group['reports']} of this incident, from {record.sender}. {head}"
+    return IncidentNoteRequest(record.page_key or record.dedup_key, f"{head}\n{marker}", marker)
 
 
 def bounded(text: str, limit: int) -> str:

@@ -27,10 +27,11 @@ TICKET = "ticket"            # create the Zendesk ticket (looked up by external_
 TICKET_NOTE = "ticket_note"  # internal note: envelope and header summary
 PAGE = "page"                # PagerDuty Events v2 trigger
 LINK_TICKET = "link_ticket"  # internal note on the ticket carrying the dedup_key (and incident URL)
-LINK_PAGE = "link_page"      # note on the incident with the ticket URL, when the page went without it
+LINK_PAGE = "link_page"      # note on the incident with the ticket URL
+COMMENT = "comment"          # a public comment, by the sender, on the ticket of an earlier mail
 
-STEP_ORDER = (TICKET, TICKET_NOTE, PAGE, LINK_TICKET, LINK_PAGE)
-ZENDESK_STEPS = frozenset({TICKET, TICKET_NOTE, LINK_TICKET})
+STEP_ORDER = (TICKET, TICKET_NOTE, COMMENT, PAGE, LINK_TICKET, LINK_PAGE)
+ZENDESK_STEPS = frozenset({TICKET, TICKET_NOTE, LINK_TICKET, COMMENT})
 PAGERDUTY_STEPS = frozenset({PAGE, LINK_PAGE})
 
 
@@ -89,6 +90,16 @@ class EscalationRecord:
     paged_at: float | None
     steps: tuple[StepRecord, ...]
     verdict: dict[str, Any] | None = None   # Verdict.as_dict() as decided when planned
+    relation: str | None = None             # escalation.grouping: first, incident, thread, repeat, storm, alone
+    relation_reason: str | None = None
+    parent_pk: int | None = None            # the escalation whose ticket this one comments on or joins
+    target_ticket_id: int | None = None     # a ticket named in the subject that is not ours
+    group_id: int | None = None
+    page_key: str | None = None             # the dedup_key of the incident this mail shares
+
+    @property
+    def comments_only(self) -> bool:
+        return self.relation in ("thread", "storm", "repeat")
 
     def step(self, name: str) -> StepRecord | None:
         return next((s for s in self.steps if s.name == name), None)

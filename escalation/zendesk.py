@@ -11,13 +11,24 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import requests
+import requests.adapters
 from zenpy import Zenpy
 from zenpy.lib.api_objects import Comment, Ticket, User
 
 from daemon.config import ZendeskConfig
-from escalation.content import NoteRequest, TicketRequest
+from escalation.content import CommentRequest, NoteRequest, TicketRequest
+from escalation.pacing import Pacer
 from escalation.retry import HttpStatusError, parse_retry_after
 from escalation.tls import trust_bundle
+
+
+def paced(pacer: Pacer):
+    """A requests adapter that takes a token before each request, whoever makes it."""
+    class PacedAdapter(requests.adapters.HTTPAdapter):
+        def send(self, request, *args, **kwargs):
+            pacer.wait()
+            return super().send(request, *args, **kwargs)
+    return PacedAdapter()
 
 
 def raise_for_status(integration: str):
@@ -43,8 +54,10 @@ class ZendeskDesk:
         session.trust_env = False   # REQUESTS_CA_BUNDLE in the environment would override verify
         session.verify = trust_bundle(config.ca_file)
         session.hooks["response"].append(raise_for_status("zendesk"))
+        session.mount("https://", paced(Pacer(config.requests_per_minute)))
         subdomain, domain = split_host(config.url)
         self._agent_url_base = config.agent_url_base
+        self._user_ids: dict[str, int] = {}
         self._client = Zenpy(subdomain=subdomain, domain=domain, email=config.email,
                              token=config.token.value, session=session,
                              timeout=config.timeout_seconds, disable_cache=True)
@@ -62,13 +75,32 @@ class ZendeskDesk:
         if request.requester_email:
             requester = User(email=request.requester_email, name=request.requester_name or request.requester_email)
         ticket = Ticket(subject=request.subject, external_id=request.external_id, tags=list(request.tags),
-                        priority=request.priority, requester=requester,
-                        comment=Comment(body=request.body, public=True))
+                        priority=request.priority, requester=requester, type=request.type,
+                        problem_id=request.problem_id, comment=Comment(body=request.body, public=True))
         audit = self._client.tickets.create(ticket)
         return audit.ticket.id
 
     def has_comment(self, ticket_id: int, marker: str) -> bool:
         return any(marker in (c.body or "") for c in self._client.tickets.comments(ticket=ticket_id))
+
+    def add_comment(self, request: CommentRequest) -> None:
+        """A public comment authored by the sender (created as an end user if Zendesk has none)."""
+        comment = Comment(body=request.body, public=True)
+        if request.author_email:
+            comment.author_id = self._user_id(request.author_email, request.author_name)
+        ticket = Ticket(id=request.ticket_id)
+        ticket.comment = comment
+        self._client.tickets.update(ticket)
+
+    def _user_id(self, email: str, name: str | None) -> int:
+        """A storm comments as the same sender hundreds of times: ask Zendesk once per address."""
+        key = email.lower()
+        if key not in self._user_ids:
+            user = self._client.users.create_or_update(User(email=email, name=name or email))
+            if len(self._user_ids) > 10_000:
+                self._user_ids.clear()
+            self._user_ids[key] = user.id
+        return self._user_ids[key]
 
     def add_note(self, note: NoteRequest) -> None:
         ticket = Ticket(id=note.ticket_id)

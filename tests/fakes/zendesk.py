@@ -139,6 +139,7 @@ class FakeZendesk(FakeHTTPSServer):
             ("GET", re.compile(r"/api/v2/tickets/(\d+)/comments\.json"), self._list_comments),
             ("GET", re.compile(r"/api/v2/search\.json"), self._search),
             ("GET", re.compile(r"/api/v2/users/me\.json"), self._show_me),
+            ("POST", re.compile(r"/api/v2/users/create_or_update\.json"), self._create_or_update_user),
             ("GET", re.compile(r"/api/v2/users/show_many\.json"), self._show_many_users),
             ("GET", re.compile(r"/api/v2/users/(\d+)\.json"), self._show_user),
         ]
@@ -474,6 +475,18 @@ class FakeZendesk(FakeHTTPSServer):
         if user is None:
             raise ApiError(404, NOT_FOUND)
         return json_response(200, {"user": user})
+
+    def _create_or_update_user(self, req: RecordedRequest) -> Response:
+        """201 when the user is new, 200 when one with that email exists (Zendesk's create_or_update)."""
+        data = (req.json or {}).get("user") or {}
+        email = data.get("email")
+        if not email:
+            raise _invalid("email", "Email: cannot be blank")
+        user = self._find_user(email)
+        if user is not None:
+            return json_response(200, {"user": user})
+        name = data.get("name") or email.split("@")[0]
+        return json_response(201, {"user": self._add_user(email, name, role="end-user")})
 
     def _show_me(self, req: RecordedRequest) -> Response:
         return json_response(200, {"user": self._users[self.agent_id]})

@@ -1,0 +1,82 @@
+"""The store's schema, as an ordered list of migrations; PRAGMA user_version counts those applied."""
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: messages, their escalation, and its steps.
+    """
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        identity TEXT NOT NULL UNIQUE,
+        message_id TEXT,
+        sha256 TEXT NOT NULL,
+        raw BLOB NOT NULL,
+        size INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        mail_from TEXT NOT NULL,
+        rcpt_to TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        helo TEXT NOT NULL,
+        tls INTEGER NOT NULL,
+        received_at REAL NOT NULL,
+        deliveries INTEGER NOT NULL,
+        last_delivery_at REAL NOT NULL
+    );
+    CREATE TABLE escalations (
+        message_pk INTEGER PRIMARY KEY REFERENCES messages(id),
+        dedup_key TEXT NOT NULL,
+        state TEXT NOT NULL,
+        subject TEXT,
+        sender TEXT,
+        ticket_id INTEGER,
+        incident_url TEXT,
+        paged_at REAL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX escalations_state ON escalations(state);
+    CREATE TABLE steps (
+        message_pk INTEGER NOT NULL REFERENCES messages(id),
+        name TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        next_attempt_at REAL NOT NULL,
+        last_error TEXT,
+        result TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (message_pk, name)
+    );
+    CREATE INDEX steps_due ON steps(state, next_attempt_at);
+    """,
+    # 2: the policy's verdict, kept with the escalation it decided.
+    """
+    ALTER TABLE escalations ADD COLUMN verdict TEXT;
+    ALTER TABLE escalations ADD COLUMN category TEXT;
+    ALTER TABLE escalations ADD COLUMN severity TEXT;
+    ALTER TABLE escalations ADD COLUMN support_window TEXT;
+    ALTER TABLE escalations ADD COLUMN suppressed_reason TEXT
+    """,
+    # 3: deduplication: conversations, incident groups and storms.
+    """
+    CREATE TABLE incident_groups (
+        id INTEGER PRIMARY KEY,
+        fingerprint TEXT NOT NULL,
+        dedup_key TEXT NOT NULL,
+        problem_pk INTEGER NOT NULL REFERENCES messages(id),
+        category TEXT,
+        severity TEXT,
+        opened_at REAL NOT NULL,
+        last_report_at REAL NOT NULL,
+        reports INTEGER NOT NULL
+    );
+    CREATE INDEX incident_groups_fingerprint ON incident_groups(fingerprint, last_report_at);
+    ALTER TABLE escalations ADD COLUMN group_id INTEGER REFERENCES incident_groups(id);
+    ALTER TABLE escalations ADD COLUMN relation TEXT;
+    ALTER TABLE escalations ADD COLUMN relation_reason TEXT;
+    ALTER TABLE escalations ADD COLUMN parent_pk INTEGER REFERENCES messages(id);
+    ALTER TABLE escalations ADD COLUMN target_ticket_id INTEGER;
+    ALTER TABLE escalations ADD COLUMN page_key TEXT;
+    ALTER TABLE escalations ADD COLUMN sender_key TEXT;
+    CREATE INDEX escalations_sender ON escalations(sender_key, created_at);
+    CREATE INDEX escalations_group ON escalations(group_id);
+    CREATE INDEX messages_message_id ON messages(message_id)
+    """,
+)

@@ -1,0 +1,156 @@
+"""The store's queries for deduplication: conversations, incident groups, per-sender counts.
+
+A mixin of Store: the same connection, the same single thread, still the only SQL.
+"""
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from escalation.grouping import (
+    FIRST, INCIDENT, REPEAT, GroupingFacts, GroupingSettings, OpenGroup, Related,
+)
+
+# Relations whose escalation has no ticket of its own: a comment on another one.
+COMMENTING = ("thread", "storm", "repeat")
+MAX_THREAD_HOPS = 20
+
+
+class GroupingQueries:
+    _conn: sqlite3.Connection
+
+    def grouping_facts(self, pk: int, *, message_ids: tuple[str, ...], ticket_ref: int | None,
+                       sender_key: str | None, fingerprint: str | None, received_at: float,
+                       settings: GroupingSettings) -> GroupingFacts:
+        parent = self._thread_parent(pk, message_ids)
+        referenced = None
+        if parent is None and ticket_ref is not None:
+            parent = self._escalation_with_ticket(ticket_ref)
+            referenced = None if parent else ticket_ref
+        return GroupingFacts(
+            thread_parent=parent,
+            referenced_ticket=referenced,
+            sender_recent=self._sender_recent(pk, sender_key, received_at - settings.sender_window_seconds,
+                                              received_at),
+            sender_latest=self._sender_latest(pk, sender_key),
+            open_group=self._open_group(fingerprint, sender_key, received_at - settings.incident_window_seconds,
+                                        received_at + settings.incident_window_seconds),
+        )
+
+    def _thread_parent(self, pk: int, message_ids: tuple[str, ...]) -> Related | None:
+        if not message_ids:
+            return None
+        marks = ",".join("?" * len(message_ids))
+        row = self._conn.execute(
+            f"SELECT m.id FROM messages m WHERE m.message_id IN ({marks}) AND m.id < ? ORDER BY m.id DESC LIMIT 1",
+            (*message_ids, pk)).fetchone()
+        return self._ticket_holder(row[0]) if row else None
+
+    def _ticket_holder(self, pk: int) -> Related | None:
+        """Follow comments to the escalation whose ticket they went on."""
+        for _ in range(MAX_THREAD_HOPS):
+            row = self._conn.execute(
+                "SELECT relation, parent_pk, severity, ticket_id, state FROM escalations WHERE message_pk = ?",
+                (pk,)).fetchone()
+            if row is None or row[4] == "suppressed":
+                return None
+            relation, parent_pk, severity, ticket_id, _ = row
+            if relation in COMMENTING and parent_pk is not None:
+                pk = parent_pk
+                continue
+            has_ticket = self._conn.execute(
+                "SELECT 1 FROM steps WHERE message_pk = ? AND name = 'ticket'", (pk,)).fetchone()
+            return Related(pk, severity, ticket_id) if has_ticket else None
+        return None
+
+    def _escalation_with_ticket(self, ticket_id: int) -> Related | None:
+        row = self._conn.execute("SELECT message_pk, severity, ticket_id FROM escalations WHERE ticket_id = ?"
+                                 " ORDER BY message_pk LIMIT 1", (ticket_id,)).fetchone()
+        return Related(*row) if row else None
+
+    def _sender_recent(self, pk: int, sender_key: str | None, since: float, until: float) -> int:
+        """Earlier mails from this sender received in the window (replayed mail keeps its own time)."""
+        if not sender_key:
+            return 0
+        return self._conn.execute(
+            "SELECT COUNT(*) FROM escalations WHERE sender_key = ? AND created_at BETWEEN ? AND ?"
+            " AND message_pk < ? AND state != 'suppressed'", (sender_key, since, until, pk)).fetchone()[0]
+
+    def _sender_latest(self, pk: int, sender_key: str | None) -> Related | None:
+        if not sender_key:
+            return None
+        row = self._conn.execute(
+            "SELECT e.message_pk, e.severity, e.ticket_id FROM escalations e"
+            " JOIN steps s ON s.message_pk = e.message_pk AND s.name = 'ticket'"
+            " WHERE e.sender_key = ? AND e.message_pk < ? ORDER BY e.message_pk DESC LIMIT 1",
+            (sender_key, pk)).fetchone()
+        return Related(*row) if row else None
+
+    def _open_group(self, fingerprint: str | None, sender_key: str | None, since: float,
+                    until: float) -> OpenGroup | None:
+        if fingerprint is None:
+            return None
+        row = self._conn.execute(
+            "SELECT id, dedup_key, problem_pk, severity FROM incident_groups"
+            " WHERE fingerprint = ? AND last_report_at BETWEEN ? AND ? ORDER BY id DESC LIMIT 1",
+            (fingerprint, since, until)).fetchone()
+        if row is None:
+            return None
+        member = self._conn.execute(
+            "SELECT message_pk, severity, ticket_id FROM escalations WHERE group_id = ? AND sender_key = ?"
+            " AND relation IN (?, ?) ORDER BY message_pk LIMIT 1", (row[0], sender_key, FIRST, INCIDENT)).fetchone()
+        return OpenGroup(row[0], row[1], row[2], row[3], Related(*member) if member else None)
+
+    def _record_relation(self, pk: int, relation: dict[str, Any], dedup_key: str, now: float) -> None:
+        """Inside plan()'s transaction: open or join an incident group, and remember the relation."""
+        group_id = relation.get("group_id")
+        page_key = None
+        if relation["kind"] == FIRST and relation.get("fingerprint"):
+            cur = self._conn.execute(
+                "INSERT INTO incident_groups (fingerprint, dedup_key, problem_pk, category, severity, opened_at,"
+                " last_report_at, reports) VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
+                (relation["fingerprint"], dedup_key, pk, relation.get("category"), relation.get("severity"),
+                 now, now))
+            group_id, page_key = cur.lastrowid, dedup_key
+        elif group_id is not None and relation["kind"] in (INCIDENT, REPEAT):
+            self._conn.execute("UPDATE incident_groups SET last_report_at = MAX(last_report_at, ?),"
+                               " reports = reports + 1 WHERE id = ?", (now, group_id))
+            page_key = self._conn.execute("SELECT dedup_key FROM incident_groups WHERE id = ?",
+                                          (group_id,)).fetchone()[0]
+        if relation.get("repage") or relation["kind"] == "alone":
+            page_key = dedup_key
+        self._conn.execute(
+            "UPDATE escalations SET relation = ?, relation_reason = ?, parent_pk = ?, target_ticket_id = ?,"
+            " group_id = ?, page_key = ?, sender_key = ? WHERE message_pk = ?",
+            (relation["kind"], relation["reason"], relation.get("parent_pk"), relation.get("target_ticket_id"),
+             group_id, page_key, relation.get("sender_key"), pk))
+
+    def group(self, group_id: int) -> dict[str, Any] | None:
+        """What a page or note says about its incident: how many reports, from which tenants."""
+        row = self._conn.execute("SELECT dedup_key, reports FROM incident_groups WHERE id = ?", (group_id,)).fetchone()
+        if row is None:
+            return None
+        tenants = [r[0] for r in self._conn.execute(
+            "SELECT DISTINCT sender_key FROM escalations WHERE group_id = ? AND sender_key IS NOT NULL"
+            " ORDER BY sender_key", (group_id,))]
+        return {"group_id": group_id, "dedup_key": row[0], "reports": row[1], "tenants": tenants}
+
+    def groups(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Recent incident groups: the incident, its problem ticket, its incident tickets, its tenants."""
+        out = []
+        for gid, fingerprint, dedup_key, problem_pk, opened_at, last_at, reports in self._conn.execute(
+                "SELECT id, fingerprint, dedup_key, problem_pk, opened_at, last_report_at, reports"
+                " FROM incident_groups ORDER BY id DESC LIMIT ?", (limit,)).fetchall():
+            members = self._conn.execute(
+                "SELECT message_pk, relation, ticket_id, sender, incident_url FROM escalations WHERE group_id = ?"
+                " ORDER BY message_pk", (gid,)).fetchall()
+            problem = next((m for m in members if m[0] == problem_pk), None)
+            out.append({
+                "group_id": gid, "fingerprint": fingerprint, "dedup_key": dedup_key, "reports": reports,
+                "opened_at": opened_at, "last_report_at": last_at,
+                "incident_url": problem[4] if problem else None,
+                "problem_ticket_id": problem[2] if problem else None,
+                "incident_ticket_ids": [m[2] for m in members if m[1] == INCIDENT],
+                "tenants": sorted({m[3] for m in members if m[3]}),
+            })
+        return out

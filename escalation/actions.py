@@ -1,0 +1,133 @@
+"""What each escalation step does: synchronous, run on its integration's own threads.
+
+Each action builds its request from the record (pure, in content.py), checks for
+the effect of an earlier attempt when there was one, then makes the call. In dry
+run it returns what it would send and calls nothing.
+
+What makes each safe to repeat after a crash:
+  ticket       look up by external_id before creating, when an attempt came before
+  ticket_note  look for its marker among the ticket's comments before posting again
+  comment      the same, with the mail's reference in the comment
+  page         PagerDuty's dedup_key folds a repeated trigger into the open alert
+  link_ticket  marker, as ticket_note
+  link_page    marker among the incident's notes
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+from escalation import content
+from escalation.records import (
+    COMMENT, LINK_PAGE, LINK_TICKET, PAGE, TICKET, TICKET_NOTE, EscalationRecord,
+)
+from escalation.retry import TransientError
+from parsers.message import ParsedMessage
+
+# PagerDuty shows a triggered incident after a short delay; look it up this many times
+# before the ticket's link note goes out with the dedup_key alone.
+INCIDENT_LOOKUP_ATTEMPTS = 5
+
+StepResult = tuple[dict[str, Any], dict[str, Any]]   # (step result, escalation fields it settles)
+
+
+@dataclass(frozen=True)
+class StepContext:
+    record: EscalationRecord
+    parsed: ParsedMessage
+    prior_attempts: int
+    parent: EscalationRecord | None = None      # the problem ticket's, or the commented ticket's, escalation
+    group: dict[str, Any] | None = None         # the incident group: reports, tenants
+
+
+class Actions:
+    def __init__(self, desk, pager, *, dry_run: bool):
+        self._desk = desk
+        self._pager = pager
+        self._dry_run = dry_run
+        self.by_step: dict[str, Callable[[StepContext], StepResult]] = {
+            TICKET: self.ticket, TICKET_NOTE: self.ticket_note, COMMENT: self.comment, PAGE: self.page,
+            LINK_TICKET: self.link_ticket, LINK_PAGE: self.link_page,
+        }
+
+    @property
+    def has_rest_api(self) -> bool:
+        return self._pager is not None and self._pager.has_rest_api
+
+    def _would(self, request: Any) -> StepResult:
+        return {"dry_run": True, "would_send": asdict(request)}, {}
+
+    def ticket(self, ctx: StepContext) -> StepResult:
+        problem_id = ctx.parent.ticket_id if ctx.parent is not None else None
+        request = content.ticket_request(ctx.record, ctx.parsed, problem_id=problem_id)
+        if self._dry_run:
+            return self._would(request)
+        if ctx.prior_attempts:
+            existing = self._desk.find_ticket(request.external_id)
+            if existing is not None:
+                return {"ticket_id": existing, "found_existing": True}, {"ticket_id": existing}
+        ticket_id = self._desk.create_ticket(request)
+        return {"ticket_id": ticket_id, "type": request.type, "problem_id": request.problem_id}, {"ticket_id": ticket_id}
+
+    def ticket_note(self, ctx: StepContext) -> StepResult:
+        return self._post_note(content.envelope_note(ctx.record, ctx.parsed, ctx.record.ticket_id or 0),
+                               ctx.prior_attempts)
+
+    def comment(self, ctx: StepContext) -> StepResult:
+        ticket_id = ctx.record.target_ticket_id or (ctx.parent.ticket_id if ctx.parent else None) or 0
+        request = content.follow_up_comment(ctx.record, ctx.parsed, ticket_id)
+        if self._dry_run:
+            return self._would(request)
+        if ctx.prior_attempts and self._desk.has_comment(ticket_id, request.marker):
+            return {"ticket_id": ticket_id, "found_existing": True}, {"ticket_id": ticket_id}
+        self._desk.add_comment(request)
+        return {"ticket_id": ticket_id}, {"ticket_id": ticket_id}
+
+    def page(self, ctx: StepContext) -> StepResult:
+        ticket_url = self._ticket_url(ctx.record.ticket_id)
+        problem_url = self._ticket_url(ctx.parent.ticket_id) if ctx.parent is not None else None
+        request = content.page_request(ctx.record, ctx.parsed, ticket_url, problem_url=problem_url, group=ctx.group)
+        if self._dry_run:
+            return self._would(request)
+        dedup_key = self._pager.trigger(request)
+        return ({"dedup_key": dedup_key, "carried_ticket_link": ticket_url is not None},
+                {"paged_at": time.time()})
+
+    def link_ticket(self, ctx: StepContext) -> StepResult:
+        record = ctx.record
+        incident_url = record.incident_url
+        if not self._dry_run and incident_url is None and self.has_rest_api:
+            incident = self._pager.find_incident(record.page_key or record.dedup_key)
+            if incident is None and ctx.prior_attempts + 1 < INCIDENT_LOOKUP_ATTEMPTS:
+                raise TransientError("the incident is not visible in PagerDuty yet")
+            incident_url = incident.html_url if incident else None
+        result, fields = self._post_note(content.link_note(record, record.ticket_id or 0, incident_url),
+                                         ctx.prior_attempts)
+        return result, ({**fields, "incident_url": incident_url} if incident_url else fields)
+
+    def link_page(self, ctx: StepContext) -> StepResult:
+        record = ctx.record
+        note = content.incident_note(record, self._ticket_url(record.ticket_id) or "", group=ctx.group)
+        if self._dry_run:
+            return self._would(note)
+        incident = self._pager.find_incident(record.page_key or record.dedup_key)
+        if incident is None:
+            raise TransientError("the incident is not visible in PagerDuty yet")
+        if ctx.prior_attempts and self._pager.has_note(incident.id, note.marker):
+            return {"incident_id": incident.id, "found_existing": True}, {"incident_url": incident.html_url}
+        self._pager.add_note(incident.id, note)
+        return {"incident_id": incident.id}, {"incident_url": incident.html_url}
+
+    def _post_note(self, note: content.NoteRequest, prior_attempts: int) -> StepResult:
+        if self._dry_run:
+            return self._would(note)
+        if prior_attempts and self._desk.has_comment(note.ticket_id, note.marker):
+            return {"found_existing": True}, {}
+        self._desk.add_note(note)
+        return {"ticket_id": note.ticket_id}, {}
+
+    def _ticket_url(self, ticket_id: int | None) -> str | None:
+        if ticket_id is None or self._desk is None:
+            return None
+        return self._desk.ticket_url(ticket_id)
