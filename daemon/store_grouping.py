@@ -125,6 +125,16 @@ class GroupingQueries:
             (relation["kind"], relation["reason"], relation.get("parent_pk"), relation.get("target_ticket_id"),
              group_id, page_key, relation.get("sender_key"), pk))
 
+    def earlier_pending_comment(self, pk: int, parent_pk: int | None,
+                                target_ticket_id: int | None) -> tuple[int, float] | None:
+        """An earlier mail's comment on the same ticket that is still to go: comments keep arrival order."""
+        row = self._conn.execute(
+            "SELECT s.message_pk, s.next_attempt_at FROM steps s JOIN escalations e ON e.message_pk = s.message_pk"
+            " WHERE s.name = 'comment' AND s.state = 'pending' AND s.message_pk < ?"
+            " AND (e.parent_pk = ? OR e.target_ticket_id = ?) ORDER BY s.message_pk LIMIT 1",
+            (pk, parent_pk, target_ticket_id)).fetchone()
+        return (row[0], row[1]) if row else None
+
     def group(self, group_id: int) -> dict[str, Any] | None:
         """What a page or note says about its incident: how many reports, from which tenants."""
         row = self._conn.execute("SELECT dedup_key, reports FROM incident_groups WHERE id = ?", (group_id,)).fetchone()

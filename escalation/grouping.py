@@ -113,7 +113,9 @@ def _thread(verdict: Verdict, facts: GroupingFacts) -> Relation:
     if parent is None:
         return Relation(THREAD, f"the subject names Zendesk ticket #{facts.referenced_ticket}",
                         target_ticket_id=facts.referenced_ticket)
-    repage = verdict.page and rank(verdict.severity) < rank(parent.severity)
+    # Only a rule's evidence raises a conversation's severity: "still down?" matches no rule,
+    # and an unclassified follow-up must not page again as a possible P1.
+    repage = verdict.page and bool(verdict.rules) and rank(verdict.severity) < rank(parent.severity)
     reason = "a reply in a stored conversation"
     if repage:
         reason += f": raises the severity from {parent.severity or 'not an incident'} to {verdict.severity}"

@@ -79,6 +79,7 @@ class Escalator:
         self._observer = observer
         self._actions = Actions(desk, pager, dry_run=settings.dry_run)
         self._deciding = asyncio.Lock()
+        self._comment_progress = asyncio.Condition()
         self._new_pages: deque[float] = deque()
         self._limits = {name: asyncio.Semaphore(settings.concurrency) for name in ("zendesk", "pagerduty")}
         self._threads = {name: ThreadPoolExecutor(settings.concurrency, thread_name_prefix=name)
@@ -186,7 +187,10 @@ class Escalator:
         return None
 
     async def _waits_across(self, record: EscalationRecord, name: str) -> str | None:
-        """A comment needs the ticket it goes on; an incident ticket needs its problem ticket."""
+        """A comment needs the ticket it goes on and the comments before it; an incident ticket
+        needs its problem ticket."""
+        if name == COMMENT and not await self._earlier_comments_done(record):
+            return "an earlier comment"
         if record.parent_pk is None or not (name == COMMENT or (name == TICKET and record.relation == INCIDENT)):
             return None
         if name == COMMENT and record.target_ticket_id is not None:
@@ -205,6 +209,24 @@ class Escalator:
                                      max(parent_ticket.next_attempt_at, time.time() + CROSS_WAIT_SECONDS))
         return "parent ticket"
 
+    async def _earlier_comments_done(self, record: EscalationRecord) -> bool:
+        """Wait briefly for earlier comments on the same ticket; defer when they are backing off."""
+        deadline = time.monotonic() + 2 * CROSS_WAIT_SECONDS
+        while True:
+            earlier = await self._store.earlier_pending_comment(record.message_pk, record.parent_pk,
+                                                                record.target_ticket_id)
+            if earlier is None:
+                return True
+            if time.monotonic() > deadline or earlier[1] > time.time() + CROSS_WAIT_SECONDS:
+                await self._store.defer_step(record.message_pk, COMMENT,
+                                             max(earlier[1], time.time() + CROSS_WAIT_SECONDS))
+                return False
+            async with self._comment_progress:
+                try:
+                    await asyncio.wait_for(self._comment_progress.wait(), CROSS_WAIT_SECONDS)
+                except asyncio.TimeoutError:
+                    pass
+
     async def _start(self, record: EscalationRecord, parsed: ParsedMessage, name: str,
                      running: dict[str, asyncio.Task]) -> None:
         ticket = running.get(TICKET)
@@ -215,6 +237,9 @@ class Escalator:
         if name == PAGE and not await self._page_allowed(record):
             return
         await self._run_step(record, parsed, name)
+        if name == COMMENT:
+            async with self._comment_progress:
+                self._comment_progress.notify_all()
 
     async def _page_allowed(self, record: EscalationRecord) -> bool:
         """A cap on new incidents per minute guards the on-call engineer from a loop; pages wait, never drop."""

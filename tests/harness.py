@@ -32,7 +32,7 @@ READY = re.compile(r"emergencyd ready.*smtp=([\d.]+):(\d+) .*metrics=([\d.]+):(\
 def write_config(directory: Path, *, dry_run: bool, zendesk_url: str = "https://example.zendesk.com",
                  pagerduty_url: str = "https://events.pagerduty.com", ca_file: Path | None = None,
                  extra: str = "", escalation: str = "", store: str = "", policy: bool = False,
-                 busy_timeout_ms: int = 300) -> Path:
+                 busy_timeout_ms: int = 300, extra_zendesk: str = "") -> Path:
     """A test config on port 0; policy=True appends the shipped [policy] from config.toml."""
     ca_line = f'ca_file = "{ca_file}"' if ca_file else ""
     text = f"""
@@ -53,7 +53,7 @@ url = "{zendesk_url}"
 email = "{ZENDESK_EMAIL}"
 timeout_seconds = 3
 {ca_line}
-
+{extra_zendesk}
 [pagerduty]
 events_url = "{pagerduty_url}"
 api_url = "{pagerduty_url}"

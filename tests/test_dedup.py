@@ -1,0 +1,183 @@
+"""Deduplication as incidents really arrive: threads, storms, repeats and loops, through the fakes."""
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from tests.harness import make_message
+
+FAST_ZENDESK = 'requests_per_minute = 60000\n'
+
+
+def tenant_mail(tenant: int, n: int, *, subject: str = "All our apps are down",
+                body: str = "Our apps return 502 for every route since 02:10.", extra: str = "") -> bytes:
+    return make_message(subject=subject, body=body, sender=f"ops@tenant{tenant}.example",
+                        message_id=f"<t{tenant}-{n}-{subject.replace(' ', '')[:20]}@tenant{tenant}.example>",
+                        extra_headers=extra)
+
+
+def triggers(pagerduty):
+    return [e for e in pagerduty.events() if e["event_action"] == "trigger"]
+
+
+def public_comments(zendesk, ticket_id):
+    return [c for c in zendesk.comments(ticket_id) if c["public"]]
+
+
+def inject_all(daemon, tmp_path, messages: list[bytes], received_at: list[datetime] | None = None) -> None:
+    """Through `inject`, the same durable path as SMTP, with each mail's own receive time."""
+    files = []
+    for i, raw in enumerate(messages):
+        path = tmp_path / f"m{i:04d}.eml"
+        path.write_bytes(raw)
+        files.append(path)
+    if received_at is None:
+        daemon.cli("inject", *map(str, files))
+        return
+    for path, at in zip(files, received_at):
+        daemon.cli("inject", "--received-at", at.isoformat(), str(path))
+
+
+def test_a_reply_a_forward_and_a_ticket_reference_become_comments(live_daemon, zendesk, pagerduty):
+    daemon = live_daemon(policy=True)
+    daemon.send(make_message(subject="Database is down", body="Our database is down since 10:00.",
+                             message_id="<orig@tenant.example>"))
+    [first] = daemon.wait_settled(1)["messages"]
+    ticket_id = first["ticket_id"]
+
+    daemon.send(make_message(subject="Re: Database is down", message_id="<reply@tenant.example>",
+                             body="Still down.\n\nOn Fri, 27 Nov 2026, ops wrote:\n> Our database is down",
+                             extra_headers="In-Reply-To: <orig@tenant.example>\r\n"))
+    daemon.send(make_message(subject="Fwd: Database is down", message_id="<fwd@colleague.example>",
+                             sender="lead@tenant.example", body="Forwarding: any news on this?",
+                             extra_headers="References: <orig@tenant.example> <reply@tenant.example>\r\n"))
+    daemon.send(make_message(subject=f"Update on [#{ticket_id}]", message_id="<ref@tenant.example>",
+                             body="We have restarted our app, no change."))
+    doc = daemon.wait_settled(4)
+    relations = {m["message_id"]: m for m in doc["messages"]}
+    for mid in ("reply@tenant.example", "fwd@colleague.example", "ref@tenant.example"):
+        assert relations[mid]["relation"] == "thread", relations[mid]
+        assert relations[mid]["ticket_id"] == ticket_id and "page" not in relations[mid]["steps"]
+    assert len(zendesk.tickets()) == 1 and len(triggers(pagerduty)) == 1
+    comments = public_comments(zendesk, ticket_id)[1:]
+    assert [c["body"].split("\n")[0] for c in comments] == [
+        "Still down.", "Forwarding: any news on this?", "We have restarted our app, no change."]
+    assert "> Our database is down" not in comments[0]["body"]          # quoted history trimmed
+    authors = {u["id"]: u["email"] for u in zendesk.users()}
+    assert [authors[c["author_id"]] for c in comments] == [
+        "tenant@example.net", "lead@tenant.example", "tenant@example.net"]
+
+
+def test_a_reference_to_a_ticket_that_is_not_ours_comments_on_it(live_daemon, zendesk, pagerduty):
+    existing = zendesk.seed_ticket(subject="Quota question", description="How much memory do we have?")
+    daemon = live_daemon(policy=True)
+    daemon.send(make_message(subject=f"Re: Quota question [#{existing['id']}]", body="Thanks, that helps."))
+    [message] = daemon.wait_settled(1)["messages"]
+    assert message["relation"] == "thread" and message["ticket_id"] == existing["id"]
+    assert len(zendesk.tickets()) == 1 and triggers(pagerduty) == []
+    assert public_comments(zendesk, existing["id"])[-1]["body"].startswith("Thanks, that helps.")
+
+
+def test_a_reply_that_raises_the_severity_pages_again(live_daemon, zendesk, pagerduty):
+    daemon = live_daemon(policy=True)
+    daemon.send(make_message(subject="Slow responses", body="Some requests fail intermittently.",
+                             message_id="<p3@tenant.example>"))
+    daemon.wait_settled(1)
+    pages_before = len(pagerduty.incidents())     # a P3 pages at low urgency in hours, or not at all out of hours
+    daemon.send(make_message(subject="Re: Slow responses", message_id="<p1@tenant.example>",
+                             body="Now all our apps are down.", extra_headers="In-Reply-To: <p3@tenant.example>\r\n"))
+    doc = daemon.wait_settled(2)
+    reply = next(m for m in doc["messages"] if m["message_id"] == "p1@tenant.example")
+    assert reply["relation"] == "thread" and "raises the severity" in reply["relation_reason"]
+    assert reply["steps"]["page"]["state"] == "done"
+    assert len(pagerduty.incidents()) == pages_before + 1
+    assert len(zendesk.tickets()) == 1
+
+
+def test_a_storm_gives_one_page_one_problem_and_an_incident_ticket_per_tenant(
+        tmp_path, live_daemon, zendesk, pagerduty):
+    daemon = live_daemon(policy=True, extra_zendesk=FAST_ZENDESK)
+    # 200 mails from 20 tenants within 5 minutes, interleaved as they would arrive.
+    start = datetime.now(timezone.utc) - timedelta(minutes=5)
+    mails = [tenant_mail(t, n, subject=["All our apps are down", "Apps down?", "URGENT: site is down"][n % 3])
+             for n in range(10) for t in range(20)]
+    times = [start + timedelta(seconds=1.5 * i) for i in range(len(mails))]
+    inject_all(daemon, tmp_path, mails, times)
+    doc = daemon.wait_settled(200, timeout=120)
+    assert sum(doc["counts"].values()) == 200 and doc["counts"] == {"done": 200}     # none lost
+
+    [incident] = pagerduty.incidents()
+    tickets = zendesk.tickets()
+    problems = [t for t in tickets if t["type"] == "problem"]
+    incidents = [t for t in tickets if t["type"] == "incident"]
+    assert len(problems) == 1 and len(incidents) == 19 and len(tickets) == 20
+    assert {t["problem_id"] for t in incidents} == {problems[0]["id"]}
+    assert len({t["requester_id"] for t in tickets}) == 20          # one ticket per tenant
+    comments = sum(len(public_comments(zendesk, t["id"])) - 1 for t in tickets)
+    assert comments == 180
+    relations = Counter(m["relation"] for m in daemon.status()["messages"])
+    assert relations == {"first": 1, "incident": 19, "repeat": 180}
+    [group] = daemon.status()["groups"]
+    assert group["problem_ticket_id"] == problems[0]["id"] and len(group["incident_ticket_ids"]) == 19
+    assert group["reports"] == 200 and len(group["tenants"]) == 20
+    assert group["dedup_key"] == incident["dedup_key"]
+    last = triggers(pagerduty)[-1]["payload"]["custom_details"]
+    assert last["reports"] >= 2 and len(last["tenants"]) >= 2
+
+
+def test_two_incidents_at_once_give_two_pages(live_daemon, zendesk, pagerduty):
+    daemon = live_daemon(policy=True)
+    daemon.send(tenant_mail(1, 1))
+    daemon.send(tenant_mail(2, 1, subject="Database is down", body="Our database is down, connection refused."))
+    daemon.send(tenant_mail(3, 1))
+    daemon.wait_settled(3)
+    assert len(pagerduty.incidents()) == 2
+    assert sorted(t["type"] for t in zendesk.tickets()) == ["incident", "problem", "problem"]
+
+
+def test_the_same_subject_after_the_window_is_a_new_incident(tmp_path, live_daemon, zendesk, pagerduty):
+    daemon = live_daemon(policy=True)
+    start = datetime.now(timezone.utc) - timedelta(hours=2)
+    inject_all(daemon, tmp_path, [tenant_mail(1, 1), tenant_mail(2, 1), tenant_mail(3, 1)],
+               [start, start + timedelta(minutes=20), start + timedelta(minutes=51)])
+    doc = daemon.wait_settled(3)
+    assert [m["relation"] for m in sorted(doc["messages"], key=lambda m: m["id"])] == ["first", "incident", "first"]
+    assert len(pagerduty.incidents()) == 2
+
+
+def test_a_mail_loop_pages_once_and_paces_zendesk(tmp_path, live_daemon, zendesk, pagerduty):
+    per_minute = 3000     # 50 a second, burst 20: fast enough for a test, slow enough to see the pacing
+    daemon = live_daemon(policy=True, extra_zendesk=f"requests_per_minute = {per_minute}\n")
+    mails = [make_message(subject=f"Automatic notification {n}", body="Our app is down: 502 Bad Gateway.",
+                          sender="alerts@looping.example", message_id=f"<loop-{n}@looping.example>")
+             for n in range(500)]
+    inject_all(daemon, tmp_path, mails)
+    doc = daemon.wait_settled(500, timeout=120)
+    assert doc["counts"] == {"done": 500}
+    assert len(pagerduty.incidents()) <= 1 and len(triggers(pagerduty)) <= 1
+    assert len(zendesk.tickets()) == 1
+    relations = Counter(m["relation"] for m in doc["messages"])
+    assert relations["storm"] >= 480
+    [ticket] = zendesk.tickets()
+    assert len(public_comments(zendesk, ticket["id"])) == 500
+    stamps = sorted(r.received_at for r in zendesk.requests)
+    busiest = max(sum(1 for t in stamps[i:i + 200] if t - stamps[i] < 1.0) for i in range(len(stamps)))
+    assert busiest <= per_minute / 60 + 20 + 1      # the rate plus the bucket's burst
+    _, metrics = daemon.http_get("/metrics")
+    assert 'emergencyd_relations_total{relation="storm"}' in metrics
+
+
+def test_kill_9_in_the_middle_of_a_storm_changes_nothing(tmp_path, live_daemon, zendesk, pagerduty):
+    daemon = live_daemon(policy=True, extra_zendesk=FAST_ZENDESK)
+    mails = [tenant_mail(t, n) for n in range(4) for t in range(10)]
+    inject_all(daemon, tmp_path, mails)
+    daemon.wait_for(lambda: len(zendesk.tickets()) >= 3, what="the storm to be under way")
+    daemon.kill9()
+    daemon.start()
+    doc = daemon.wait_settled(40, timeout=60)
+    assert doc["counts"] == {"done": 40}
+    assert len(pagerduty.incidents()) == 1
+    tickets = zendesk.tickets()
+    assert len(tickets) == 10 and sorted(Counter(t["type"] for t in tickets).values()) == [1, 9]
+    assert len({t["external_id"] for t in tickets}) == 10
+    assert sum(len(public_comments(zendesk, t["id"])) - 1 for t in tickets) == 30
