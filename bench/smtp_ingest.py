@@ -316,39 +316,11 @@ def _escalation_backlog(path: Path) -> int | None:
         return None
 
 
-def fakes_without_nagle() -> bool:
-    """Set TCP_NODELAY on the fakes' connections (in this process only; tests/fakes is not changed).
-
-    The fakes write a response's headers and body in two sends. With Nagle's algorithm
-    on, the body waits for the client's ACK of the headers, which Linux may delay by
-    up to 40 ms on a busy keep-alive connection: each call to a fake can stall ~40 ms,
-    which no real service behind a real network would add. Returns whether it applied.
-    """
-    import socket
-
-    from tests.fakes import http
-
-    handler = getattr(http, "_Handler", None)
-    original = getattr(handler, "setup", None)
-    if original is None or getattr(original, "_bench_nodelay", False):
-        return original is not None
-
-    def setup(self) -> None:
-        with contextlib.suppress(OSError):
-            self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        original(self)
-
-    setup._bench_nodelay = True
-    handler.setup = setup
-    return True
-
-
 def bench_pagerduty(args, workdir: Path, stack: Cleanup, run: str) -> tuple[dict, dict]:
     from tests.fakes.pagerduty import FakePagerDuty
     from tests.fakes.tls import TestCA
     from tests.fakes.zendesk import FakeZendesk
 
-    nodelay = False if args.fakes_as_is else fakes_without_nagle()
     directory = workdir / "live"
     directory.mkdir()
     ca = TestCA()
@@ -410,7 +382,6 @@ def bench_pagerduty(args, workdir: Path, stack: Cleanup, run: str) -> tuple[dict
                   fake_errors=[repr(e) for e in zendesk.errors + pagerduty.errors],
                   first_page_after_start_ms=_ms(None if first_page is None else first_page - result.started),
                   last_250_after_start_ms=_ms(last_250 - result.started))
-    figures["fakes_tcp_nodelay"] = nodelay
     idle_figures = {"probes": len(idle), "p50_ms": _ms(percentile(idle, 50)),
                     "max_ms": _ms(max(idle) if idle else None)}
     return figures, idle_figures
@@ -527,8 +498,7 @@ def report(info: dict, rows: list[dict], idle: dict | None, args) -> str:
                    f"{_fmt(pd['smtp']['msg_per_s'], 0)} msg/s, p50 {_fmt(pd['smtp']['p50_ms'], 0, 2)} ms, "
                    f"p99 {_fmt(pd['smtp']['p99_ms'], 0, 2)} ms")
         out.append("fakes: FakeZendesk and FakePagerDuty in this process, "
-                   + ("with TCP_NODELAY set by the benchmark (see --fakes-as-is)" if pd.get("fakes_tcp_nodelay")
-                      else "as they are (Nagle on: up to 40 ms extra per call)"))
+                   + "(they set TCP_NODELAY, as a real service's front end does)")
         if pd.get("first_page_after_start_ms") is not None:
             out.append(f"burst timeline: last 250 at {pd['last_250_after_start_ms'] / 1000:.2f}s, first page at "
                        f"{pd['first_page_after_start_ms'] / 1000:.2f}s, last page at {pd['seconds']:.2f}s "
@@ -568,8 +538,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="messages sent one at a time to PagerDuty before the burst (5)")
     parser.add_argument("--page-timeout", type=float, default=60.0,
                         help="seconds to wait for every page after the burst (60)")
-    parser.add_argument("--fakes-as-is", action="store_true",
-                        help="leave Nagle's algorithm on in the HTTPS fakes (adds up to 40 ms per call)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
     parser.add_argument("--tmpdir", type=Path, help="where the spool and stores go (default: the system's "
                         "temp dir); use the disk you mean to measure, not a tmpfs")

@@ -79,7 +79,8 @@ class Escalator:
         self._observer = observer
         self._actions = Actions(desk, pager, dry_run=settings.dry_run)
         self._deciding = asyncio.Lock()
-        self._comment_progress = asyncio.Condition()
+        self._comments_done: dict[int, asyncio.Event] = {}   # message pk -> its comment went (or failed)
+        self._comments_running: set[int] = set()
         self._new_pages: deque[float] = deque()
         self._limits = {name: asyncio.Semaphore(settings.concurrency) for name in ("zendesk", "pagerduty")}
         self._threads = {name: ThreadPoolExecutor(settings.concurrency, thread_name_prefix=name)
@@ -109,36 +110,39 @@ class Escalator:
                         own_addresses=self._settings.own_addresses, own_hostnames=self._settings.own_hostnames,
                         policy=self.policy)
 
-    async def _decide_and_plan(self, pk: int, parsed: ParsedMessage) -> None:
-        async with self._deciding:
-            record = await self._store.record(pk)
-            if record.state != NEW:
-                return
-            verdict = self.decide(record, parsed)
-            relation, relation_facts = await self._relate(record, parsed, verdict)
-            await self._store.plan(pk, subject=parsed.subject, sender=content.requester_of(record, parsed),
-                                   steps=self.planned_steps(verdict, relation), verdict=verdict.as_dict(),
-                                   relation={**asdict(relation), **relation_facts})
+    async def _decide_and_plan(self, record: EscalationRecord, parsed: ParsedMessage) -> None:
+        verdict = self.decide(record, parsed)
+        async with self._deciding:       # arrival order: the first report opens the incident
+            relation = await self._store.call(self._relate_and_plan, record, parsed, verdict)
+        if relation is None:
+            return
         self._observer.decided(verdict)
         self._observer.related(relation.kind)
-        log.info("decided", extra={"message_pk": pk, "decision": content.describe_verdict(verdict.as_dict()),
-                                   "relation": relation.kind, "why": relation.reason})
+        log.info("decided", extra={"message_pk": record.message_pk, "relation": relation.kind,
+                                   "decision": content.describe_verdict(verdict.as_dict()), "why": relation.reason})
 
-    async def _relate(self, record: EscalationRecord, parsed: ParsedMessage,
-                      verdict: Verdict) -> tuple[Relation, dict]:
-        if verdict.suppressed:
-            return Relation(ALONE, "noise"), {}
+    def _relate_and_plan(self, record: EscalationRecord, parsed: ParsedMessage, verdict: Verdict) -> Relation | None:
+        """On the store's thread, in one go: what is known of related mail, then the plan."""
+        store = self._store.sync
+        if store.record(record.message_pk).state != NEW:
+            return None
         sender_key = (content.requester_of(record, parsed) or "").lower() or None
         grouping = self._settings.grouping
         print_ = fingerprint(verdict, parsed, grouping)
-        facts = await self._store.grouping_facts(
-            record.message_pk, message_ids=tuple(dict.fromkeys(parsed.in_reply_to + parsed.references))[:50],
-            ticket_ref=ticket_reference(parsed.subject), sender_key=sender_key, fingerprint=print_,
-            received_at=record.envelope.received_at, settings=grouping)
-        relation = relate(verdict, facts, grouping)
-        extra = {"fingerprint": print_, "sender_key": sender_key, "category": verdict.category,
-                 "severity": verdict.severity, "encoded_ids": encoded_ids(parsed.text)}
-        return relation, extra
+        if verdict.suppressed:
+            relation = Relation(ALONE, "noise")
+        else:
+            facts = store.grouping_facts(
+                record.message_pk, message_ids=tuple(dict.fromkeys(parsed.in_reply_to + parsed.references))[:50],
+                ticket_ref=ticket_reference(parsed.subject), sender_key=sender_key, fingerprint=print_,
+                received_at=record.envelope.received_at, settings=grouping)
+            relation = relate(verdict, facts, grouping)
+        store.plan(record.message_pk, subject=parsed.subject, sender=content.requester_of(record, parsed),
+                   steps=self.planned_steps(verdict, relation), verdict=verdict.as_dict(),
+                   relation={**asdict(relation), "fingerprint": print_, "sender_key": sender_key,
+                             "category": verdict.category, "severity": verdict.severity,
+                             "encoded_ids": encoded_ids(parsed.text)})
+        return relation
 
     # -- running ---------------------------------------------------------------------
 
@@ -147,7 +151,7 @@ class Escalator:
         parsed = parse_message(await self._store.raw(pk))
         record = await self._store.record(pk)
         if record.state == NEW:
-            await self._decide_and_plan(pk, parsed)
+            await self._decide_and_plan(record, parsed)
             record = await self._store.record(pk)
         running: dict[str, asyncio.Task] = {}
         while record.state == PENDING:
@@ -210,22 +214,29 @@ class Escalator:
         return "parent ticket"
 
     async def _earlier_comments_done(self, record: EscalationRecord) -> bool:
-        """Wait briefly for earlier comments on the same ticket; defer when they are backing off."""
+        """Wait briefly for the previous comment on the same ticket; defer when it is backing off.
+
+        Each comment waits only on its predecessor's event, so a loop of 500 mails costs
+        500 look-ups, not 500 squared.
+        """
         deadline = time.monotonic() + 2 * CROSS_WAIT_SECONDS
         while True:
             earlier = await self._store.earlier_pending_comment(record.message_pk, record.parent_pk,
                                                                 record.target_ticket_id)
             if earlier is None:
                 return True
-            if time.monotonic() > deadline or earlier[1] > time.time() + CROSS_WAIT_SECONDS:
+            earlier_pk, earlier_due = earlier
+            # A predecessor in flight will finish (or fail) and say so: wait for it as long as it takes.
+            remaining = None if earlier_pk in self._comments_running else deadline - time.monotonic()
+            if (remaining is not None and remaining <= 0) or earlier_due > time.time() + CROSS_WAIT_SECONDS:
                 await self._store.defer_step(record.message_pk, COMMENT,
-                                             max(earlier[1], time.time() + CROSS_WAIT_SECONDS))
+                                             max(earlier_due, time.time() + CROSS_WAIT_SECONDS))
                 return False
-            async with self._comment_progress:
-                try:
-                    await asyncio.wait_for(self._comment_progress.wait(), CROSS_WAIT_SECONDS)
-                except asyncio.TimeoutError:
-                    pass
+            done = self._comments_done.setdefault(earlier_pk, asyncio.Event())
+            try:
+                await asyncio.wait_for(done.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
 
     async def _start(self, record: EscalationRecord, parsed: ParsedMessage, name: str,
                      running: dict[str, asyncio.Task]) -> None:
@@ -236,10 +247,15 @@ class Escalator:
             record = await self._store.record(record.message_pk)
         if name == PAGE and not await self._page_allowed(record):
             return
-        await self._run_step(record, parsed, name)
-        if name == COMMENT:
-            async with self._comment_progress:
-                self._comment_progress.notify_all()
+        if name != COMMENT:
+            await self._run_step(record, parsed, name)
+            return
+        self._comments_running.add(record.message_pk)
+        try:
+            await self._run_step(record, parsed, name)
+        finally:
+            self._comments_running.discard(record.message_pk)
+            self._comments_done.pop(record.message_pk, asyncio.Event()).set()
 
     async def _page_allowed(self, record: EscalationRecord) -> bool:
         """A cap on new incidents per minute guards the on-call engineer from a loop; pages wait, never drop."""

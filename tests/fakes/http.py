@@ -135,6 +135,9 @@ class _Handler(BaseHTTPRequestHandler):
         # Handshake here, in the connection's own thread, so a slow or failing
         # client cannot stall the accept loop.
         self.request.settimeout(10)
+        # Headers and body go out in two writes: without this, Nagle holds the body
+        # for the client's delayed ACK, adding ~40 ms to every answer.
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.request.do_handshake()
         self.request.settimeout(None)
         super().setup()
