@@ -11,11 +11,13 @@ import hashlib
 import json
 import os
 import sqlite3
+import threading
 import time
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 from escalation.records import (
     DONE, FAILED, NEW, PENDING, SUPPRESSED, STEP_DONE, STEP_FAILED, STEP_PENDING, STEP_ORDER,
@@ -39,15 +41,53 @@ class IngestResult:
     duplicate: bool
 
 
+class WriteGate:
+    """One writer at a time within the process, ingest first.
+
+    SQLite's own busy handler polls with sleeps and is not fair: in a storm the
+    escalation thread's many short transactions could starve ingest into 451s.
+    Within one process, writers queue here instead, and ingest goes ahead of the
+    escalation bookkeeping. Other processes (`inject`) still meet busy_timeout.
+    """
+
+    def __init__(self, timeout_seconds: float):
+        self._cond = threading.Condition()
+        self._busy = False
+        self._priority_waiting = 0
+        self._timeout = timeout_seconds
+
+    @contextmanager
+    def hold(self, *, priority: bool) -> Iterator[None]:
+        with self._cond:
+            self._priority_waiting += priority
+            try:
+                free = self._cond.wait_for(
+                    lambda: not self._busy and (priority or not self._priority_waiting), self._timeout)
+            finally:
+                self._priority_waiting -= priority
+            if not free:
+                raise sqlite3.OperationalError("database is locked (waited for another writer in this process)")
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+
 class Store(GroupingQueries):
     """Synchronous store. One connection; callers serialise access (AsyncStore does)."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path):
+    def __init__(self, conn: sqlite3.Connection, path: Path, *, gate: WriteGate, priority: bool = False):
         self._conn = conn
         self.path = path
+        self._gate = gate
+        self._priority = priority
 
     @classmethod
-    def open(cls, path: Path, *, busy_timeout_ms: int = 5000) -> "Store":
+    def open(cls, path: Path, *, busy_timeout_ms: int = 5000, gate: WriteGate | None = None,
+             priority: bool = False) -> "Store":
         path.parent.mkdir(parents=True, exist_ok=True)
         _create_private(path)
         try:
@@ -57,7 +97,7 @@ class Store(GroupingQueries):
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
-            store = cls(conn, path)
+            store = cls(conn, path, gate=gate or WriteGate(busy_timeout_ms / 1000), priority=priority)
             store._migrate()
             return store
         except sqlite3.DatabaseError as exc:
@@ -82,8 +122,10 @@ class Store(GroupingQueries):
                     self._conn.execute(statement)
                 self._conn.execute(f"PRAGMA user_version = {version}")
 
-    def _transaction(self, *, rollback: bool = False) -> "_Transaction":
-        return _Transaction(self._conn, rollback=rollback)
+    @contextmanager
+    def _transaction(self, *, rollback: bool = False) -> Iterator[None]:
+        with self._gate.hold(priority=self._priority), _Transaction(self._conn, rollback=rollback):
+            yield
 
     # -- ingest -----------------------------------------------------------------
 
@@ -325,8 +367,9 @@ class AsyncStore:
 
     @classmethod
     def open(cls, path: Path, *, busy_timeout_ms: int) -> "AsyncStore":
-        return cls(Store.open(path, busy_timeout_ms=busy_timeout_ms),
-                   Store.open(path, busy_timeout_ms=busy_timeout_ms))
+        gate = WriteGate(busy_timeout_ms / 1000)
+        return cls(Store.open(path, busy_timeout_ms=busy_timeout_ms, gate=gate),
+                   Store.open(path, busy_timeout_ms=busy_timeout_ms, gate=gate, priority=True))
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()

@@ -119,6 +119,9 @@ class GroupingQueries:
                                           (group_id,)).fetchone()[0]
         if relation.get("repage") or relation["kind"] == "alone":
             page_key = dedup_key
+        elif relation["kind"] == "thread" and relation.get("parent_pk") is not None:
+            page_key = self._conn.execute("SELECT page_key FROM escalations WHERE message_pk = ?",
+                                          (relation["parent_pk"],)).fetchone()[0]
         self._conn.execute(
             "UPDATE escalations SET relation = ?, relation_reason = ?, parent_pk = ?, target_ticket_id = ?,"
             " group_id = ?, page_key = ?, sender_key = ? WHERE message_pk = ?",

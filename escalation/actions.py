@@ -85,17 +85,37 @@ class Actions:
         return {"ticket_id": ticket_id}, {"ticket_id": ticket_id}
 
     def page(self, ctx: StepContext) -> StepResult:
-        ticket_url = self._ticket_url(ctx.record.ticket_id)
+        record = ctx.record
+        ticket_url = self._ticket_url(record.ticket_id)
         problem_url = self._ticket_url(ctx.parent.ticket_id) if ctx.parent is not None else None
-        request = content.page_request(ctx.record, ctx.parsed, ticket_url, problem_url=problem_url, group=ctx.group)
+        request = content.page_request(record, ctx.parsed, ticket_url, problem_url=problem_url, group=ctx.group)
         if self._dry_run:
             return self._would(request)
+        resolved = self._resolved_incident(record)
+        if record.comments_only and not record.pages_on_its_own and resolved is None:
+            return {"skipped": "the incident is still open, or there is none: the comment is enough"}, {}
         dedup_key = self._pager.trigger(request)
-        return ({"dedup_key": dedup_key, "carried_ticket_link": ticket_url is not None},
-                {"paged_at": time.time()})
+        result = {"dedup_key": dedup_key, "carried_ticket_link": ticket_url is not None}
+        if resolved is not None:
+            # Events act only on an open alert: this trigger opened a new incident.
+            result.update({"reopened": True, "resolved_incident": resolved.html_url})
+        return result, {"paged_at": time.time()}
+
+    def _resolved_incident(self, record: EscalationRecord):
+        """With a REST token: the incident this follow-up belongs to, when PagerDuty already resolved it."""
+        if not self.has_rest_api or record.relation in ("first", "alone") or not record.page_key:
+            return None
+        incident = self._pager.find_incident(record.page_key)
+        return incident if incident is not None and incident.status == "resolved" else None
 
     def link_ticket(self, ctx: StepContext) -> StepResult:
         record = ctx.record
+        page = record.step(PAGE).result if record.step(PAGE) else {}
+        if page.get("skipped"):
+            return {"skipped": "nothing was paged"}, {}
+        if page.get("reopened"):
+            return self._post_note(content.reopened_note(record, record.ticket_id or 0, page["resolved_incident"]),
+                                   ctx.prior_attempts)
         incident_url = record.incident_url
         if not self._dry_run and incident_url is None and self.has_rest_api:
             incident = self._pager.find_incident(record.page_key or record.dedup_key)

@@ -208,6 +208,13 @@ def link_note(record: EscalationRecord, ticket_id: int, incident_url: str | None
 PAGERDUTY_SEVERITY = {"high": "critical", "low": "warning"}
 
 
+def reopened_note(record: EscalationRecord, ticket_id: int, resolved_url: str) -> NoteRequest:
+    marker = f"[emergencyd:reopened:{record.dedup_key}]"
+    body = (f"PagerDuty had already resolved the incident for this ({resolved_url}). This follow-up, received "
+            f"{iso(record.envelope.received_at)}, opened a new incident with dedup_key {record.page_key}.")
+    return NoteRequest(ticket_id, f"{body}\n\n{marker}", marker)
+
+
 def page_request(record: EscalationRecord, parsed: ParsedMessage, ticket_url: str | None, *,
                  problem_url: str | None = None, group: dict[str, Any] | None = None) -> PageRequest:
     sender = requester_of(record, parsed) or "unknown sender"

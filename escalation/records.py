@@ -101,6 +101,11 @@ class EscalationRecord:
     def comments_only(self) -> bool:
         return self.relation in ("thread", "storm", "repeat")
 
+    @property
+    def pages_on_its_own(self) -> bool:
+        """Its own incident: a new one, or a reply that raised the conversation's severity."""
+        return self.page_key is not None and self.page_key == self.dedup_key
+
     def step(self, name: str) -> StepRecord | None:
         return next((s for s in self.steps if s.name == name), None)
 

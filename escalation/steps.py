@@ -94,7 +94,12 @@ class Escalator:
 
     def planned_steps(self, verdict: Verdict, relation: Relation) -> tuple[str, ...]:
         if relation.kind in ("thread", "storm", "repeat"):
-            return (COMMENT,) + ((PAGE,) if relation.repage else ())
+            if relation.repage:
+                return (COMMENT, PAGE)
+            if relation.kind != "storm" and self._actions.has_rest_api:
+                # A follow-up to an incident PagerDuty already resolved opens a new one (page checks first).
+                return (COMMENT, PAGE, LINK_TICKET)
+            return (COMMENT,)
         steps: tuple[str, ...] = (TICKET, TICKET_NOTE) if verdict.ticket else ()
         if verdict.page:
             steps += (PAGE, LINK_TICKET) if verdict.ticket else (PAGE,)
@@ -261,6 +266,8 @@ class Escalator:
         """A cap on new incidents per minute guards the on-call engineer from a loop; pages wait, never drop."""
         if record.relation == INCIDENT or record.step(PAGE).attempts:
             return True     # joins an open incident, or was already let through once
+        if record.comments_only and not record.pages_on_its_own:
+            return True     # a follow-up only looks whether its incident was resolved
         now = time.time()
         while self._new_pages and self._new_pages[0] < now - 60:
             self._new_pages.popleft()
@@ -289,7 +296,7 @@ class Escalator:
         self._observer.step_finished(integration, name, "success", "2xx")
         log.info("step done", extra={"message_pk": pk, "step": name, "attempt": prior_attempts + 1,
                                      "dedup_key": record.page_key or record.dedup_key})
-        if name == PAGE and not result.get("dry_run"):
+        if name == PAGE and not result.get("dry_run") and not result.get("skipped"):
             self._observer.paged(time.time() - record.envelope.received_at)
 
     async def _context(self, record: EscalationRecord, parsed: ParsedMessage, prior_attempts: int) -> StepContext:

@@ -59,7 +59,8 @@ def test_a_reply_a_forward_and_a_ticket_reference_become_comments(live_daemon, z
     relations = {m["message_id"]: m for m in doc["messages"]}
     for mid in ("reply@tenant.example", "fwd@colleague.example", "ref@tenant.example"):
         assert relations[mid]["relation"] == "thread", relations[mid]
-        assert relations[mid]["ticket_id"] == ticket_id and "page" not in relations[mid]["steps"]
+        assert relations[mid]["ticket_id"] == ticket_id
+        assert relations[mid]["steps"]["page"]["result"]["skipped"]      # looked: the incident is open
     assert len(zendesk.tickets()) == 1 and len(triggers(pagerduty)) == 1
     comments = public_comments(zendesk, ticket_id)[1:]
     assert [c["body"].split("\n")[0] for c in comments] == [
@@ -183,3 +184,23 @@ def test_kill_9_in_the_middle_of_a_storm_changes_nothing(tmp_path, live_daemon, 
     assert len(tickets) == 10 and sorted(Counter(t["type"] for t in tickets).values()) == [1, 9]
     assert len({t["external_id"] for t in tickets}) == 10
     assert sum(len(public_comments(zendesk, t["id"])) - 1 for t in tickets) == 30
+
+
+def test_a_follow_up_to_a_resolved_incident_opens_a_new_one(live_daemon, zendesk, pagerduty):
+    daemon = live_daemon(policy=True)
+    daemon.send(tenant_mail(1, 1))
+    [first] = daemon.wait_settled(1)["messages"]
+    daemon.send(tenant_mail(1, 2, body="Still down, any news?"))          # still open: a comment only
+    daemon.wait_settled(2)
+    assert len(pagerduty.incidents()) == 1
+    pagerduty.resolve(first["page_key"])
+    daemon.send(tenant_mail(1, 3, body="It is down again!"))
+    doc = daemon.wait_settled(3)
+    follow_up = max(doc["messages"], key=lambda m: m["id"])
+    assert follow_up["relation"] == "repeat"
+    assert follow_up["steps"]["page"]["result"]["reopened"] is True
+    incidents = pagerduty.incidents()
+    assert [i["status"] for i in incidents] == ["resolved", "triggered"]
+    assert incidents[1]["dedup_key"] == first["page_key"]
+    notes = [c["body"] for c in zendesk.comments(first["ticket_id"]) if not c["public"]]
+    assert any("had already resolved the incident" in n and incidents[0]["html_url"] in n for n in notes)
