@@ -511,10 +511,12 @@ def report(info: dict, f: dict) -> str:
         f"          public comments {zd['public_comments']} (expected {expected_comments}), private notes "
         f"{zd['private_notes']}",
         f"          calls {zd['calls']}: {', '.join(f'{k} {v}' for k, v in zd['calls_by_kind'].items())}",
-        f"          calls per minute: average {_fmt(zd['calls_per_minute_avg'], 0)} over "
-        f"{zd['span_s'] / 60:.1f} min (first to last call), max {zd['calls_per_minute_max_60s_window']} in any 60 s "
-        f"window; configured {zd['configured_rpm']}/min, bucket {zd['bucket_burst']}: at most "
-        f"{zd['window_bound']} in a window",
+        "          calls per minute: "
+        + (f"average {zd['calls_per_minute_avg']:.1f} over {zd['span_s'] / 60:.1f} min (first to last call)"
+           if zd["calls_per_minute_avg"] is not None else
+           f"no average, all calls came within {zd['span_s']:.1f} s")
+        + f", max {zd['calls_per_minute_max_60s_window']} in any 60 s window; configured "
+        f"{zd['configured_rpm']}/min, bucket {zd['bucket_burst']}: at most {zd['window_bound']} in a window",
         f"          429s: {zd['status_429']} (the fake never answers 429; it only sends X-Rate-Limit headers); "
         f"statuses {', '.join(f'{k}: {v}' for k, v in zd['statuses'].items())}",
     ]
