@@ -79,4 +79,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX escalations_group ON escalations(group_id);
     CREATE INDEX messages_message_id ON messages(message_id)
     """,
+    # 4: Zendesk's encoded ids ("[7ZVQ3M-J7K4]") learnt from replies, to the escalation holding the ticket.
+    """
+    CREATE TABLE encoded_ids (
+        encoded_id TEXT PRIMARY KEY,
+        message_pk INTEGER NOT NULL REFERENCES messages(id)
+    )
+    """,
 )

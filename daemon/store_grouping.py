@@ -21,8 +21,8 @@ class GroupingQueries:
 
     def grouping_facts(self, pk: int, *, message_ids: tuple[str, ...], ticket_ref: int | None,
                        sender_key: str | None, fingerprint: str | None, received_at: float,
-                       settings: GroupingSettings) -> GroupingFacts:
-        parent = self._thread_parent(pk, message_ids)
+                       settings: GroupingSettings, encoded_ids: tuple[str, ...] = ()) -> GroupingFacts:
+        parent = self._thread_parent(pk, message_ids) or self._encoded_parent(encoded_ids)
         referenced = None
         if parent is None and ticket_ref is not None:
             parent = self._escalation_with_ticket(ticket_ref)
@@ -45,6 +45,14 @@ class GroupingQueries:
             f"SELECT m.id FROM messages m WHERE m.message_id IN ({marks}) AND m.id < ? ORDER BY m.id DESC LIMIT 1",
             (*message_ids, pk)).fetchone()
         return self._ticket_holder(row[0]) if row else None
+
+    def _encoded_parent(self, encoded_ids: tuple[str, ...]) -> Related | None:
+        """Zendesk's encoded id cannot be decoded here; one learnt from an earlier reply can be looked up."""
+        for encoded in encoded_ids:
+            row = self._conn.execute("SELECT message_pk FROM encoded_ids WHERE encoded_id = ?", (encoded,)).fetchone()
+            if row:
+                return self._ticket_holder(row[0])
+        return None
 
     def _ticket_holder(self, pk: int) -> Related | None:
         """Follow comments to the escalation whose ticket they went on."""
@@ -122,6 +130,11 @@ class GroupingQueries:
         elif relation["kind"] == "thread" and relation.get("parent_pk") is not None:
             page_key = self._conn.execute("SELECT page_key FROM escalations WHERE message_pk = ?",
                                           (relation["parent_pk"],)).fetchone()[0]
+        holder = relation.get("parent_pk") if relation["kind"] == "thread" else pk
+        for encoded in relation.get("encoded_ids") or ():
+            if holder is not None:
+                self._conn.execute("INSERT OR IGNORE INTO encoded_ids (encoded_id, message_pk) VALUES (?, ?)",
+                                   (encoded, holder))
         self._conn.execute(
             "UPDATE escalations SET relation = ?, relation_reason = ?, parent_pk = ?, target_ticket_id = ?,"
             " group_id = ?, page_key = ?, sender_key = ? WHERE message_pk = ?",

@@ -140,7 +140,7 @@ class Escalator:
             facts = store.grouping_facts(
                 record.message_pk, message_ids=tuple(dict.fromkeys(parsed.in_reply_to + parsed.references))[:50],
                 ticket_ref=ticket_reference(parsed.subject), sender_key=sender_key, fingerprint=print_,
-                received_at=record.envelope.received_at, settings=grouping)
+                received_at=record.envelope.received_at, settings=grouping, encoded_ids=encoded_ids(parsed.text))
             relation = relate(verdict, facts, grouping)
         store.plan(record.message_pk, subject=parsed.subject, sender=content.requester_of(record, parsed),
                    steps=self.planned_steps(verdict, relation), verdict=verdict.as_dict(),

@@ -204,3 +204,19 @@ def test_a_follow_up_to_a_resolved_incident_opens_a_new_one(live_daemon, zendesk
     assert incidents[1]["dedup_key"] == first["page_key"]
     notes = [c["body"] for c in zendesk.comments(first["ticket_id"]) if not c["public"]]
     assert any("had already resolved the incident" in n and incidents[0]["html_url"] in n for n in notes)
+
+
+def test_zendesk_encoded_ids_are_learnt_from_replies(live_daemon, zendesk, pagerduty):
+    daemon = live_daemon(policy=True)
+    daemon.send(make_message(subject="Database is down", body="Our database is down.", message_id="<o@t.example>"))
+    [first] = daemon.wait_settled(1)["messages"]
+    # A reply to Zendesk's notification: threaded by References, carrying the encoded id.
+    daemon.send(make_message(subject="Re: Database is down", message_id="<r1@t.example>",
+                             body="Any news?\n\n[7ZVQ3M-J7K4]", extra_headers="References: <o@t.example>\r\n"))
+    # A later mail whose client dropped the headers: only the encoded id ties it to the ticket.
+    daemon.send(make_message(subject="Database", message_id="<r2@t.example>", sender="cto@t.example",
+                             body="Please escalate this. [7ZVQ3M-J7K4]"))
+    doc = daemon.wait_settled(3)
+    last = next(m for m in doc["messages"] if m["message_id"] == "r2@t.example")
+    assert last["relation"] == "thread" and last["ticket_id"] == first["ticket_id"]
+    assert len(zendesk.tickets()) == 1 and len(pagerduty.incidents()) == 1
