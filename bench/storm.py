@@ -24,6 +24,7 @@ import random
 import re
 import shutil
 import signal
+import smtplib
 import sys
 import tempfile
 import threading
@@ -36,8 +37,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.smtp_ingest import (  # noqa: E402
-    Cleanup, OtherLoad, _escalation_backlog, _fmt, _terminate, cpu_seconds, machine, percentile, run_load,
-    start_emergencyd, stop_daemon,
+    SMTP_TIMEOUT, Cleanup, OtherLoad, _escalation_backlog, _fmt, _send_one, _terminate, cpu_seconds, machine,
+    percentile, run_load, start_emergencyd, stop_daemon,
 )
 from escalation.pacing import Pacer  # noqa: E402
 from tests.harness import (  # noqa: E402
@@ -133,6 +134,24 @@ def storm_messages(run: str, tenants: int, per_tenant: int, seed: int = 1) -> li
                            message_id=f"<{run}.t{t:03d}.{n:03d}@mail.{domain}>", extra_headers=extra)
         messages.append((f"t{t}-{n}", raw))
     return messages
+
+
+def canary_message(run: str) -> tuple[str, bytes]:
+    """An unrelated P1 (security breach, paged at high urgency) from a tenant outside the storm."""
+    message_id = f"{run}.canary@mail.othercorp.example"
+    body = ("We found our admin credentials leaked on a paste site an hour ago and now see unauthorised\r\n"
+            "access to our space from an address we do not know (192.0.2.77). We have rotated what we\r\n"
+            "can; please lock the account and call us.\r\n\r\nOthercorp security team\r\n")
+    raw = make_message(subject="Security breach: credentials leaked", body=body, sender="security@othercorp.example",
+                       message_id=f"<{message_id}>")
+    return message_id, raw
+
+
+def send_canary(port: int, raw: bytes) -> tuple[float, int]:
+    """One mail on its own connection; (monotonic time just before data(), reply code)."""
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="bench.localhost", timeout=SMTP_TIMEOUT) as client:
+        start, _, code = _send_one(client, raw)
+    return start, code
 
 
 # --- watching the daemon ----------------------------------------------------------
@@ -303,7 +322,7 @@ def log_problems(path: Path) -> dict:
     }
 
 
-def relations_of(config: Path, total: int) -> dict:
+def relations_of(config: Path, total: int, canary_id: str | None = None) -> dict:
     result = run_cli(config, "status", "--json", "--limit", str(total + 10), env=live_env(), check=False)
     if result.returncode != 0:
         return {"error": result.stderr.strip()[-500:]}
@@ -323,6 +342,8 @@ def relations_of(config: Path, total: int) -> dict:
                    for g in doc["groups"]],
         "failed_steps": dict(failed_steps),
         "pending_steps": dict(pending_steps.most_common()),
+        "canary": next(({k: m[k] for k in ("relation", "severity", "page_key", "dedup_key", "state")}
+                        for m in messages if canary_id and m["message_id"] == canary_id), None),
     }
 
 
@@ -401,6 +422,11 @@ def bench_storm(args, workdir: Path, stack: Cleanup, run: str) -> dict:
     accept_s = result.finished - began
     rss_accepted = proc_status_kb(pid, "VmRSS")
     cpu_accepted = cpu_seconds(pid)
+    canary_id = canary_sent = None
+    if args.canary:
+        canary_id, canary_raw = canary_message(run)
+        canary_sent, code = send_canary(daemon.smtp_port, canary_raw)
+        print(f"  canary (unrelated P1) sent at {canary_sent - began:.1f}s: {code}", file=sys.stderr, flush=True)
     print(f"  accepted {len(accepted)}/{len(messages)} in {accept_s:.1f}s; draining (up to "
           f"{args.drain_timeout:g}s after the burst began) ...", file=sys.stderr, flush=True)
 
@@ -409,7 +435,7 @@ def bench_storm(args, workdir: Path, stack: Cleanup, run: str) -> dict:
     cpu_end = cpu_seconds(pid)
     hwm = proc_status_kb(pid, "VmHWM")
     rss_end = proc_status_kb(pid, "VmRSS")
-    relations = relations_of(daemon.config, len(messages))
+    relations = relations_of(daemon.config, len(messages) + 1, canary_id)
     sampler.stop()
     peak = sampler.peak()
     stop_daemon(daemon)
@@ -420,6 +446,15 @@ def bench_storm(args, workdir: Path, stack: Cleanup, run: str) -> dict:
         return None if None in (cpu_a, cpu_b) or seconds <= 0 else round(100 * (cpu_b - cpu_a) / seconds)
 
     drain_seconds = ended - result.finished
+    canary = None
+    if args.canary:
+        key = (relations.get("canary") or {}).get("page_key") or (relations.get("canary") or {}).get("dedup_key")
+        paged = min((r.received_at for r in pagerduty.requests_matching(r"^/v2/enqueue$", "POST")
+                     if isinstance(r.json, dict) and r.json.get("event_action") == "trigger"
+                     and key and r.json.get("dedup_key") == key), default=None)
+        canary = {"sent_s": round(canary_sent - began, 3), "record": relations.get("canary"),
+                  "paged_s": None if paged is None else round(paged - began, 3),
+                  "page_latency_s": None if paged is None else round(paged - canary_sent, 3)}
     return {
         "mails": len(messages), "tenants": args.tenants, "per_tenant": args.per_tenant,
         "connections": args.connections, "zendesk_rpm": args.zendesk_rpm, "max_new_pages": args.max_new_pages,
@@ -442,6 +477,7 @@ def bench_storm(args, workdir: Path, stack: Cleanup, run: str) -> dict:
                 "total_s": None if None in (cpu_start, cpu_end) else round(cpu_end - cpu_start, 1)},
         "log": log_problems(daemon.log_path),
         "observed_s": round(ended - began, 1),
+        "canary": canary,
     }
 
 
@@ -479,8 +515,11 @@ def header(info: dict, title: str) -> list[str]:
 
 def report(info: dict, f: dict) -> str:
     smtp, pd, zd, store, drained = f["smtp"], f["pagerduty"], f["zendesk"], f["store"], f["drain"]
-    expected_tickets = f"1 + {f['tenants'] - 1}"
+    canary = f.get("canary")
+    expected_tickets = f"1 + {f['tenants'] - 1}" + (" + 1 canary problem" if canary else "")
+    expected_incidents = 2 if canary else 1
     expected_comments = f["tenants"] * (f["per_tenant"] - 1)
+    accepted_label = f"last 250 ({smtp['accepted']}/{f['mails']} accepted)"
     out = header(info, "emergencyd storm benchmark") + [
         "",
         f"storm     {f['mails']} mails from {f['tenants']} tenants ({f['per_tenant']} each, "
@@ -491,16 +530,22 @@ def report(info: dict, f: dict) -> str:
         + (f"{f['max_new_pages']} (not the shipped default)" if f["max_new_pages"] is not None else "shipped default"),
         "",
         "timeline, from the start of the burst:",
-        f"  page (first trigger at the fake PagerDuty)  {_secs(pd['first_trigger_s'])}",
-        f"  last 250 ({smtp['accepted']}/{f['mails']} accepted)          {_secs(smtp['last_250_s'])}"
+        f"  {'page (first trigger at the fake PagerDuty)':<44}{_secs(pd['first_trigger_s'])}",
+        f"  {accepted_label:<44}{_secs(smtp['last_250_s'])}"
         f"   {_fmt(smtp['msg_per_s'], 0)} msg/s, data() p50 {_fmt(smtp['p50_ms'], 0, 1)} ms, "
         f"p99 {_fmt(smtp['p99_ms'], 0, 1)} ms, max {_fmt(smtp['max_ms'], 0, 1)} ms",
-        f"  last Zendesk call                           {_secs(zd['last_call_s'])}",
-        f"  drained (status: none new or pending)       "
+        f"  {'last Zendesk call':<44}{_secs(zd['last_call_s'])}",
+        f"  {'drained (status: none new or pending)':<44}"
         + (_secs(drained['drained_s']) if drained.get("drained_s") is not None
            else f"NOT DRAINED: {drained.get('reason')}, after {_secs(f['observed_s'])}"),
+    ]
+    if canary:
+        out.append(f"  canary: an unrelated P1 (security breach) sent at {_secs(canary['sent_s'])}, paged at "
+                   f"{_secs(canary['paged_s'])}: {_secs(canary['page_latency_s'])} after it was sent"
+                   + ("" if canary["paged_s"] is not None else " (NOT PAGED)"))
+    out += [
         "",
-        f"PagerDuty incidents {pd['incidents']} (expected 1), trigger events {pd['trigger_events']} "
+        f"PagerDuty incidents {pd['incidents']} (expected {expected_incidents}), trigger events {pd['trigger_events']} "
         f"(dedup keys {pd['dedup_keys']}), other events {pd['other_events']}; last trigger at "
         f"{_secs(pd['last_trigger_s'])}",
         f"          REST API calls {pd['rest_calls']} (max {pd['rest_calls_max_60s_window']} in a 60 s window, "
@@ -567,6 +612,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds after the burst began to wait for every escalation (2400 = 40 min)")
     parser.add_argument("--max-new-pages", type=int, metavar="N",
                         help="set [dedup] max_new_pages_per_minute (default: not set, the shipped 10)")
+    parser.add_argument("--canary", action="store_true",
+                        help="after the last 250, send one unrelated P1 (a security breach) and time its page")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
     parser.add_argument("--tmpdir", type=Path, help="where the store goes (default: the system's temp dir); "
                         "not a tmpfs")

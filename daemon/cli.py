@@ -15,6 +15,7 @@ from daemon.store import Store, StoreError
 from escalation.records import Envelope
 
 DEFAULT_CONFIG = "config.toml"
+INJECT_BUSY_TIMEOUT_MS = 30_000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,7 +86,9 @@ def cmd_inject(config: Config, args: argparse.Namespace) -> int:
     except ValueError:
         print(f"emergencyd: --received-at {args.received_at!r} is not an ISO-8601 time", file=sys.stderr)
         return 2
-    store = Store.open(config.store.path, busy_timeout_ms=config.store.busy_timeout_ms)
+    # Unlike an SMTP client, whose server retries a 451, `inject` has no one to retry for it:
+    # it waits longer for a running daemon's writes before giving up.
+    store = Store.open(config.store.path, busy_timeout_ms=max(config.store.busy_timeout_ms, INJECT_BUSY_TIMEOUT_MS))
     failures = 0
     try:
         for path in args.files:
