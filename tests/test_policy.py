@@ -101,6 +101,12 @@ def test_a_test_of_the_address_is_not_an_incident():
     assert verdict.category == "test_message" and not verdict.page
 
 
+def test_a_forwarded_bounce_gets_a_ticket_but_no_page():
+    verdict = verdict_of(mail("Fwd: Returned mail: see transcript for details",
+                              "Forward the message.\n\n> From: Mail Delivery Subsystem <MAILER-DAEMON>"), at=OVERNIGHT)
+    assert verdict.category == "forwarded_bounce" and verdict.ticket and not verdict.page
+
+
 def test_quoted_history_does_not_decide():
     body = "Thanks, all fine now.\n\nOn Tue, 24 Nov 2026 at 10:00, Dev wrote:\n> all our apps are down"
     assert verdict_of(mail("Re: outage", body)).category != "apps_not_served"
