@@ -7,7 +7,7 @@ from tests.fakes.pagerduty import FakePagerDuty
 from tests.fakes.tls import TestCA
 from tests.fakes.zendesk import FakeZendesk
 from tests.harness import (
-    API_TOKEN, ROUTING_KEY, ZENDESK_EMAIL, ZENDESK_TOKEN, DaemonProcess, base_env, live_env, write_config,
+    API_TOKEN, ZENDESK_EMAIL, ZENDESK_TOKEN, DaemonProcess, base_env, live_env, write_config,
 )
 
 
@@ -60,3 +60,17 @@ def live_daemon(start_daemon, zendesk, pagerduty, ca_file):
         return start_daemon(dry_run=False, zendesk_url=zendesk.url, pagerduty_url=pagerduty.url,
                             ca_file=ca_file, **config_args)
     return start
+
+
+@pytest.fixture
+def dovecot(ca):
+    """A running throwaway Dovecot on 127.0.0.1 (tests/dovecot.py); its log is printed if the test fails."""
+    from tests.dovecot import Dovecot, dovecot_binary
+    server = Dovecot(ca, dovecot=dovecot_binary())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        print(server.log_tail())   # pytest shows a test's captured output only when it fails
+        server.cleanup()

@@ -2,7 +2,6 @@
 import json
 import signal
 
-import pytest
 
 from tests.harness import make_message
 
