@@ -112,12 +112,7 @@ class Dovecot:
     # --- files -------------------------------------------------------------------------------
 
     def _write_tls_files(self) -> None:
-        # TestCA has no public way to export its server certificate and key (only an
-        # SSLContext), so use its leaf certificate: valid for 127.0.0.1 and localhost.
-        leaf = self.ca._server_cert
-        leaf.private_key_pem.write_to_path(str(self.dir / "key.pem"))
-        with open(self.dir / "cert.pem", "wb") as f:
-            f.writelines(blob.bytes() for blob in leaf.cert_chain_pems)
+        self.ca.write_server_pem(self.dir / "cert.pem", self.dir / "key.pem")   # valid for 127.0.0.1
         (self.dir / "key.pem").chmod(0o600)   # read by the (root) config process only
 
     def _write_config(self) -> None:

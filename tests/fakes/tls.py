@@ -31,6 +31,12 @@ class TestCA:
         self._ca.cert_pem.write_to_path(str(path))
         return path
 
+    def write_server_pem(self, cert_path: str | Path, key_path: str | Path) -> None:
+        """The server certificate chain and its key as PEM files, for servers that read files (Dovecot)."""
+        self._server_cert.private_key_pem.write_to_path(str(key_path))
+        with open(cert_path, "wb") as f:
+            f.writelines(blob.bytes() for blob in self._server_cert.cert_chain_pems)
+
     def server_ssl_context(self) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self._server_cert.configure_cert(ctx)
