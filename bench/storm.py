@@ -136,13 +136,16 @@ def storm_messages(run: str, tenants: int, per_tenant: int, seed: int = 1) -> li
     return messages
 
 
+CANARY_SENDER = "security@othercorp.example"
+
+
 def canary_message(run: str) -> tuple[str, bytes]:
     """An unrelated P1 (security breach, paged at high urgency) from a tenant outside the storm."""
     message_id = f"{run}.canary@mail.othercorp.example"
     body = ("We found our admin credentials leaked on a paste site an hour ago and now see unauthorised\r\n"
             "access to our space from an address we do not know (192.0.2.77). We have rotated what we\r\n"
             "can; please lock the account and call us.\r\n\r\nOthercorp security team\r\n")
-    raw = make_message(subject="Security breach: credentials leaked", body=body, sender="security@othercorp.example",
+    raw = make_message(subject="Security breach: credentials leaked", body=body, sender=CANARY_SENDER,
                        message_id=f"<{message_id}>")
     return message_id, raw
 
@@ -256,10 +259,17 @@ def zendesk_figures(zendesk, rpm: int, began: float) -> dict:
         public += sum(1 for c in comments if c["public"]) - 1      # the first is the description
         private += sum(1 for c in comments if not c["public"])
     statuses = Counter(r.status for r in requests)
+    last_by_kind: dict[str, float] = {}
+    for r in requests:
+        if CANARY_SENDER in r.body.decode("utf-8", "replace"):
+            continue    # the storm's figures, not the canary's
+        kind = zendesk_kind(r)
+        last_by_kind[kind] = max(last_by_kind.get(kind, r.received_at), r.received_at)
     per_minute = Counter(int((t - began) // 60) for t in stamps)
     return {
         "calls": len(requests),
         "calls_by_kind": dict(Counter(zendesk_kind(r) for r in requests).most_common()),
+        "last_call_by_kind_s": {k: round(t - began, 3) for k, t in last_by_kind.items()},  # not the canary's
         "first_call_s": round(stamps[0] - began, 3) if stamps else None,
         "last_call_s": round(stamps[-1] - began, 3) if stamps else None,
         "span_s": round(span, 3),
@@ -534,6 +544,7 @@ def report(info: dict, f: dict) -> str:
         f"  {accepted_label:<44}{_secs(smtp['last_250_s'])}"
         f"   {_fmt(smtp['msg_per_s'], 0)} msg/s, data() p50 {_fmt(smtp['p50_ms'], 0, 1)} ms, "
         f"p99 {_fmt(smtp['p99_ms'], 0, 1)} ms, max {_fmt(smtp['max_ms'], 0, 1)} ms",
+        f"  {'last ticket created (every tenant has one)':<44}{_secs(zd['last_call_by_kind_s'].get('ticket create'))}",
         f"  {'last Zendesk call':<44}{_secs(zd['last_call_s'])}",
         f"  {'drained (status: none new or pending)':<44}"
         + (_secs(drained['drained_s']) if drained.get("drained_s") is not None
