@@ -49,7 +49,9 @@ class Runner:
 
     async def _start_due(self) -> int:
         started = 0
-        for pk in await self._store.due(time.time(), DUE_BATCH):
+        # Escalations in flight (waiting on Zendesk's pace, say) may still be due: ask for
+        # enough that they cannot crowd out the rest.
+        for pk in await self._store.due(time.time(), DUE_BATCH + len(self._in_flight)):
             if pk not in self._in_flight:
                 self._in_flight[pk] = asyncio.create_task(self._advance(pk), name=f"escalation-{pk}")
                 started += 1

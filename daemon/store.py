@@ -246,12 +246,13 @@ class Store(GroupingQueries):
     # -- reads ------------------------------------------------------------------
 
     def due(self, now: float, limit: int = 100) -> list[int]:
-        """Escalations with work to do now: new ones, and pending steps whose time has come."""
+        """Escalations with work to do now: new ones first (deciding is cheap, and decides who
+        is paged), then pending steps whose time has come, oldest first."""
         rows = self._conn.execute(
-            "SELECT message_pk FROM escalations WHERE state = ?"
-            " UNION SELECT message_pk FROM steps WHERE state = ? AND next_attempt_at <= ?"
-            " ORDER BY 1 LIMIT ?", (NEW, STEP_PENDING, now, limit)).fetchall()
-        return [r[0] for r in rows]
+            "SELECT message_pk, 0 FROM escalations WHERE state = ?"
+            " UNION SELECT message_pk, 1 FROM steps WHERE state = ? AND next_attempt_at <= ?"
+            " ORDER BY 2, 1 LIMIT ?", (NEW, STEP_PENDING, now, limit)).fetchall()
+        return list(dict.fromkeys(r[0] for r in rows))
 
     def next_due_at(self) -> float | None:
         row = self._conn.execute("SELECT MIN(next_attempt_at) FROM steps WHERE state = ?",

@@ -219,3 +219,21 @@ def test_zendesk_encoded_ids_are_learnt_from_replies(live_daemon, zendesk, pager
     last = next(m for m in doc["messages"] if m["message_id"] == "r2@t.example")
     assert last["relation"] == "thread" and last["ticket_id"] == first["ticket_id"]
     assert len(zendesk.tickets()) == 1 and len(pagerduty.incidents()) == 1
+
+
+def test_a_new_incident_pages_while_a_storm_is_still_draining(live_daemon, zendesk, pagerduty):
+    # Zendesk paced to one call a second: the storm's 250 mails take minutes to reach it.
+    daemon = live_daemon(policy=True, extra_zendesk="requests_per_minute = 60\n")
+    with smtplib.SMTP("127.0.0.1", daemon.smtp_port, timeout=10) as client:
+        for n in range(250):
+            client.sendmail(f"ops@tenant{n % 25}.example", [RECIPIENT], tenant_mail(n % 25, n // 25))
+        client.sendmail("ciso@other.example", [RECIPIENT],
+                        make_message(subject="Possible security breach", sender="ciso@other.example",
+                                     body="We think an attacker has compromised our space.",
+                                     message_id="<breach@other.example>"))
+    incidents = daemon.wait_for(lambda: len(pagerduty.incidents()) == 2 and pagerduty.incidents(),
+                                what="the second incident's page")
+    assert {i["log"][0]["payload"]["custom_details"]["category"] for i in incidents} == {
+        "apps_not_served", "security_breach"}
+    # The page did not queue behind the storm: Zendesk has barely started on it.
+    assert len(zendesk.requests) < 100
