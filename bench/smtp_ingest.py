@@ -558,20 +558,26 @@ def _terminate(signum, frame):
     raise SystemExit(128 + signum)   # unwinds through the cleanup stack
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+@contextlib.contextmanager
+def bench_session(prefix: str, tmpdir: Path | None, keep: bool):
+    """Signals that unwind, a work dir removed at the end (or kept), the machine's description,
+    and the load of other processes from now on: what every benchmark here starts with."""
     signal.signal(signal.SIGINT, signal.default_int_handler)   # even if started with SIGINT ignored
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
-    run = f"bench{os.getpid()}-{int(time.time())}"
-    workdir = Path(tempfile.mkdtemp(prefix="emergencyd-bench-", dir=args.tmpdir))
+    workdir = Path(tempfile.mkdtemp(prefix=prefix, dir=tmpdir))
     with Cleanup() as stack:
-        if args.keep:
+        if keep:
             stack.callback(print, f"kept {workdir}", file=sys.stderr)
         else:
             stack.callback(shutil.rmtree, workdir, ignore_errors=True)
-        info = machine(workdir)
-        others = OtherLoad()
+        yield stack, workdir, machine(workdir), OtherLoad()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    run = f"bench{os.getpid()}-{int(time.time())}"
+    with bench_session("emergencyd-bench-", args.tmpdir, args.keep) as (stack, workdir, info, others):
         messages = [build_message(run, i) for i in range(args.messages)]
         warmup = [build_message(f"{run}-warmup", 900_000 + i) for i in range(args.connections)]
         sizes = [len(raw) for _, raw in messages]

@@ -22,11 +22,8 @@ import json
 import os
 import random
 import re
-import shutil
-import signal
 import smtplib
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -37,8 +34,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.smtp_ingest import (  # noqa: E402
-    SMTP_TIMEOUT, Cleanup, OtherLoad, _escalation_backlog, _fmt, _send_one, _terminate, cpu_seconds, machine,
-    percentile, run_load, start_emergencyd, stop_daemon,
+    SMTP_TIMEOUT, Cleanup, _escalation_backlog, _fmt, _send_one, bench_session, cpu_seconds, percentile, run_load,
+    start_emergencyd, stop_daemon,
 )
 from escalation.pacing import Pacer  # noqa: E402
 from tests.harness import (  # noqa: E402
@@ -637,18 +634,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGINT, signal.default_int_handler)   # even if started with SIGINT ignored
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
     run = f"storm{os.getpid()}-{int(time.time())}"
-    workdir = Path(tempfile.mkdtemp(prefix="emergencyd-storm-", dir=args.tmpdir))
-    with Cleanup() as stack:
-        if args.keep:
-            stack.callback(print, f"kept {workdir}", file=sys.stderr)
-        else:
-            stack.callback(shutil.rmtree, workdir, ignore_errors=True)
-        info = machine(workdir)
-        others = OtherLoad()
+    with bench_session("emergencyd-storm-", args.tmpdir, args.keep) as (stack, workdir, info, others):
         figures = bench_storm(args, workdir, stack, run)
         info["others_cores"] = others.cores()
         print(report(info, figures))
