@@ -474,9 +474,10 @@ def _fmt(value, width: int, digits: int = 1) -> str:
     return str(value).rjust(width)
 
 
-def report(info: dict, rows: list[dict], idle: dict | None, args) -> str:
-    out = [
-        "emergencyd SMTP ingest benchmark",
+def header(info: dict, title: str) -> list[str]:
+    """The machine and the run, as every benchmark here prints them first."""
+    return [
+        title,
         f"date      {info['date']}",
         f"machine   nproc={info['nproc']}  cpu={info['cpu']}  kernel={info['kernel']}",
         f"python    {info['implementation']} {info['python']}  sqlite {info['sqlite']}  aiosmtpd {info['aiosmtpd']}",
@@ -484,6 +485,11 @@ def report(info: dict, rows: list[dict], idle: dict | None, args) -> str:
         f"commit    {info['commit']}",
         f"others    other processes used {info['others_cores']:.2f} of {info['nproc']} cores on average during the run"
         + ("  (figures are pessimistic)" if info['others_cores'] > 0.1 else ""),
+    ]
+
+
+def report(info: dict, rows: list[dict], idle: dict | None, args) -> str:
+    out = header(info, "emergencyd SMTP ingest benchmark") + [
         "",
         f"{'':28}{'messages':>9}{'connections':>12}{'msg/s':>9}{'p50 ms':>9}{'p99 ms':>9}",
     ]

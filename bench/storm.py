@@ -34,7 +34,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.smtp_ingest import (  # noqa: E402
-    SMTP_TIMEOUT, Cleanup, _escalation_backlog, _fmt, _send_one, bench_session, cpu_seconds, percentile, run_load,
+    SMTP_TIMEOUT, Cleanup, _escalation_backlog, _fmt, _send_one, bench_session, header, cpu_seconds, percentile, run_load,
     start_emergencyd, stop_daemon,
 )
 from escalation.pacing import Pacer  # noqa: E402
@@ -504,20 +504,6 @@ def _clock(seconds: float) -> str:
 
 def _secs(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f} s" if value < 120 else f"{value:.1f} s ({value / 60:.1f} min)"
-
-
-def header(info: dict, title: str) -> list[str]:
-    # The same lines as smtp_ingest.report()'s header, which builds them inline (not importable alone).
-    return [
-        title,
-        f"date      {info['date']}",
-        f"machine   nproc={info['nproc']}  cpu={info['cpu']}  kernel={info['kernel']}",
-        f"python    {info['implementation']} {info['python']}  sqlite {info['sqlite']}  aiosmtpd {info['aiosmtpd']}",
-        f"disk      {info['filesystem']}",
-        f"commit    {info['commit']}",
-        f"others    other processes used {info['others_cores']:.2f} of {info['nproc']} cores on average during the run"
-        + ("  (figures are pessimistic)" if info['others_cores'] > 0.1 else ""),
-    ]
 
 
 def report(info: dict, f: dict) -> str:
