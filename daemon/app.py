@@ -10,6 +10,7 @@ from dataclasses import replace
 
 from daemon.config import Config, ConfigError, load_config
 from daemon.http import start_http
+from daemon.imap import ImapIngress
 from daemon.metrics import Metrics
 from daemon.runner import Runner
 from daemon.smtp import IngestHandler, start_smtp
@@ -48,7 +49,8 @@ def build_escalator(config: Config, store: AsyncStore, metrics: Metrics) -> Esca
             sender_limit=config.dedup.sender_limit,
             sender_window_seconds=config.dedup.sender_window_seconds),
         max_new_pages_per_minute=config.dedup.max_new_pages_per_minute,
-        own_addresses=config.smtp.recipients,
+        own_addresses=config.smtp.recipients + ((config.imap.username.lower(),)
+                                                if config.imap.enabled and "@" in config.imap.username else ()),
         own_hostnames=(config.smtp.hostname,),
     )
     return Escalator(store, desk, pager, settings, metrics, config.policy)
@@ -67,7 +69,9 @@ class Daemon:
         self.runner = Runner(self.store, self.escalator, self.metrics,
                              poll_interval=config.escalation.poll_interval_seconds)
         self.smtp_handler = IngestHandler(config.smtp, self.ingest, self.metrics)
+        self.imap = ImapIngress(config.imap, self.ingest, self.store, self.metrics) if config.imap.enabled else None
         self._stop = asyncio.Event()
+        self._smtp: asyncio.Server | None = None
         self._servers: list[asyncio.Server] = []
 
     async def ingest(self, raw: bytes, envelope: Envelope) -> IngestResult:
@@ -86,8 +90,10 @@ class Daemon:
             checks["store"] = "ok"
         except Exception as exc:
             checks["store"] = f"not writable: {exc}"
-        smtp_up = bool(self._servers) and self._servers[0].is_serving()
-        checks["smtp"] = "ok" if smtp_up else "not listening"
+        if self.config.smtp.enabled:
+            checks["smtp"] = "ok" if self._smtp is not None and self._smtp.is_serving() else "not listening"
+        if self.imap is not None:
+            checks["imap"] = self.imap.state
         stalled = time.time() - self.runner.last_loop_at > RUNNER_STALL_SECONDS
         checks["runner"] = "stalled" if stalled else "ok"
         return checks
@@ -97,22 +103,29 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
-        try:
-            smtp = await start_smtp(self.config.smtp, self.smtp_handler, self.metrics)
-        except OSError as exc:
-            raise StartupError(f"cannot listen for SMTP on {self.config.smtp.listen}: {exc.strerror}") from None
+        if self.config.smtp.enabled:
+            try:
+                self._smtp = await start_smtp(self.config.smtp, self.smtp_handler, self.metrics)
+            except OSError as exc:
+                raise StartupError(f"cannot listen for SMTP on {self.config.smtp.listen}: {exc.strerror}") from None
+            self._servers.append(self._smtp)
         try:
             http = await start_http(self.config.metrics.listen, self.metrics, self.readiness)
         except OSError as exc:
-            smtp.close()
+            for server in self._servers:
+                server.close()
             raise StartupError(f"cannot listen for metrics on {self.config.metrics.listen}: {exc.strerror}") from None
-        self._servers = [smtp, http]
-        runner = asyncio.create_task(self.runner.run(), name="runner")
+        self._servers.append(http)
+        tasks = [asyncio.create_task(self.runner.run(), name="runner")]
+        if self.imap is not None:
+            # The mailbox may be unreachable at start: SMTP and escalation run regardless.
+            tasks.append(asyncio.create_task(self.imap.run(), name="imap"))
         log.info("emergencyd ready", extra={
-            "smtp": _bound(smtp), "metrics": _bound(http), "dry_run": self.config.dry_run,
+            "smtp": _bound(self._smtp) if self._smtp else "off", "metrics": _bound(http),
+            "imap": self.config.imap.account if self.imap else "off", "dry_run": self.config.dry_run,
             "store": str(self.config.store.path)})
         await self._stop.wait()
-        await self._shutdown(runner)
+        await self._shutdown(tasks)
 
     def reload(self) -> None:
         """SIGHUP: take the new policy and recipients; a bad file keeps the old ones running."""
@@ -124,7 +137,7 @@ class Daemon:
         self.escalator.policy = new.policy
         self.smtp_handler.recipients = frozenset(new.smtp.recipients)
         needs_restart = [name for name in ("dry_run", "store", "zendesk", "pagerduty", "escalation", "dedup",
-                                           "metrics")
+                                           "metrics", "imap")
                          if getattr(new, name) != getattr(self.config, name)]
         needs_restart += ["smtp"] if replace(new.smtp, recipients=()) != replace(self.config.smtp, recipients=()) else []
         self.config = replace(self.config, policy=new.policy, smtp=replace(self.config.smtp,
@@ -133,14 +146,20 @@ class Daemon:
             "rules": len(new.policy.rules), "recipients": len(new.smtp.recipients),
             "changes_needing_restart": ",".join(needs_restart) or "none"})
 
-    async def _shutdown(self, runner: asyncio.Task) -> None:
+    async def _shutdown(self, tasks: list[asyncio.Task]) -> None:
         log.info("shutting down")
         self.smtp_handler.accepting = False
         for server in self._servers:
             server.close()
+        deadline = time.monotonic() + SHUTDOWN_DEADLINE_SECONDS
+        if self.imap is not None:
+            await self.imap.stop()
         await self.runner.stop(SHUTDOWN_DEADLINE_SECONDS)
-        runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
+        # What is still running past the deadline is cut: uncommitted work is redone at the next start.
+        await asyncio.wait(tasks, timeout=max(deadline - time.monotonic(), 0.1))
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         self.escalator.close()
         self.store.close()
         log.info("stopped")

@@ -43,10 +43,42 @@ class HostPort:
 
 @dataclass(frozen=True)
 class SmtpConfig:
+    enabled: bool
     listen: HostPort
     recipients: tuple[str, ...]
     max_message_bytes: int
     hostname: str
+
+
+@dataclass(frozen=True)
+class ImapConfig:
+    enabled: bool
+    host: str
+    port: int
+    username: str
+    password: Secret | None
+    mailbox: str
+    processed_mailbox: str
+    tls: bool
+    ca_file: Path | None
+    idle: bool
+    # RFC 2177: servers may drop an IDLE after 30 min, and NAT boxes forget quiet
+    # connections sooner; renewing every few minutes also proves the link is alive.
+    idle_renew_seconds: float
+    poll_interval_seconds: float
+    command_timeout_seconds: float
+    reconnect_initial_seconds: float
+    reconnect_max_seconds: float
+    # After a refused login, wait this long (doubling up to an hour): providers lock an
+    # account that keeps failing, and a wrong password will not fix itself in seconds.
+    login_retry_seconds: float
+    batch_messages: int
+    max_message_bytes: int
+
+    @property
+    def account(self) -> str:
+        """Names the mailbox in the store and in logs (never the password)."""
+        return f"{self.username}@{self.host}:{self.port}/{self.mailbox}"
 
 
 @dataclass(frozen=True)
@@ -111,6 +143,7 @@ class Config:
     source: Path
     dry_run: bool
     smtp: SmtpConfig
+    imap: ImapConfig
     store: StoreConfig
     zendesk: ZendeskConfig
     pagerduty: PagerDutyConfig
@@ -137,6 +170,7 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
         source=path.resolve(),
         dry_run=reader.boolean("dry_run", True),
         smtp=_smtp(reader),
+        imap=_imap(reader),
         store=_store(reader),
         zendesk=_zendesk(reader),
         pagerduty=_pagerduty(reader),
@@ -146,6 +180,8 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
         policy=_policy(data.get("policy")),
     )
     reader.reject_unknown_keys()
+    if not (config.smtp.enabled or config.imap.enabled):
+        raise ConfigError("smtp.enabled and imap.enabled are both false: no way for mail to come in")
     if not config.dry_run:
         _require_credentials(config)
     return config
@@ -157,10 +193,50 @@ def _smtp(r: _Reader) -> SmtpConfig:
         if "@" not in addr or addr.startswith("@") or addr.endswith("@"):
             raise ConfigError(f"smtp.recipients: {addr!r} is not an email address")
     return SmtpConfig(
+        enabled=r.boolean("smtp.enabled", True),
         listen=r.host_port("smtp.listen", "127.0.0.1:2525"),
         recipients=tuple(a.strip().lower() for a in recipients),
         max_message_bytes=r.integer("smtp.max_message_bytes", 25 * 1024 * 1024, minimum=1024),
         hostname=r.string("smtp.hostname", "emergencyd"),
+    )
+
+
+_LOOPBACK_HOSTS = {"localhost", "::1"}
+
+
+def _imap(r: _Reader) -> ImapConfig:
+    enabled = r.boolean("imap.enabled", False)
+    tls = r.boolean("imap.tls", True)
+    host = r.string("imap.host", "")
+    if enabled and not host:
+        raise ConfigError("imap.host: required when imap.enabled = true")
+    if enabled and not tls and not (host in _LOOPBACK_HOSTS or host.startswith("127.")):
+        raise ConfigError(f"imap.tls: false is only allowed for a loopback host, not {host!r}: "
+                          "the password and tenants' mail would cross the network in clear")
+    username = r.string("imap.username", "")
+    password = r.secret("imap.password_file", "EMERGENCYD_IMAP_PASSWORD")
+    if enabled and not (username and password):
+        raise ConfigError("imap: username and a password (EMERGENCYD_IMAP_PASSWORD or imap.password_file) "
+                          "are required when imap.enabled = true")
+    mailbox, processed = r.string("imap.mailbox", "INBOX"), r.string("imap.processed_mailbox", "Processed")
+    if enabled and (not processed or processed == mailbox):
+        raise ConfigError("imap.processed_mailbox: must name a mailbox other than imap.mailbox; "
+                          "handled mail is moved there")
+    initial = r.number("imap.reconnect_initial_seconds", 1.0, minimum=0.01)
+    return ImapConfig(
+        enabled=enabled, host=host, port=r.integer("imap.port", 993 if tls else 143, minimum=1),
+        username=username, password=password,
+        mailbox=mailbox, processed_mailbox=processed,
+        tls=tls, ca_file=r.optional_path("imap.ca_file"),
+        idle=r.boolean("imap.idle", True),
+        idle_renew_seconds=r.number("imap.idle_renew_seconds", 300.0, minimum=1.0),
+        poll_interval_seconds=r.number("imap.poll_interval_seconds", 30.0, minimum=0.1),
+        command_timeout_seconds=r.number("imap.command_timeout_seconds", 30.0, minimum=0.1),
+        reconnect_initial_seconds=initial,
+        reconnect_max_seconds=r.number("imap.reconnect_max_seconds", 120.0, minimum=initial),
+        login_retry_seconds=r.number("imap.login_retry_seconds", 300.0, minimum=0.1),
+        batch_messages=r.integer("imap.batch_messages", 50, minimum=1),
+        max_message_bytes=r.integer("imap.max_message_bytes", 25 * 1024 * 1024, minimum=1024),
     )
 
 
@@ -239,14 +315,18 @@ def _require_credentials(config: Config) -> None:
         missing.append("PagerDuty routing key (EMERGENCYD_PAGERDUTY_ROUTING_KEY or pagerduty.routing_key_file)")
     if config.pagerduty.api_token is not None and not config.pagerduty.from_email:
         missing.append("pagerduty.from_email (needed with a PagerDuty REST API token)")
-    if not config.smtp.recipients:
+    if config.smtp.enabled and not config.smtp.recipients:
         missing.append("smtp.recipients")
     if missing:
         raise ConfigError("dry_run = false but missing: " + "; ".join(missing))
 
 
 _KNOWN_SECTIONS = {
-    "smtp": {"listen", "recipients", "max_message_bytes", "hostname"},
+    "smtp": {"enabled", "listen", "recipients", "max_message_bytes", "hostname"},
+    "imap": {"enabled", "host", "port", "username", "password_file", "mailbox", "processed_mailbox", "tls",
+             "ca_file", "idle", "idle_renew_seconds", "poll_interval_seconds", "command_timeout_seconds",
+             "reconnect_initial_seconds", "reconnect_max_seconds", "login_retry_seconds", "batch_messages",
+             "max_message_bytes"},
     "store": {"path", "busy_timeout_ms"},
     "zendesk": {"url", "email", "ca_file", "token_file", "timeout_seconds", "requests_per_minute"},
     "pagerduty": {"events_url", "api_url", "from_email", "ca_file", "routing_key_file",

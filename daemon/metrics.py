@@ -22,6 +22,10 @@ STATUS_CLASSES = ("2xx", "4xx", "5xx", "network")
 # Receipt to page: an emergency should page within seconds; a Zendesk or PagerDuty
 # outage stretches this into minutes and hours.
 PAGE_LATENCY_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)
+IMAP_ERROR_KINDS = ("connect", "tls", "login", "mailbox", "timeout", "connection_lost", "protocol", "move",
+                    "too_large", "store")
+# INTERNALDATE has whole seconds: sub-second buckets would be noise.
+PICKUP_LATENCY_BUCKETS = (1, 2, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
 
 
 def _version() -> str:
@@ -67,6 +71,20 @@ class Metrics:
                                  " storm, alone).", ["relation"], registry=r)
         self.pages_deferred = Counter("emergencyd_pages_deferred_total",
                                       "New pages held back by the per-minute cap (they go out later).", registry=r)
+        self.imap_connected = Gauge("emergencyd_imap_connected",
+                                    "1 while logged in to the IMAP mailbox, else 0.", registry=r)
+        self.imap_idle_active = Gauge("emergencyd_imap_idle_active",
+                                      "1 while new mail is awaited with IDLE, 0 when polling or disconnected.",
+                                      registry=r)
+        self.imap_last_sync = Gauge("emergencyd_imap_last_sync_timestamp_seconds",
+                                    "Unix time the mailbox was last fully caught up.", registry=r)
+        self.imap_fetched = Counter("emergencyd_imap_messages_fetched_total",
+                                    "Messages fetched from the IMAP mailbox (before deduplication).", registry=r)
+        self.imap_errors = Counter("emergencyd_imap_errors_total",
+                                   "IMAP failures, by kind.", ["kind"], registry=r)
+        self.imap_pickup_latency = Histogram("emergencyd_imap_pickup_latency_seconds",
+                                             "Seconds from the IMAP server's INTERNALDATE to the durable commit.",
+                                             buckets=PICKUP_LATENCY_BUCKETS, registry=r)
         self.info = Info("emergencyd_build", "Build information.", registry=r)
         self.info.info({"version": _version()})
         self._precreate()
@@ -82,6 +100,8 @@ class Metrics:
         for source in SOURCES:
             self.received.labels(source)
             self.duplicates.labels(source)
+        for kind in IMAP_ERROR_KINDS:
+            self.imap_errors.labels(kind)
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
         for step in STEP_ORDER:

@@ -86,4 +86,13 @@ MIGRATIONS: tuple[str, ...] = (
         message_pk INTEGER NOT NULL REFERENCES messages(id)
     )
     """,
+    # 5: where IMAP intake stands in each mailbox: a UIDVALIDITY change means the UIDs start over.
+    """
+    CREATE TABLE imap_mailboxes (
+        account TEXT PRIMARY KEY,
+        uidvalidity INTEGER NOT NULL,
+        last_uid INTEGER NOT NULL,
+        updated_at REAL NOT NULL
+    )
+    """,
 )

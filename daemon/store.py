@@ -158,6 +158,27 @@ class Store(GroupingQueries):
         except sqlite3.Error as exc:
             raise StoreError(f"could not commit message: {exc}") from exc
 
+    # -- IMAP intake position -------------------------------------------------------
+
+    def imap_position(self, account: str) -> tuple[int, int] | None:
+        """(uidvalidity, last_uid) of the mailbox, or None before its first sync."""
+        row = self._conn.execute("SELECT uidvalidity, last_uid FROM imap_mailboxes WHERE account = ?",
+                                 (account,)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def save_imap_position(self, account: str, uidvalidity: int, last_uid: int) -> None:
+        try:
+            with self._transaction():
+                updated = self._conn.execute(
+                    "UPDATE imap_mailboxes SET uidvalidity = ?, last_uid = ?, updated_at = ? WHERE account = ?",
+                    (uidvalidity, last_uid, time.time(), account)).rowcount
+                if not updated:
+                    self._conn.execute(
+                        "INSERT INTO imap_mailboxes (account, uidvalidity, last_uid, updated_at) VALUES (?, ?, ?, ?)",
+                        (account, uidvalidity, last_uid, time.time()))
+        except sqlite3.Error as exc:
+            raise StoreError(f"could not save the IMAP position: {exc}") from exc
+
     # -- escalation state machine -------------------------------------------------
 
     def plan(self, pk: int, *, subject: str, sender: str | None, steps: tuple[str, ...],
@@ -377,8 +398,15 @@ class AsyncStore:
         return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
 
     async def ingest(self, raw: bytes, envelope: Envelope) -> IngestResult:
+        return await self._on_ingest_thread(self._ingest_store.ingest, raw, envelope)
+
+    async def save_imap_position(self, account: str, uidvalidity: int, last_uid: int) -> None:
+        """Part of intake, so it queues with ingest, never behind escalation bookkeeping."""
+        await self._on_ingest_thread(self._ingest_store.save_imap_position, account, uidvalidity, last_uid)
+
+    async def _on_ingest_thread(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._ingest_executor, self._ingest_store.ingest, raw, envelope)
+        return await loop.run_in_executor(self._ingest_executor, fn, *args)
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         method = getattr(self.sync, name)

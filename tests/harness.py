@@ -26,19 +26,25 @@ ROUTING_KEY = "R0UT1NGKEY0123456789abcdef012345"   # 32 characters, like a real 
 API_TOKEN = "pd-rest-token-9f8e7d"
 SECRETS = (ZENDESK_TOKEN, ROUTING_KEY, API_TOKEN)
 
-READY = re.compile(r"emergencyd ready.*smtp=([\d.]+):(\d+) .*metrics=([\d.]+):(\d+)")
+# smtp=off when SMTP is disabled (an IMAP-only daemon)
+READY = re.compile(r"emergencyd ready.*smtp=(?:off|([\d.]+):(\d+)) .*metrics=([\d.]+):(\d+)")
 
 
 def write_config(directory: Path, *, dry_run: bool, zendesk_url: str = "https://example.zendesk.com",
                  pagerduty_url: str = "https://events.pagerduty.com", ca_file: Path | None = None,
                  extra: str = "", escalation: str = "", store: str = "", policy: bool = False,
-                 busy_timeout_ms: int = 300, extra_zendesk: str = "") -> Path:
-    """A test config on port 0; policy=True appends the shipped [policy] from config.toml."""
+                 busy_timeout_ms: int = 300, extra_zendesk: str = "", imap: str = "",
+                 smtp_enabled: bool = True) -> Path:
+    """A test config on port 0; policy=True appends the shipped [policy] from config.toml.
+
+    `imap` is the body of an [imap] table (IMAP is enabled when it is given).
+    """
     ca_line = f'ca_file = "{ca_file}"' if ca_file else ""
     text = f"""
 dry_run = {str(dry_run).lower()}
 {extra}
 [smtp]
+enabled = {str(smtp_enabled).lower()}
 listen = "127.0.0.1:0"
 recipients = ["{RECIPIENT}", "Second@Example.org"]
 max_message_bytes = 200000
@@ -71,6 +77,8 @@ poll_interval_seconds = 0.1
 [metrics]
 listen = "127.0.0.1:0"
 """
+    if imap:
+        text += f"\n[imap]\nenabled = true\n{imap}\n"
     if policy:
         text += shipped_policy()
     path = directory / "config.toml"
@@ -105,7 +113,8 @@ class DaemonProcess:
         while time.monotonic() < deadline:
             match = READY.search(self._new_log())
             if match:
-                self.smtp_port, self.metrics_port = int(match.group(2)), int(match.group(4))
+                self.smtp_port = int(match.group(2)) if match.group(2) else 0
+                self.metrics_port = int(match.group(4))
                 return self
             if self.proc.poll() is not None:
                 raise RuntimeError(f"daemon exited {self.proc.returncode}:\n{self.log_text()}")
