@@ -213,15 +213,15 @@ def _imap(r: _Reader) -> ImapConfig:
     if enabled and not tls and not (host in _LOOPBACK_HOSTS or host.startswith("127.")):
         raise ConfigError(f"imap.tls: false is only allowed for a loopback host, not {host!r}: "
                           "the password and tenants' mail would cross the network in clear")
+    mailbox, processed = r.string("imap.mailbox", "INBOX"), r.string("imap.processed_mailbox", "Processed")
+    if enabled and (not processed or processed == mailbox):
+        raise ConfigError("imap.processed_mailbox: must name a mailbox other than imap.mailbox; "
+                          "handled mail is moved there")
     username = r.string("imap.username", "")
     password = r.secret("imap.password_file", "EMERGENCYD_IMAP_PASSWORD")
     if enabled and not (username and password):
         raise ConfigError("imap: username and a password (EMERGENCYD_IMAP_PASSWORD or imap.password_file) "
                           "are required when imap.enabled = true")
-    mailbox, processed = r.string("imap.mailbox", "INBOX"), r.string("imap.processed_mailbox", "Processed")
-    if enabled and (not processed or processed == mailbox):
-        raise ConfigError("imap.processed_mailbox: must name a mailbox other than imap.mailbox; "
-                          "handled mail is moved there")
     initial = r.number("imap.reconnect_initial_seconds", 1.0, minimum=0.01)
     return ImapConfig(
         enabled=enabled, host=host, port=r.integer("imap.port", 993 if tls else 143, minimum=1),

@@ -33,7 +33,8 @@ from escalation.retry import RetrySchedule
 
 log = logging.getLogger("emergencyd.imap")
 
-_LIST_ENTRY = re.compile(rb"^LIST \(", re.IGNORECASE)   # an untagged LIST answer, not "List completed"
+# An untagged LIST answer as aioimaplib hands it over ("LIST " removed): '(\HasNoChildren) "/" Processed'
+_LIST_ENTRY = re.compile(rb"^(LIST )?\(", re.IGNORECASE)
 
 MAX_BATCH_BYTES = 32 * 1024 * 1024     # memory held by one UID FETCH of bodies
 LOGIN_RETRY_CAP_SECONDS = 3600.0
@@ -131,7 +132,9 @@ class MailboxSession:
         listed = await self._ok("LIST", self._client.list('""', name))
         if any(_LIST_ENTRY.match(bytes(line)) for line in listed.lines):
             return
-        await self._ok(f"CREATE {self.config.processed_mailbox}", self._client.create(name), kind="mailbox")
+        created = await self._command(f"CREATE {self.config.processed_mailbox}", self._client.create(name))
+        if created.result != "OK" and b"ALREADYEXISTS" not in b" ".join(map(bytes, created.lines)).upper():
+            raise ImapFailure("mailbox", f"cannot create {self.config.processed_mailbox}: {_text(created.lines)}")
         log.info("imap created the processed mailbox", extra={"mailbox": self.config.processed_mailbox})
 
     async def _adopt(self, uidvalidity: int) -> None:

@@ -33,6 +33,13 @@ def test_shipped_config_is_the_safe_default():
     ("[pagerduty]\nca_file = 'missing.pem'", "pagerduty.ca_file:"),
     ("[escalation]\nretry_initial_seconds = 'fast'", "escalation.retry_initial_seconds: expected a number"),
     ("[surprise]\nx = 1", "surprise: unknown key"),
+    ("[imap]\nenabled = true", "imap.host: required"),
+    ("[imap]\nenabled = true\nhost = 'imap.example.org'\nusername = 'a@example.org'",
+     "imap: username and a password"),
+    ("[imap]\nenabled = true\nhost = 'imap.example.org'\ntls = false", "imap.tls: false is only allowed for a loopback"),
+    ("[imap]\nenabled = true\nhost = '127.0.0.1'\nprocessed_mailbox = 'INBOX'", "imap.processed_mailbox:"),
+    ("[imap]\nidle_renew = 60", "imap.idle_renew: unknown key"),
+    ("[smtp]\nenabled = false", "no way for mail to come in"),
     ("dry_run = [", "not valid TOML"),
 ])
 def test_errors_name_the_key(tmp_path, text, message):
@@ -73,3 +80,17 @@ def test_check_config_command(tmp_path):
     bad = run_cli(write(tmp_path, "[smtp]\nlisten = 'nowhere'\n"), "check-config", env=base_env(), check=False)
     assert bad.returncode == 2
     assert "smtp.listen" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_imap_settings_and_password_from_the_environment(tmp_path):
+    config = load_config(write(tmp_path, "[smtp]\nenabled = false\n[imap]\nenabled = true\n"
+                                          "host = 'imap.gmail.com'\nusername = 'emergency@example.org'\n"),
+                         environ={"EMERGENCYD_IMAP_PASSWORD": "app-password-xyz"})
+    imap = config.imap
+    assert (imap.port, imap.tls, imap.mailbox, imap.processed_mailbox) == (993, True, "INBOX", "Processed")
+    assert imap.password == Secret("app-password-xyz")
+    assert "app-password-xyz" not in repr(config)
+    assert config.smtp.enabled is False
+    plain = load_config(write(tmp_path, "[imap]\nenabled = true\nhost = '127.0.0.1'\ntls = false\n"
+                                         "username = 'u'\n"), environ={"EMERGENCYD_IMAP_PASSWORD": "p"})
+    assert plain.imap.port == 143
