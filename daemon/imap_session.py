@@ -1,0 +1,320 @@
+"""One IMAP connection to the mailbox, from login to logout (see daemon/imap.py for the whole story).
+
+Each command is bounded in time and raced against a lost connection: aioimaplib would
+otherwise wait for an answer that can never come.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import ssl
+import time
+from typing import Any, Awaitable
+
+import aioimaplib
+
+from daemon.config import ImapConfig
+from daemon.imap_wire import (
+    MessageMeta, batches, has_exists, mailbox_name, parse_bodies, parse_metadata, return_path_of, uid_set,
+    uidvalidity_of,
+)
+from daemon.metrics import Metrics
+from daemon.smtp import Ingest
+from daemon.store import AsyncStore, StoreError
+from escalation.records import Envelope
+
+log = logging.getLogger("emergencyd.imap")
+
+# An untagged LIST answer as aioimaplib hands it over ("LIST " removed): '(\\HasNoChildren) "/" Processed'
+_LIST_ENTRY = re.compile(rb"^(LIST )?\(", re.IGNORECASE)
+
+MAX_BATCH_BYTES = 32 * 1024 * 1024     # memory held by one UID FETCH of bodies
+SECONDS_PER_MEGABYTE = 1.0             # extra time a big FETCH may take beyond the command timeout
+
+
+class ImapFailure(Exception):
+    """A failure of the session, with the kind counted in emergencyd_imap_errors_total."""
+
+    def __init__(self, kind: str, detail: str):
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+
+class MailboxSession:
+    """One connection to the mailbox, from login to logout."""
+
+    def __init__(self, config: ImapConfig, ingest: Ingest, store: AsyncStore, metrics: Metrics,
+                 stopping: asyncio.Event):
+        self.config = config
+        self._ingest = ingest
+        self._store = store
+        self._metrics = metrics
+        self._stopping = stopping
+        self._lost = asyncio.Event()
+        self._client: aioimaplib.IMAP4 | None = None
+        self.uidvalidity = 0
+        self.last_uid = 0
+        self.idle = False
+
+    # -- commands, each bounded in time and aware of a lost connection ------------------
+
+    async def _command(self, what: str, call: Awaitable[Any], *, timeout: float | None = None) -> Any:
+        timeout = timeout or self.config.command_timeout_seconds
+        task = asyncio.ensure_future(call)
+        lost = asyncio.ensure_future(self._lost.wait())
+        try:
+            done, _ = await asyncio.wait({task, lost}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+        if task not in done:
+            task.cancel()
+            if self._lost.is_set():
+                raise ImapFailure("connection_lost", f"connection lost during {what}")
+            raise ImapFailure("timeout", f"no answer to {what} within {timeout:g}s")
+        try:
+            return task.result()
+        except (asyncio.TimeoutError, aioimaplib.CommandTimeout):
+            raise ImapFailure("timeout", f"no answer to {what} within {timeout:g}s") from None
+        except aioimaplib.AioImapException as exc:
+            raise ImapFailure("protocol", f"{what}: {exc}") from None
+
+    async def _ok(self, what: str, call: Awaitable[Any], *, kind: str = "protocol", **kwargs: Any) -> Any:
+        response = await self._command(what, call, **kwargs)
+        if response.result != "OK":
+            raise ImapFailure(kind, f"{what} answered {response.result}: {_text(response.lines)}")
+        return response
+
+    # -- connect, log in, select ---------------------------------------------------------
+
+    async def open(self) -> None:
+        cfg = self.config
+        try:
+            if cfg.tls:
+                context = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
+                if cfg.ca_file:
+                    context.load_default_certs()
+                client = aioimaplib.IMAP4_SSL(cfg.host, cfg.port, timeout=cfg.command_timeout_seconds,
+                                              ssl_context=context)
+            else:
+                client = aioimaplib.IMAP4(cfg.host, cfg.port, timeout=cfg.command_timeout_seconds)
+        except OSError as exc:
+            raise ImapFailure("connect", str(exc)) from None
+        client.protocol.conn_lost_cb = lambda exc: self._lost.set()
+        self._client = client
+        try:
+            await self._command("connect", client.wait_hello_from_server())
+        except ssl.SSLError as exc:
+            raise ImapFailure("tls", f"{cfg.host}:{cfg.port}: {exc.reason or exc}") from None
+        except OSError as exc:
+            raise ImapFailure("connect", f"{cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
+        await self._ok("LOGIN", client.login(cfg.username, cfg.password.value), kind="login")
+        await self._ensure_processed_mailbox()
+        selected = await self._ok(f"SELECT {cfg.mailbox}", client.select(mailbox_name(cfg.mailbox)),
+                                  kind="mailbox")
+        uidvalidity = uidvalidity_of(selected.lines)
+        if uidvalidity is None:
+            raise ImapFailure("protocol", f"SELECT {cfg.mailbox} gave no UIDVALIDITY")
+        await self._adopt(uidvalidity)
+        self.idle = cfg.idle and client.has_capability("IDLE")
+
+    async def _ensure_processed_mailbox(self) -> None:
+        name = mailbox_name(self.config.processed_mailbox)
+        listed = await self._ok("LIST", self._client.list('""', name))
+        if any(_LIST_ENTRY.match(bytes(line)) for line in listed.lines):
+            return
+        created = await self._command(f"CREATE {self.config.processed_mailbox}", self._client.create(name))
+        if created.result != "OK" and b"ALREADYEXISTS" not in b" ".join(map(bytes, created.lines)).upper():
+            raise ImapFailure("mailbox", f"cannot create {self.config.processed_mailbox}: {_text(created.lines)}")
+        log.info("imap created the processed mailbox", extra={"mailbox": self.config.processed_mailbox})
+
+    async def _adopt(self, uidvalidity: int) -> None:
+        """Resume from the stored position; after a UIDVALIDITY change, start over (dedup keeps it safe)."""
+        position = await self._store.imap_position(self.config.account)
+        if position and position[0] == uidvalidity:
+            self.uidvalidity, self.last_uid = position
+            return
+        if position:
+            log.warning("imap UIDVALIDITY changed; resyncing the whole mailbox", extra={
+                "account": self.config.account, "old": position[0], "new": uidvalidity})
+        self.uidvalidity, self.last_uid = uidvalidity, 0
+        await self._store.save_imap_position(self.config.account, uidvalidity, 0)
+
+    async def close(self) -> None:
+        if self._client is None:
+            return
+        if not self._lost.is_set():
+            try:
+                await self._command("LOGOUT", self._client.logout(), timeout=2.0)
+            except ImapFailure:
+                pass
+        transport = self._client.protocol.transport
+        if transport is not None:
+            transport.close()
+
+    # -- taking mail ------------------------------------------------------------------------
+
+    async def sync(self, *, catch_up: bool) -> None:
+        """Take every message above the last UID handled, or, catching up, every message present.
+
+        Present messages at or below the last UID were committed but not moved (a crash, a
+        failed MOVE): fetching them again is a no-op for the store, and then they move.
+        """
+        first = 1 if catch_up else self.last_uid + 1
+        metas = await self._metadata(first)
+        for batch in batches(metas, max_messages=self.config.batch_messages, max_bytes=MAX_BATCH_BYTES):
+            if self._stopping.is_set():
+                return
+            await self._take(batch)
+        self._metrics.imap_last_sync.set(time.time())
+
+    async def _metadata(self, first: int) -> list[MessageMeta]:
+        response = await self._ok("UID FETCH metadata",
+                                  self._client.uid("fetch", f"{first}:*", "(UID RFC822.SIZE INTERNALDATE)"))
+        return parse_metadata(response.lines, first_uid=first)
+
+    async def _take(self, batch: list[MessageMeta]) -> None:
+        wanted = [m for m in batch if not self._too_large(m)]
+        committed: list[int] = []
+        if wanted:
+            bodies = await self._fetch_bodies(wanted)
+            for meta in wanted:
+                if self._stopping.is_set() or meta.uid not in bodies:
+                    break
+                await self._commit(meta, bodies.pop(meta.uid))
+                committed.append(meta.uid)
+        handled = set(committed) | {m.uid for m in batch if m not in wanted}   # too large: left for a human
+        handled_up_to = self.last_uid
+        for meta in batch:   # the position only passes a UID when every one before it is handled
+            if meta.uid not in handled:
+                break
+            handled_up_to = max(handled_up_to, meta.uid)
+        if handled_up_to > self.last_uid:
+            self.last_uid = handled_up_to
+            await self._save_position()
+        if committed:
+            await self._move(committed)
+
+    def _too_large(self, meta: MessageMeta) -> bool:
+        if meta.size <= self.config.max_message_bytes:
+            return False
+        self._metrics.imap_errors.labels("too_large").inc()
+        log.error("imap message too large; left in the mailbox for a human", extra={
+            "uid": meta.uid, "bytes": meta.size, "max_message_bytes": self.config.max_message_bytes})
+        return True
+
+    async def _fetch_bodies(self, metas: list[MessageMeta]) -> dict[int, bytes]:
+        size = sum(m.size for m in metas)
+        timeout = self.config.command_timeout_seconds + SECONDS_PER_MEGABYTE * size / 1_000_000
+        response = await self._ok("UID FETCH bodies",
+                                  self._client.uid("fetch", uid_set(m.uid for m in metas), "(UID BODY.PEEK[])"),
+                                  timeout=timeout)
+        return parse_bodies(response.lines)
+
+    async def _commit(self, meta: MessageMeta, raw: bytes) -> None:
+        self._metrics.imap_fetched.inc()
+        now = time.time()
+        received_at = min(meta.internaldate or now, now)
+        envelope = Envelope(source="imap", mail_from=return_path_of(raw), rcpt_to=(self.config.username,),
+                            peer=f"{self.config.host}:{self.config.port}", helo="", tls=self.config.tls,
+                            received_at=received_at)
+        try:
+            result = await self._ingest(raw, envelope)
+        except StoreError as exc:
+            raise ImapFailure("store", str(exc)) from None
+        if meta.internaldate is not None:
+            self._metrics.imap_pickup_latency.observe(max(time.time() - meta.internaldate, 0.0))
+        log.info("imap message %s", "duplicate" if result.duplicate else "stored",
+                 extra={"uid": meta.uid, "message_pk": result.message_pk, "bytes": len(raw)})
+
+    async def _save_position(self) -> None:
+        try:
+            await self._store.save_imap_position(self.config.account, self.uidvalidity, self.last_uid)
+        except StoreError as exc:
+            raise ImapFailure("store", str(exc)) from None
+
+    async def _move(self, uids: list[int]) -> None:
+        """MOVE when offered; else COPY, \\Deleted and UID EXPUNGE of exactly these UIDs."""
+        uids_text, target = uid_set(uids), mailbox_name(self.config.processed_mailbox)
+        client = self._client
+        try:
+            if client.has_capability("MOVE"):
+                await self._ok("UID MOVE", client.uid("move", uids_text, target), kind="move")
+                return
+            await self._ok("UID COPY", client.uid("copy", uids_text, target), kind="move")
+            await self._ok("UID STORE", client.uid("store", uids_text, "+FLAGS.SILENT", r"(\Deleted)"), kind="move")
+            if client.has_capability("UIDPLUS"):
+                await self._ok("UID EXPUNGE", client.uid("expunge", uids_text), kind="move")
+            else:
+                await self._ok("EXPUNGE", client.expunge(), kind="move")
+        except ImapFailure as exc:
+            if exc.kind != "move":
+                raise
+            # Committed already: nothing is lost. They stay, and the next catch-up moves them.
+            self._metrics.imap_errors.labels("move").inc()
+            log.error("imap could not move handled mail; it stays in the mailbox until the next catch-up",
+                      extra={"uids": uids_text, "error": exc.detail})
+
+    # -- waiting for news -----------------------------------------------------------------
+
+    async def wait_for_news(self) -> None:
+        """Until new mail may be there: an IDLE push, the IDLE renewal time, or the poll interval."""
+        if self.idle:
+            try:
+                await self._idle_once()
+                return
+            except ImapFailure as exc:
+                if exc.kind != "protocol" or self._lost.is_set():
+                    raise
+                self.idle = False
+                self._metrics.imap_idle_active.set(0)
+                log.warning("imap IDLE failed; polling instead for this connection", extra={"error": exc.detail})
+        await self._pause(self.config.poll_interval_seconds)
+
+    async def _idle_once(self) -> None:
+        client = self._client
+        renew = self.config.idle_renew_seconds
+        idle = await self._command("IDLE", client.idle_start(timeout=renew + 60))
+        self._metrics.imap_idle_active.set(1)
+        try:
+            deadline = time.monotonic() + renew
+            while not self._stopping.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                push = await self._next_push(remaining)
+                if push is None or push == aioimaplib.STOP_WAIT_SERVER_PUSH or has_exists(push):
+                    break
+        finally:
+            if not self._lost.is_set():
+                client.idle_done()
+        await self._ok("IDLE DONE", idle)
+
+    async def _next_push(self, timeout: float) -> list[bytes] | None:
+        """The next IDLE push, or None when the wait ended without one (time, or stopping)."""
+        push = asyncio.ensure_future(self._client.wait_server_push(timeout=timeout))
+        stop = asyncio.ensure_future(self._stopping.wait())
+        lost = asyncio.ensure_future(self._lost.wait())
+        done, pending = await asyncio.wait({push, stop, lost}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        if lost in done:
+            raise ImapFailure("connection_lost", "connection lost while idling")
+        if push in done and not push.cancelled() and push.exception() is None:
+            return push.result()
+        return None
+
+    async def _pause(self, seconds: float) -> None:
+        stop = asyncio.ensure_future(self._stopping.wait())
+        lost = asyncio.ensure_future(self._lost.wait())
+        done, pending = await asyncio.wait({stop, lost}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        if lost in done:
+            raise ImapFailure("connection_lost", "connection lost while waiting to poll")
+
+
+def _text(lines: list[Any]) -> str:
+    return " ".join(bytes(line).decode("utf-8", "replace") for line in lines if isinstance(line, (bytes, bytearray)))[:200]
