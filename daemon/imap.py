@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from daemon.config import ImapConfig
 from daemon.imap_session import ImapFailure, MailboxSession
@@ -24,6 +25,7 @@ from escalation.retry import RetrySchedule
 log = logging.getLogger("emergencyd.imap")
 
 LOGIN_RETRY_CAP_SECONDS = 3600.0
+STABLE_CONNECTION_SECONDS = 60.0
 
 
 class ImapIngress:
@@ -36,35 +38,31 @@ class ImapIngress:
         self._metrics = metrics
         self._stopping = asyncio.Event()
         self.state = "connecting"          # for /readyz: "ok" while connected
+        self._connected_at: float | None = None
         self._reconnect = RetrySchedule(config.reconnect_initial_seconds, config.reconnect_max_seconds, 1 << 30)
         self._login_retry = RetrySchedule(config.login_retry_seconds,
                                           max(LOGIN_RETRY_CAP_SECONDS, config.login_retry_seconds), 1 << 30)
 
     async def run(self) -> None:
-        failures = 0
-        login_failures = 0
+        failures = login_failures = 0
         while not self._stopping.is_set():
             session = MailboxSession(self.config, self._ingest, self._store, self._metrics, self._stopping)
+            self._connected_at = None
             try:
                 await self._serve(session)
-                failures = login_failures = 0
-            except ImapFailure as exc:
-                connected = self.state == "ok"
-                failures = 1 if connected else failures + 1
-                login_failures = login_failures + 1 if exc.kind == "login" else 0
-                delay = (self._login_retry.backoff_seconds(login_failures) if exc.kind == "login"
+            except Exception as exc:   # never let intake end: every failure is logged, counted and retried
+                failure = exc if isinstance(exc, ImapFailure) else _unexpected(exc)
+                # A connection that stayed up a while starts the backoff over; one that keeps
+                # dropping right after login backs off like one that cannot connect at all.
+                stayed_up = self._connected_at is not None and \
+                    time.monotonic() - self._connected_at >= STABLE_CONNECTION_SECONDS
+                failures = 1 if stayed_up else failures + 1
+                login_failures = login_failures + 1 if failure.kind == "login" else 0
+                delay = (self._login_retry.backoff_seconds(login_failures) if failure.kind == "login"
                          else self._reconnect.backoff_seconds(failures))
-                self._failed(exc, delay)
+                self._failed(failure, delay)
                 await session.close()
                 await self._sleep(delay)
-                continue
-            except Exception as exc:   # a bug must not end intake: log it, back off, go on
-                log.exception("imap session failed unexpectedly")
-                failures += 1
-                self._failed(ImapFailure("protocol", f"{type(exc).__name__}: {exc}"),
-                             self._reconnect.backoff_seconds(failures))
-                await session.close()
-                await self._sleep(self._reconnect.backoff_seconds(failures))
                 continue
             await session.close()
         self._metrics.imap_connected.set(0)
@@ -72,6 +70,7 @@ class ImapIngress:
 
     async def _serve(self, session: MailboxSession) -> None:
         await session.open()
+        self._connected_at = time.monotonic()
         self.state = "ok"
         self._metrics.imap_connected.set(1)
         self._metrics.imap_idle_active.set(int(session.idle))
@@ -102,3 +101,9 @@ class ImapIngress:
     async def stop(self) -> None:
         """Stop fetching: the message being committed finishes, nothing new is taken."""
         self._stopping.set()
+
+
+def _unexpected(exc: Exception) -> ImapFailure:
+    """A bug, not a server problem: keep its traceback in the log, then treat it like any failure."""
+    log.error("imap session failed unexpectedly", exc_info=exc)
+    return ImapFailure("protocol", f"{type(exc).__name__}: {exc}")

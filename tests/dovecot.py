@@ -9,14 +9,18 @@ It works as root (Dovecot refuses to run login/mail processes as root, so they r
 package's `dovecot`/`dovenull` users and the directory is made reachable by them) and as a
 normal user (everything runs as that user).
 
-The test side talks to it with stdlib imaplib (`append`, `uids`, `fetch_all`, ...), a client
-separate from the code under test. Dovecot's own log is in `log_path` (`log_text()`); the
-`dovecot` fixture prints it when a test fails.
+The test side talks to it with stdlib imaplib (`append`, `append_many`, `uids`, `fetch_all`,
+...), a client separate from the code under test. `deliver` drops a message into a maildir the
+way a local delivery agent does (it works while Dovecot is stopped, too), and
+`set_mailbox_writable(mailbox, False)` makes a mailbox refuse new mail (MOVE/COPY into it fail).
+Dovecot's own log is in `log_path` (`log_text()`); the `dovecot` fixture prints it when a test
+fails.
 """
 from __future__ import annotations
 
 import grp
 import imaplib
+import itertools
 import os
 import pwd
 import re
@@ -84,6 +88,7 @@ class Dovecot:
         self.start_seconds: float | None = None   # how long the last start() took
         self.events: list[str] = []                # lifecycle with timings, shown in log_tail()
         self._capability_without_idle: str | None = None
+        self._saved_modes: dict[Path, int] = {}   # set_mailbox_writable(False) restores these
         self.is_root = os.geteuid() == 0
 
         # tmp_path is 0700 under /tmp/pytest-of-root: the dovecot users could not reach it
@@ -381,6 +386,17 @@ service stats {{
             match = re.search(rb"APPENDUID (\d+) (\d+)", data[0] or b"")
             return int(match.group(2)) if match else 0
 
+    def append_many(self, raws: list[bytes], mailbox: str = "INBOX") -> list[int]:
+        """APPEND every message in order over one connection (fast for big backlogs); their UIDs."""
+        uids = []
+        with self.client() as conn:
+            for raw in raws:
+                typ, data = conn.append(mailbox, None, None, raw)
+                _ok(typ, data, f"APPEND {mailbox}")
+                match = re.search(rb"APPENDUID (\d+) (\d+)", data[0] or b"")
+                uids.append(int(match.group(2)) if match else 0)
+        return uids
+
     def uids(self, mailbox: str = "INBOX") -> list[int]:
         with self.client() as conn:
             self._examine(conn, mailbox)
@@ -422,17 +438,18 @@ service stats {{
                         result[int(uid)] = (match.group(2) if match.group(1) else match.group(3)).decode()
             return result
 
-    def reset_uidvalidity(self, mailbox: str = "INBOX") -> int:
+    def reset_uidvalidity(self, mailbox: str = "INBOX", *, deliver: tuple[bytes, ...] = ()) -> int:
         """Make the mailbox's UIDVALIDITY change, the way a server rebuild does; returns the new one.
 
         The messages stay, but get new UIDs under the new UIDVALIDITY. Dovecot is stopped while
         its dovecot-uidlist and index files for the mailbox are removed, then started again on
         the same ports (connected clients are disconnected, as a real rebuild would).
+        `deliver`: messages put into the mailbox while Dovecot is down (so no client sees them
+        before the new UIDVALIDITY); the renumbering may put them before or after the others.
         """
         before = self.uidvalidity(mailbox)
         self.stop()
-        maildir = self.mail_root / USERNAME / "Maildir"
-        folder = maildir if mailbox.upper() == "INBOX" else maildir / ("." + mailbox.replace("/", "."))
+        folder = self._maildir_folder(mailbox)
         removed = False
         for path in folder.glob("dovecot*"):
             if path.is_file() and (path.name == "dovecot-uidlist" or path.name.startswith("dovecot.index")):
@@ -440,11 +457,61 @@ service stats {{
                 removed = True
         if not removed:
             raise DovecotError(f"no dovecot-uidlist/index files for {mailbox} in {folder}")
+        for raw in deliver:
+            self.deliver(raw, mailbox)
         self.start()
         after = self.uidvalidity(mailbox)
         if after == before:
             raise DovecotError(f"UIDVALIDITY of {mailbox} did not change ({before})")
         return after
+
+    # --- the mail files themselves -------------------------------------------------------------
+
+    _delivered = itertools.count(1)
+
+    def _maildir_folder(self, mailbox: str) -> Path:
+        """Maildir++ layout: INBOX is the Maildir itself, other mailboxes are .Name folders."""
+        maildir = self.mail_root / USERNAME / "Maildir"
+        return maildir if mailbox.upper() == "INBOX" else maildir / ("." + mailbox.replace("/", "."))
+
+    def deliver(self, raw: bytes, mailbox: str = "INBOX") -> Path:
+        """Put a message into the mailbox's maildir the way a local delivery agent does.
+
+        Written to tmp/ and renamed into new/, owned like Dovecot's own files; Dovecot gives it
+        a UID when it next looks at the mailbox. The mailbox must exist already.
+        """
+        folder = self._maildir_folder(mailbox)
+        if not (folder / "new").is_dir():
+            raise DovecotError(f"mailbox {mailbox} has no maildir at {folder}")
+        name = f"{time.time_ns() // 1000}.M{next(self._delivered)}P{os.getpid()}.emergencyd-test,S={len(raw)}"
+        staged = folder / "tmp" / name
+        staged.write_bytes(raw)
+        staged.chmod(0o600)
+        if self.is_root:
+            os.chown(staged, pwd.getpwnam(self._user).pw_uid, grp.getgrnam(self._group).gr_gid)
+        final = folder / "new" / name
+        staged.rename(final)
+        return final
+
+    def set_mailbox_writable(self, mailbox: str, writable: bool) -> None:
+        """False: the mailbox's maildir directories become read-only, so Dovecot cannot add mail
+        to it (APPEND, COPY and MOVE into it fail with NO); True restores their modes.
+
+        Dovecot's mail processes never run as root (see the module doc), so the modes bind them.
+        The mailbox must exist already (select it once, e.g. with uids()).
+        """
+        folder = self._maildir_folder(mailbox)
+        dirs = [folder] + [folder / sub for sub in ("cur", "new", "tmp")]
+        if not all(d.is_dir() for d in dirs):
+            raise DovecotError(f"mailbox {mailbox} has no maildir at {folder}")
+        saved = self._saved_modes
+        for d in dirs:
+            if writable:
+                if d in saved:
+                    d.chmod(saved.pop(d))
+            else:
+                saved.setdefault(d, d.stat().st_mode & 0o7777)
+                d.chmod(0o555)
 
     @staticmethod
     def _examine(conn: imaplib.IMAP4, mailbox: str) -> None:
