@@ -12,6 +12,7 @@ def status_document(store: Store, *, limit: int, dry_run: bool) -> dict[str, Any
     return {
         "dry_run": dry_run,
         "counts": store.counts_by_state(),
+        "imap_mailboxes": [{**m, "updated_at": iso(m["updated_at"])} for m in store.imap_positions()],
         "groups": [{**g, "opened_at": iso(g["opened_at"]), "last_report_at": iso(g["last_report_at"])}
                    for g in store.groups(limit)],
         "messages": [_message(r) for r in store.recent(limit)],
@@ -53,7 +54,11 @@ def _message(record: EscalationRecord) -> dict[str, Any]:
 def render_status(document: dict[str, Any]) -> str:
     counts = document["counts"]
     lines = ["emergencyd status" + ("  (dry run: nothing is sent)" if document["dry_run"] else ""),
-             "by state: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no messages yet"), ""]
+             "by state: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no messages yet")]
+    for mailbox in document["imap_mailboxes"]:
+        lines.append(f"imap {mailbox['account']}: uidvalidity {mailbox['uidvalidity']}, last UID handled "
+                     f"{mailbox['last_uid']} at {mailbox['updated_at']}")
+    lines.append("")
     if document["groups"]:
         lines += ["incidents (deduplicated):"]
         for g in document["groups"]:

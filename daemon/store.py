@@ -166,6 +166,11 @@ class Store(GroupingQueries):
                                  (account,)).fetchone()
         return (row[0], row[1]) if row else None
 
+    def imap_positions(self) -> list[dict[str, Any]]:
+        rows = self._conn.execute("SELECT account, uidvalidity, last_uid, updated_at FROM imap_mailboxes"
+                                  " ORDER BY account").fetchall()
+        return [dict(zip(("account", "uidvalidity", "last_uid", "updated_at"), row)) for row in rows]
+
     def save_imap_position(self, account: str, uidvalidity: int, last_uid: int) -> None:
         try:
             with self._transaction():
