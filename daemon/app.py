@@ -12,6 +12,7 @@ from daemon.config import Config, ConfigError, load_config
 from daemon.http import start_http
 from daemon.imap import ImapIngress
 from daemon.metrics import Metrics
+from daemon.notify import SystemdNotifier
 from daemon.runner import Runner
 from daemon.smtp import IngestHandler, start_smtp
 from daemon.store import AsyncStore, IngestResult
@@ -24,6 +25,7 @@ log = logging.getLogger("emergencyd")
 
 SHUTDOWN_DEADLINE_SECONDS = 20.0
 RUNNER_STALL_SECONDS = 60.0
+STATUS_INTERVAL_SECONDS = 10.0      # how often systemd's STATUS= is refreshed without a watchdog
 
 
 def build_integrations(config: Config):
@@ -70,6 +72,7 @@ class Daemon:
                              poll_interval=config.escalation.poll_interval_seconds)
         self.smtp_handler = IngestHandler(config.smtp, self.ingest, self.metrics)
         self.imap = ImapIngress(config.imap, self.ingest, self.store, self.metrics) if config.imap.enabled else None
+        self.notifier = SystemdNotifier()
         self._stop = asyncio.Event()
         self._smtp: asyncio.Server | None = None
         self._servers: list[asyncio.Server] = []
@@ -124,8 +127,47 @@ class Daemon:
             "smtp": _bound(self._smtp) if self._smtp else "off", "metrics": _bound(http),
             "imap": self.config.imap.account if self.imap else "off", "dry_run": self.config.dry_run,
             "store": str(self.config.store.path)})
+        self.notifier.send(READY=1, STATUS=await self._status_line())
+        watchdog = asyncio.create_task(self._report_to_systemd(), name="watchdog")
         await self._stop.wait()
+        watchdog.cancel()
+        self.notifier.send(STOPPING=1, STATUS="stopping: finishing the steps in flight")
         await self._shutdown(tasks)
+
+    async def _report_to_systemd(self) -> None:
+        """WATCHDOG=1 only while the event loop, the runner and the store thread all make progress."""
+        interval = self.notifier.watchdog_seconds / 2 if self.notifier.watchdog_seconds else STATUS_INTERVAL_SECONDS
+        while True:
+            await asyncio.sleep(interval)
+            problem = await self._liveness_problem(timeout=interval)
+            if problem:
+                log.error("not petting the systemd watchdog", extra={"problem": problem})
+                continue
+            fields = {"STATUS": await self._status_line()}
+            if self.notifier.watchdog_seconds:
+                fields["WATCHDOG"] = 1
+            self.notifier.send(**fields)
+
+    async def _liveness_problem(self, *, timeout: float) -> str | None:
+        if time.time() - self.runner.last_loop_at > max(RUNNER_STALL_SECONDS, 3 * self.config.escalation.poll_interval_seconds):
+            return "the escalation runner has not looped"
+        try:
+            await asyncio.wait_for(self.store.counts_by_state(), timeout)
+        except asyncio.TimeoutError:
+            return "the store thread did not answer"
+        except Exception as exc:
+            return f"the store failed: {exc}"
+        return None
+
+    async def _status_line(self) -> str:
+        counts = await self.store.counts_by_state()
+        last_page = self.metrics.last_page_at
+        parts = [f"{counts.get('new', 0) + counts.get('pending', 0)} escalations pending",
+                 "last page " + (time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(last_page)) if last_page
+                                 else "none since start")]
+        if self.imap is not None:
+            parts.append("imap " + ("connected" if self.imap.state == "ok" else "not connected"))
+        return "; ".join(parts)
 
     def reload(self) -> None:
         """SIGHUP: take the new policy and recipients; a bad file keeps the old ones running."""
@@ -162,6 +204,7 @@ class Daemon:
         await asyncio.gather(*tasks, return_exceptions=True)
         self.escalator.close()
         self.store.close()
+        self.notifier.close()
         log.info("stopped")
 
 

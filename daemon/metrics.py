@@ -85,6 +85,7 @@ class Metrics:
         self.imap_pickup_latency = Histogram("emergencyd_imap_pickup_latency_seconds",
                                              "Seconds from the IMAP server's INTERNALDATE to the durable commit.",
                                              buckets=PICKUP_LATENCY_BUCKETS, registry=r)
+        self.last_page_at = 0.0
         self.info = Info("emergencyd_build", "Build information.", registry=r)
         self.info.info({"version": _version()})
         self._precreate()
@@ -130,4 +131,5 @@ class Metrics:
 
     def paged(self, seconds_since_receipt: float) -> None:
         self.page_latency.observe(max(seconds_since_receipt, 0.0))
-        self.last_page.set(time.time())
+        self.last_page_at = time.time()
+        self.last_page.set(self.last_page_at)
