@@ -1,10 +1,50 @@
-"""systemd integration: sd_notify over a real NOTIFY_SOCKET datagram socket."""
+"""systemd integration: the unit file as systemd-analyze judges it, and sd_notify over a real socket."""
 from __future__ import annotations
 
+import re
 import socket
+import subprocess
 import time
 
-from tests.harness import DaemonProcess, live_env, make_message, write_config
+from tests.harness import ROOT, DaemonProcess, live_env, make_message, require_tool, write_config
+
+UNIT = ROOT / "systemd" / "emergencyd.service"
+MAX_EXPOSURE = 2.0
+
+
+def installed_unit(tmp_path):
+    """The unit as installed: ExecStart must name an executable that exists, here this checkout's."""
+    text = UNIT.read_text().replace("/opt/emergencyd/.venv/bin/emergencyd", str(ROOT / ".venv" / "bin" / "emergencyd"))
+    path = tmp_path / "emergencyd.service"
+    path.write_text(text)
+    return path
+
+
+def test_unit_file_verifies(tmp_path):
+    analyze = require_tool("systemd-analyze")
+    result = subprocess.run([analyze, "verify", str(installed_unit(tmp_path))], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "emergencyd.service" not in result.stderr, result.stderr   # no warnings about the unit
+
+
+def test_unit_file_is_hardened(tmp_path):
+    analyze = require_tool("systemd-analyze")
+    result = subprocess.run([analyze, "security", "--offline=yes", str(installed_unit(tmp_path))],
+                            capture_output=True, text=True, timeout=60)
+    match = re.search(r"Overall exposure level for emergencyd\.service: ([\d.]+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    assert float(match.group(1)) <= MAX_EXPOSURE, result.stdout
+
+
+def test_unit_file_speaks_notify_with_a_watchdog_and_all_credentials():
+    text = UNIT.read_text()
+    for line in ("Type=notify", "Restart=on-failure", "DynamicUser=yes", "StateDirectory=emergencyd",
+                 "AmbientCapabilities=CAP_NET_BIND_SERVICE"):
+        assert f"\n{line}\n" in text, line
+    assert re.search(r"\nWatchdogSec=\d+s\n", text)
+    credentials = set(re.findall(r"\nLoadCredential=([\w-]+):", text))
+    assert credentials == {"zendesk-token", "pagerduty-routing-key", "pagerduty-api-token", "imap-password"}
 
 
 class NotifySocket:
