@@ -82,6 +82,7 @@ class Daemon:
         result = await self.store.ingest(raw, envelope)
         counter = self.metrics.duplicates if result.duplicate else self.metrics.received
         counter.labels(envelope.source).inc()
+        self.metrics.last_ingest.labels(envelope.source).set(time.time())
         if not result.duplicate:
             self.runner.wake()
         return result

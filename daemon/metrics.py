@@ -47,6 +47,9 @@ class Metrics:
                                 "Messages committed to the store, by source.", ["source"], registry=r)
         self.duplicates = Counter("emergencyd_messages_duplicate_total",
                                   "Deliveries of a message that was already stored.", ["source"], registry=r)
+        self.last_ingest = Gauge("emergencyd_last_ingest_timestamp_seconds",
+                                 "Unix time a message was last committed, by source (0: none since start).",
+                                 ["source"], registry=r)
         self.rejected = Counter("emergencyd_messages_rejected_total",
                                 "Messages or recipients refused at ingest, by reason.", ["reason"], registry=r)
         self.steps = Counter("emergencyd_escalation_steps_total",
@@ -100,6 +103,7 @@ class Metrics:
             self.suppressed.labels(kind)
         for source in SOURCES:
             self.received.labels(source)
+            self.last_ingest.labels(source)
             self.duplicates.labels(source)
         for kind in IMAP_ERROR_KINDS:
             self.imap_errors.labels(kind)
