@@ -100,7 +100,18 @@ class Daemon:
             checks["imap"] = self.imap.state
         stalled = time.time() - self.runner.last_loop_at > RUNNER_STALL_SECONDS
         checks["runner"] = "stalled" if stalled else "ok"
+        if not self.config.dry_run:
+            for integration in ("zendesk", "pagerduty"):
+                checks[integration] = self._integration_health(integration)
+        self.metrics.checked(checks)
         return checks
+
+    def _integration_health(self, integration: str) -> str:
+        since = self.metrics.failing_since.get(integration)
+        if since is None or time.time() - since < self.config.metrics.integration_failing_seconds:
+            return "ok"
+        return (f"failing for {time.time() - since:.0f}s, since "
+                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(since))}")
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -140,6 +151,7 @@ class Daemon:
         interval = self.notifier.watchdog_seconds / 2 if self.notifier.watchdog_seconds else STATUS_INTERVAL_SECONDS
         while True:
             await asyncio.sleep(interval)
+            await self.readiness()   # keeps emergencyd_ready_check current between scrapes of /readyz
             problem = await self._liveness_problem(timeout=interval)
             if problem:
                 log.error("not petting the systemd watchdog", extra={"problem": problem})

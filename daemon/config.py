@@ -136,6 +136,8 @@ class DedupConfig:
 @dataclass(frozen=True)
 class MetricsConfig:
     listen: HostPort
+    # /readyz fails once an integration has failed, with no success since, for this long.
+    integration_failing_seconds: float
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,9 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
         pagerduty=_pagerduty(reader),
         escalation=_escalation(reader),
         dedup=_dedup(reader),
-        metrics=MetricsConfig(listen=reader.host_port("metrics.listen", "127.0.0.1:9464")),
+        metrics=MetricsConfig(
+            listen=reader.host_port("metrics.listen", "127.0.0.1:9464"),
+            integration_failing_seconds=reader.number("metrics.integration_failing_seconds", 300.0, minimum=1.0)),
         policy=_policy(data.get("policy")),
     )
     reader.reject_unknown_keys()
@@ -333,7 +337,7 @@ _KNOWN_SECTIONS = {
                   "api_token_file", "timeout_seconds"},
     "escalation": {"ticket_head_start_seconds", "retry_initial_seconds", "retry_max_seconds",
                    "max_attempts", "concurrency", "poll_interval_seconds"},
-    "metrics": {"listen"},
+    "metrics": {"listen", "integration_failing_seconds"},
     "dedup": {"incident_window_minutes", "platform_wide_categories", "sender_limit", "sender_window_minutes",
               "max_new_pages_per_minute"},
 }

@@ -16,6 +16,7 @@ from parsers.noise import NOISE_KINDS
 from escalation.steps import integration_of
 
 SOURCES = ("smtp", "imap", "inject")
+INTEGRATIONS = ("zendesk", "pagerduty")
 REJECT_REASONS = ("unknown_recipient", "too_large", "store_failure", "shutting_down")
 STEP_OUTCOMES = ("success", "retry", "failed")
 STATUS_CLASSES = ("2xx", "4xx", "5xx", "network")
@@ -88,6 +89,17 @@ class Metrics:
         self.imap_pickup_latency = Histogram("emergencyd_imap_pickup_latency_seconds",
                                              "Seconds from the IMAP server's INTERNALDATE to the durable commit.",
                                              buckets=PICKUP_LATENCY_BUCKETS, registry=r)
+        self.integration_last_success = Gauge(
+            "emergencyd_integration_last_success_timestamp_seconds",
+            "Unix time of the last successful call to each integration (0: none since start).", ["integration"],
+            registry=r)
+        self.integration_failing_since = Gauge(
+            "emergencyd_integration_failing_since_timestamp_seconds",
+            "Unix time of the first failure since the last success, 0 while the integration works.",
+            ["integration"], registry=r)
+        self.ready = Gauge("emergencyd_ready_check", "1 while a readiness check passes, 0 while it fails.",
+                           ["check"], registry=r)
+        self.failing_since: dict[str, float] = {}
         self.last_page_at = 0.0
         self.info = Info("emergencyd_build", "Build information.", registry=r)
         self.info.info({"version": _version()})
@@ -105,6 +117,9 @@ class Metrics:
             self.received.labels(source)
             self.last_ingest.labels(source)
             self.duplicates.labels(source)
+        for integration in INTEGRATIONS:
+            self.integration_last_success.labels(integration)
+            self.integration_failing_since.labels(integration)
         for kind in IMAP_ERROR_KINDS:
             self.imap_errors.labels(kind)
         for reason in REJECT_REASONS:
@@ -120,6 +135,18 @@ class Metrics:
 
     def step_finished(self, integration: str, step: str, outcome: str, status_class: str) -> None:
         self.steps.labels(integration, step, outcome, status_class).inc()
+        now = time.time()
+        if outcome == "success":
+            self.failing_since.pop(integration, None)
+            self.integration_last_success.labels(integration).set(now)
+            self.integration_failing_since.labels(integration).set(0)
+        elif integration not in self.failing_since:
+            self.failing_since[integration] = now
+            self.integration_failing_since.labels(integration).set(now)
+
+    def checked(self, checks: dict[str, str]) -> None:
+        for check, result in checks.items():
+            self.ready.labels(check).set(int(result == "ok"))
 
     def decided(self, verdict: Verdict) -> None:
         if verdict.suppressed:

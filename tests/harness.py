@@ -34,7 +34,7 @@ def write_config(directory: Path, *, dry_run: bool, zendesk_url: str = "https://
                  pagerduty_url: str = "https://events.pagerduty.com", ca_file: Path | None = None,
                  extra: str = "", escalation: str = "", store: str = "", policy: bool = False,
                  busy_timeout_ms: int = 300, extra_zendesk: str = "", imap: str = "",
-                 smtp_enabled: bool = True) -> Path:
+                 smtp_enabled: bool = True, metrics: str = "") -> Path:
     """A test config on port 0; policy=True appends the shipped [policy] from config.toml.
 
     `imap` is the body of an [imap] table (IMAP is enabled when it is given).
@@ -76,6 +76,7 @@ poll_interval_seconds = 0.1
 
 [metrics]
 listen = "127.0.0.1:0"
+{metrics}
 """
     if imap:
         text += f"\n[imap]\nenabled = true\n{imap}\n"
