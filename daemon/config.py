@@ -6,6 +6,7 @@ log line or traceback can show them.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -205,7 +206,14 @@ def _smtp(r: _Reader) -> SmtpConfig:
     )
 
 
-_LOOPBACK_HOSTS = {"localhost", "::1"}
+def _is_loopback(host: str) -> bool:
+    """An address on this machine: a name that merely starts with "127." is not one."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _imap(r: _Reader) -> ImapConfig:
@@ -214,7 +222,7 @@ def _imap(r: _Reader) -> ImapConfig:
     host = r.string("imap.host", "")
     if enabled and not host:
         raise ConfigError("imap.host: required when imap.enabled = true")
-    if enabled and not tls and not (host in _LOOPBACK_HOSTS or host.startswith("127.")):
+    if enabled and not tls and not _is_loopback(host):
         raise ConfigError(f"imap.tls: false is only allowed for a loopback host, not {host!r}: "
                           "the password and tenants' mail would cross the network in clear")
     mailbox, processed = r.string("imap.mailbox", "INBOX"), r.string("imap.processed_mailbox", "Processed")
