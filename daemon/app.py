@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 import time
 
 from dataclasses import replace
@@ -14,7 +15,8 @@ from daemon.imap import ImapIngress
 from daemon.metrics import Metrics
 from daemon.notify import SystemdNotifier
 from daemon.runner import Runner
-from daemon.smtp import IngestHandler, start_smtp
+from daemon.certificates import soonest_expiry, tls_files
+from daemon.smtp import IngestHandler, load_certificate, start_smtp, starttls_context
 from daemon.store import AsyncStore, IngestResult
 from escalation.records import Envelope
 from escalation.grouping import GroupingSettings
@@ -75,6 +77,7 @@ class Daemon:
         self.notifier = SystemdNotifier()
         self._stop = asyncio.Event()
         self._smtp: asyncio.Server | None = None
+        self._smtp_tls: ssl.SSLContext | None = None
         self._servers: list[asyncio.Server] = []
 
     async def ingest(self, raw: bytes, envelope: Envelope) -> IngestResult:
@@ -120,7 +123,12 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         if self.config.smtp.enabled:
             try:
-                self._smtp = await start_smtp(self.config.smtp, self.smtp_handler, self.metrics)
+                self._smtp_tls = starttls_context(self.config.smtp)
+            except (OSError, ssl.SSLError) as exc:
+                raise StartupError(f"cannot load the SMTP certificate {self.config.smtp.tls_cert_file} and key "
+                                   f"{self.config.smtp.tls_key_file}: {exc}") from None
+            try:
+                self._smtp = await start_smtp(self.config.smtp, self.smtp_handler, self.metrics, self._smtp_tls)
             except OSError as exc:
                 raise StartupError(f"cannot listen for SMTP on {self.config.smtp.listen}: {exc.strerror}") from None
             self._servers.append(self._smtp)
@@ -139,6 +147,7 @@ class Daemon:
             "smtp": _bound(self._smtp) if self._smtp else "off", "metrics": _bound(http),
             "imap": self.config.imap.account if self.imap else "off", "dry_run": self.config.dry_run,
             "store": str(self.config.store.path)})
+        self.observe_certificates()
         self.notifier.send(READY=1, STATUS=await self._status_line())
         watchdog = asyncio.create_task(self._report_to_systemd(), name="watchdog")
         await self._stop.wait()
@@ -152,6 +161,7 @@ class Daemon:
         while True:
             await asyncio.sleep(interval)
             await self.readiness()   # keeps emergencyd_ready_check current between scrapes of /readyz
+            self.observe_certificates()
             problem = await self._liveness_problem(timeout=interval)
             if problem:
                 log.error("not petting the systemd watchdog", extra={"problem": problem})
@@ -160,6 +170,12 @@ class Daemon:
             if self.notifier.watchdog_seconds:
                 fields["WATCHDOG"] = 1
             self.notifier.send(**fields)
+
+    def observe_certificates(self) -> None:
+        for role, path in tls_files(self.config).items():
+            expiry = soonest_expiry(path)
+            if expiry is not None:
+                self.metrics.tls_expiry.labels(role, str(path)).set(expiry)
 
     async def _liveness_problem(self, *, timeout: float) -> str | None:
         if time.time() - self.runner.last_loop_at > max(RUNNER_STALL_SECONDS, 3 * self.config.escalation.poll_interval_seconds):
@@ -189,6 +205,11 @@ class Daemon:
         except ConfigError as exc:
             log.error("reload refused; still running the previous config", extra={"error": str(exc)})
             return
+        if self._smtp_tls is not None:   # a renewed certificate, for the next STARTTLS
+            try:
+                load_certificate(self._smtp_tls, self.config.smtp)
+            except (OSError, ssl.SSLError) as exc:
+                log.error("reload kept the previous SMTP certificate", extra={"error": str(exc)})
         self.escalator.policy = new.policy
         self.smtp_handler.recipients = frozenset(new.smtp.recipients)
         needs_restart = [name for name in ("dry_run", "store", "zendesk", "pagerduty", "escalation", "dedup",

@@ -49,6 +49,10 @@ class SmtpConfig:
     recipients: tuple[str, ...]
     max_message_bytes: int
     hostname: str
+    # STARTTLS with this certificate chain and key, when both are set.
+    tls_cert_file: Path | None
+    tls_key_file: Path | None
+    require_starttls: bool
 
 
 @dataclass(frozen=True)
@@ -197,12 +201,20 @@ def _smtp(r: _Reader) -> SmtpConfig:
     for addr in recipients:
         if "@" not in addr or addr.startswith("@") or addr.endswith("@"):
             raise ConfigError(f"smtp.recipients: {addr!r} is not an email address")
+    cert, key = r.optional_path("smtp.tls_cert_file"), r.optional_path("smtp.tls_key_file")
+    if (cert is None) != (key is None):
+        raise ConfigError("smtp.tls_cert_file and smtp.tls_key_file: set both for STARTTLS, or neither")
+    require = r.boolean("smtp.require_starttls", False)
+    if require and cert is None:
+        raise ConfigError("smtp.require_starttls: needs smtp.tls_cert_file and smtp.tls_key_file")
     return SmtpConfig(
         enabled=r.boolean("smtp.enabled", True),
         listen=r.host_port("smtp.listen", "127.0.0.1:2525"),
         recipients=tuple(a.strip().lower() for a in recipients),
         max_message_bytes=r.integer("smtp.max_message_bytes", 25 * 1024 * 1024, minimum=1024),
         hostname=r.string("smtp.hostname", "emergencyd"),
+        tls_cert_file=cert, tls_key_file=key,
+        require_starttls=require,
     )
 
 
@@ -334,7 +346,8 @@ def _require_credentials(config: Config) -> None:
 
 
 _KNOWN_SECTIONS = {
-    "smtp": {"enabled", "listen", "recipients", "max_message_bytes", "hostname"},
+    "smtp": {"enabled", "listen", "recipients", "max_message_bytes", "hostname", "tls_cert_file", "tls_key_file",
+             "require_starttls"},
     "imap": {"enabled", "host", "port", "username", "password_file", "mailbox", "processed_mailbox", "tls",
              "ca_file", "idle", "idle_renew_seconds", "poll_interval_seconds", "command_timeout_seconds",
              "reconnect_initial_seconds", "reconnect_max_seconds", "login_retry_seconds", "batch_messages",

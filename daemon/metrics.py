@@ -99,6 +99,9 @@ class Metrics:
             ["integration"], registry=r)
         self.ready = Gauge("emergencyd_ready_check", "1 while a readiness check passes, 0 while it fails.",
                            ["check"], registry=r)
+        self.tls_expiry = Gauge("emergencyd_tls_certificate_expiry_timestamp_seconds",
+                                "Unix time the first certificate in each TLS file in use expires.",
+                                ["role", "file"], registry=r)
         self.failing_since: dict[str, float] = {}
         self.last_page_at = 0.0
         self.info = Info("emergencyd_build", "Build information.", registry=r)

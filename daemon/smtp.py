@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from typing import Awaitable, Callable
 
@@ -90,10 +91,25 @@ def _peer(session: Session) -> str:
     return str(peer or "")
 
 
-async def start_smtp(config: SmtpConfig, handler: IngestHandler, metrics: Metrics) -> asyncio.Server:
+def starttls_context(config: SmtpConfig) -> ssl.SSLContext | None:
+    """The server side of STARTTLS; load_certificate() again on reload picks up a renewed certificate."""
+    if config.tls_cert_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    load_certificate(context, config)
+    return context
+
+
+def load_certificate(context: ssl.SSLContext, config: SmtpConfig) -> None:
+    context.load_cert_chain(str(config.tls_cert_file), str(config.tls_key_file))
+
+
+async def start_smtp(config: SmtpConfig, handler: IngestHandler, metrics: Metrics,
+                     tls_context: ssl.SSLContext | None) -> asyncio.Server:
     loop = asyncio.get_running_loop()
 
     def factory() -> SMTP:
         return Smtp(handler, metrics, data_size_limit=config.max_message_bytes, hostname=config.hostname,
-                    ident="emergencyd ESMTP", decode_data=False)
+                    ident="emergencyd ESMTP", decode_data=False, tls_context=tls_context,
+                    require_starttls=config.require_starttls)
     return await loop.create_server(factory, host=config.listen.host, port=config.listen.port)

@@ -24,6 +24,8 @@ def _message(record: EscalationRecord) -> dict[str, Any]:
         "id": record.message_pk,
         "received_at": iso(record.envelope.received_at),
         "source": record.envelope.source,
+        "peer": record.envelope.peer,
+        "tls": record.envelope.tls,
         "sender": record.sender,
         "subject": record.subject,
         "message_id": record.message_id,

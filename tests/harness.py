@@ -34,7 +34,7 @@ def write_config(directory: Path, *, dry_run: bool, zendesk_url: str = "https://
                  pagerduty_url: str = "https://events.pagerduty.com", ca_file: Path | None = None,
                  extra: str = "", escalation: str = "", store: str = "", policy: bool = False,
                  busy_timeout_ms: int = 300, extra_zendesk: str = "", imap: str = "",
-                 smtp_enabled: bool = True, metrics: str = "") -> Path:
+                 smtp_enabled: bool = True, metrics: str = "", smtp: str = "") -> Path:
     """A test config on port 0; policy=True appends the shipped [policy] from config.toml.
 
     `imap` is the body of an [imap] table (IMAP is enabled when it is given).
@@ -48,6 +48,7 @@ enabled = {str(smtp_enabled).lower()}
 listen = "127.0.0.1:0"
 recipients = ["{RECIPIENT}", "Second@Example.org"]
 max_message_bytes = 200000
+{smtp}
 
 [store]
 path = "var/store.sqlite3"
