@@ -23,6 +23,7 @@ from daemon.metrics import Metrics
 from daemon.smtp import Ingest
 from daemon.store import AsyncStore, StoreError
 from escalation.records import Envelope
+from escalation.tls import ssl_context
 
 log = logging.getLogger("emergencyd.imap")
 
@@ -93,11 +94,8 @@ class MailboxSession:
         cfg = self.config
         try:
             if cfg.tls:
-                context = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
-                if cfg.ca_file:
-                    context.load_default_certs()
                 client = aioimaplib.IMAP4_SSL(cfg.host, cfg.port, timeout=cfg.command_timeout_seconds,
-                                              ssl_context=context)
+                                              ssl_context=ssl_context(cfg.ca_file))
             else:
                 client = aioimaplib.IMAP4(cfg.host, cfg.port, timeout=cfg.command_timeout_seconds)
         except OSError as exc:
