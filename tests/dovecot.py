@@ -84,6 +84,7 @@ class Dovecot:
         self.imap_port = 0
         self.imaps_port = 0
         self.idle_enabled = idle
+        self.login_throttling = True   # Dovecot's own delay and penalty after a failed login
         self.proc: subprocess.Popen | None = None
         self.start_seconds: float | None = None   # how long the last start() took
         self.events: list[str] = []                # lifecycle with timings, shown in log_tail()
@@ -123,6 +124,14 @@ class Dovecot:
     def _write_config(self) -> None:
         d = self.dir
         capability = ""
+        throttling = anvil_penalty = ""
+        if not self.login_throttling:
+            throttling = "auth_failure_delay = 0"
+            # No per-IP penalty: at mode 0 anvil's penalty socket is not created, and the auth
+            # process, finding none, goes without. A socket left by an earlier run would make it
+            # retry for seconds (connection refused), so it goes too.
+            anvil_penalty = "  unix_listener anvil-auth-penalty {\n    mode = 0\n  }\n"
+            (d / "run" / "anvil-auth-penalty").unlink(missing_ok=True)
         if not self.idle_enabled:
             if self._capability_without_idle is None:
                 raise DovecotError("capability list unknown: start Dovecot with IDLE once first")
@@ -148,6 +157,7 @@ ssl = yes
 ssl_cert = <{d}/cert.pem
 ssl_key = <{d}/key.pem
 {capability}
+{throttling}
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {d}/passwd
@@ -178,7 +188,7 @@ service imap-login {{
 }}
 service anvil {{
   chroot =
-}}
+{anvil_penalty}}}
 service stats {{
   unix_listener stats-reader {{
     user = {self._user}
@@ -355,6 +365,19 @@ service stats {{
             self.restart()
         else:
             self.stop()   # it was only started to learn the capability list
+
+    def set_login_throttling(self, enabled: bool) -> None:
+        """False: a wrong password is refused at once, every time; restarts Dovecot if it runs.
+
+        By default Dovecot answers a failed login after 2 s, and repeated failures from one IP
+        after up to 15 s (its auth penalty). That throttles any client, however fast it retries;
+        without it (as with providers that answer at once) only the client's own pacing counts.
+        """
+        if enabled == self.login_throttling:
+            return
+        self.login_throttling = enabled
+        if self.running:
+            self.restart()
 
     # --- the test's own IMAP client (stdlib imaplib) ------------------------------------------
 

@@ -94,3 +94,25 @@ def test_imap_settings_and_password_from_the_environment(tmp_path):
     plain = load_config(write(tmp_path, "[imap]\nenabled = true\nhost = '127.0.0.1'\ntls = false\n"
                                          "username = 'u'\n"), environ={"EMERGENCYD_IMAP_PASSWORD": "p"})
     assert plain.imap.port == 143
+
+
+def test_imap_password_from_the_environment_wins_over_the_file(tmp_path):
+    (tmp_path / "imap-password").write_text("from-file\n")
+    path = write(tmp_path, "[imap]\nenabled = true\nhost = 'imap.example.org'\nusername = 'u@example.org'\n"
+                           "password_file = 'imap-password'\n")
+    assert load_config(path, environ={}).imap.password.value == "from-file"
+    assert load_config(path, environ={"EMERGENCYD_IMAP_PASSWORD": "from-env"}).imap.password.value == "from-env"
+
+
+@pytest.mark.parametrize("host, allowed", [
+    ("127.0.0.1", True), ("127.1.2.3", True), ("localhost", True), ("::1", True),
+    ("127.0.0.1.nip.io", False), ("127.mail.example.org", False), ("mail.example.org", False),
+    ("10.0.0.5", False),
+])
+def test_plain_imap_only_on_loopback(tmp_path, host, allowed):
+    path = write(tmp_path, f"[imap]\nenabled = true\nhost = '{host}'\ntls = false\nusername = 'u'\n")
+    if allowed:
+        assert load_config(path, environ={"EMERGENCYD_IMAP_PASSWORD": "p"}).imap.tls is False
+    else:
+        with pytest.raises(ConfigError, match="imap.tls"):
+            load_config(path, environ={"EMERGENCYD_IMAP_PASSWORD": "p"})
