@@ -160,12 +160,19 @@ class MailboxSession:
         Present messages at or below the last UID were committed but not moved (a crash, a
         failed MOVE): fetching them again is a no-op for the store, and then they move.
         """
+        # A server adds mail that arrived since the last command to this session's view only
+        # at the end of the next command (Dovecot: "* n EXISTS" after the tagged answer's
+        # data). NOOP first, so the FETCH below sees it; then fetch again until nothing is
+        # new, because mail that arrives during a FETCH or a MOVE is announced by that command
+        # and would otherwise wait for the next push, or for the IDLE renewal.
+        await self._ok("NOOP", self._client.noop())
         first = 1 if catch_up else self.last_uid + 1
-        metas = await self._metadata(first)
-        for batch in batches(metas, max_messages=self.config.batch_messages, max_bytes=MAX_BATCH_BYTES):
-            if self._stopping.is_set():
-                return
-            await self._take(batch)
+        while metas := await self._metadata(first):
+            for batch in batches(metas, max_messages=self.config.batch_messages, max_bytes=MAX_BATCH_BYTES):
+                if self._stopping.is_set():
+                    return
+                await self._take(batch)
+            first = max(self.last_uid, metas[-1].uid) + 1
         self._metrics.imap_last_sync.set(time.time())
 
     async def _metadata(self, first: int) -> list[MessageMeta]:
@@ -176,14 +183,20 @@ class MailboxSession:
     async def _take(self, batch: list[MessageMeta]) -> None:
         wanted = [m for m in batch if not self._too_large(m)]
         committed: list[int] = []
+        vanished: set[int] = set()    # expunged by another client between the two FETCHes
         if wanted:
             bodies = await self._fetch_bodies(wanted)
             for meta in wanted:
-                if self._stopping.is_set() or meta.uid not in bodies:
+                if self._stopping.is_set():
                     break
+                if meta.uid not in bodies:
+                    vanished.add(meta.uid)
+                    log.warning("imap message vanished before its body was fetched", extra={"uid": meta.uid})
+                    continue
                 await self._commit(meta, bodies.pop(meta.uid))
                 committed.append(meta.uid)
-        handled = set(committed) | {m.uid for m in batch if m not in wanted}   # too large: left for a human
+        # Too large ones count as handled: they are left in the mailbox for a human.
+        handled = set(committed) | vanished | {m.uid for m in batch if m not in wanted}
         handled_up_to = self.last_uid
         for meta in batch:   # the position only passes a UID when every one before it is handled
             if meta.uid not in handled:

@@ -39,5 +39,5 @@ def configure_logging(level: int = logging.INFO) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Third-party chatter at INFO would drown our events and may echo request details.
-    for noisy in ("mail", "mailparser", "zenpy", "pagerduty", "httpx2", "urllib3", "mail.log"):
+    for noisy in ("mail", "mailparser", "zenpy", "pagerduty", "httpx2", "urllib3", "mail.log", "aioimaplib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -512,3 +512,19 @@ def test_an_untrusted_certificate_is_refused_before_login(tmp_path, dovecot, liv
     assert log_lines(daemon, "kind=tls")
     assert metric(daemon, CONNECTED) == 0 and readiness(daemon)[0] == 503
     assert logins(dovecot) == [] and refused_logins(dovecot) == []
+
+
+def test_a_poll_takes_the_mail_that_arrived_before_it(tmp_path, dovecot, start_daemon):
+    """A server adds new mail to a session's view only at the end of its next command: a poll
+    that only FETCHed would see mail one poll late. The first poll after the APPEND takes it."""
+    daemon = start_daemon(dry_run=True, imap=imap_table(dovecot, tmp_path, idle=False, poll_interval_seconds=3))
+    wait_connected(daemon, idle=False)
+    for index in range(3):
+        synced = metric(daemon, LAST_SYNC)
+        daemon.wait_for(lambda: metric(daemon, LAST_SYNC) > synced,
+                        what="a poll to finish")
+        polled = metric(daemon, LAST_SYNC)
+        dovecot.append(mail(f"between polls {index}"))      # right after a poll, long before the next
+        daemon.wait_for(lambda: metric(daemon, LAST_SYNC) > polled,
+                        what="the next poll")
+        assert len(daemon.status()["messages"]) == index + 1, "the next poll did not take the mail"
