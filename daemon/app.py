@@ -71,7 +71,8 @@ class Daemon:
         self.store = AsyncStore.open(config.store.path, busy_timeout_ms=config.store.busy_timeout_ms)
         self.escalator = build_escalator(config, self.store, self.metrics)
         self.runner = Runner(self.store, self.escalator, self.metrics,
-                             poll_interval=config.escalation.poll_interval_seconds)
+                             poll_interval=config.escalation.poll_interval_seconds,
+                             max_in_flight_bytes=config.escalation.max_in_flight_bytes)
         self.smtp_handler = IngestHandler(config.smtp, self.ingest, self.metrics)
         self.imap = ImapIngress(config.imap, self.ingest, self.store, self.metrics) if config.imap.enabled else None
         self.notifier = SystemdNotifier()

@@ -63,6 +63,10 @@ class Metrics:
                                "Unix time of the last page PagerDuty accepted.", registry=r)
         self.pending = Gauge("emergencyd_escalations_pending",
                              "Escalations with steps still to do.", registry=r)
+        self.in_flight = Gauge("emergencyd_escalations_in_flight",
+                               "Escalations being worked on now (each holds its parsed message).", registry=r)
+        self.in_flight_bytes = Gauge("emergencyd_escalations_in_flight_bytes",
+                                     "Raw size of the messages of the escalations in flight.", registry=r)
         self.oldest_pending_age = Gauge("emergencyd_escalation_oldest_pending_age_seconds",
                                         "Age of the oldest unfinished escalation, 0 when none.", registry=r)
         self.verdicts = Counter("emergencyd_verdicts_total",

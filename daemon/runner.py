@@ -19,13 +19,18 @@ DUE_BATCH = 200
 
 
 class Runner:
-    def __init__(self, store, escalator: Escalator, metrics: Metrics, *, poll_interval: float):
+    def __init__(self, store, escalator: Escalator, metrics: Metrics, *, poll_interval: float,
+                 max_in_flight_bytes: int = 64 * 1024 * 1024):
         self._store = store
         self._escalator = escalator
         self._metrics = metrics
         self._poll_interval = poll_interval
         self._wake = asyncio.Event()
         self._in_flight: dict[int, asyncio.Task] = {}
+        # Each escalation in flight holds its parsed message: a backlog of big mail must
+        # wait its turn instead of being held in memory all at once.
+        self._max_in_flight_bytes = max_in_flight_bytes
+        self._in_flight_bytes: dict[int, int] = {}
         self._stopping = False
         self.last_loop_at = 0.0   # proof of life for health checks and the watchdog
 
@@ -51,10 +56,16 @@ class Runner:
         started = 0
         # Escalations in flight (waiting on Zendesk's pace, say) may still be due: ask for
         # enough that they cannot crowd out the rest.
-        for pk in await self._store.due(time.time(), DUE_BATCH + len(self._in_flight)):
-            if pk not in self._in_flight:
-                self._in_flight[pk] = asyncio.create_task(self._advance(pk), name=f"escalation-{pk}")
-                started += 1
+        due = [pk for pk in await self._store.due(time.time(), DUE_BATCH + len(self._in_flight))
+               if pk not in self._in_flight]
+        sizes = await self._store.message_sizes(due) if due else {}
+        for pk in due:
+            held = sum(self._in_flight_bytes.values())
+            if self._in_flight and held + sizes.get(pk, 0) > self._max_in_flight_bytes:
+                break   # in order: the rest start as those in flight finish
+            self._in_flight_bytes[pk] = sizes.get(pk, 0)
+            self._in_flight[pk] = asyncio.create_task(self._advance(pk), name=f"escalation-{pk}")
+            started += 1
         return started
 
     async def _advance(self, pk: int) -> None:
@@ -66,9 +77,12 @@ class Runner:
             log.exception("escalation round failed", extra={"message_pk": pk})
         finally:
             self._in_flight.pop(pk, None)
+            self._in_flight_bytes.pop(pk, None)
             self._wake.set()   # its next steps may be due at once
 
     async def _update_gauges(self) -> None:
+        self._metrics.in_flight.set(len(self._in_flight))
+        self._metrics.in_flight_bytes.set(sum(self._in_flight_bytes.values()))
         counts = await self._store.counts_by_state()
         self._metrics.pending.set(counts.get("pending", 0) + counts.get("new", 0))
         oldest = await self._store.oldest_unfinished_received_at()

@@ -280,6 +280,14 @@ class Store(GroupingQueries):
             " ORDER BY 2, 1 LIMIT ?", (NEW, STEP_PENDING, now, limit)).fetchall()
         return list(dict.fromkeys(r[0] for r in rows))
 
+    def message_sizes(self, pks: list[int]) -> dict[int, int]:
+        sizes: dict[int, int] = {}
+        for start in range(0, len(pks), 500):   # SQLite's limit on bound parameters
+            chunk = pks[start:start + 500]
+            sizes.update(self._conn.execute(
+                f"SELECT id, size FROM messages WHERE id IN ({','.join('?' * len(chunk))})", chunk).fetchall())
+        return sizes
+
     def next_due_at(self) -> float | None:
         row = self._conn.execute("SELECT MIN(next_attempt_at) FROM steps WHERE state = ?",
                                  (STEP_PENDING,)).fetchone()

@@ -188,3 +188,16 @@ def test_a_slow_zendesk_delays_the_page_by_the_head_start_at_most(live_daemon, z
     assert message["steps"]["page"]["result"]["carried_ticket_link"] is False
     [incident] = pagerduty.incidents()
     assert any(f"/agent/tickets/{message['ticket_id']}" in n["content"] for n in incident["notes"])
+
+
+def test_a_tight_in_flight_budget_still_escalates_everything_once(start_daemon):
+    """With room for one message's bytes at a time, escalations run one after another, all of them."""
+    daemon = start_daemon(policy=True, escalation="max_in_flight_bytes = 1024")
+    for index in range(8):      # under the page cap of 10 a minute
+        daemon.send(make_message(subject=f"Database {index} unreachable", body=f"Database {index} is down.",
+                                 sender=f"ops{index}@tenant{index}.example", message_id=f"<budget-{index}@example.net>"))
+    doc = daemon.wait_settled(8, timeout=60)
+    assert {m["state"] for m in doc["messages"]} == {"done"}
+    pages = [m["steps"]["page"]["result"]["would_send"]["dedup_key"] for m in doc["messages"] if "page" in m["steps"]]
+    assert len(pages) == len(set(pages)) == 8     # eight incidents, one page each
+    assert "emergencyd_escalations_in_flight_bytes" in daemon.http_get("/metrics")[1]
