@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config.toml
 
-.PHONY: run test setup system-packages bench corpus-check clean
+.PHONY: run test setup system-packages bench bench-imap corpus-check clean
 
 run: setup
 	$(BIN)/emergencyd run --config $(CONFIG)
@@ -25,6 +25,9 @@ system-packages:
 
 bench: setup system-packages
 	$(BIN)/python bench/smtp_ingest.py
+
+bench-imap: setup system-packages
+	$(BIN)/python bench/imap_pickup.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info
