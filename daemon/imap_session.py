@@ -16,8 +16,8 @@ import aioimaplib
 
 from daemon.config import ImapConfig
 from daemon.imap_wire import (
-    MessageMeta, batches, has_exists, mailbox_name, parse_bodies, parse_metadata, return_path_of, uid_set,
-    uidvalidity_of,
+    MessageMeta, batches, has_exists, mailbox_name, parse_bodies, parse_metadata, parse_search, return_path_of,
+    uid_set, uidvalidity_of,
 )
 from daemon.metrics import Metrics
 from daemon.smtp import Ingest
@@ -31,6 +31,7 @@ log = logging.getLogger("emergencyd.imap")
 _LIST_ENTRY = re.compile(rb"^(LIST )?\(", re.IGNORECASE)
 
 MAX_BATCH_BYTES = 32 * 1024 * 1024     # memory held by one UID FETCH of bodies
+METADATA_SLICE = 200                   # UIDs per metadata FETCH (see _metadata)
 SECONDS_PER_MEGABYTE = 1.0             # extra time a big FETCH may take beyond the command timeout
 
 
@@ -176,9 +177,19 @@ class MailboxSession:
         self._metrics.imap_last_sync.set(time.time())
 
     async def _metadata(self, first: int) -> list[MessageMeta]:
-        response = await self._ok("UID FETCH metadata",
-                                  self._client.uid("fetch", f"{first}:*", "(UID RFC822.SIZE INTERNALDATE)"))
-        return parse_metadata(response.lines, first_uid=first)
+        """Size and arrival time of every message from UID `first` on.
+
+        SEARCH answers in one line; the FETCH goes by slices, because aioimaplib handles the
+        lines of one read recursively and a read of a thousand FETCH lines overflows its stack.
+        """
+        found = await self._ok("UID SEARCH", self._client.uid_search("UID", f"{first}:*", charset=None))
+        uids = parse_search(found.lines, first_uid=first)
+        metas: list[MessageMeta] = []
+        for start in range(0, len(uids), METADATA_SLICE):
+            response = await self._ok("UID FETCH metadata", self._client.uid(
+                "fetch", uid_set(uids[start:start + METADATA_SLICE]), "(UID RFC822.SIZE INTERNALDATE)"))
+            metas += parse_metadata(response.lines, first_uid=first)
+        return metas
 
     async def _take(self, batch: list[MessageMeta]) -> None:
         wanted = [m for m in batch if not self._too_large(m)]

@@ -67,6 +67,21 @@ def parse_metadata(lines: Iterable[bytes | bytearray], *, first_uid: int) -> lis
     return [found[uid] for uid in sorted(found)]
 
 
+def parse_search(lines: Iterable[bytes | bytearray], *, first_uid: int) -> list[int]:
+    """UID SEARCH lines -> the UIDs >= first_uid, in order (see parse_metadata on n:*).
+
+    aioimaplib hands over "* SEARCH 3 4 9" as b"3 4 9"; the tagged "Search completed" is a line too.
+    """
+    uids: set[int] = set()
+    for raw_line in lines:
+        words = bytes(raw_line).split()
+        if words and words[0].upper() == b"SEARCH":
+            words = words[1:]
+        if words and all(word.isdigit() for word in words):
+            uids.update(int(word) for word in words)
+    return sorted(uid for uid in uids if uid >= first_uid)
+
+
 def parse_bodies(lines: Sequence[bytes | bytearray]) -> dict[int, bytes]:
     """UID FETCH (UID BODY.PEEK[]) lines -> {uid: raw message}.
 

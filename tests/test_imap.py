@@ -306,6 +306,21 @@ def test_a_backlog_of_1000_mails_is_taken_once_and_in_order(tmp_path, dovecot, s
     assert not failures or log_lines(daemon, "imap disconnected"), failures
 
 
+def test_a_mailbox_of_1500_over_plain_imap_is_taken_without_dropping_the_connection(tmp_path, dovecot,
+                                                                                     start_daemon):
+    """Over plain IMAP one read can hold a thousand FETCH lines, which aioimaplib handles one
+    recursion per line: metadata is fetched in slices, so the connection never breaks on it."""
+    raws = [make_message(subject=f"Large mailbox {n}", sender=f"ops@big{n}.example",
+                         message_id=f"<big-{n}@big{n}.example>") for n in range(1500)]
+    dovecot.append_many(raws)
+    daemon = start_daemon(dry_run=True, imap=imap_table(dovecot, tmp_path, tls=False), extra=NO_PAGE_CAP,
+                          busy_timeout_ms=5000)
+    wait_mailbox(daemon, dovecot, "INBOX", 0, timeout=90)
+    assert metric(daemon, RECEIVED, source="imap") == 1500
+    assert {kind: n for kind, n in imap_errors(daemon).items() if n} == {}
+    assert not log_lines(daemon, "imap disconnected")
+
+
 # --- the same mail twice ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("first", ["smtp", "imap"])

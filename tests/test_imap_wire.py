@@ -5,6 +5,7 @@ import pytest
 
 from daemon.imap_wire import (
     MessageMeta, batches, exists_of, has_exists, mailbox_name, parse_bodies, parse_internaldate, parse_metadata,
+    parse_search,
     return_path_of, uid_set, uidvalidity_of,
 )
 
@@ -39,6 +40,13 @@ def test_metadata_in_uid_order_without_the_highest_uid_echo():
     assert metas[0].internaldate == datetime(2026, 11, 7, 20, 5, 0, tzinfo=timezone.utc).timestamp()
     # `UID FETCH 10:*` answers with UID 9 when 9 is the highest: not a new message.
     assert parse_metadata(lines, first_uid=10) == []
+
+
+def test_search_results_as_aioimaplib_gives_them():
+    assert parse_search([b"3 9 4", b"Search completed (0.001 + 0.000 secs)."], first_uid=1) == [3, 4, 9]
+    assert parse_search([b"SEARCH 12 13", b"Search completed."], first_uid=13) == [13]
+    assert parse_search([b"Search completed (0.001 + 0.000 secs)."], first_uid=1) == []
+    assert parse_search([b"7"], first_uid=8) == []      # `UID SEARCH UID 8:*` echoes the highest, 7
 
 
 def test_bodies_with_uid_before_or_after_the_literal():
