@@ -49,7 +49,7 @@ from bench.smtp_ingest import (  # noqa: E402
 )
 from bench.storm import log_problems, proc_status_kb  # noqa: E402
 from escalation.records import dedup_key_of  # noqa: E402
-from tests.harness import API_TOKEN, ZENDESK_EMAIL, ZENDESK_TOKEN, base_env, live_env  # noqa: E402
+from tests.harness import API_TOKEN, ZENDESK_EMAIL, ZENDESK_TOKEN, base_env, live_env, log_records  # noqa: E402
 
 IMAP_TIMEOUT = 30.0
 PAGE_TIMEOUT = 15.0        # seconds to wait for one message's page before counting it missing
@@ -65,9 +65,7 @@ ZENDESK_UNPACED = "requests_per_minute = 100000\n"
 # Index ranges of build_message: the same index twice would be the same sender and subject,
 # a repeat folded into a comment, not a page.
 SMTP_BASE, IDLE_BASE, POLL_BASE, BACKLOG_BASE = 0, 200_000, 400_000, 600_000
-STORED = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z info emergencyd\.(?:imap|smtp) "
-                    r"'?(?:imap )?message stored'? .*?\bmessage_pk=(\d+)")
-STORED_UID = re.compile(r"\buid=(\d+)")
+STORED_EVENTS = {"message stored", "imap message stored"}
 
 
 # --- clocks and the daemon's log ----------------------------------------------------
@@ -76,27 +74,22 @@ WALL_MINUS_MONOTONIC = time.time() - time.monotonic()
 
 
 def log_stamp(text: str) -> float:
-    """A log line's UTC wall-clock stamp (milliseconds) on this process's time.monotonic() scale."""
-    wall = datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=datetime.timezone.utc)
+    """A log record's UTC ISO stamp ("ts") on this process's time.monotonic() scale."""
+    wall = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
     return wall.timestamp() - WALL_MINUS_MONOTONIC
 
 
 def stored_lines(log_path: Path) -> list[tuple[float, int, int | None]]:
-    """(monotonic stamp, message_pk, IMAP uid or None) of every 'stored' line of a daemon log."""
-    found = []
+    """(monotonic stamp, message_pk, IMAP uid or None) of every 'stored' event of a daemon log."""
     text = log_path.read_text("utf-8", "replace") if log_path.exists() else ""
-    for line in text.splitlines():
-        match = STORED.match(line)
-        if match:
-            uid = STORED_UID.search(line)
-            found.append((log_stamp(match.group(1)), int(match.group(2)), int(uid.group(1)) if uid else None))
-    return found
+    return [(log_stamp(r["ts"]), int(r["message_pk"]), r.get("uid"))
+            for r in log_records(text) if r["event"] in STORED_EVENTS]
 
 
 def ready_stamp(log_path: Path) -> float | None:
-    for line in log_path.read_text("utf-8", "replace").splitlines():
-        if " 'emergencyd ready' " in line:
-            return log_stamp(line.split("Z ", 1)[0])
+    for record in log_records(log_path.read_text("utf-8", "replace")):
+        if record["event"] == "emergencyd ready":
+            return log_stamp(record["ts"])
     return None
 
 
@@ -497,8 +490,8 @@ def bench_poll(args, workdir: Path, stack: Cleanup, run: str, dovecot, zendesk, 
         appender.close()
     stop_daemon(daemon)
     attach_stored([poll], directory, daemon.log_path)
-    idle_line = next((line for line in daemon.log_text().splitlines() if "'imap connected'" in line), "")
-    info = {"log": daemon_log_summary(daemon), "connected_line": idle_line[:300],
+    connected = next((r for r in log_records(daemon.log_text()) if r["event"] == "imap connected"), None)
+    info = {"log": daemon_log_summary(daemon), "connected": connected,
             "dovecot_restart_failure": restart_failure}
     return route_row(poll, left_in_inbox=left_in_inbox, poll_interval_s=args.poll_interval), info
 
@@ -651,8 +644,8 @@ def bench_backlog(args, workdir: Path, stack: Cleanup, run: str, dovecot) -> dic
     exited = daemon.proc.poll()
     stop_daemon(daemon)
     stamps = stored_lines(daemon.log_path)
-    connected = next((log_stamp(line.split("Z ", 1)[0]) for line in daemon.log_text().splitlines()
-                      if "'imap connected'" in line), None)
+    connected = next((log_stamp(r["ts"]) for r in log_records(daemon.log_text()) if r["event"] == "imap connected"),
+                     None)
     figures = store_figures(store)
 
     def since_ready(t):
@@ -734,9 +727,8 @@ def report(info: dict, pickup: list[dict], idle_info: dict, poll_info: dict | No
         out.append(f"polling: poll_interval_seconds = {poll['poll_interval_s']:g}; each APPEND at a random moment "
                    f"(0-{poll['poll_interval_s']:g} s after the previous page), so the wait for the next poll "
                    f"averages about {poll['poll_interval_s'] / 2:g} s; mean {_fmt(poll['mean_ms'], 0, 0)} ms")
-    if poll_info and poll_info.get("connected_line"):
-        idle_field = re.search(r"\bidle=(\w+)", poll_info["connected_line"])
-        out.append(f"polling run: the daemon logged 'imap connected' with idle={idle_field.group(1) if idle_field else '?'}")
+    if poll_info and poll_info.get("connected"):
+        out.append(f"polling run: the daemon logged 'imap connected' with idle={poll_info['connected'].get('idle')}")
     for r in pickup:
         slow = ", ".join(f"{s['ms']:.0f} (" + "".join(
             f"{label} {s[k]:.0f}, " for label, k in (("push", "to_push_ms"), ("commit", "to_commit_ms"))

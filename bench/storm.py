@@ -39,7 +39,7 @@ from bench.smtp_ingest import (  # noqa: E402
 )
 from escalation.pacing import Pacer  # noqa: E402
 from tests.harness import (  # noqa: E402
-    API_TOKEN, ZENDESK_EMAIL, ZENDESK_TOKEN, live_env, make_message, run_cli,
+    API_TOKEN, ZENDESK_EMAIL, ZENDESK_TOKEN, live_env, log_records, make_message, run_cli,
 )
 
 PROGRESS_EVERY = 30.0     # seconds between progress lines while draining
@@ -308,18 +308,15 @@ def pagerduty_figures(pagerduty, began: float) -> dict:
     }
 
 
-LEVEL = re.compile(r"^\S+ (warning|error|critical) (\S+) ('(?:[^'\\]|\\.)*'|\S+)")
+PROBLEM_LEVELS = {"warning", "error", "critical"}
 
 
 def log_problems(path: Path) -> dict:
-    """Lines at level warning/error/critical, grouped by (level, logger, event); and the plain grep."""
+    """Records at level warning/error/critical, grouped by (level, logger, event); and the plain grep."""
     text = path.read_text("utf-8", "replace") if path.exists() else ""
     lines = text.splitlines()
-    events = Counter()
-    for line in lines:
-        match = LEVEL.match(line)
-        if match:
-            events[" ".join(match.groups())] += 1
+    events = Counter(f"{r['level']} {r.get('logger')} {r['event'][:120]!r}" for r in log_records(text)
+                     if r.get("level") in PROBLEM_LEVELS)
     return {
         "lines": len(lines),
         "grep_warning": sum(1 for line in lines if "warning" in line.lower()),

@@ -1,43 +1,74 @@
-"""Log lines to stderr: one event per line, key=value fields, bounded in size.
+"""Structured logs: one JSON object per line on stderr, for journald (structlog over stdlib logging).
 
-Fields come from `extra=`; values are repr'd when they contain spaces, so a line
-stays one line whatever a sender put in a header.
+Every module logs with the standard library, `log.info("event", extra={...})`, and structlog's
+ProcessorFormatter renders each record as {"ts", "level", "logger", "event", ...fields}, so
+third-party libraries' records come out the same way. A line stays bounded whatever a
+sender put in a header: each field is cut to MAX_FIELD_CHARS, a traceback to
+MAX_TRACEBACK_CHARS. No secret is ever passed as a field (config wraps them in Secret).
 """
 from __future__ import annotations
 
+import json
 import logging
 import sys
-import time
+from typing import Any
 
-MAX_LINE_CHARS = 4000
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+import structlog
 
-
-class KeyValueFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        parts = [f"{stamp}.{int(record.msecs):03d}Z", record.levelname.lower(), record.name,
-                 _value(record.getMessage())]
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
-                parts.append(f"{key}={_value(value)}")
-        line = " ".join(parts)
-        if record.exc_info:
-            line += " exception=" + _value(self.formatException(record.exc_info))
-        return line[:MAX_LINE_CHARS]
+MAX_FIELD_CHARS = 1000
+MAX_TRACEBACK_CHARS = 4000
+FIRST_KEYS = ("ts", "level", "logger", "event")
+# Third-party chatter at INFO would drown our events and may echo request details.
+QUIET_LOGGERS = ("mail", "mailparser", "zenpy", "pagerduty", "httpx2", "urllib3", "mail.log", "aioimaplib")
 
 
-def _value(value: object) -> str:
-    text = str(value)
-    return repr(text) if (not text or any(c.isspace() or c in "='\"" for c in text)) else text
+def _bound(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    for key, value in event.items():
+        if isinstance(value, (bool, int, float)) or value is None:
+            continue
+        limit = MAX_TRACEBACK_CHARS if key == "exception" else MAX_FIELD_CHARS
+        text = value if isinstance(value, str) else str(value)
+        event[key] = text if len(text) <= limit else text[:limit] + "…"
+    return event
+
+
+def _in_order(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """When, how bad, who and what first, so a line reads well in journalctl too."""
+    return {**{k: event[k] for k in FIRST_KEYS if k in event}, **event}
+
+
+def formatter() -> structlog.stdlib.ProcessorFormatter:
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.stdlib.ExtraAdder(),
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            _bound,
+            _in_order,
+            structlog.processors.JSONRenderer(ensure_ascii=False, default=str),
+        ],
+    )
 
 
 def configure_logging(level: int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(KeyValueFormatter())
+    handler.setFormatter(formatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # Third-party chatter at INFO would drown our events and may echo request details.
-    for noisy in ("mail", "mailparser", "zenpy", "pagerduty", "httpx2", "urllib3", "mail.log", "aioimaplib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def parse_line(line: str) -> dict[str, Any] | None:
+    """One log line back into its fields; None for a line that is not one of ours."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and "event" in record else None

@@ -286,15 +286,18 @@ class Escalator:
             prior_attempts = await self._store.begin_attempt(pk, name)
             context = await self._context(record, parsed, prior_attempts)
             loop = asyncio.get_running_loop()
+            began = time.monotonic()
             try:
                 result, fields = await loop.run_in_executor(
                     self._threads[integration], self._actions.by_step[name], context)
             except Exception as exc:   # every failure is classified; none escapes the runner
-                await self._record_failure(record, name, exc, prior_attempts + 1)
+                await self._record_failure(record, name, exc, prior_attempts + 1, time.monotonic() - began)
                 return
+            seconds = round(time.monotonic() - began, 3)
         await self._store.complete_step(pk, name, result, **fields)
         self._observer.step_finished(integration, name, "success", "2xx")
-        log.info("step done", extra={"message_pk": pk, "step": name, "attempt": prior_attempts + 1,
+        log.info("step done", extra={"message_pk": pk, "message_id": record.message_id, "step": name,
+                                     "outcome": "success", "attempt": prior_attempts + 1, "seconds": seconds,
                                      "dedup_key": record.page_key or record.dedup_key})
         if name == PAGE and not result.get("dry_run") and not result.get("skipped"):
             self._observer.paged(time.time() - record.envelope.received_at)
@@ -304,12 +307,14 @@ class Escalator:
         group = await self._store.group(record.group_id) if record.group_id is not None else None
         return StepContext(record, parsed, prior_attempts, parent=parent, group=group)
 
-    async def _record_failure(self, record: EscalationRecord, name: str, exc: Exception, attempts: int) -> None:
+    async def _record_failure(self, record: EscalationRecord, name: str, exc: Exception, attempts: int,
+                              seconds: float) -> None:
         failure = classify_failure(exc)
         next_at = self._settings.schedule.next_attempt_at(failure, attempts)
         await self._store.fail_step(record.message_pk, name, error=failure.reason, next_attempt_at=next_at)
         outcome = "retry" if next_at is not None else "failed"
         self._observer.step_finished(integration_of(name), name, outcome, failure.status_class)
         log.warning("step %s", outcome, extra={
-            "message_pk": record.message_pk, "step": name, "attempt": attempts, "error": failure.reason,
+            "message_pk": record.message_pk, "message_id": record.message_id, "step": name, "outcome": outcome,
+            "attempt": attempts, "seconds": round(seconds, 3), "error": failure.reason,
             "retry_in": None if next_at is None else round(next_at - time.time(), 1)})

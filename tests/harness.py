@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import smtplib
@@ -18,6 +17,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from daemon.logs import parse_line
+
 ROOT = Path(__file__).resolve().parent.parent
 RECIPIENT = "emergency@example.org"
 ZENDESK_EMAIL = "bot@example.org"
@@ -26,8 +27,7 @@ ROUTING_KEY = "R0UT1NGKEY0123456789abcdef012345"   # 32 characters, like a real 
 API_TOKEN = "pd-rest-token-9f8e7d"
 SECRETS = (ZENDESK_TOKEN, ROUTING_KEY, API_TOKEN)
 
-# smtp=off when SMTP is disabled (an IMAP-only daemon)
-READY = re.compile(r"emergencyd ready.*smtp=(?:off|([\d.]+):(\d+)) .*metrics=([\d.]+):(\d+)")
+READY_EVENT = "emergencyd ready"   # its fields say where it listens: smtp ("off" without SMTP), metrics
 
 
 def write_config(directory: Path, *, dry_run: bool, zendesk_url: str = "https://example.zendesk.com",
@@ -113,10 +113,10 @@ class DaemonProcess:
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            match = READY.search(self._new_log())
-            if match:
-                self.smtp_port = int(match.group(2)) if match.group(2) else 0
-                self.metrics_port = int(match.group(4))
+            ready = next((r for r in log_records(self._new_log()) if r["event"] == READY_EVENT), None)
+            if ready:
+                self.smtp_port = 0 if ready["smtp"] == "off" else int(ready["smtp"].rsplit(":", 1)[1])
+                self.metrics_port = int(ready["metrics"].rsplit(":", 1)[1])
                 return self
             if self.proc.poll() is not None:
                 raise RuntimeError(f"daemon exited {self.proc.returncode}:\n{self.log_text()}")
@@ -181,6 +181,11 @@ class DaemonProcess:
                 return doc
             return None
         return self.wait_for(settled, timeout, what=f"{count} settled escalations")
+
+
+def log_records(text: str) -> list[dict]:
+    """The daemon's JSON log lines as dicts (other lines, such as a crash's raw traceback, skipped)."""
+    return [r for r in map(parse_line, text.splitlines()) if r is not None]
 
 
 def run_cli(config: Path, *args: str, env: dict[str, str] | None = None,

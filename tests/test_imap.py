@@ -11,7 +11,6 @@ import base64
 import hashlib
 import json
 import os
-import re
 import sqlite3
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import DaemonProcess, make_message
+from tests.harness import DaemonProcess, log_records, make_message
 
 CONNECTED = "emergencyd_imap_connected"
 IDLE_ACTIVE = "emergencyd_imap_idle_active"
@@ -218,7 +217,7 @@ def test_plain_imap_on_loopback(tmp_path, dovecot, live_daemon, zendesk, pagerdu
 def test_imap_only_daemon_pages_from_the_mailbox(tmp_path, dovecot, live_daemon, zendesk, pagerduty):
     daemon = live_daemon(imap=imap_table(dovecot, tmp_path), smtp_enabled=False)
     assert daemon.smtp_port == 0
-    assert re.search(r"emergencyd ready.*smtp=off", daemon.log_text())
+    assert [r["smtp"] for r in log_records(daemon.log_text()) if r["event"] == "emergencyd ready"] == ["off"]
     wait_connected(daemon)
     status, checks = readiness(daemon)
     assert status == 200 and checks["imap"] == "ok", checks
@@ -499,7 +498,7 @@ def test_a_mailbox_that_does_not_exist_is_reported_and_taken_once_it_exists(tmp_
                                          reconnect_max_seconds=2.0))
     wait_metric(daemon, ERRORS, lambda v: v >= 1, kind="mailbox")
     watched_from = time.monotonic()
-    assert log_lines(daemon, "kind=mailbox"), daemon.log_text()[-3000:]
+    assert log_lines(daemon, '"kind": "mailbox"'), daemon.log_text()[-3000:]
     status, checks = readiness(daemon)
     assert status == 503 and checks["imap"] != "ok", checks
 
@@ -524,7 +523,7 @@ def test_an_untrusted_certificate_is_refused_before_login(tmp_path, dovecot, liv
     """Without the test CA, Dovecot's certificate does not verify: no password is sent."""
     daemon = live_daemon(imap=imap_table(dovecot, tmp_path, ca_file=None))
     wait_metric(daemon, ERRORS, lambda v: v >= 1, kind="tls")
-    assert log_lines(daemon, "kind=tls")
+    assert log_lines(daemon, '"kind": "tls"')
     assert metric(daemon, CONNECTED) == 0 and readiness(daemon)[0] == 503
     assert logins(dovecot) == [] and refused_logins(dovecot) == []
 
