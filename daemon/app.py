@@ -25,7 +25,6 @@ from escalation.steps import EscalationSettings, Escalator
 
 log = logging.getLogger("emergencyd")
 
-SHUTDOWN_DEADLINE_SECONDS = 20.0
 RUNNER_STALL_SECONDS = 60.0
 STATUS_INTERVAL_SECONDS = 10.0      # how often systemd's STATUS= is refreshed without a watchdog
 
@@ -225,18 +224,20 @@ class Daemon:
 
     async def _shutdown(self, tasks: list[asyncio.Task]) -> None:
         log.info("shutting down")
+        # Listeners stay open while draining: new SMTP connections are answered 421 4.3.2.
         self.smtp_handler.accepting = False
-        for server in self._servers:
-            server.close()
-        deadline = time.monotonic() + SHUTDOWN_DEADLINE_SECONDS
+        deadline_seconds = self.config.escalation.shutdown_deadline_seconds
+        deadline = time.monotonic() + deadline_seconds
         if self.imap is not None:
             await self.imap.stop()
-        await self.runner.stop(SHUTDOWN_DEADLINE_SECONDS)
+        await self.runner.stop(deadline_seconds)
         # What is still running past the deadline is cut: uncommitted work is redone at the next start.
         await asyncio.wait(tasks, timeout=max(deadline - time.monotonic(), 0.1))
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for server in self._servers:
+            server.close()
         self.escalator.close()
         self.store.close()
         self.notifier.close()

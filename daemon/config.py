@@ -128,6 +128,8 @@ class EscalationConfig:
     concurrency: int
     poll_interval_seconds: float
     max_in_flight_bytes: int
+    # SIGTERM: the steps in flight get this long to finish and commit; the rest resume at next start.
+    shutdown_deadline_seconds: float
 
 
 @dataclass(frozen=True)
@@ -305,6 +307,7 @@ def _escalation(r: _Reader) -> EscalationConfig:
         concurrency=r.integer("escalation.concurrency", 8, minimum=1),
         poll_interval_seconds=r.number("escalation.poll_interval_seconds", 1.0, minimum=0.01),
         max_in_flight_bytes=r.integer("escalation.max_in_flight_bytes", 64 * 1024 * 1024, minimum=1024),
+        shutdown_deadline_seconds=r.number("escalation.shutdown_deadline_seconds", 20.0, minimum=0.1),
     )
 
 
@@ -359,7 +362,8 @@ _KNOWN_SECTIONS = {
     "pagerduty": {"events_url", "api_url", "from_email", "ca_file", "routing_key_file",
                   "api_token_file", "timeout_seconds"},
     "escalation": {"ticket_head_start_seconds", "retry_initial_seconds", "retry_max_seconds",
-                   "max_attempts", "concurrency", "poll_interval_seconds", "max_in_flight_bytes"},
+                   "max_attempts", "concurrency", "poll_interval_seconds", "max_in_flight_bytes",
+                   "shutdown_deadline_seconds"},
     "metrics": {"listen", "integration_failing_seconds"},
     "dedup": {"incident_window_minutes", "platform_wide_categories", "sender_limit", "sender_window_minutes",
               "max_new_pages_per_minute"},

@@ -4,7 +4,7 @@ Every failure has its own reply (after GoAlert's smtpsrv):
   550 5.1.1  a recipient we do not serve (never an open relay)
   552 5.3.4  over max_message_bytes (aiosmtpd, at MAIL SIZE= or during DATA)
   451 4.3.0  the store could not commit: the sending MTA keeps the mail and retries
-  421 4.3.2  shutting down
+  421 4.3.2  shutting down: in a session, and as the greeting of a new connection
 250 is answered only after the bytes and the envelope are committed durably.
 """
 from __future__ import annotations
@@ -84,6 +84,18 @@ class Smtp(SMTP):
         await super().push(status)
 
 
+class ShuttingDown(asyncio.Protocol):
+    """While the daemon drains, a new connection is told to come back later, not refused outright."""
+
+    def __init__(self, metrics: Metrics):
+        self._metrics = metrics
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._metrics.rejected.labels("shutting_down").inc()
+        transport.write(b"421 4.3.2 Service shutting down, try again later\r\n")
+        transport.close()
+
+
 def _peer(session: Session) -> str:
     peer = session.peer
     if isinstance(peer, tuple) and len(peer) >= 2:
@@ -108,7 +120,9 @@ async def start_smtp(config: SmtpConfig, handler: IngestHandler, metrics: Metric
                      tls_context: ssl.SSLContext | None) -> asyncio.Server:
     loop = asyncio.get_running_loop()
 
-    def factory() -> SMTP:
+    def factory() -> asyncio.Protocol:
+        if not handler.accepting:
+            return ShuttingDown(metrics)
         return Smtp(handler, metrics, data_size_limit=config.max_message_bytes, hostname=config.hostname,
                     ident="emergencyd ESMTP", decode_data=False, tls_context=tls_context,
                     require_starttls=config.require_starttls)

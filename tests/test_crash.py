@@ -81,3 +81,33 @@ def test_sigterm_mid_escalation_loses_nothing(live_daemon, zendesk, pagerduty, h
     assert daemon.proc.wait(30) == 0
     daemon.start()
     assert_one_of_everything(daemon, zendesk, pagerduty)
+
+
+def test_while_draining_new_smtp_connections_are_told_421(live_daemon, zendesk, pagerduty):
+    import smtplib
+    hold = pagerduty.hold(path="/v2/enqueue")
+    daemon = live_daemon()
+    daemon.send(make_message())
+    hold.wait_received(20)
+    daemon.proc.send_signal(15)
+    daemon.wait_for(lambda: "shutting down" in daemon.log_text(), what="the shutdown to begin")
+    with pytest.raises(smtplib.SMTPConnectError) as refused:
+        smtplib.SMTP("127.0.0.1", daemon.smtp_port, timeout=10)
+    assert refused.value.smtp_code == 421 and b"4.3.2" in refused.value.smtp_error
+    hold.release()
+    assert daemon.proc.wait(30) == 0
+    daemon.start()
+    assert_one_of_everything(daemon, zendesk, pagerduty)
+
+
+def test_a_step_that_outlives_the_shutdown_deadline_resumes_at_the_next_start(live_daemon, zendesk, pagerduty):
+    hold = pagerduty.hold(path="/v2/enqueue")
+    daemon = live_daemon(escalation="shutdown_deadline_seconds = 0.5")
+    daemon.send(make_message())
+    hold.wait_received(20)
+    daemon.proc.send_signal(15)
+    assert daemon.proc.wait(30) == 0            # exits with the page still unanswered
+    assert "shutdown deadline passed" in daemon.log_text()
+    hold.release()
+    daemon.start()
+    assert_one_of_everything(daemon, zendesk, pagerduty)
