@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config.toml
 
-.PHONY: run test setup system-packages bench bench-imap corpus-check clean
+.PHONY: run test setup system-packages bench bench-imap bench-startup corpus-check clean
 
 run: setup
 	$(BIN)/emergencyd run --config $(CONFIG)
@@ -28,6 +28,9 @@ bench: setup system-packages
 
 bench-imap: setup system-packages
 	$(BIN)/python bench/imap_pickup.py
+
+bench-startup: setup
+	$(BIN)/python bench/startup.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info
