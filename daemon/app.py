@@ -148,6 +148,7 @@ class Daemon:
             "imap": self.config.imap.account if self.imap else "off", "dry_run": self.config.dry_run,
             "store": str(self.config.store.path)})
         self.observe_certificates()
+        await self.readiness()   # emergencyd_ready_check has its series from the first scrape
         self.notifier.send(READY=1, STATUS=await self._status_line())
         watchdog = asyncio.create_task(self._report_to_systemd(), name="watchdog")
         await self._stop.wait()
