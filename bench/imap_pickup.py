@@ -45,7 +45,7 @@ if str(ROOT) not in sys.path:
 
 from bench.smtp_ingest import (  # noqa: E402
     SMTP_TIMEOUT, Cleanup, _escalation_backlog, _fmt, _ms, _send_one, bench_session, build_message, cpu_seconds,
-    header, percentile, start_emergencyd, stop_daemon,
+    header, percentile, run_benchmark, start_emergencyd, stop_daemon,
 )
 from bench.storm import log_problems, proc_status_kb  # noqa: E402
 from escalation.records import dedup_key_of  # noqa: E402
@@ -411,16 +411,20 @@ def daemon_log_summary(daemon) -> dict:
     return summary
 
 
+def start_live_daemon(directory: Path, stack: Cleanup, args, dovecot, zendesk, pagerduty, ca):
+    """dry_run off against the fakes, reading the mailbox; unpaced and uncapped (see DEDUP)."""
+    return start_emergencyd(directory, stack, env=with_password(live_env(), dovecot), dry_run=False,
+                            zendesk_url=zendesk.url, pagerduty_url=pagerduty.url,
+                            ca_file=ca.write_ca_pem(directory), extra=DEDUP, extra_zendesk=ZENDESK_UNPACED,
+                            imap=imap_table(dovecot, poll_interval=args.poll_interval))
+
+
 def bench_idle(args, workdir: Path, stack: Cleanup, run: str, dovecot, zendesk, pagerduty, ca) -> tuple[list[dict], dict]:
     """SMTP and IMAP-with-IDLE probes, alternately, against one live daemon."""
     directory = workdir / "idle"
     directory.mkdir()
     floor = dovecot_idle_floor(dovecot, run, args.idle_floor) if args.idle_floor else None
-    daemon = start_emergencyd(directory, stack, env=with_password(live_env(), dovecot), dry_run=False,
-                              zendesk_url=zendesk.url, pagerduty_url=pagerduty.url,
-                              ca_file=ca.write_ca_pem(directory), extra=DEDUP,
-                              extra_zendesk=ZENDESK_UNPACED,
-                              imap=imap_table(dovecot, poll_interval=args.poll_interval))
+    daemon = start_live_daemon(directory, stack, args, dovecot, zendesk, pagerduty, ca)
     store = directory / "var" / "store.sqlite3"
     smtp, idle = Route("SMTP (baseline)"), Route("IMAP with IDLE")
     sender = SmtpSender(daemon.smtp_port)
@@ -465,11 +469,7 @@ def bench_poll(args, workdir: Path, stack: Cleanup, run: str, dovecot, zendesk, 
         dovecot.start()
     directory = workdir / "poll"
     directory.mkdir()
-    daemon = start_emergencyd(directory, stack, env=with_password(live_env(), dovecot), dry_run=False,
-                              zendesk_url=zendesk.url, pagerduty_url=pagerduty.url,
-                              ca_file=ca.write_ca_pem(directory), extra=DEDUP,
-                              extra_zendesk=ZENDESK_UNPACED,
-                              imap=imap_table(dovecot, poll_interval=args.poll_interval))
+    daemon = start_live_daemon(directory, stack, args, dovecot, zendesk, pagerduty, ca)
     store = directory / "var" / "store.sqlite3"
     poll = Route(f"IMAP polling every {args.poll_interval:g} s")
     appender = Appender(dovecot)
@@ -878,8 +878,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        sys.exit(130)
+    run_benchmark(main)

@@ -607,9 +607,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def run_benchmark(main) -> None:
+    """The command-line entry of each benchmark: its exit code, or 130 after Ctrl-C (all stopped)."""
     try:
         sys.exit(main())
     except KeyboardInterrupt:
         print("interrupted; everything started was stopped", file=sys.stderr)
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    run_benchmark(main)

@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:
 
 from bench.smtp_ingest import (  # noqa: E402
     SMTP_TIMEOUT, Cleanup, _escalation_backlog, _fmt, _send_one, bench_session, header, cpu_seconds, percentile, run_load,
-    start_emergencyd, stop_daemon,
+    run_benchmark, start_emergencyd, stop_daemon,
 )
 from escalation.pacing import Pacer  # noqa: E402
 from tests.harness import (  # noqa: E402
@@ -628,8 +628,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        sys.exit(130)
+    run_benchmark(main)
