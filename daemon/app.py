@@ -26,7 +26,8 @@ from escalation.steps import EscalationSettings, Escalator
 log = logging.getLogger("emergencyd")
 
 RUNNER_STALL_SECONDS = 60.0
-STATUS_INTERVAL_SECONDS = 10.0      # how often systemd's STATUS= is refreshed without a watchdog
+STATUS_INTERVAL_SECONDS = 10.0
+IMAP_READY_WAIT_SECONDS = 10.0      # at most this long between the listeners being up and READY=1      # how often systemd's STATUS= is refreshed without a watchdog
 
 
 def build_integrations(config: Config):
@@ -141,8 +142,13 @@ class Daemon:
         self._servers.append(http)
         tasks = [asyncio.create_task(self.runner.run(), name="runner")]
         if self.imap is not None:
-            # The mailbox may be unreachable at start: SMTP and escalation run regardless.
             tasks.append(asyncio.create_task(self.imap.run(), name="imap"))
+            # READY waits for the first login, but not for long: an unreachable mailbox must
+            # not hold up SMTP and escalation (it shows in /readyz and the STATUS= line).
+            try:
+                await asyncio.wait_for(self.imap.first_attempt_done.wait(), IMAP_READY_WAIT_SECONDS)
+            except asyncio.TimeoutError:
+                log.warning("imap not connected yet; ready without it", extra={"waited_seconds": IMAP_READY_WAIT_SECONDS})
         log.info("emergencyd ready", extra={
             "smtp": _bound(self._smtp) if self._smtp else "off", "metrics": _bound(http),
             "imap": self.config.imap.account if self.imap else "off", "dry_run": self.config.dry_run,

@@ -39,6 +39,7 @@ class ImapIngress:
         self._stopping = asyncio.Event()
         self.state = "connecting"          # for /readyz: "ok" while connected
         self._connected_at: float | None = None
+        self.first_attempt_done = asyncio.Event()   # set once the first login has succeeded or failed
         self._reconnect = RetrySchedule(config.reconnect_initial_seconds, config.reconnect_max_seconds, 1 << 30)
         self._login_retry = RetrySchedule(config.login_retry_seconds,
                                           max(LOGIN_RETRY_CAP_SECONDS, config.login_retry_seconds), 1 << 30)
@@ -51,6 +52,7 @@ class ImapIngress:
             try:
                 await self._serve(session)
             except Exception as exc:   # never let intake end: every failure is logged, counted and retried
+                self.first_attempt_done.set()
                 failure = exc if isinstance(exc, ImapFailure) else _unexpected(exc)
                 # A connection that stayed up a while starts the backoff over; one that keeps
                 # dropping right after login backs off like one that cannot connect at all.
@@ -70,6 +72,7 @@ class ImapIngress:
 
     async def _serve(self, session: MailboxSession) -> None:
         await session.open()
+        self.first_attempt_done.set()
         self._connected_at = time.monotonic()
         self.state = "ok"
         self._metrics.imap_connected.set(1)

@@ -542,3 +542,20 @@ def test_a_poll_takes_the_mail_that_arrived_before_it(tmp_path, dovecot, start_d
         daemon.wait_for(lambda: metric(daemon, LAST_SYNC) > polled,
                         what="the next poll")
         assert len(daemon.status()["messages"]) == index + 1, "the next poll did not take the mail"
+
+
+def test_ready_is_sent_once_the_mailbox_is_logged_in(tmp_path, dovecot):
+    from tests.harness import base_env, write_config
+    from tests.test_systemd import NotifySocket
+    notify = NotifySocket(tmp_path / "notify.sock")
+    config = write_config(tmp_path, dry_run=True, imap=imap_table(dovecot, tmp_path))
+    daemon = DaemonProcess(config=config, env=base_env(NOTIFY_SOCKET=notify.path), log_path=tmp_path / "daemon.log")
+    try:
+        daemon.start()
+        notify.wait_for("READY")
+        # READY follows the first login: by the time it is read, the login is logged
+        assert "imap connected" in [r["event"] for r in log_records(daemon.log_text())]
+        assert metric(daemon, CONNECTED) == 1
+    finally:
+        daemon.stop()
+        notify.close()
