@@ -53,6 +53,15 @@ class SmtpConfig:
     tls_cert_file: Path | None
     tls_key_file: Path | None
     require_starttls: bool
+    # Defences (a refused client gets a 4xx and retries: nothing is lost).
+    max_connections: int
+    max_connections_per_ip: int
+    max_recipients: int
+    messages_per_ip_per_minute: int          # 0: no limit (Postfix's default too)
+    messages_per_sender_per_minute: int      # 0: no limit
+    limit_exempt_networks: tuple[str, ...]   # per-address limits skip these (the relay in front)
+    command_timeout_seconds: float      # idle between commands (and DATA lines) before 421 4.4.2
+    session_max_seconds: float          # a whole connection, so a slow client cannot hold a slot
 
 
 @dataclass(frozen=True)
@@ -218,7 +227,25 @@ def _smtp(r: _Reader) -> SmtpConfig:
         hostname=r.string("smtp.hostname", "emergencyd"),
         tls_cert_file=cert, tls_key_file=key,
         require_starttls=require,
+        max_connections=r.integer("smtp.max_connections", 100, minimum=1),
+        max_connections_per_ip=r.integer("smtp.max_connections_per_ip", 10, minimum=1),
+        max_recipients=r.integer("smtp.max_recipients", 100, minimum=1),
+        messages_per_ip_per_minute=r.integer("smtp.messages_per_ip_per_minute", 0, minimum=0),
+        messages_per_sender_per_minute=r.integer("smtp.messages_per_sender_per_minute", 0, minimum=0),
+        limit_exempt_networks=_networks(r, "smtp.limit_exempt_networks", ["127.0.0.0/8", "::1/128"]),
+        command_timeout_seconds=r.number("smtp.command_timeout_seconds", 300.0, minimum=0.1),
+        session_max_seconds=r.number("smtp.session_max_seconds", 900.0, minimum=0.1),
     )
+
+
+def _networks(r: _Reader, key: str, default: list[str]) -> tuple[str, ...]:
+    values = r.string_list(key, default)
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ConfigError(f"{key}: {value!r} is not an address or network") from None
+    return tuple(values)
 
 
 def _is_loopback(host: str) -> bool:
@@ -352,7 +379,9 @@ def _require_credentials(config: Config) -> None:
 
 _KNOWN_SECTIONS = {
     "smtp": {"enabled", "listen", "recipients", "max_message_bytes", "hostname", "tls_cert_file", "tls_key_file",
-             "require_starttls"},
+             "require_starttls", "max_connections", "max_connections_per_ip", "max_recipients",
+             "messages_per_ip_per_minute", "messages_per_sender_per_minute", "limit_exempt_networks",
+             "command_timeout_seconds", "session_max_seconds"},
     "imap": {"enabled", "host", "port", "username", "password_file", "mailbox", "processed_mailbox", "tls",
              "ca_file", "idle", "idle_renew_seconds", "poll_interval_seconds", "command_timeout_seconds",
              "reconnect_initial_seconds", "reconnect_max_seconds", "login_retry_seconds", "batch_messages",

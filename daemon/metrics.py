@@ -17,7 +17,9 @@ from escalation.steps import integration_of
 
 SOURCES = ("smtp", "imap", "inject")
 INTEGRATIONS = ("zendesk", "pagerduty")
-REJECT_REASONS = ("unknown_recipient", "too_large", "store_failure", "shutting_down")
+REJECT_REASONS = ("unknown_recipient", "too_large", "store_failure", "shutting_down", "too_many_connections",
+                  "too_many_connections_per_ip", "too_many_recipients", "rate_limited_ip", "rate_limited_sender",
+                  "timeout", "session_too_long")
 STEP_OUTCOMES = ("success", "retry", "failed")
 STATUS_CLASSES = ("2xx", "4xx", "5xx", "network")
 # Receipt to page: an emergency should page within seconds; a Zendesk or PagerDuty
