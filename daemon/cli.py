@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(config, args)
     except StoreError as exc:
         print(f"emergencyd: {exc}", file=sys.stderr)
+        return 3
+    except sqlite3.DatabaseError as exc:   # a damaged store met by a read (status, inject)
+        print(f"emergencyd: store {config.store.path}: {exc}", file=sys.stderr)
         return 3
 
 

@@ -106,6 +106,25 @@ class Store(GroupingQueries):
     def close(self) -> None:
         self._conn.close()
 
+    def check_at_start(self) -> None:
+        """Refuse to run on a damaged or read-only store, rather than take mail it cannot keep.
+
+        A locked store is not refused: the lock may pass, and meanwhile SMTP answers 451.
+        """
+        try:
+            problems = [row[0] for row in self._conn.execute("PRAGMA quick_check(5)")]
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open store {self.path}: it is damaged ({exc}); "
+                             "move it aside and restore a backup") from exc
+        if problems != ["ok"]:
+            raise StoreError(f"cannot open store {self.path}: it is damaged ({'; '.join(problems)[:300]}); "
+                             "move it aside and restore a backup")
+        try:
+            self.check_writable()
+        except sqlite3.OperationalError as exc:
+            if "readonly" in str(exc) or "read-only" in str(exc):
+                raise StoreError(f"cannot open store {self.path}: it is read-only ({exc})") from exc
+
     # -- schema -----------------------------------------------------------------
 
     def schema_version(self) -> int:
@@ -403,8 +422,13 @@ class AsyncStore:
     @classmethod
     def open(cls, path: Path, *, busy_timeout_ms: int) -> "AsyncStore":
         gate = WriteGate(busy_timeout_ms / 1000)
-        return cls(Store.open(path, busy_timeout_ms=busy_timeout_ms, gate=gate),
-                   Store.open(path, busy_timeout_ms=busy_timeout_ms, gate=gate, priority=True))
+        store = Store.open(path, busy_timeout_ms=busy_timeout_ms, gate=gate)
+        try:
+            store.check_at_start()
+        except StoreError:
+            store.close()
+            raise
+        return cls(store, Store.open(path, busy_timeout_ms=busy_timeout_ms, gate=gate, priority=True))
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()

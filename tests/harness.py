@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,13 +104,15 @@ class DaemonProcess:
     smtp_port: int = 0
     metrics_port: int = 0
     logs: list[str] = field(default_factory=list)
+    preexec_fn: Callable[[], None] | None = None   # run in the child before exec (limits, privileges)
 
     def start(self, timeout: float = 15.0) -> "DaemonProcess":
         log = open(self.log_path, "ab")
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "daemon.cli", "run", "--config", str(self.config)],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=self.preexec_fn)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
