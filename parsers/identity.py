@@ -21,6 +21,11 @@ __all__ = [
 
 MAX_MESSAGE_ID_CHARS = 998  # RFC 5322 line length limit
 MAX_IDS = 100
+# Only the start of a Message-ID value is searched for the id. The full
+# parser reads at most parsers.message.MAX_RAW_VALUE_CHARS of a value; this
+# must not be more, or an id behind a long filler would be found by
+# message_id_of (the store's dedup key) and not by parse_message.
+MAX_MESSAGE_ID_VALUE_CHARS = 4 * 1024
 
 _LEADING_BLANK_LINES = re.compile(rb"(?:[ \t]*(?:\r\n|\n|\r))+")
 _UTF8_BOM = b"\xef\xbb\xbf"
@@ -51,11 +56,12 @@ def normalize_message_id(value: str | None) -> str | None:
     """The id inside a Message-ID style value, without angle brackets.
 
     None when empty, longer than 998 characters, or containing whitespace
-    or control characters (garbage we must not use as a dedup key).
+    or control characters (garbage we must not use as a dedup key). Only
+    the first MAX_MESSAGE_ID_VALUE_CHARS of the value count.
     """
     if value is None:
         return None
-    text = header_text(value).strip()
+    text = header_text(value[:MAX_MESSAGE_ID_VALUE_CHARS]).strip()
     match = _ANGLE_ADDR.search(text)
     return _valid_id(match.group(1) if match else text.strip("<>"))
 

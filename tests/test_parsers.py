@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from parsers.identity import message_id_of, message_ids_in, normalize_message_id
+from parsers.identity import MAX_MESSAGE_ID_VALUE_CHARS, message_id_of, message_ids_in, normalize_message_id
 from parsers.message import (
     MAX_HEADER_VALUE_CHARS,
     MAX_HEADERS,
+    MAX_RAW_VALUE_CHARS,
     MAX_SUBJECT_CHARS,
     MAX_TEXT_CHARS,
     UNPARSEABLE_MARKER,
@@ -559,6 +560,23 @@ def test_message_id_of(raw: bytes, expected: str | None) -> None:
 def test_message_id_of_never_raises_on_non_bytes() -> None:
     assert message_id_of(None) is None  # type: ignore[arg-type]
     assert message_id_of(10**12) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"Message-ID: " + b"x" * 16_000 + b" 0@0 <0@0>\r\n\r\n", None),
+        (b"Message-ID: " + b"(comment) " * 2_000 + b"<0@0>\r\n\r\n", None),
+        # A non-UTF-8 byte far into the value must not change how the id decodes.
+        ("Message-ID: <\u00e9@x> ".encode() + b"(c) " * 5_000 + b"\xff\r\n\r\n", "\u00e9@x"),
+    ],
+)
+def test_message_id_of_and_parse_message_agree_on_long_values(raw: bytes, expected: str | None) -> None:
+    # The parser reads only the start of a long value; the store's id must
+    # come from that same start.
+    assert message_id_of(raw) == expected
+    assert parse_message(raw).message_id == expected
+    assert MAX_MESSAGE_ID_VALUE_CHARS <= MAX_RAW_VALUE_CHARS
 
 
 def test_message_id_helpers() -> None:
