@@ -44,7 +44,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.smtp_ingest import (  # noqa: E402
-    SMTP_TIMEOUT, Cleanup, _escalation_backlog, _fmt, _ms, _send_one, bench_session, build_message, cpu_seconds,
+    SMTP_TIMEOUT, Cleanup, _escalation_backlog, add_session_args, _fmt, _ms, _send_one, bench_session, build_message, cpu_seconds,
     header, percentile, run_benchmark, start_emergencyd, stop_daemon,
 )
 from bench.storm import log_problems, proc_status_kb  # noqa: E402
@@ -816,10 +816,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds after the daemon is ready to wait for the backlog (120)")
     parser.add_argument("--skip", action="append", default=[], choices=("idle", "backlog", "poll"),
                         help="leave a part out (repeatable)")
-    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
-    parser.add_argument("--tmpdir", type=Path, help="where the stores and the floor's files go (default: the "
-                        "system's temp dir); not a tmpfs")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (daemon logs, stores)")
+    add_session_args(parser, tmpdir="the stores and the floor's files", keep="daemon logs, stores")
     args = parser.parse_args(argv)
     if min(args.messages, args.poll_messages, args.backlog) < 1 or args.poll_interval < 0.1:
         parser.error("--messages, --poll-messages and --backlog must be at least 1, --poll-interval at least 0.1")

@@ -550,10 +550,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="messages sent one at a time to PagerDuty before the burst (5)")
     parser.add_argument("--page-timeout", type=float, default=60.0,
                         help="seconds to wait for every page after the burst (60)")
-    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
-    parser.add_argument("--tmpdir", type=Path, help="where the spool and stores go (default: the system's "
-                        "temp dir); use the disk you mean to measure, not a tmpfs")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (daemon logs, stores)")
+    add_session_args(parser, tmpdir="the spool and stores", keep="daemon logs, stores")
     args = parser.parse_args(argv)
     if args.messages < 1 or args.connections < 1 or args.live_messages < 1:
         parser.error("--messages, --connections and --live-messages must be at least 1")
@@ -605,6 +602,14 @@ def main(argv: list[str] | None = None) -> int:
                    "rows": rows, "unloaded_to_pagerduty": idle}
             args.json.write_text(json.dumps(doc, indent=2) + "\n")
     return 0
+
+
+def add_session_args(parser: argparse.ArgumentParser, *, tmpdir: str, keep: str) -> None:
+    """--json, --tmpdir and --keep, which every benchmark takes (bench_session uses the last two)."""
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument("--tmpdir", type=Path, help=f"where {tmpdir} go (default: the system's temp dir); "
+                        "use the disk you mean to measure, not a tmpfs")
+    parser.add_argument("--keep", action="store_true", help=f"keep the temp dir ({keep})")
 
 
 def run_benchmark(main) -> None:

@@ -34,7 +34,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.smtp_ingest import (  # noqa: E402
-    SMTP_TIMEOUT, Cleanup, _escalation_backlog, _fmt, _send_one, bench_session, header, cpu_seconds, percentile, run_load,
+    SMTP_TIMEOUT, Cleanup, _escalation_backlog, add_session_args, _fmt, _send_one, bench_session, header, cpu_seconds, percentile, run_load,
     run_benchmark, start_emergencyd, stop_daemon,
 )
 from escalation.pacing import Pacer  # noqa: E402
@@ -605,10 +605,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="set [dedup] max_new_pages_per_minute (default: not set, the shipped 10)")
     parser.add_argument("--canary", action="store_true",
                         help="after the last 250, send one unrelated P1 (a security breach) and time its page")
-    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
-    parser.add_argument("--tmpdir", type=Path, help="where the store goes (default: the system's temp dir); "
-                        "not a tmpfs")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (daemon log, store)")
+    add_session_args(parser, tmpdir="the store and its log", keep="daemon log, store")
     args = parser.parse_args(argv)
     if min(args.tenants, args.per_tenant, args.connections, args.zendesk_rpm, args.max_new_pages or 1) < 1:
         parser.error("--tenants, --per-tenant, --connections and --zendesk-rpm must be at least 1")

@@ -316,26 +316,23 @@ class MailboxSession:
 
     async def _next_push(self, timeout: float) -> list[bytes] | None:
         """The next IDLE push, or None when the wait ended without one (time, or stopping)."""
-        push = asyncio.ensure_future(self._client.wait_server_push(timeout=timeout))
-        stop = asyncio.ensure_future(self._stopping.wait())
-        lost = asyncio.ensure_future(self._lost.wait())
-        done, pending = await asyncio.wait({push, stop, lost}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        if lost in done:
-            raise ImapFailure("connection_lost", "connection lost while idling")
-        if push in done and not push.cancelled() and push.exception() is None:
-            return push.result()
-        return None
+        return await self._wait(timeout, "idling", asyncio.ensure_future(self._client.wait_server_push(timeout=timeout)))
 
     async def _pause(self, seconds: float) -> None:
-        stop = asyncio.ensure_future(self._stopping.wait())
+        await self._wait(seconds, "waiting to poll")
+
+    async def _wait(self, seconds: float, doing: str, news: asyncio.Future | None = None) -> Any:
+        """Up to `seconds`, until `news` comes or the daemon stops; a lost connection is raised."""
         lost = asyncio.ensure_future(self._lost.wait())
-        done, pending = await asyncio.wait({stop, lost}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        waits = {lost, asyncio.ensure_future(self._stopping.wait())} | ({news} if news else set())
+        done, pending = await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
         if lost in done:
-            raise ImapFailure("connection_lost", "connection lost while waiting to poll")
+            raise ImapFailure("connection_lost", f"connection lost while {doing}")
+        if news in done and not news.cancelled() and news.exception() is None:
+            return news.result()
+        return None
 
 
 def _text(lines: list[Any]) -> str:

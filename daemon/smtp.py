@@ -24,7 +24,7 @@ from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session
 from daemon.config import SmtpConfig
 from daemon.metrics import Metrics
 from daemon.smtp_limits import (
-    IDLE_TIMEOUT, PEER_RATE, SENDER_RATE, SESSION_TOO_LONG, TOO_MANY_RECIPIENTS, ConnectionLimits, ExemptNetworks,
+    IDLE_TIMEOUT, PEER_RATE, SENDER_RATE, SESSION_TOO_LONG, SHUTTING_DOWN, TOO_MANY_RECIPIENTS, ConnectionLimits, ExemptNetworks,
     RateLimit, Refusal,
 )
 from daemon.store import IngestResult, StoreError
@@ -50,9 +50,8 @@ class IngestHandler:
         self.accepting = True
 
     def refuse(self, refusal: Refusal, session: Session, **fields: str) -> str:
-        self._metrics.rejected.labels(refusal.reason).inc()
         log.info("smtp refused", extra={"reason": refusal.reason, "peer": _peer(session), **fields})
-        return refusal.reply
+        return counted(self._metrics, refusal)
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: SmtpEnvelope,
                           address: str, mail_options: list[str]) -> str:
@@ -71,8 +70,7 @@ class IngestHandler:
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: SmtpEnvelope,
                           address: str, rcpt_options: list[str]) -> str:
         if not self.accepting:
-            self._metrics.rejected.labels("shutting_down").inc()
-            return "421 4.3.2 Service shutting down, try again later"
+            return counted(self._metrics, SHUTTING_DOWN)
         if len(envelope.rcpt_tos) >= self._max_recipients:
             return self.refuse(TOO_MANY_RECIPIENTS, session)
         if address.strip().lower() not in self.recipients:
@@ -84,8 +82,7 @@ class IngestHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: SmtpEnvelope) -> str:
         if not self.accepting:
-            self._metrics.rejected.labels("shutting_down").inc()
-            return "421 4.3.2 Service shutting down, try again later"
+            return counted(self._metrics, SHUTTING_DOWN)
         raw = envelope.original_content if envelope.original_content is not None else envelope.content
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogateescape")
@@ -152,9 +149,8 @@ class Smtp(SMTP):
         """Say why, then close: the client's MTA keeps the mail and tries again."""
         if self.transport is None:
             return
-        self._metrics.rejected.labels(refusal.reason).inc()
         log.info("smtp connection closed", extra={"reason": refusal.reason, "peer": _peer(self.session)})
-        self.transport.write(refusal.reply.encode("ascii") + b"\r\n")
+        self.transport.write(counted(self._metrics, refusal).encode("ascii") + b"\r\n")
         self.transport.close()
 
 
@@ -165,9 +161,14 @@ class ShuttingDown(asyncio.Protocol):
         self._metrics = metrics
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._metrics.rejected.labels("shutting_down").inc()
-        transport.write(b"421 4.3.2 Service shutting down, try again later\r\n")
+        transport.write(counted(self._metrics, SHUTTING_DOWN).encode("ascii") + b"\r\n")
         transport.close()
+
+
+def counted(metrics: Metrics, refusal: Refusal) -> str:
+    """Count a refusal in emergencyd_messages_rejected_total; returns its reply."""
+    metrics.rejected.labels(refusal.reason).inc()
+    return refusal.reply
 
 
 def _host(session: Session | None) -> str:

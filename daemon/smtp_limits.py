@@ -17,6 +17,7 @@ class Refusal:
     reply: str       # the SMTP reply
 
 
+SHUTTING_DOWN = Refusal("shutting_down", "421 4.3.2 Service shutting down, try again later")
 TOO_MANY_CONNECTIONS = Refusal("too_many_connections", "421 4.7.0 Too many connections, try again later")
 TOO_MANY_FROM_PEER = Refusal("too_many_connections_per_ip",
                              "421 4.7.0 Too many connections from your address, try again later")
