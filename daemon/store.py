@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -26,6 +27,8 @@ from escalation.records import (
 from daemon.migrations import MIGRATIONS
 from daemon.store_grouping import GroupingQueries
 from parsers.identity import message_id_of
+
+log = logging.getLogger("emergencyd.store")
 
 T = TypeVar("T")
 
@@ -399,10 +402,23 @@ def _statements(script: str) -> list[str]:
 
 
 def _create_private(path: Path) -> None:
-    """Create the database file 0600 before SQLite does: it holds tenants' mail."""
+    """Create the database file 0600 before SQLite does: it holds tenants' mail.
+
+    SQLite gives its -wal and -shm files the database file's mode, so an existing
+    store that others can read is tightened too, with a warning saying so.
+    """
     if not path.exists():
         fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
         os.close(fd)
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            mode = file.stat().st_mode & 0o777
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            os.chmod(file, mode & 0o700)
+            log.warning("store file was readable by others; made it private",
+                        extra={"file": str(file), "mode_was": oct(mode)})
 
 
 class AsyncStore:

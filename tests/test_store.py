@@ -30,6 +30,21 @@ def test_durability_settings_and_private_file(store):
     assert store.schema_version() == len(MIGRATIONS)
 
 
+def test_the_write_ahead_log_is_private_and_a_readable_store_is_tightened(tmp_path, caplog):
+    path = tmp_path / "loose" / "store.sqlite3"
+    first = Store.open(path)
+    first.ingest(make_message(), envelope())
+    wal = path.with_name(path.name + "-wal")
+    assert stat.S_IMODE(wal.stat().st_mode) == 0o600
+    first.close()
+    path.chmod(0o644)
+    second = Store.open(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert "made it private" in caplog.text
+    assert second.counts_by_state() == {NEW: 1}
+    second.close()
+
+
 def test_reopening_runs_no_migration_twice(tmp_path, store):
     store.ingest(make_message(), envelope())
     again = Store.open(store.path)
