@@ -13,7 +13,7 @@ import pagerduty
 
 from daemon.config import PagerDutyConfig
 from escalation.content import IncidentNoteRequest, PageRequest
-from escalation.retry import HttpStatusError, parse_retry_after
+from escalation.retry import HttpStatusError, RetryAfterGate, parse_retry_after, require_json
 from escalation.tls import ssl_context
 
 
@@ -25,16 +25,26 @@ class Incident:
 
 
 class _FailFast:
-    """Mixed into the clients: no in-call retries; non-2xx becomes HttpStatusError."""
+    """Mixed into the clients: no in-call retries; non-2xx becomes HttpStatusError; no call
+    while the API's last Retry-After lasts (`gate`, set per client)."""
 
     integration = "pagerduty"
     max_network_attempts = 0
     max_http_attempts = 0
+    gate: RetryAfterGate
+
+    def request(self, method: str, url: str, **kwargs) -> httpx2.Response:
+        self.gate.check()
+        return super().request(method, url, **kwargs)
 
     def postprocess(self, response: httpx2.Response) -> None:
         if response.status_code >= 300:
-            raise HttpStatusError(self.integration, response.status_code, response.text[:2000],
-                                  parse_retry_after(response.headers.get("Retry-After")))
+            error = HttpStatusError(self.integration, response.status_code, response.text[:2000],
+                                    parse_retry_after(response.headers.get("Retry-After")))
+            self.gate.observe(error)
+            raise error
+        # A note posted into a proxy's error page is not posted: never take it as done.
+        require_json(self.integration, response.status_code, response.text)
 
 
 class _EventsClient(_FailFast, pagerduty.EventsApiV2Client):
@@ -52,12 +62,15 @@ class PagerDutyPager:
         verify = ssl_context(config.ca_file)
         self._events = _EventsClient(config.routing_key.value, base_url=config.events_url, verify=verify)
         self._events.retry.clear()
+        # Events and REST are rate-limited apart: a pause of the REST API must never hold back a page.
+        self._events.gate = RetryAfterGate("pagerduty events")
         self._events.timeout = config.timeout_seconds
         self._rest: _RestClient | None = None
         if config.api_token is not None:
             self._rest = _RestClient(config.api_token.value, default_from=config.from_email,
                                      base_url=config.api_url, verify=verify)
             self._rest.retry.clear()
+            self._rest.gate = RetryAfterGate("pagerduty rest")
             self._rest.timeout = config.timeout_seconds
 
     @property

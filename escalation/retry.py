@@ -1,13 +1,19 @@
 """One error classification for every integration call, and the retry schedule.
 
 Network errors, timeouts, 5xx and 429 are transient: retried with exponential
-backoff and jitter, never sooner than the server's Retry-After. Any other 4xx is
-permanent and recorded with the response body. The schedule is a timestamp the
+backoff and jitter, never sooner than the server's Retry-After, which also pauses
+every other call to that API. A 2xx whose body is not JSON is transient too: it is
+not the API's answer. Any other 4xx is
+permanent and recorded with the response body. An SMTP relay's 4yz replies are
+transient and its 5yz permanent (RFC 5321). The schedule is a timestamp the
 store keeps, so it survives restarts; tenacity computes the backoff.
 """
 from __future__ import annotations
 
 import email.utils
+import json
+import smtplib
+import threading
 import time
 from dataclasses import dataclass
 
@@ -35,6 +41,61 @@ class TransientError(Exception):
     """A condition our own code knows will pass (e.g. an incident not yet visible)."""
 
 
+class MalformedAnswer(Exception):
+    """A success status whose body is not the API's JSON: a proxy's error page, a cut-off answer.
+
+    Whether the call took effect is unknown, so it is retried like a lost answer: every step
+    looks for its earlier effect before acting again. Taking it as a success would lose a note.
+    """
+
+    def __init__(self, integration: str, status: int, body: str):
+        super().__init__(f"{integration} answered HTTP {status} with a body that is not JSON: {body[:200]}")
+
+
+class HeldBack(Exception):
+    """A call not made: the service asked for a pause (Retry-After) that has not ended."""
+
+    def __init__(self, integration: str, seconds: float):
+        super().__init__(f"{integration} asked for a pause (Retry-After): {seconds:.1f} s left, call not made")
+        self.retry_after = seconds
+
+
+class RetryAfterGate:
+    """A service's Retry-After pauses every call to it, not only the step that was told.
+
+    A rate limit is the account's, not the step's: the other steps would only collect more
+    429s. A call inside the pause raises HeldBack at once rather than sleeping, so no worker
+    thread is tied up, and its step is rescheduled for the end of the pause.
+    """
+
+    def __init__(self, integration: str):
+        self._integration = integration
+        self._until = 0.0                # time.monotonic()
+        self._lock = threading.Lock()
+
+    def observe(self, error: HttpStatusError) -> None:
+        """429 and 503 may carry a Retry-After; it then holds for the whole service."""
+        if error.status in (429, 503) and error.retry_after:
+            with self._lock:
+                self._until = max(self._until, time.monotonic() + error.retry_after)
+
+    def check(self) -> None:
+        with self._lock:
+            remaining = self._until - time.monotonic()
+        if remaining > 0:
+            raise HeldBack(self._integration, remaining)
+
+
+def require_json(integration: str, status: int, body: str) -> None:
+    """Raise MalformedAnswer for a 2xx (other than 204 No Content) whose body is not JSON."""
+    if not 200 <= status < 300 or status == 204:
+        return
+    try:
+        json.loads(body)
+    except ValueError:
+        raise MalformedAnswer(integration, status, body) from None
+
+
 @dataclass(frozen=True)
 class Failure:
     retryable: bool
@@ -53,6 +114,12 @@ def classify(exc: BaseException) -> Failure:
         return _classify_status(exc)
     if isinstance(exc, TransientError):
         return Failure(True, str(exc))
+    if isinstance(exc, MalformedAnswer):
+        return Failure(True, str(exc)[:300])
+    if isinstance(exc, HeldBack):      # counted with the 429 that asked for the pause
+        return Failure(True, str(exc), status=429, retry_after=exc.retry_after)
+    if isinstance(exc, (smtplib.SMTPResponseException, smtplib.SMTPRecipientsRefused)):
+        return _classify_smtp(exc)
     network = _network_cause(exc)
     if network is not None:
         return Failure(True, f"network: {type(network).__name__}: {network}"[:300])
@@ -68,8 +135,22 @@ def _classify_status(exc: HttpStatusError) -> Failure:
     return Failure(retryable, reason, status=status, retry_after=exc.retry_after)
 
 
+def _classify_smtp(exc: smtplib.SMTPResponseException | smtplib.SMTPRecipientsRefused) -> Failure:
+    """4yz is transient, 5yz permanent; all recipients refused counts as the mildest refusal."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        replies = sorted(exc.recipients.values())
+        code, message = replies[0] if replies else (0, b"")
+    else:
+        code, message = exc.smtp_code, exc.smtp_error
+    text = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
+    if not 400 <= code < 600:     # no reply at all (smtplib's -1): the connection failed
+        return Failure(True, f"network: SMTP {type(exc).__name__}: {text}"[:300])
+    return Failure(code < 500, f"SMTP {code}: {text}"[:500], status=code)
+
+
 _NETWORK_ERRORS = (
     requests.ConnectionError, requests.Timeout, httpx2.TransportError, ConnectionError, TimeoutError,
+    smtplib.SMTPServerDisconnected,
 )
 
 

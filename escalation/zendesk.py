@@ -18,24 +18,31 @@ from zenpy.lib.api_objects import Comment, Ticket, User
 from daemon.config import ZendeskConfig
 from escalation.content import CommentRequest, NoteRequest, TicketRequest
 from escalation.pacing import Pacer
-from escalation.retry import HttpStatusError, parse_retry_after
+from escalation.retry import HttpStatusError, RetryAfterGate, parse_retry_after, require_json
 from escalation.tls import trust_bundle
 
 
-def paced(pacer: Pacer):
-    """A requests adapter that takes a token before each request, whoever makes it."""
+def paced(pacer: Pacer, gate: RetryAfterGate):
+    """A requests adapter that takes a token before each request, whoever makes it, and makes
+    none while Zendesk's last Retry-After lasts."""
     class PacedAdapter(requests.adapters.HTTPAdapter):
         def send(self, request, *args, **kwargs):
+            gate.check()
             pacer.wait()
+            gate.check()
             return super().send(request, *args, **kwargs)
     return PacedAdapter()
 
 
-def raise_for_status(integration: str):
+def raise_for_status(integration: str, gate: RetryAfterGate):
     def hook(response: requests.Response, *args, **kwargs) -> None:
         if response.status_code >= 400:
-            raise HttpStatusError(integration, response.status_code, response.text[:2000],
-                                  parse_retry_after(response.headers.get("Retry-After")))
+            error = HttpStatusError(integration, response.status_code, response.text[:2000],
+                                    parse_retry_after(response.headers.get("Retry-After")))
+            gate.observe(error)
+            raise error
+        # zenpy hands a non-JSON 200 back as if it were the answer: an update would count as done.
+        require_json(integration, response.status_code, response.text)
     return hook
 
 
@@ -53,8 +60,9 @@ class ZendeskDesk:
         session = requests.Session()
         session.trust_env = False   # REQUESTS_CA_BUNDLE in the environment would override verify
         session.verify = trust_bundle(config.ca_file)
-        session.hooks["response"].append(raise_for_status("zendesk"))
-        session.mount("https://", paced(Pacer(config.requests_per_minute)))
+        gate = RetryAfterGate("zendesk")     # Zendesk's rate limit is the account's: one pause for all
+        session.hooks["response"].append(raise_for_status("zendesk", gate))
+        session.mount("https://", paced(Pacer(config.requests_per_minute), gate))
         subdomain, domain = split_host(config.url)
         self._agent_url_base = config.agent_url_base
         self._user_ids: dict[str, int] = {}
