@@ -1,4 +1,4 @@
-"""The `emergencyd` command: run, check-config, inject, status."""
+"""The `emergencyd` command: run, check-config, inject, classify, status, hash-password."""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     configure_logging(logging.DEBUG if getattr(args, "verbose", False) else logging.INFO)
+    if args.command == "hash-password":      # needs no config
+        return cmd_hash_password(args)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -63,7 +65,27 @@ def _parser() -> argparse.ArgumentParser:
     status = command("status", cmd_status, "Show escalations by state and the recent messages.")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--limit", type=int, default=20, help="how many recent messages (default 20)")
+    hash_password = sub.add_parser(
+        "hash-password", help="Print a line for smtp.auth_users_file; the password is read from stdin.",
+        description="Print USER:HASH (scrypt, random salt) for smtp.auth_users_file. The password is read "
+                    "from the terminal without echo, or as the first line of stdin.")
+    hash_password.add_argument("user", help="the name the relay logs in with")
     return parser
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    import getpass
+
+    from daemon.smtp_auth import hash_password
+    if not args.user or ":" in args.user or any(c.isspace() for c in args.user):
+        print("emergencyd: the user name must be non-empty, without ':' or spaces", file=sys.stderr)
+        return 2
+    password = getpass.getpass("Password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("emergencyd: empty password", file=sys.stderr)
+        return 2
+    print(f"{args.user}:{hash_password(password)}")
+    return 0
 
 
 def cmd_run(config: Config, args: argparse.Namespace) -> int:

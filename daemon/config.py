@@ -62,6 +62,8 @@ class SmtpConfig:
     limit_exempt_networks: tuple[str, ...]   # per-address limits skip these (the relay in front)
     command_timeout_seconds: float      # idle between commands (and DATA lines) before 421 4.4.2
     session_max_seconds: float          # a whole connection, so a slow client cannot hold a slot
+    auth: SmtpAuthConfig                # AUTH for a relay in front (daemon/smtp_settings.py)
+    proxy: ProxyConfig                  # the PROXY protocol behind a load balancer
 
 
 @dataclass(frozen=True)
@@ -219,9 +221,11 @@ def _smtp(r: _Reader) -> SmtpConfig:
     require = r.boolean("smtp.require_starttls", False)
     if require and cert is None:
         raise ConfigError("smtp.require_starttls: needs smtp.tls_cert_file and smtp.tls_key_file")
+    from daemon.smtp_settings import read_auth, read_proxy   # it imports this module
+    listen = r.host_port("smtp.listen", "127.0.0.1:2525")
     return SmtpConfig(
         enabled=r.boolean("smtp.enabled", True),
-        listen=r.host_port("smtp.listen", "127.0.0.1:2525"),
+        listen=listen,
         recipients=tuple(a.strip().lower() for a in recipients),
         max_message_bytes=r.integer("smtp.max_message_bytes", 25 * 1024 * 1024, minimum=1024),
         hostname=r.string("smtp.hostname", "emergencyd"),
@@ -235,6 +239,8 @@ def _smtp(r: _Reader) -> SmtpConfig:
         limit_exempt_networks=_networks(r, "smtp.limit_exempt_networks", ["127.0.0.0/8", "::1/128"]),
         command_timeout_seconds=r.number("smtp.command_timeout_seconds", 300.0, minimum=0.1),
         session_max_seconds=r.number("smtp.session_max_seconds", 900.0, minimum=0.1),
+        auth=read_auth(r, tls=cert is not None, listen=listen),
+        proxy=read_proxy(r),
     )
 
 
@@ -381,7 +387,8 @@ _KNOWN_SECTIONS = {
     "smtp": {"enabled", "listen", "recipients", "max_message_bytes", "hostname", "tls_cert_file", "tls_key_file",
              "require_starttls", "max_connections", "max_connections_per_ip", "max_recipients",
              "messages_per_ip_per_minute", "messages_per_sender_per_minute", "limit_exempt_networks",
-             "command_timeout_seconds", "session_max_seconds"},
+             "command_timeout_seconds", "session_max_seconds", "auth_users_file", "auth_required",
+             "auth_failures_per_ip_per_hour", "proxy_protocol", "proxy_trusted_networks", "proxy_timeout_seconds"},
     "imap": {"enabled", "host", "port", "username", "password_file", "mailbox", "processed_mailbox", "tls",
              "ca_file", "idle", "idle_renew_seconds", "poll_interval_seconds", "command_timeout_seconds",
              "reconnect_initial_seconds", "reconnect_max_seconds", "login_retry_seconds", "batch_messages",

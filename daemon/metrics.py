@@ -16,11 +16,15 @@ from parsers.noise import NOISE_KINDS
 from escalation.steps import integration_of
 
 SOURCES = ("smtp", "imap", "inject")
-INTEGRATIONS = ("zendesk", "pagerduty")
+INTEGRATIONS = ("zendesk", "pagerduty", "fallback")   # fallback: the SMTP relay of the fallback alert
+FALLBACK_OUTCOMES = ("sent", "failed")
 REJECT_REASONS = ("unknown_recipient", "too_large", "store_failure", "shutting_down", "too_many_connections",
                   "too_many_connections_per_ip", "too_many_recipients", "rate_limited_ip", "rate_limited_sender",
-                  "timeout", "session_too_long")
+                  "timeout", "session_too_long", "auth_required", "auth_throttled", "proxy_untrusted",
+                  "proxy_invalid")
+AUTH_RESULTS = ("success", "failure")
 STEP_OUTCOMES = ("success", "retry", "failed")
+TRUST_RESULTS = ("pass", "fail", "none")
 STATUS_CLASSES = ("2xx", "4xx", "5xx", "network")
 # Receipt to page: an emergency should page within seconds; a Zendesk or PagerDuty
 # outage stretches this into minutes and hours.
@@ -105,6 +109,9 @@ class Metrics:
             ["integration"], registry=r)
         self.ready = Gauge("emergencyd_ready_check", "1 while a readiness check passes, 0 while it fails.",
                            ["check"], registry=r)
+        self.smtp_auth = Counter("emergencyd_smtp_auth_total",
+                                 "SMTP AUTH attempts whose credentials were checked, by result.", ["result"],
+                                 registry=r)
         self.tls_expiry = Gauge("emergencyd_tls_certificate_expiry_timestamp_seconds",
                                 "Unix time the first certificate in each TLS file in use expires.",
                                 ["role", "file"], registry=r)
@@ -133,6 +140,10 @@ class Metrics:
             self.imap_errors.labels(kind)
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
+        for outcome in FALLBACK_OUTCOMES:
+            self.fallback_alerts.labels(outcome)
+        for result in AUTH_RESULTS:
+            self.smtp_auth.labels(result)
         for step in STEP_ORDER:
             integration = integration_of(step)
             self.steps.labels(integration, step, "success", "2xx")

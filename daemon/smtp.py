@@ -9,23 +9,33 @@ Every failure has its own reply (after GoAlert's smtpsrv):
   421 4.4.2  idle past command_timeout_seconds, or connected past session_max_seconds
   451 4.7.1  too many messages a minute from one address or one sender (at MAIL)
   452 4.5.3  too many recipients
+  530 5.7.0  MAIL before AUTH when smtp.auth_required (aiosmtpd)
+  535 5.7.8  AUTH with a wrong user or password (aiosmtpd), and 421 4.7.0 once an address fails too often
+  538 5.7.11 AUTH before STARTTLS from a client that is not on loopback (aiosmtpd)
 250 is answered only after the bytes and the envelope are committed durably.
+
+Behind a load balancer (smtp.proxy_protocol), each connection opens with a PROXY header; its source
+address is the client for every limit, log line and stored envelope. A peer outside
+smtp.proxy_trusted_networks, or a missing or malformed header, is dropped without a reply.
 """
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import ssl
 import time
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
-from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session
+from aiosmtpd.proxy_protocol import ProxyData
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope as SmtpEnvelope, LoginPassword, Session
 
 from daemon.config import SmtpConfig
 from daemon.metrics import Metrics
+from daemon.smtp_auth import Authenticator
 from daemon.smtp_limits import (
-    IDLE_TIMEOUT, PEER_RATE, SENDER_RATE, SESSION_TOO_LONG, SHUTTING_DOWN, TOO_MANY_RECIPIENTS, ConnectionLimits, ExemptNetworks,
-    RateLimit, Refusal,
+    AUTH_THROTTLED, IDLE_TIMEOUT, PEER_RATE, PROXY_INVALID, PROXY_UNTRUSTED, SENDER_RATE, SESSION_TOO_LONG,
+    SHUTTING_DOWN, TOO_MANY_RECIPIENTS, ConnectionLimits, Networks, RateLimit, Refusal,
 )
 from daemon.store import IngestResult, StoreError
 from escalation.records import Envelope
@@ -45,13 +55,36 @@ class IngestHandler:
         self._max_recipients = config.max_recipients
         self._peer_rate = RateLimit(config.messages_per_ip_per_minute, 60.0)
         self._sender_rate = RateLimit(config.messages_per_sender_per_minute, 60.0)
-        self._exempt = ExemptNetworks(config.limit_exempt_networks)
+        self._exempt = Networks(config.limit_exempt_networks)
         self.connections = ConnectionLimits(config.max_connections, config.max_connections_per_ip, self._exempt)
+        self.authenticator = (Authenticator({user: stored.value for user, stored in config.auth.users},
+                                            config.auth.failures_per_ip_per_hour)
+                              if config.auth.enabled else None)
         self.accepting = True
 
     def refuse(self, refusal: Refusal, session: Session, **fields: str) -> str:
         log.info("smtp refused", extra={"reason": refusal.reason, "peer": _peer(session), **fields})
         return counted(self._metrics, refusal)
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: SmtpEnvelope, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname          # this hook's duty, by aiosmtpd's contract
+        if self.authenticator is None:        # aiosmtpd would offer AUTH that always fails
+            return [line for line in responses if not line.startswith("250-AUTH")]
+        return responses
+
+    async def handle_AUTH(self, server: Smtp, session: Session, envelope: SmtpEnvelope, args: list[str]) -> Any:
+        """Before aiosmtpd reads any credentials: is AUTH offered, and may this address still try?"""
+        if self.authenticator is None:
+            return "503 5.5.1 Authentication not enabled"
+        if self.authenticator.throttled(_host(session)):
+            server.close_with(AUTH_THROTTLED)
+            return None                       # said and closed
+        return MISSING                        # go on: aiosmtpd runs the mechanism
+
+    async def handle_PROXY(self, server: Smtp, session: Session, envelope: SmtpEnvelope,
+                           proxy_data: ProxyData) -> bool:
+        return server.proxied(proxy_data)
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: SmtpEnvelope,
                           address: str, mail_options: list[str]) -> str:
@@ -104,13 +137,17 @@ class IngestHandler:
 
 class Smtp(SMTP):
     """aiosmtpd's SMTP with the connection limits, a whole-session deadline, a 421 on timeout,
-    and a count of the size refusals that aiosmtpd answers by itself."""
+    counts of the refusals that aiosmtpd answers by itself, AUTH checked off the event loop,
+    and the client's address taken from a trusted PROXY header."""
 
-    def __init__(self, handler: IngestHandler, metrics: Metrics, *, session_max_seconds: float, **kwargs):
-        super().__init__(handler, **kwargs)
+    def __init__(self, handler: IngestHandler, metrics: Metrics, *, session_max_seconds: float,
+                 proxy_trusted: Networks | None, **kwargs):
+        super().__init__(handler, authenticator=_defer_check, auth_require_tls=True, **kwargs)
         self._ingest_handler = handler
         self._metrics = metrics
         self._session_max_seconds = session_max_seconds
+        self._proxy_trusted = proxy_trusted      # None: no PROXY header expected
+        self._proxy_data: ProxyData | None = None
         self._counted_peer: str | None = None
         self._refusal: Refusal | None = None
         self._deadline: asyncio.TimerHandle | None = None
@@ -119,14 +156,36 @@ class Smtp(SMTP):
         fresh = self.transport is None          # not the switch to TLS after STARTTLS
         super().connection_made(transport)
         if not fresh:
-            return
+            self.session.proxy_data = self._proxy_data   # STARTTLS starts a new session: keep the client's address
+        elif self._proxy_trusted is None:
+            self._admit()
+        elif _host(self.session) not in self._proxy_trusted:
+            self.close_with(PROXY_UNTRUSTED, error="peer not in smtp.proxy_trusted_networks")
+        # else aiosmtpd reads the PROXY header, then calls handle_PROXY -> proxied()
+
+    def proxied(self, proxy_data: ProxyData) -> bool:
+        """A valid PROXY header from a trusted load balancer: from now on its source is the client."""
+        self._proxy_data = proxy_data
+        self._admit()
+        return True            # a refusal replaces the greeting, so the client learns why
+
+    def _admit(self) -> None:
         peer = _host(self.session)
         self._refusal = self._ingest_handler.connections.admit(peer)
         if self._refusal is None:
             self._counted_peer = peer
-            self._deadline = self.loop.call_later(self._session_max_seconds, self._close_with, SESSION_TOO_LONG)
+            self._deadline = self.loop.call_later(self._session_max_seconds, self.close_with, SESSION_TOO_LONG)
+        if _is_loopback(peer):
+            # A password cannot be overheard on loopback: a relay on this host may AUTH without STARTTLS.
+            # aiosmtpd takes this at construction, before the client (or its PROXY header) is known.
+            self._auth_require_tls = False
 
     def connection_lost(self, error: Exception | None) -> None:
+        header = self.session.proxy_data if self.session is not None else None
+        if header is not None and not header:         # aiosmtpd read a header that was not valid PROXY
+            log.info("smtp connection closed", extra={"reason": PROXY_INVALID.reason, "peer": _peer(self.session),
+                                                       "error": header.error})
+            counted(self._metrics, PROXY_INVALID)
         if self._counted_peer is not None:
             self._ingest_handler.connections.release(self._counted_peer)
             self._counted_peer = None
@@ -134,24 +193,59 @@ class Smtp(SMTP):
             self._deadline.cancel()
         super().connection_lost(error)
 
-    async def push(self, status: str) -> None:
-        if self._refusal is not None and status.startswith("220 "):   # the greeting of a refused connection
-            self._close_with(self._refusal)
-            return
-        if status.startswith("552"):
-            self._metrics.rejected.labels("too_large").inc()
+    async def push(self, status: str | bytes) -> None:
+        if isinstance(status, str):           # bytes: an AUTH challenge
+            if self._refusal is not None and status.startswith("220 "):   # the greeting of a refused connection
+                self.close_with(self._refusal)
+                return
+            if status.startswith("552"):
+                self._metrics.rejected.labels("too_large").inc()
+            elif status.startswith("530 5.7.0"):
+                self._metrics.rejected.labels("auth_required").inc()
         await super().push(status)
 
-    def _timeout_cb(self) -> None:
-        self._close_with(IDLE_TIMEOUT)
+    # aiosmtpd's PLAIN and LOGIN read the credentials; _checked then checks them.
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._checked("PLAIN", await super().auth_PLAIN(_, args))
 
-    def _close_with(self, refusal: Refusal) -> None:
-        """Say why, then close: the client's MTA keeps the mail and tries again."""
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._checked("LOGIN", await super().auth_LOGIN(_, args))
+
+    async def _checked(self, mechanism: str, parsed: AuthResult) -> AuthResult:
+        credentials = parsed.auth_data
+        if not isinstance(credentials, LoginPassword):   # a malformed exchange, already answered by aiosmtpd
+            return parsed
+        authenticator = self._ingest_handler.authenticator
+        assert authenticator is not None                 # handle_AUTH refuses AUTH without one
+        user = credentials.login.decode("utf-8", "replace")[:254]
+        fields = {"user": user, "mechanism": mechanism, "peer": _peer(self.session)}   # never the password
+        if await authenticator.check(_host(self.session), credentials.login, credentials.password):
+            self._metrics.smtp_auth.labels("success").inc()
+            log.info("smtp authenticated", extra=fields)
+            return AuthResult(success=True, auth_data=user)
+        self._metrics.smtp_auth.labels("failure").inc()
+        log.info("smtp authentication failed", extra=fields)
+        return AuthResult(success=False, handled=False)  # aiosmtpd answers 535 5.7.8
+
+    def _timeout_cb(self) -> None:
+        self.close_with(IDLE_TIMEOUT)
+
+    def close_with(self, refusal: Refusal, **fields: str) -> None:
+        """Say why (when there is a client to tell), then close: the client's MTA keeps the mail and tries again."""
         if self.transport is None:
             return
-        log.info("smtp connection closed", extra={"reason": refusal.reason, "peer": _peer(self.session)})
-        self.transport.write(counted(self._metrics, refusal).encode("ascii") + b"\r\n")
+        log.info("smtp connection closed", extra={"reason": refusal.reason, "peer": _peer(self.session), **fields})
+        reply = counted(self._metrics, refusal)
+        if reply:
+            self.transport.write(reply.encode("ascii") + b"\r\n")
         self.transport.close()
+
+
+def _defer_check(server: SMTP, session: Session, envelope: SmtpEnvelope, mechanism: str,
+                 credentials: Any) -> AuthResult:
+    """aiosmtpd's authenticator is synchronous, and scrypt takes tens of milliseconds: hand the parsed
+    credentials back to Smtp._checked, which checks them in a worker thread."""
+    return AuthResult(success=False, handled=False, auth_data=credentials)
 
 
 class ShuttingDown(asyncio.Protocol):
@@ -171,17 +265,32 @@ def counted(metrics: Metrics, refusal: Refusal) -> str:
     return refusal.reply
 
 
+def _address(session: Session | None) -> tuple[str, str | None]:
+    """The client's host and port: the PROXY header's source when a trusted load balancer sent one."""
+    proxied = session.proxy_data if session is not None else None
+    if proxied and isinstance(proxied.src_addr, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        return str(proxied.src_addr), str(proxied.src_port)
+    peer = session.peer if session is not None else None
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0]), (str(peer[1]) if len(peer) >= 2 else None)
+    return str(peer or ""), None
+
+
 def _host(session: Session | None) -> str:
     """The client's address without its port: what per-address limits count."""
-    peer = session.peer if session is not None else None
-    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer or "")
+    return _address(session)[0]
 
 
-def _peer(session: Session) -> str:
-    peer = session.peer
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        return f"{peer[0]}:{peer[1]}"
-    return str(peer or "")
+def _peer(session: Session | None) -> str:
+    host, port = _address(session)
+    return host if port is None else f"{host}:{port}"
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def starttls_context(config: SmtpConfig) -> ssl.SSLContext | None:
@@ -201,11 +310,15 @@ async def start_smtp(config: SmtpConfig, handler: IngestHandler, metrics: Metric
                      tls_context: ssl.SSLContext | None) -> asyncio.Server:
     loop = asyncio.get_running_loop()
 
+    proxy_trusted = Networks(config.proxy.trusted_networks) if config.proxy.enabled else None
+
     def factory() -> asyncio.Protocol:
         if not handler.accepting:
             return ShuttingDown(metrics)
         return Smtp(handler, metrics, data_size_limit=config.max_message_bytes, hostname=config.hostname,
                     ident="emergencyd ESMTP", decode_data=False, tls_context=tls_context,
                     require_starttls=config.require_starttls, timeout=config.command_timeout_seconds,
-                    session_max_seconds=config.session_max_seconds)
+                    session_max_seconds=config.session_max_seconds, auth_required=config.auth.required,
+                    proxy_protocol_timeout=config.proxy.timeout_seconds if proxy_trusted else None,
+                    proxy_trusted=proxy_trusted)
     return await loop.create_server(factory, host=config.listen.host, port=config.listen.port)

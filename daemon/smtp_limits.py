@@ -26,10 +26,15 @@ TOO_MANY_RECIPIENTS = Refusal("too_many_recipients", "452 4.5.3 Too many recipie
 IDLE_TIMEOUT = Refusal("timeout", "421 4.4.2 Timeout waiting for the client, closing connection")
 SESSION_TOO_LONG = Refusal("session_too_long", "421 4.4.2 Session too long, closing connection")
 SENDER_RATE = Refusal("rate_limited_sender", "451 4.7.1 Too many messages from this sender, try again later")
+AUTH_THROTTLED = Refusal("auth_throttled", "421 4.7.0 Too many failed authentications, try again later")
+# A peer that may not speak PROXY, or spoke it badly, is dropped without a reply: it is not a client.
+PROXY_UNTRUSTED = Refusal("proxy_untrusted", "")
+PROXY_INVALID = Refusal("proxy_invalid", "")
 
 
-class ExemptNetworks:
-    """Addresses the per-address limits skip: a relay in front sends everyone's mail from one address."""
+class Networks:
+    """A set of networks: the relay in front, which the per-address limits skip because it sends
+    everyone's mail from one address; the load balancers trusted to speak PROXY."""
 
     def __init__(self, networks: tuple[str, ...] | list[str]):
         self._networks = [ipaddress.ip_network(n, strict=False) for n in networks]
@@ -43,10 +48,10 @@ class ExemptNetworks:
 
 
 class ConnectionLimits:
-    def __init__(self, total: int, per_peer: int, exempt: ExemptNetworks | None = None):
+    def __init__(self, total: int, per_peer: int, exempt: Networks | None = None):
         self._total = total
         self._per_peer = per_peer
-        self._exempt = exempt or ExemptNetworks(())
+        self._exempt = exempt or Networks(())
         self._open: dict[str, int] = {}
 
     def admit(self, peer: str) -> Refusal | None:

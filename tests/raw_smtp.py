@@ -2,22 +2,30 @@
 
 It sends exactly the bytes it is given (bare LF, bare CR, NUL, smuggling sequences,
 pipelined commands) and keeps every reply line it reads, so tests assert on the
-server's real reply codes and texts.
+server's real reply codes and texts. It can also speak as a load balancer would: a PROXY
+header (v1 text or v2 binary) before the SMTP session, from a chosen local source address.
 """
 from __future__ import annotations
 
+import ipaddress
 import socket
 import sqlite3
+import ssl
+import struct
 from pathlib import Path
 
 from tests.harness import RECIPIENT
 
 
 class RawSmtp:
-    def __init__(self, port: int, *, timeout: float = 20.0):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, *, timeout: float = 20.0, proxy: bytes = b"", source: str | None = None):
+        """`proxy` is sent first, as a load balancer's PROXY header; `source` is the local address to connect from."""
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self._buffer = b""
         self.transcript: list[str] = []   # every reply line read, in order
+        if proxy:
+            self.send(proxy)
         self.greeting = self.reply()
 
     def __enter__(self) -> "RawSmtp":
@@ -67,6 +75,11 @@ class RawSmtp:
         self.send(data)
         return self.reply()
 
+    def starttls(self, context: ssl.SSLContext) -> None:
+        """STARTTLS, which must be accepted, then the TLS handshake on the same socket."""
+        assert code(self.command(b"STARTTLS\r\n")) == 220, self.transcript
+        self.sock = context.wrap_socket(self.sock, server_hostname="127.0.0.1")
+
     def replies_until_closed(self) -> list[list[str]]:
         """Every reply still to come, until the server closes the connection."""
         replies = []
@@ -92,6 +105,23 @@ def codes(replies: list[list[str]]) -> list[int]:
     return [code(r) for r in replies]
 
 
+def proxy_v1(source: str, source_port: int, destination: str = "127.0.0.1", destination_port: int = 25) -> bytes:
+    family = "TCP6" if ipaddress.ip_address(source).version == 6 else "TCP4"
+    return f"PROXY {family} {source} {destination} {source_port} {destination_port}\r\n".encode("ascii")
+
+
+PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def proxy_v2(source: str, source_port: int, destination: str = "127.0.0.1", destination_port: int = 25, *,
+             version_command: int = 0x21) -> bytes:
+    """The binary header HAProxy's send-proxy-v2 writes: version 2, PROXY, TCP over IPv4 (0x11) or IPv6 (0x21)."""
+    src, dst = ipaddress.ip_address(source), ipaddress.ip_address(destination)
+    addresses = src.packed + dst.packed + struct.pack("!HH", source_port, destination_port)
+    family_protocol = 0x21 if src.version == 6 else 0x11
+    return PROXY_V2_SIGNATURE + struct.pack("!BBH", version_command, family_protocol, len(addresses)) + addresses
+
+
 def dot_stuff(message: bytes) -> bytes:
     """RFC 5321 4.5.2 transparency, as a sending MTA applies it to CRLF lines."""
     return b"\r\n".join(b"." + line if line.startswith(b".") else line for line in message.split(b"\r\n"))
@@ -109,3 +139,13 @@ def stored_raw(store_path: Path) -> dict[str, bytes]:
         return {mid: raw for mid, raw in conn.execute("SELECT message_id, raw FROM messages ORDER BY id")}
     finally:
         conn.close()
+
+
+def stored_envelopes(store_path: Path) -> list[dict]:
+    """The committed envelopes (peer, tls, mail_from), read straight from the store file (read-only)."""
+    conn = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT peer, tls, mail_from FROM messages ORDER BY id").fetchall()
+    finally:
+        conn.close()
+    return [{"peer": peer, "tls": bool(tls), "mail_from": mail_from} for peer, tls, mail_from in rows]
