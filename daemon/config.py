@@ -355,9 +355,10 @@ def _dedup(r: _Reader) -> DedupConfig:
     )
 
 
-def _policy(table: Any) -> Policy:
+def _policy(table: Any, trust: Any = None) -> Policy:
+    """[policy] and [trust]: both are policy, reloaded together on SIGHUP."""
     try:
-        return parse_policy(table)
+        return parse_policy(table, trust)
     except PolicyError as exc:
         raise ConfigError(str(exc)) from None
     except ZoneInfoNotFoundError:

@@ -124,6 +124,8 @@ class Metrics:
     def _precreate(self) -> None:
         for relation in ("first", "incident", "thread", "repeat", "storm", "alone"):
             self.relations.labels(relation)
+        for result in TRUST_RESULTS:
+            self.sender_trust.labels(result)
         for severity in (*SEVERITIES, "none"):
             for window in Window:
                 self.verdicts.labels(severity, window.value)
@@ -169,6 +171,10 @@ class Metrics:
             self.ready.labels(check).set(int(result == "ok"))
 
     def decided(self, verdict: Verdict) -> None:
+        if verdict.trust is not None:
+            self.sender_trust.labels(verdict.trust.outcome).inc()
+        if verdict.page_held:
+            self.pages_held.inc()
         if verdict.suppressed:
             self.suppressed.labels(verdict.category.removeprefix("noise:")).inc()
         else:

@@ -83,6 +83,9 @@ def ticket_request(record: EscalationRecord, parsed: ParsedMessage, *,
     body = parsed.text.strip() or "(the message has no text body)"
     if subject != subject_of(parsed):
         body = f"Original subject: {subject_of(parsed)}\n\n{body}"
+    warning = trust_warning(verdict)
+    if warning:
+        body = f"{warning}\n\n{body}"
     return TicketRequest(
         external_id=record.dedup_key,
         subject=subject,
@@ -110,6 +113,8 @@ def follow_up_comment(record: EscalationRecord, parsed: ParsedMessage, ticket_id
     words = own_words(parsed.text).strip() or "(no new text)"
     head = f"{subject_of(parsed)}\n\n" if record.relation != "thread" else ""
     why = f"(by email to the emergency address at {iso(record.envelope.received_at)}; {record.relation_reason})"
+    warning = trust_warning(record.verdict or {})
+    head = f"{warning}\n\n{head}" if warning else head
     body = bounded(f"{head}{words}", MAX_COMMENT_CHARS - 400) + f"\n\n{why} {marker}"
     return CommentRequest(ticket_id, body, requester_of(record, parsed), parsed.sender_name, marker)
 
@@ -124,7 +129,21 @@ def ticket_tags(verdict: dict[str, Any]) -> tuple[str, ...]:
     for key, prefix in (("category", "category"), ("window", "window")):
         if verdict.get(key):
             tags.append(f"{prefix}-{verdict[key].replace(':', '-').replace('_', '-')}")
+    verified = (verdict.get("sender_trust") or {}).get("verified")
+    if verified is not None:
+        tags.append("sender-verified" if verified else "unverified-sender")
+    if verdict.get("page_held"):
+        tags.append("page-held")
     return tuple(tags)
+
+
+def trust_warning(verdict: dict[str, Any]) -> str | None:
+    """The line a responder must see before acting on the mail: its sender may be forged."""
+    trust = verdict.get("sender_trust") or {}
+    if trust.get("verified") is not False:
+        return None
+    held = f" {verdict['page_held'][0].upper()}{verdict['page_held'][1:]}." if verdict.get("page_held") else ""
+    return f"[emergencyd] UNVERIFIED SENDER: {trust.get('reason')}. Confirm with the tenant before acting.{held}"
 
 
 _WINDOW_WORDS = {"in_hours": "in hours", "out_of_hours_waking": "out of hours (waking hours)",
@@ -144,6 +163,10 @@ def describe_verdict(verdict: dict[str, Any]) -> str:
     if verdict.get("update_every_seconds"):
         parts.append(_update_words(verdict["update_every_seconds"], verdict.get("working_time", False)))
     paging = f"paged at {verdict['urgency']} urgency" if verdict.get("page") else "not paged"
+    if verdict.get("page_held"):
+        paging = verdict["page_held"]
+    if (verdict.get("sender_trust") or {}).get("verified") is False:
+        paging += "; unverified sender"
     return f"{head}: {', '.join(parts + [paging])}"
 
 
@@ -166,6 +189,10 @@ def verdict_lines(verdict: dict[str, Any]) -> list[str]:
     for hit in verdict.get("rules", []):
         lines.append(f"  rule {hit['rule']} ({hit['severity'] or 'not an incident'}) matched "
                      f"{hit['matched']!r} in the {hit['field']}")
+    trust = verdict.get("sender_trust")
+    if trust:
+        lines.append(f"Sender trust: {trust['outcome']}: {trust['reason']} (spf={trust['spf'] or '-'}, "
+                     f"dkim={trust['dkim'] or '-'}, dmarc={trust['dmarc'] or '-'})")
     return lines
 
 
@@ -231,6 +258,8 @@ def page_request(record: EscalationRecord, parsed: ParsedMessage, ticket_url: st
                         "category": verdict.get("category"), "window": verdict.get("window"),
                         "respond_by": verdict.get("respond_by"),
                         "rules": [f"{h['rule']}: {h['matched']}" for h in verdict.get("rules", [])]})
+        if verdict.get("sender_trust"):
+            details["sender_trust"] = verdict["sender_trust"]["reason"]
     if group:
         details.update({"reports": group["reports"], "tenants": group["tenants"][:50]})
     links: tuple[dict[str, str], ...] = ()

@@ -12,6 +12,8 @@ from datetime import datetime, timedelta
 from typing import Any, Mapping
 
 from escalation.hours import SupportCalendar, Window
+from escalation.trust import TrustPolicy, assess, page_hold
+from parsers.auth_results import SenderTrust
 from parsers.message import ParsedMessage
 from parsers.noise import detect_noise
 from parsers.subject import descriptive_subject
@@ -55,6 +57,7 @@ class Policy:
     unclassified_category: str = "unclassified"
     noise_gets_ticket: bool = False
     generic_subjects: tuple[str, ...] = ()
+    trust: TrustPolicy = TrustPolicy()     # [trust]: whose Authentication-Results count, what a failure does
 
     def route(self, severity: str | None, window: Window) -> Route:
         return self.routing[(severity or NOT_AN_INCIDENT, window)]
@@ -85,6 +88,13 @@ class Verdict:
     ticket_subject: str
     working_time: bool = False
     rules: tuple[RuleHit, ...] = field(default_factory=tuple)
+    trust: SenderTrust | None = None   # None: [trust] not configured
+    page_held: str | None = None       # why the sender's trust held back a page the routing asked for
+
+    @property
+    def untrusted(self) -> bool:
+        """DMARC failed, or trust held the page: kept apart from the real sender's mail and incidents."""
+        return self.page_held is not None or (self.trust is not None and self.trust.verified is False)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -96,6 +106,7 @@ class Verdict:
             "ticket": self.ticket, "ticket_subject": self.ticket_subject, "working_time": self.working_time,
             "rules": [{"rule": h.rule, "field": h.field, "matched": h.matched, "category": h.category,
                        "severity": h.severity} for h in self.rules],
+            "sender_trust": self.trust.as_dict() if self.trust else None, "page_held": self.page_held,
         }
 
 
@@ -116,14 +127,18 @@ def phrase_pattern(phrase: str) -> re.Pattern[str]:
 
 
 def classify(parsed: ParsedMessage, *, received_at: datetime, mail_from: str | None,
-             own_addresses: tuple[str, ...], policy: Policy, own_hostnames: tuple[str, ...] = ()) -> Verdict:
+             own_addresses: tuple[str, ...], policy: Policy, own_hostnames: tuple[str, ...] = (),
+             trust: SenderTrust | None = None) -> Verdict:
+    """`trust` comes from the decide step (envelope and DKIM aware); without it, from the headers alone."""
     window = policy.calendar.window_at(received_at)
+    trust = trust or assess(parsed.headers, policy.trust)
     subject = descriptive_subject(parsed.subject, parsed.text, policy.generic_subjects)
     noise = detect_noise(parsed, mail_from=mail_from, own_addresses=own_addresses, own_hostnames=own_hostnames)
     if noise is not None:
         return Verdict(suppressed=True, reason=f"{noise.kind}: {noise.reason}", category=f"noise:{noise.kind}",
                        severity=None, window=window, page=False, urgency=None, zendesk_priority="low",
-                       respond_by=None, update_every=None, ticket=policy.noise_gets_ticket, ticket_subject=subject)
+                       respond_by=None, update_every=None, ticket=policy.noise_gets_ticket, ticket_subject=subject,
+                       trust=trust)
     hits = evaluate_rules(parsed, policy.rules)
     if hits:
         decisive = hits[0]
@@ -134,12 +149,14 @@ def classify(parsed: ParsedMessage, *, received_at: datetime, mail_from: str | N
         reason = (f"no rule matched: treated as {severity or 'not an incident'} "
                   "(on an emergency address a missed P1 costs more than a false page)")
     route = policy.route(severity, window)
+    held = page_hold(trust, policy.trust) if route.urgency is not None else None
+    page = route.urgency is not None and held is None
     return Verdict(
         suppressed=False, reason=reason, category=category, severity=severity, window=window,
-        page=route.urgency is not None, urgency=route.urgency, zendesk_priority=route.zendesk_priority,
+        page=page, urgency=route.urgency if page else None, zendesk_priority=route.zendesk_priority,
         respond_by=_deadline(policy.calendar, received_at, route.respond_within, route.working_time),
         update_every=route.update_every, ticket=True, ticket_subject=subject, working_time=route.working_time,
-        rules=tuple(hits))
+        rules=tuple(hits), trust=trust, page_held=held)
 
 
 def evaluate_rules(parsed: ParsedMessage, rules: tuple[Rule, ...]) -> list[RuleHit]:

@@ -1,7 +1,9 @@
 """[policy] in config.toml -> Policy, with errors that name the key."""
 from __future__ import annotations
 
+import ipaddress
 import re
+from dataclasses import replace
 from datetime import date, timedelta
 from typing import Any
 
@@ -9,11 +11,14 @@ from escalation.hours import SupportCalendar, Window
 from escalation.policy import (
     FIELDS, NOT_AN_INCIDENT, SEVERITIES, URGENCIES, ZENDESK_PRIORITIES, Policy, Route, Rule, phrase_pattern,
 )
+from escalation.trust import DEFAULT_TRUSTED_RELAYS, TrustPolicy
 
 RULE_KEYS = {"name", "category", "severity", "fields", "phrases", "regexes", "unless", "requires", "description"}
 ROUTE_KEYS = {"urgency", "zendesk_priority", "respond_within", "update_every", "working_time"}
 POLICY_KEYS = {"timezone", "extra_closures", "unclassified_severity", "unclassified_category",
                "noise_gets_ticket", "generic_subjects", "rules", "routing"}
+TRUST_KEYS = {"trusted_authserv_ids", "trusted_relays", "own_received_fields", "verify_dkim",
+              "dkim_timeout_seconds", "tenant_domains", "page_unverified", "page_dmarc_fail"}
 _DURATION = re.compile(r"^\s*(\d+)\s*(m|min|h|d)\s*$")
 _UNITS = {"m": 60, "min": 60, "h": 3600, "d": 86400}
 
@@ -22,8 +27,13 @@ class PolicyError(ValueError):
     """A policy config problem, naming the key."""
 
 
-def parse_policy(table: dict[str, Any] | None) -> Policy:
-    """Without a [policy] table every mail is a P1, as the mailing list it replaces behaved."""
+def parse_policy(table: dict[str, Any] | None, trust: dict[str, Any] | None = None) -> Policy:
+    """Without a [policy] table every mail is a P1, as the mailing list it replaces behaved.
+    `trust` is the [trust] table: sender trust is policy too, reloaded with it."""
+    return replace(_parse_policy(table), trust=parse_trust(trust))
+
+
+def _parse_policy(table: dict[str, Any] | None) -> Policy:
     if table is None:
         return _page_everything()
     _reject_unknown("policy", table, POLICY_KEYS)
@@ -38,6 +48,50 @@ def parse_policy(table: dict[str, Any] | None) -> Policy:
         noise_gets_ticket=_bool(table, "noise_gets_ticket", False, "policy"),
         generic_subjects=tuple(_strings(table, "generic_subjects", "policy")),
     )
+
+
+def parse_trust(table: Any) -> TrustPolicy:
+    if table is None:
+        return TrustPolicy()
+    if not isinstance(table, dict):
+        raise PolicyError("trust: expected a table")
+    _reject_unknown("trust", table, TRUST_KEYS)
+    received, timeout = table.get("own_received_fields", 0), table.get("dkim_timeout_seconds", 3.0)
+    if isinstance(received, bool) or not isinstance(received, int) or not 0 <= received <= 10:
+        raise PolicyError("trust.own_received_fields: expected an integer from 0 to 10")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0.1 <= timeout <= 30:
+        raise PolicyError("trust.dkim_timeout_seconds: expected a number of seconds from 0.1 to 30")
+    policy = TrustPolicy(
+        trusted_authserv_ids=tuple(i.strip().lower() for i in _strings(table, "trusted_authserv_ids", "trust")),
+        trusted_relays=_relays(table), own_received_fields=received,
+        verify_dkim=_bool(table, "verify_dkim", False, "trust"), dkim_timeout_seconds=float(timeout),
+        tenant_domains=tuple(d.strip().strip(".").lower() for d in _strings(table, "tenant_domains", "trust")),
+        page_unverified=_bool(table, "page_unverified", True, "trust"),
+        page_dmarc_fail=_bool(table, "page_dmarc_fail", False, "trust"))
+    if not policy.page_unverified and not (policy.tenant_domains and policy.enabled):
+        raise PolicyError("trust.page_unverified: false would page no one; it needs tenant_domains and "
+                          "trusted_authserv_ids or verify_dkim")
+    if policy.verify_dkim:
+        _require_dkimpy()
+    return policy
+
+
+def _relays(table: dict) -> tuple[str, ...]:
+    relays = tuple(_strings(table, "trusted_relays", "trust")) if "trusted_relays" in table \
+        else DEFAULT_TRUSTED_RELAYS
+    for relay in relays:
+        try:
+            ipaddress.ip_network(relay, strict=False)
+        except ValueError:
+            raise PolicyError(f"trust.trusted_relays: {relay!r} is not an address or network") from None
+    return relays
+
+
+def _require_dkimpy() -> None:
+    try:
+        import dkim  # noqa: F401
+    except ImportError:
+        raise PolicyError("trust.verify_dkim: needs dkimpy (pip install 'emergencyd[dkim]')") from None
 
 
 def _page_everything() -> Policy:

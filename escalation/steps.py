@@ -113,10 +113,13 @@ class Escalator:
         return classify(parsed, received_at=datetime.fromtimestamp(env.received_at, timezone.utc),
                         mail_from=env.mail_from if env.source == "smtp" else None,
                         own_addresses=self._settings.own_addresses, own_hostnames=self._settings.own_hostnames,
-                        policy=self.policy)
+                        policy=self.policy, trust=trust)
 
     async def _decide_and_plan(self, record: EscalationRecord, parsed: ParsedMessage) -> None:
-        verdict = self.decide(record, parsed)
+        # Sender trust first, outside the lock: a DKIM check may wait on DNS (bounded).
+        trust = await decide_trust(record.envelope, parsed, self.policy.trust,
+                                   lambda: self._store.raw(record.message_pk))
+        verdict = self.decide(record, parsed, trust)
         async with self._deciding:       # arrival order: the first report opens the incident
             relation = await self._store.call(self._relate_and_plan, record, parsed, verdict)
         if relation is None:
@@ -132,8 +135,10 @@ class Escalator:
         if store.record(record.message_pk).state != NEW:
             return None
         sender_key = (content.requester_of(record, parsed) or "").lower() or None
+        if sender_key and verdict.untrusted:   # forgeries fold among themselves, never the real sender's mail
+            sender_key = f"unverified:{sender_key}"
         grouping = self._settings.grouping
-        print_ = fingerprint(verdict, parsed, grouping)
+        print_ = None if verdict.untrusted else fingerprint(verdict, parsed, grouping)
         if verdict.suppressed:
             relation = Relation(ALONE, "noise")
         else:
@@ -142,6 +147,8 @@ class Escalator:
                 ticket_ref=ticket_reference(parsed.subject), sender_key=sender_key, fingerprint=print_,
                 received_at=record.envelope.received_at, settings=grouping, encoded_ids=encoded_ids(parsed.text))
             relation = relate(verdict, facts, grouping)
+            if verdict.untrusted and relation.kind == FIRST:   # opens no incident that real reports would join
+                relation = Relation(ALONE, "an unverified sender: a ticket of its own, outside incident grouping")
         store.plan(record.message_pk, subject=parsed.subject, sender=content.requester_of(record, parsed),
                    steps=self.planned_steps(verdict, relation), verdict=verdict.as_dict(),
                    relation={**asdict(relation), "fingerprint": print_, "sender_key": sender_key,

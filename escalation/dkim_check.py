@@ -1,0 +1,111 @@
+"""The decide step's sender check: which header fields count for this envelope, and, when
+`[trust] verify_dkim` is on, emergencyd's own DKIM verification with dkimpy.
+
+DKIM verification is CPU (canonicalising the body) and DNS (the selector's key): it runs on
+threads of its own, never on the event loop, and waits at most `dkim_timeout_seconds`. A
+DNS failure or a timeout is `temperror`, never an exception. `dnsfunc` takes dkimpy's
+signature, (name: bytes, timeout: float) -> TXT bytes or None; None means real DNS.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+from escalation.records import Envelope
+from escalation.trust import TrustPolicy, assess, peer_trusted
+from parsers.auth_results import DkimCheck, SenderTrust
+from parsers.message import ParsedMessage
+
+log = logging.getLogger("emergencyd.trust")
+# dkimpy logs every failed signature at ERROR; the result is recorded on the verdict instead.
+_DKIMPY_LOG = logging.getLogger("emergencyd.trust.dkimpy")
+_DKIMPY_LOG.setLevel(logging.CRITICAL)
+
+MAX_SIGNATURES = 5                  # a real mail carries one to three
+MAX_DKIM_BYTES = 4 * 1024 * 1024    # beyond this the body hash costs more than it tells
+DKIM_THREADS = 2
+DnsFunc = Callable[..., bytes | None]
+_pool: ThreadPoolExecutor | None = None
+
+
+async def decide_trust(envelope: Envelope, parsed: ParsedMessage, policy: TrustPolicy,
+                       read_raw: Callable[[], Awaitable[bytes]], *, dnsfunc: DnsFunc | None = None
+                       ) -> SenderTrust | None:
+    """The sender's trust for the decide step; None when trust is not configured."""
+    if not policy.enabled:
+        return None
+    dkim = None
+    if policy.verify_dkim:
+        dkim = DkimCheck("none", detail="no DKIM-Signature")
+        if parsed.header("DKIM-Signature") is not None:
+            dkim = await check_dkim(await read_raw(), timeout=policy.dkim_timeout_seconds, dnsfunc=dnsfunc)
+    headers_count = peer_trusted(envelope.source, envelope.peer, policy.trusted_relays)
+    return assess(parsed.headers, policy, headers_count=headers_count, dkim=dkim)
+
+
+async def check_dkim(raw: bytes, *, timeout: float, dnsfunc: DnsFunc | None = None) -> DkimCheck:
+    """Every signature (up to MAX_SIGNATURES), off the loop, within `timeout` seconds."""
+    if len(raw) > MAX_DKIM_BYTES:
+        return DkimCheck("none", detail=f"not checked: the message is over {MAX_DKIM_BYTES} bytes")
+    loop = asyncio.get_running_loop()
+    work = partial(verify_signatures, raw, timeout=timeout, dnsfunc=dnsfunc)
+    try:
+        return await asyncio.wait_for(loop.run_in_executor(_threads(), work), timeout)
+    except asyncio.TimeoutError:
+        return DkimCheck("temperror", detail=f"no answer within {timeout:g} s")
+
+
+def verify_signatures(raw: bytes, *, timeout: float, dnsfunc: DnsFunc | None = None) -> DkimCheck:
+    """Blocking: the best result over the signatures; never raises."""
+    try:
+        import dkim
+    except ImportError:
+        return DkimCheck("none", detail="dkimpy is not installed")
+    try:
+        verifier = dkim.DKIM(raw, timeout=timeout, logger=_DKIMPY_LOG)
+        count = sum(1 for name, _ in verifier.headers if name.lower() == b"dkim-signature")
+    except Exception as exc:         # dkimpy refuses the message itself
+        return DkimCheck("permerror", detail=_describe(exc))
+    results, passed = [], []
+    for index in range(min(count, MAX_SIGNATURES)):
+        result, domain = _verify_one(dkim, verifier, index, dnsfunc)
+        results.append(result)
+        if result == "pass" and domain:
+            passed.append(domain)
+    for best in ("pass", "temperror", "fail", "permerror"):
+        if best in results:
+            return DkimCheck(best, tuple(dict.fromkeys(passed)),
+                             detail="" if best == "pass" else ", ".join(dict.fromkeys(results)))
+    return DkimCheck("none", detail="no DKIM-Signature")
+
+
+def _verify_one(dkim, verifier, index: int, dnsfunc: DnsFunc | None) -> tuple[str, str]:
+    kwargs = {} if dnsfunc is None else {"dnsfunc": dnsfunc}
+    try:
+        ok = verifier.verify(idx=index, **kwargs)
+    except dkim.DnsTimeoutError:
+        return "temperror", ""
+    except dkim.KeyFormatError:          # a broken key record (dkimpy answers False for a missing one)
+        return "permerror", ""
+    except dkim.ValidationError as exc:  # dkimpy raises (not returns False) on a changed body
+        return ("fail" if "body hash mismatch" in str(exc) else "permerror"), ""
+    except dkim.DKIMException:
+        return "permerror", ""
+    except Exception:                    # the DNS lookup itself failed
+        return "temperror", ""
+    domain = (verifier.domain or b"").decode("ascii", "replace").lower()
+    return ("pass" if ok else "fail"), domain
+
+
+def _threads() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(DKIM_THREADS, thread_name_prefix="dkim")
+    return _pool
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:200]
