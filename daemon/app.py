@@ -18,6 +18,7 @@ from daemon.runner import Runner
 from daemon.certificates import soonest_expiry, tls_files
 from daemon.smtp import IngestHandler, load_certificate, start_smtp, starttls_context
 from daemon.store import AsyncStore, IngestResult
+from escalation.fallback import SmtpRelay
 from escalation.records import Envelope
 from escalation.grouping import GroupingSettings
 from escalation.retry import RetrySchedule
@@ -54,10 +55,15 @@ def build_escalator(config: Config, store: AsyncStore, metrics: Metrics) -> Esca
             sender_window_seconds=config.dedup.sender_window_seconds),
         max_new_pages_per_minute=config.dedup.max_new_pages_per_minute,
         own_addresses=config.smtp.recipients + ((config.imap.username.lower(),)
-                                                if config.imap.enabled and "@" in config.imap.username else ()),
+                                                if config.imap.enabled and "@" in config.imap.username else ())
+        # The fallback alert's sender: a copy that loops back to the emergency address is noise.
+        + ((config.fallback.from_address.lower(),) if config.fallback.enabled else ()),
         own_hostnames=(config.smtp.hostname,),
+        fallback_after_seconds=config.fallback.after_seconds if config.fallback.enabled else None,
     )
-    return Escalator(store, desk, pager, settings, metrics, config.policy)
+    relay = SmtpRelay(config.fallback, helo_name=config.smtp.hostname) \
+        if config.fallback.enabled and not config.dry_run else None
+    return Escalator(store, desk, pager, settings, metrics, config.policy, relay=relay)
 
 
 class StartupError(RuntimeError):
@@ -72,7 +78,8 @@ class Daemon:
         self.escalator = build_escalator(config, self.store, self.metrics)
         self.runner = Runner(self.store, self.escalator, self.metrics,
                              poll_interval=config.escalation.poll_interval_seconds,
-                             max_in_flight_bytes=config.escalation.max_in_flight_bytes)
+                             max_in_flight_bytes=config.escalation.max_in_flight_bytes,
+                             page_deadline_seconds=config.fallback.after_seconds if config.fallback.enabled else None)
         self.smtp_handler = IngestHandler(config.smtp, self.ingest, self.metrics)
         self.imap = ImapIngress(config.imap, self.ingest, self.store, self.metrics) if config.imap.enabled else None
         self.notifier = SystemdNotifier()
@@ -220,7 +227,7 @@ class Daemon:
         self.escalator.policy = new.policy
         self.smtp_handler.recipients = frozenset(new.smtp.recipients)
         needs_restart = [name for name in ("dry_run", "store", "zendesk", "pagerduty", "escalation", "dedup",
-                                           "metrics", "imap")
+                                           "metrics", "imap", "fallback")
                          if getattr(new, name) != getattr(self.config, name)]
         needs_restart += ["smtp"] if replace(new.smtp, recipients=()) != replace(self.config.smtp, recipients=()) else []
         self.config = replace(self.config, policy=new.policy, smtp=replace(self.config.smtp,

@@ -11,12 +11,16 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfoNotFoundError
 
+from daemon.config_fallback import FALLBACK_KEYS, FallbackConfig, read_fallback
 from escalation.policy import Policy
 from escalation.policy_config import PolicyError, parse_policy
+
+if TYPE_CHECKING:
+    from daemon.smtp_settings import ProxyConfig, SmtpAuthConfig
 
 
 class ConfigError(ValueError):
@@ -172,6 +176,7 @@ class Config:
     dedup: DedupConfig
     metrics: MetricsConfig
     policy: Policy
+    fallback: FallbackConfig
 
 
 def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) -> Config:
@@ -200,7 +205,8 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
         metrics=MetricsConfig(
             listen=reader.host_port("metrics.listen", "127.0.0.1:9464"),
             integration_failing_seconds=reader.number("metrics.integration_failing_seconds", 300.0, minimum=1.0)),
-        policy=_policy(data.get("policy")),
+        policy=_policy(data.get("policy"), data.get("trust")),
+        fallback=read_fallback(reader),
     )
     reader.reject_unknown_keys()
     if not (config.smtp.enabled or config.imap.enabled):
@@ -402,10 +408,11 @@ _KNOWN_SECTIONS = {
                    "max_attempts", "concurrency", "poll_interval_seconds", "max_in_flight_bytes",
                    "shutdown_deadline_seconds"},
     "metrics": {"listen", "integration_failing_seconds"},
+    "fallback": FALLBACK_KEYS,
     "dedup": {"incident_window_minutes", "platform_wide_categories", "sender_limit", "sender_window_minutes",
               "max_new_pages_per_minute"},
 }
-_KNOWN_TOP_LEVEL = {"dry_run", "policy"}   # [policy] checks its own keys
+_KNOWN_TOP_LEVEL = {"dry_run", "policy", "trust"}   # [policy] and [trust] check their own keys
 
 
 class _Reader:

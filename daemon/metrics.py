@@ -83,8 +83,20 @@ class Metrics:
         self.relations = Counter("emergencyd_relations_total",
                                  "How each decided mail relates to earlier mail (first, incident, thread, repeat,"
                                  " storm, alone).", ["relation"], registry=r)
+        self.fallback_alerts = Counter("emergencyd_fallback_alerts_total",
+                                       "Fallback alert mails for overdue pages: accepted by the relay (sent), or"
+                                       " refused for good (failed).", ["outcome"], registry=r)
+        self.page_overdue = Gauge("emergencyd_escalations_page_overdue",
+                                  "Escalations still pending whose page is past the fallback deadline and not"
+                                  " accepted by PagerDuty (0 without [fallback]).", registry=r)
         self.pages_deferred = Counter("emergencyd_pages_deferred_total",
                                       "New pages held back by the per-minute cap (they go out later).", registry=r)
+        self.sender_trust = Counter("emergencyd_sender_trust_total",
+                                    "Sender trust of decided mail with [trust] configured: pass (verified), fail "
+                                    "(DMARC failed), none (cannot tell).", ["result"], registry=r)
+        self.pages_held = Counter("emergencyd_pages_held_total",
+                                  "Pages the routing asked for that [trust] held back (unverified sender).",
+                                  registry=r)
         self.imap_connected = Gauge("emergencyd_imap_connected",
                                     "1 while logged in to the IMAP mailbox, else 0.", registry=r)
         self.imap_idle_active = Gauge("emergencyd_imap_idle_active",
@@ -185,6 +197,9 @@ class Metrics:
 
     def page_deferred(self) -> None:
         self.pages_deferred.inc()
+
+    def fallback_alert(self, outcome: str) -> None:
+        self.fallback_alerts.labels(outcome).inc()
 
     def paged(self, seconds_since_receipt: float) -> None:
         self.page_latency.observe(max(seconds_since_receipt, 0.0))

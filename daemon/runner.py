@@ -20,7 +20,7 @@ DUE_BATCH = 200
 
 class Runner:
     def __init__(self, store, escalator: Escalator, metrics: Metrics, *, poll_interval: float,
-                 max_in_flight_bytes: int = 64 * 1024 * 1024):
+                 max_in_flight_bytes: int = 64 * 1024 * 1024, page_deadline_seconds: float | None = None):
         self._store = store
         self._escalator = escalator
         self._metrics = metrics
@@ -31,6 +31,7 @@ class Runner:
         # wait its turn instead of being held in memory all at once.
         self._max_in_flight_bytes = max_in_flight_bytes
         self._in_flight_bytes: dict[int, int] = {}
+        self._page_deadline_seconds = page_deadline_seconds   # the fallback's; None without [fallback]
         self._stopping = False
         self.last_loop_at = 0.0   # proof of life for health checks and the watchdog
 
@@ -87,6 +88,8 @@ class Runner:
         self._metrics.pending.set(counts.get("pending", 0) + counts.get("new", 0))
         oldest = await self._store.oldest_unfinished_received_at()
         self._metrics.oldest_pending_age.set(0 if oldest is None else max(time.time() - oldest, 0))
+        if self._page_deadline_seconds is not None:
+            self._metrics.page_overdue.set(await self._store.pages_overdue(time.time() - self._page_deadline_seconds))
 
     async def _sleep(self, started: int) -> None:
         timeout = self._poll_interval

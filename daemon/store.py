@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 from escalation.records import (
-    DONE, FAILED, NEW, PENDING, SUPPRESSED, STEP_DONE, STEP_FAILED, STEP_PENDING, STEP_ORDER,
+    DONE, FAILED, FALLBACK_ALERT, NEW, PAGE, PENDING, SUPPRESSED, STEP_DONE, STEP_FAILED, STEP_PENDING, STEP_ORDER,
     EscalationRecord, Envelope, StepRecord, dedup_key_of, identity_of,
 )
 from daemon.migrations import MIGRATIONS
@@ -336,6 +336,16 @@ class Store(GroupingQueries):
         row = self._conn.execute(
             "SELECT MIN(m.received_at) FROM messages m JOIN escalations e ON e.message_pk = m.id"
             " WHERE e.state IN (?, ?)", (NEW, PENDING)).fetchone()
+        return row[0]
+
+    def pages_overdue(self, received_before: float) -> int:
+        """Pending escalations with a fallback alert, received before the deadline, whose page is not done."""
+        row = self._conn.execute(
+            "SELECT COUNT(*) FROM escalations e JOIN messages m ON m.id = e.message_pk"
+            " JOIN steps f ON f.message_pk = e.message_pk AND f.name = ?"
+            " JOIN steps p ON p.message_pk = e.message_pk AND p.name = ?"
+            " WHERE e.state = ? AND p.state != ? AND m.received_at <= ?",
+            (FALLBACK_ALERT, PAGE, PENDING, STEP_DONE, received_before)).fetchone()
         return row[0]
 
     def check_writable(self) -> None:

@@ -11,6 +11,8 @@ What makes each safe to repeat after a crash:
   page         PagerDuty's dedup_key folds a repeated trigger into the open alert
   link_ticket  marker, as ticket_note
   link_page    marker among the incident's notes
+  fallback_alert  a stable Message-ID derived from the dedup_key, committed right after the
+               relay's 250 (at least once: see escalation/fallback.py)
 """
 from __future__ import annotations
 
@@ -18,9 +20,9 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
-from escalation import content
+from escalation import content, fallback
 from escalation.records import (
-    COMMENT, LINK_PAGE, LINK_TICKET, PAGE, TICKET, TICKET_NOTE, EscalationRecord,
+    COMMENT, FALLBACK_ALERT, LINK_PAGE, LINK_TICKET, PAGE, TICKET, TICKET_NOTE, EscalationRecord,
 )
 from escalation.retry import TransientError
 from parsers.message import ParsedMessage
@@ -39,16 +41,18 @@ class StepContext:
     prior_attempts: int
     parent: EscalationRecord | None = None      # the problem ticket's, or the commented ticket's, escalation
     group: dict[str, Any] | None = None         # the incident group: reports, tenants
+    pagerduty_failing_since: float | None = None   # for the fallback alert: since this process saw it fail
 
 
 class Actions:
-    def __init__(self, desk, pager, *, dry_run: bool):
+    def __init__(self, desk, pager, *, dry_run: bool, relay: fallback.SmtpRelay | None = None):
         self._desk = desk
         self._pager = pager
+        self._relay = relay
         self._dry_run = dry_run
         self.by_step: dict[str, Callable[[StepContext], StepResult]] = {
             TICKET: self.ticket, TICKET_NOTE: self.ticket_note, COMMENT: self.comment, PAGE: self.page,
-            LINK_TICKET: self.link_ticket, LINK_PAGE: self.link_page,
+            LINK_TICKET: self.link_ticket, LINK_PAGE: self.link_page, FALLBACK_ALERT: self.fallback_alert,
         }
 
     @property
@@ -138,6 +142,16 @@ class Actions:
             return {"incident_id": incident.id, "found_existing": True}, {"incident_url": incident.html_url}
         self._pager.add_note(incident.id, note)
         return {"incident_id": incident.id}, {"incident_url": incident.html_url}
+
+    def fallback_alert(self, ctx: StepContext) -> StepResult:
+        if self._relay is None:     # dry run, or the relay was taken out of the config since planning
+            return {"skipped": "no fallback relay configured"}, {}
+        mail = fallback.alert_mail(ctx.record, ctx.parsed, self._relay.config,
+                                   ticket_url=self._ticket_url(ctx.record.ticket_id),
+                                   pagerduty_failing_since=ctx.pagerduty_failing_since)
+        refused = self._relay.send(mail)
+        return {"message_id": mail.message_id, "to": list(mail.to), "refused": refused,
+                "attempt": ctx.prior_attempts + 1}, {}
 
     def _post_note(self, note: content.NoteRequest, prior_attempts: int) -> StepResult:
         if self._dry_run:

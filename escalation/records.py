@@ -29,10 +29,15 @@ PAGE = "page"                # PagerDuty Events v2 trigger
 LINK_TICKET = "link_ticket"  # internal note on the ticket carrying the dedup_key (and incident URL)
 LINK_PAGE = "link_page"      # note on the incident with the ticket URL
 COMMENT = "comment"          # a public comment, by the sender, on the ticket of an earlier mail
+# Mail through the fallback relay when the page is still not accepted at received_at + the deadline.
+# It never replaces the page, which keeps retrying; it is done as "not needed" once the page is done,
+# so it never holds the escalation open. The escalation is DONE when the page is, not when the mail is.
+FALLBACK_ALERT = "fallback_alert"
 
-STEP_ORDER = (TICKET, TICKET_NOTE, COMMENT, PAGE, LINK_TICKET, LINK_PAGE)
+STEP_ORDER = (TICKET, TICKET_NOTE, COMMENT, PAGE, FALLBACK_ALERT, LINK_TICKET, LINK_PAGE)
 ZENDESK_STEPS = frozenset({TICKET, TICKET_NOTE, LINK_TICKET, COMMENT})
 PAGERDUTY_STEPS = frozenset({PAGE, LINK_PAGE})
+FALLBACK_STEPS = frozenset({FALLBACK_ALERT})
 
 
 def identity_of(message_id: str | None, sha256_hex: str) -> str:

@@ -10,6 +10,9 @@ Paging never waits on Zendesk beyond `ticket_head_start_seconds`: the ticket and
 page start together, and the page takes the ticket's link only if it is ready.
 Each integration has its own threads and concurrency limit, so a hung Zendesk
 cannot starve PagerDuty, nor the other way round.
+
+A page still not accepted at its deadline gets a fallback alert by mail
+(escalation/fallback.py), beside the page, which keeps retrying.
 """
 from __future__ import annotations
 
@@ -22,18 +25,20 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Protocol
 
-from escalation import content
+from escalation import content, fallback
 from escalation.actions import Actions, StepContext
+from escalation.dkim_check import decide_trust
 from escalation.grouping import (
-    ALONE, INCIDENT, GroupingSettings, Relation, encoded_ids, fingerprint, relate, ticket_reference,
+    ALONE, FIRST, INCIDENT, GroupingSettings, Relation, encoded_ids, fingerprint, relate, ticket_reference,
 )
 from escalation.policy import Policy, Verdict, classify
 from escalation.records import (
-    COMMENT, LINK_PAGE, LINK_TICKET, NEW, PAGE, PAGERDUTY_STEPS, PENDING, STEP_FAILED, STEP_PENDING, TICKET,
-    TICKET_NOTE, EscalationRecord,
+    COMMENT, FALLBACK_ALERT, FALLBACK_STEPS, LINK_PAGE, LINK_TICKET, NEW, PAGE, PAGERDUTY_STEPS, PENDING,
+    STEP_FAILED, STEP_PENDING, TICKET, TICKET_NOTE, EscalationRecord, StepRecord,
 )
 from escalation.retry import RetrySchedule
 from escalation.retry import classify as classify_failure
+from parsers.auth_results import SenderTrust
 from parsers.message import ParsedMessage, parse_message
 
 log = logging.getLogger("emergencyd.escalation")
@@ -41,8 +46,10 @@ log = logging.getLogger("emergencyd.escalation")
 # What each step needs done first, within its escalation.
 PREREQUISITES: dict[str, tuple[str, ...]] = {
     TICKET: (), PAGE: (), COMMENT: (), TICKET_NOTE: (TICKET,), LINK_TICKET: (TICKET, PAGE),
-    LINK_PAGE: (TICKET, PAGE),
+    LINK_PAGE: (TICKET, PAGE), FALLBACK_ALERT: (),   # the fallback watches the page; it never waits for it
 }
+INTEGRATIONS = ("zendesk", "pagerduty", "fallback")
+FALLBACK_THREADS = 2
 # How soon to look again at a step waiting on another escalation's ticket.
 CROSS_WAIT_SECONDS = 0.5
 
@@ -53,6 +60,8 @@ class Observer(Protocol):
     def decided(self, verdict: Verdict) -> None: ...
     def related(self, kind: str) -> None: ...
     def page_deferred(self) -> None: ...
+    def fallback_alert(self, outcome: str) -> None: ...
+    failing_since: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -65,26 +74,31 @@ class EscalationSettings:
     max_new_pages_per_minute: int = 30
     own_addresses: tuple[str, ...] = ()
     own_hostnames: tuple[str, ...] = ()
+    fallback_after_seconds: float | None = None   # None: no fallback alert
 
 
 def integration_of(step: str) -> str:
+    if step in FALLBACK_STEPS:
+        return "fallback"
     return "pagerduty" if step in PAGERDUTY_STEPS else "zendesk"
 
 
 class Escalator:
-    def __init__(self, store, desk, pager, settings: EscalationSettings, observer: Observer, policy: Policy):
+    def __init__(self, store, desk, pager, settings: EscalationSettings, observer: Observer, policy: Policy,
+                 relay: fallback.SmtpRelay | None = None):
         self.policy = policy     # replaced whole on reload; each escalation is decided once, when planned
         self._store = store
         self._settings = settings
         self._observer = observer
-        self._actions = Actions(desk, pager, dry_run=settings.dry_run)
+        self._actions = Actions(desk, pager, dry_run=settings.dry_run, relay=relay)
         self._deciding = asyncio.Lock()
         self._comments_done: dict[int, asyncio.Event] = {}   # message pk -> its comment went (or failed)
         self._comments_running: set[int] = set()
         self._new_pages: deque[float] = deque()
-        self._limits = {name: asyncio.Semaphore(settings.concurrency) for name in ("zendesk", "pagerduty")}
-        self._threads = {name: ThreadPoolExecutor(settings.concurrency, thread_name_prefix=name)
-                         for name in ("zendesk", "pagerduty")}
+        self._limits = {name: asyncio.Semaphore(settings.concurrency) for name in INTEGRATIONS}
+        self._threads = {name: ThreadPoolExecutor(FALLBACK_THREADS if name == "fallback" else settings.concurrency,
+                                                  thread_name_prefix=name)
+                         for name in INTEGRATIONS}
 
     def close(self) -> None:
         for pool in self._threads.values():
@@ -95,7 +109,7 @@ class Escalator:
     def planned_steps(self, verdict: Verdict, relation: Relation) -> tuple[str, ...]:
         if relation.kind in ("thread", "storm", "repeat"):
             if relation.repage:
-                return (COMMENT, PAGE)
+                return (COMMENT, PAGE) + self._fallback_steps(relation)
             if relation.kind != "storm" and self._actions.has_rest_api:
                 # A follow-up to an incident PagerDuty already resolved opens a new one (page checks first).
                 return (COMMENT, PAGE, LINK_TICKET)
@@ -105,9 +119,16 @@ class Escalator:
             steps += (PAGE, LINK_TICKET) if verdict.ticket else (PAGE,)
             if verdict.ticket and self._actions.has_rest_api:
                 steps += (LINK_PAGE,)
+            steps += self._fallback_steps(relation)
         return steps
 
-    def decide(self, record: EscalationRecord, parsed: ParsedMessage) -> Verdict:
+    def _fallback_steps(self, relation: Relation) -> tuple[str, ...]:
+        """A page of its own gets a fallback alert; a report joining an open incident shares the first one's."""
+        if self._settings.fallback_after_seconds is None or relation.kind == INCIDENT:
+            return ()
+        return (FALLBACK_ALERT,)
+
+    def decide(self, record: EscalationRecord, parsed: ParsedMessage, trust: SenderTrust | None = None) -> Verdict:
         """The policy's verdict, from the time the message was received (not its Date header)."""
         env = record.envelope
         return classify(parsed, received_at=datetime.fromtimestamp(env.received_at, timezone.utc),
@@ -171,7 +192,8 @@ class Escalator:
                 running[name] = asyncio.create_task(self._start(record, parsed, name, running))
             if not running:
                 return
-            done, _ = await asyncio.wait(running.values(), return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(running.values(), timeout=self._fallback_wake(record, running),
+                                         return_when=asyncio.FIRST_COMPLETED)
             for name in [n for n, task in running.items() if task in done]:
                 running.pop(name).result()
             record = await self._store.record(pk)
@@ -180,12 +202,38 @@ class Escalator:
         now = time.time()
         ready = []
         for step in record.steps:
-            if step.state != STEP_PENDING or step.name in running or step.next_attempt_at > now:
+            if step.state != STEP_PENDING or step.name in running:
+                continue
+            if step.name == FALLBACK_ALERT:
+                if await self._fallback_due(record, step, now):
+                    ready.append(step.name)
+                continue
+            if step.next_attempt_at > now:
                 continue
             if await self._waits_within(record, step.name, running) is None and \
                     await self._waits_across(record, step.name) is None:
                 ready.append(step.name)
         return ready
+
+    async def _fallback_due(self, record: EscalationRecord, step: StepRecord, now: float) -> bool:
+        """Done as not needed once the page is; otherwise held until its deadline."""
+        timing = fallback.timing(record, now=now, after_seconds=self._settings.fallback_after_seconds)
+        if timing.not_needed:
+            await self._store.complete_step(record.message_pk, FALLBACK_ALERT, {"skipped": timing.not_needed})
+            return False
+        if timing.wait_until is not None:
+            if step.next_attempt_at < timing.wait_until:
+                await self._store.defer_step(record.message_pk, FALLBACK_ALERT, timing.wait_until)
+            return False
+        return True
+
+    @staticmethod
+    def _fallback_wake(record: EscalationRecord, running: dict[str, asyncio.Task]) -> float | None:
+        """A page call hanging on PagerDuty must not hold the fallback back past its deadline."""
+        step = record.step(FALLBACK_ALERT)
+        if step is None or step.state != STEP_PENDING or FALLBACK_ALERT in running:
+            return None
+        return max(step.next_attempt_at - time.time(), CROSS_WAIT_SECONDS / 10)
 
     async def _waits_within(self, record: EscalationRecord, name: str,
                             running: dict[str, asyncio.Task]) -> str | None:
@@ -259,6 +307,8 @@ class Escalator:
             record = await self._store.record(record.message_pk)
         if name == PAGE and not await self._page_allowed(record):
             return
+        if name == FALLBACK_ALERT:     # the page's latest error goes into the mail
+            record = await self._store.record(record.message_pk)
         if name != COMMENT:
             await self._run_step(record, parsed, name)
             return
@@ -308,11 +358,16 @@ class Escalator:
                                      "dedup_key": record.page_key or record.dedup_key})
         if name == PAGE and not result.get("dry_run") and not result.get("skipped"):
             self._observer.paged(time.time() - record.envelope.received_at)
+        if name == FALLBACK_ALERT and not result.get("skipped"):
+            self._observer.fallback_alert("sent")
+            log.warning("fallback alert sent: the page is overdue", extra={
+                "message_pk": pk, "dedup_key": record.dedup_key, "to": ",".join(result.get("to", []))})
 
     async def _context(self, record: EscalationRecord, parsed: ParsedMessage, prior_attempts: int) -> StepContext:
         parent = await self._store.record(record.parent_pk) if record.parent_pk is not None else None
         group = await self._store.group(record.group_id) if record.group_id is not None else None
-        return StepContext(record, parsed, prior_attempts, parent=parent, group=group)
+        return StepContext(record, parsed, prior_attempts, parent=parent, group=group,
+                           pagerduty_failing_since=self._observer.failing_since.get("pagerduty"))
 
     async def _record_failure(self, record: EscalationRecord, name: str, exc: Exception, attempts: int,
                               seconds: float) -> None:
@@ -321,6 +376,8 @@ class Escalator:
         await self._store.fail_step(record.message_pk, name, error=failure.reason, next_attempt_at=next_at)
         outcome = "retry" if next_at is not None else "failed"
         self._observer.step_finished(integration_of(name), name, outcome, failure.status_class)
+        if name == FALLBACK_ALERT and next_at is None:
+            self._observer.fallback_alert("failed")
         log.warning("step %s", outcome, extra={
             "message_pk": record.message_pk, "message_id": record.message_id, "step": name, "outcome": outcome,
             "attempt": attempts, "seconds": round(seconds, 3), "error": failure.reason,
