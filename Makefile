@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config.toml
 
-.PHONY: run test setup system-packages bench bench-imap bench-startup corpus-check clean
+.PHONY: run test setup system-packages bench bench-imap bench-startup soak corpus-check fuzz clean
 
 run: setup
 	$(BIN)/emergencyd run --config $(CONFIG)
@@ -32,8 +32,19 @@ bench-imap: setup system-packages
 bench-startup: setup
 	$(BIN)/python bench/startup.py
 
+# kill -9 at random moments during 5 runs of 500 mails; exits 1 if anything was lost or repeated.
+soak: setup system-packages
+	$(BIN)/python bench/soak.py
+
 clean:
 	rm -rf $(VENV) var build *.egg-info
 
 corpus-check: setup
 	$(BIN)/python scripts/corpus-check
+
+# Fuzz the parse and classify path; new inputs are kept in var/fuzz/corpus, findings in var/fuzz/crash-*.
+FUZZ_SECONDS ?= 300
+fuzz: setup
+	mkdir -p var/fuzz/corpus
+	$(BIN)/python -m tests.fuzz_parser -max_total_time=$(FUZZ_SECONDS) -timeout=30 -print_final_stats=1 \
+		-artifact_prefix=var/fuzz/ var/fuzz/corpus
