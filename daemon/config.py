@@ -52,6 +52,7 @@ class SmtpConfig:
     listen: HostPort
     recipients: tuple[str, ...]
     max_message_bytes: int
+    max_line_bytes: int                 # a DATA line with its CRLF; longer: 554 5.6.0, nothing kept
     hostname: str
     # STARTTLS with this certificate chain and key, when both are set.
     tls_cert_file: Path | None
@@ -234,6 +235,9 @@ def _smtp(r: _Reader) -> SmtpConfig:
         listen=listen,
         recipients=tuple(a.strip().lower() for a in recipients),
         max_message_bytes=r.integer("smtp.max_message_bytes", 25 * 1024 * 1024, minimum=1024),
+        # RFC 5321's 1,000 octets is what a sender must keep to; real mail (bounces quoting HTML, unwrapped
+        # base64) exceeds it, and refusing it would bounce a tenant's emergency. Postfix accepts such lines too.
+        max_line_bytes=r.integer("smtp.max_line_bytes", 64 * 1024, minimum=1001),
         hostname=r.string("smtp.hostname", "emergencyd"),
         tls_cert_file=cert, tls_key_file=key,
         require_starttls=require,
@@ -394,7 +398,7 @@ _KNOWN_SECTIONS = {
     "smtp": {"enabled", "listen", "recipients", "max_message_bytes", "hostname", "tls_cert_file", "tls_key_file",
              "require_starttls", "max_connections", "max_connections_per_ip", "max_recipients",
              "messages_per_ip_per_minute", "messages_per_sender_per_minute", "limit_exempt_networks",
-             "command_timeout_seconds", "session_max_seconds", "auth_users_file", "auth_required",
+             "command_timeout_seconds", "session_max_seconds", "max_line_bytes", "auth_users_file", "auth_required",
              "auth_failures_per_ip_per_hour", "proxy_protocol", "proxy_trusted_networks", "proxy_timeout_seconds"},
     "imap": {"enabled", "host", "port", "username", "password_file", "mailbox", "processed_mailbox", "tls",
              "ca_file", "idle", "idle_renew_seconds", "poll_interval_seconds", "command_timeout_seconds",

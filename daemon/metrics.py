@@ -21,7 +21,7 @@ FALLBACK_OUTCOMES = ("sent", "failed")
 REJECT_REASONS = ("unknown_recipient", "too_large", "store_failure", "shutting_down", "too_many_connections",
                   "too_many_connections_per_ip", "too_many_recipients", "rate_limited_ip", "rate_limited_sender",
                   "timeout", "session_too_long", "auth_required", "auth_throttled", "proxy_untrusted",
-                  "proxy_invalid")
+                  "proxy_invalid", "line_too_long")
 AUTH_RESULTS = ("success", "failure")
 STEP_OUTCOMES = ("success", "retry", "failed")
 TRUST_RESULTS = ("pass", "fail", "none")

@@ -34,7 +34,7 @@ from daemon.config import SmtpConfig
 from daemon.metrics import Metrics
 from daemon.smtp_auth import Authenticator
 from daemon.smtp_limits import (
-    AUTH_THROTTLED, IDLE_TIMEOUT, PEER_RATE, PROXY_INVALID, PROXY_UNTRUSTED, SENDER_RATE, SESSION_TOO_LONG,
+    AUTH_THROTTLED, IDLE_TIMEOUT, LINE_TOO_LONG, PEER_RATE, PROXY_INVALID, PROXY_UNTRUSTED, SENDER_RATE, SESSION_TOO_LONG,
     SHUTTING_DOWN, TOO_MANY_RECIPIENTS, ConnectionLimits, Networks, RateLimit, Refusal,
 )
 from daemon.store import IngestResult, StoreError
@@ -141,7 +141,8 @@ class Smtp(SMTP):
     and the client's address taken from a trusted PROXY header."""
 
     def __init__(self, handler: IngestHandler, metrics: Metrics, *, session_max_seconds: float,
-                 proxy_trusted: Networks | None, **kwargs):
+                 proxy_trusted: Networks | None, max_line_bytes: int, **kwargs):
+        self.line_length_limit = max_line_bytes    # aiosmtpd sizes its reader by it, in __init__
         super().__init__(handler, authenticator=_defer_check, auth_require_tls=True, **kwargs)
         self._ingest_handler = handler
         self._metrics = metrics
@@ -198,7 +199,11 @@ class Smtp(SMTP):
             if self._refusal is not None and status.startswith("220 "):   # the greeting of a refused connection
                 self.close_with(self._refusal)
                 return
-            if status.startswith("552"):
+            if status.startswith("500 Line too long"):     # aiosmtpd's words, after the whole DATA was read
+                log.info("smtp refused", extra={"reason": LINE_TOO_LONG.reason, "peer": _peer(self.session),
+                                                "max_line_bytes": self.line_length_limit})
+                status = counted(self._metrics, LINE_TOO_LONG)
+            elif status.startswith("552"):
                 self._metrics.rejected.labels("too_large").inc()
             elif status.startswith("530 5.7.0"):
                 self._metrics.rejected.labels("auth_required").inc()
@@ -320,5 +325,5 @@ async def start_smtp(config: SmtpConfig, handler: IngestHandler, metrics: Metric
                     require_starttls=config.require_starttls, timeout=config.command_timeout_seconds,
                     session_max_seconds=config.session_max_seconds, auth_required=config.auth.required,
                     proxy_protocol_timeout=config.proxy.timeout_seconds if proxy_trusted else None,
-                    proxy_trusted=proxy_trusted)
+                    proxy_trusted=proxy_trusted, max_line_bytes=config.max_line_bytes)
     return await loop.create_server(factory, host=config.listen.host, port=config.listen.port)

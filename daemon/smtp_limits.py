@@ -22,6 +22,7 @@ TOO_MANY_CONNECTIONS = Refusal("too_many_connections", "421 4.7.0 Too many conne
 TOO_MANY_FROM_PEER = Refusal("too_many_connections_per_ip",
                              "421 4.7.0 Too many connections from your address, try again later")
 PEER_RATE = Refusal("rate_limited_ip", "451 4.7.1 Too many messages from your address, try again later")
+LINE_TOO_LONG = Refusal("line_too_long", "554 5.6.0 Line too long: the message was not accepted")
 TOO_MANY_RECIPIENTS = Refusal("too_many_recipients", "452 4.5.3 Too many recipients")
 IDLE_TIMEOUT = Refusal("timeout", "421 4.4.2 Timeout waiting for the client, closing connection")
 SESSION_TOO_LONG = Refusal("session_too_long", "421 4.4.2 Session too long, closing connection")
