@@ -41,6 +41,9 @@ from daemon.store import IngestResult, StoreError
 from escalation.records import Envelope
 
 log = logging.getLogger("emergencyd.smtp")
+# aiosmtpd sets its own deprecated Session.login_data after every successful AUTH, and logs a warning
+# about it each time: not ours to act on, and noise in the journal.
+logging.getLogger("mail.log").addFilter(lambda record: "login_data is deprecated" not in record.getMessage())
 
 Ingest = Callable[[bytes, Envelope], Awaitable[IngestResult]]
 
