@@ -44,7 +44,8 @@ def test_unit_file_speaks_notify_with_a_watchdog_and_all_credentials():
         assert f"\n{line}\n" in text, line
     assert re.search(r"\nWatchdogSec=\d+s\n", text)
     credentials = set(re.findall(r"\nLoadCredential=([\w-]+):", text))
-    assert credentials == {"zendesk-token", "pagerduty-routing-key", "pagerduty-api-token", "imap-password"}
+    assert credentials == {"zendesk-token", "pagerduty-routing-key", "pagerduty-api-token", "imap-password",
+                           "fallback-password", "smtp-users"}
 
 
 class NotifySocket:
