@@ -17,7 +17,7 @@ from escalation.policy import classify
 from parsers.message import parse_message
 
 KEYS = ("file", "suppressed", "reason", "category", "severity", "window", "page", "urgency", "zendesk_priority",
-        "respond_by", "rules")
+        "respond_by", "rules", "sender_trust", "page_held")
 
 
 def receive_time(at: str | None, config: Config) -> datetime:

@@ -82,7 +82,8 @@ def test_classify_explains_each_file(tmp_path, start_daemon):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     first, second, third = (json.loads(line) for line in result.stdout.splitlines())
     assert {"file", "suppressed", "reason", "category", "severity", "window", "page", "urgency",
-            "zendesk_priority", "respond_by", "rules"} <= set(first)
+            "zendesk_priority", "respond_by", "rules", "sender_trust", "page_held"} <= set(first)
+    assert first["sender_trust"] is None and first["page_held"] is None     # no [trust] table: nothing to tell
     assert (first["severity"], first["window"], first["urgency"]) == ("P1", "out_of_hours_overnight", "high")
     assert first["respond_by"] == "2026-12-28T02:40:00+00:00"
     assert first["rules"][0] == {"rule": "apps-not-served", "field": "body", "matched": "apps are down",
