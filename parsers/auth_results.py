@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import email.utils
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 __all__ = ["AuthResults", "DkimCheck", "MethodResult", "SenderTrust", "from_domain", "parse_authentication_results",
@@ -119,57 +119,50 @@ def _resinfo(segment: str) -> MethodResult | None:
     return MethodResult(method.split("/")[0].lower(), _unquote(result).lower(), properties, comment)
 
 
+def _scan(text: str) -> Iterator[tuple[str, int, str]]:
+    """Each character with the comment depth before it and its kind: plain, escape, escaped,
+    quoted, open or close (a comment's parenthesis). Quoted strings and comments are RFC 5322's."""
+    depth, quoted, escaped = 0, False, False
+    for char in text:
+        before, kind = depth, "plain"
+        if escaped:
+            escaped, kind = False, "escaped"
+        elif char == "\\":
+            escaped, kind = True, "escape"
+        elif quoted:
+            quoted, kind = char != '"', "quoted"
+        elif char == '"' and depth == 0:
+            quoted, kind = True, "quoted"
+        elif char == "(":
+            depth, kind = depth + 1, "open"
+        elif char == ")" and depth:
+            depth, kind = depth - 1, "close"
+        yield char, before, kind
+
+
 def _split_outside_quotes(value: str) -> list[str]:
     """Split on ';' outside quoted strings and comments."""
-    parts, current, depth, quoted, escaped = [], [], 0, False, False
-    for char in value:
-        if escaped:
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif quoted:
-            quoted = char != '"'
-        elif char == '"' and depth == 0:
-            quoted = True
-        elif char == "(":
-            depth += 1
-        elif char == ")" and depth:
-            depth -= 1
-        elif char == ";" and depth == 0:
+    parts, current = [], []
+    for char, depth, kind in _scan(value):
+        if kind == "plain" and char == ";" and depth == 0:
             parts.append("".join(current))
             current = []
-            continue
-        current.append(char)
+        else:
+            current.append(char)
     parts.append("".join(current))
     return [p for p in parts if p.strip()]
 
 
 def _strip_comments(text: str) -> tuple[str, str]:
     """(text without its (nested) comments, the comments' text); quoted strings are kept whole."""
-    kept, comments, depth, quoted, escaped = [], [], 0, False, False
-    for char in text:
-        target = comments if depth else kept
-        if escaped:
-            escaped = False
-            target.append(char)
-            continue
-        if char == "\\":
-            escaped = True
-        elif quoted:
-            quoted = char != '"'
-        elif char == '"' and depth == 0:
-            quoted = True
-        elif char == "(":
-            depth += 1
-            if depth == 1:
-                kept.append(" ")
-                continue
-        elif char == ")" and depth:
-            depth -= 1
-            if depth == 0:
-                comments.append(" ")
-                continue
-        target.append(char)
+    kept, comments = [], []
+    for char, depth, kind in _scan(text):
+        if kind == "open" and depth == 0:
+            kept.append(" ")
+        elif kind == "close" and depth == 1:
+            comments.append(" ")
+        else:
+            (comments if depth else kept).append(char)
     return "".join(kept), " ".join("".join(comments).split())
 
 
