@@ -23,6 +23,7 @@ def tls_files(config: Config) -> dict[str, Path]:
         "zendesk_ca": config.zendesk.ca_file,
         "pagerduty_ca": config.pagerduty.ca_file,
         "imap_ca": config.imap.ca_file if config.imap.enabled else None,
+        "fallback_ca": config.fallback.ca_file if config.fallback.enabled else None,
     }
     return {role: path for role, path in files.items() if path is not None}
 

@@ -50,6 +50,7 @@ def test_pagerduty_down_past_the_deadline_mails_once_then_pages_once(live_daemon
         daemon = live_daemon(extra=fallback_table(relay, ca_file=ca_file, username=RELAY_USER),
                              env={**live_env(), "EMERGENCYD_FALLBACK_PASSWORD": RELAY_PASSWORD})
         assert metric(daemon, SENT) == 0 and metric(daemon, OVERDUE) == 0
+        assert 'role="fallback_ca"' in daemon.http_get("/metrics")[1]   # the relay's CA expires too
         daemon.send(make_message(subject="Apps down", body="All our apps return 502 since 02:10."))
         [mail] = relay.wait_for(1)
         message = only_message(daemon)
