@@ -4,7 +4,9 @@
 DKIM verification is CPU (canonicalising the body) and DNS (the selector's key): it runs on
 threads of its own, never on the event loop, and waits at most `dkim_timeout_seconds`. A
 DNS failure or a timeout is `temperror`, never an exception. `dnsfunc` takes dkimpy's
-signature, (name: bytes, timeout: float) -> TXT bytes or None; None means real DNS.
+signature, (name: bytes, timeout: float) -> TXT bytes or None; the daemon passes none and gets
+`resolver_lookup`: `[trust] dkim_dns_server`, or the system's resolvers from /etc/resolv.conf.
+Not dkimpy's own lookup, which reports a DNS timeout or a SERVFAIL as a missing key ("fail").
 """
 from __future__ import annotations
 
@@ -41,6 +43,8 @@ async def decide_trust(envelope: Envelope, parsed: ParsedMessage, policy: TrustP
     if policy.verify_dkim:
         dkim = DkimCheck("none", detail="no DKIM-Signature")
         if parsed.header("DKIM-Signature") is not None:
+            if dnsfunc is None:
+                dnsfunc = resolver_lookup(policy.dkim_dns_server)
             dkim = await check_dkim(await read_raw(), timeout=policy.dkim_timeout_seconds, dnsfunc=dnsfunc)
     headers_count = peer_trusted(envelope.source, envelope.peer, policy.trusted_relays)
     return assess(parsed.headers, policy, headers_count=headers_count, dkim=dkim)
@@ -82,6 +86,37 @@ def verify_signatures(raw: bytes, *, timeout: float, dnsfunc: DnsFunc | None = N
     return DkimCheck("none", detail="no DKIM-Signature")
 
 
+def resolver_lookup(server: tuple[str, int] | None) -> DnsFunc:
+    """dkimpy's TXT lookup, asked of the one resolver at (host, port), or of the system's resolvers
+    (/etc/resolv.conf) when None; UDP, then TCP when truncated.
+
+    Answers as dkimpy expects: the record's bytes, or None for a name without one (NXDOMAIN,
+    no TXT, a name that cannot be asked), which dkimpy reports as a missing key: "fail". A
+    timeout or a SERVFAIL (also a validating resolver's answer to bogus DNSSEC) raises
+    dnspython's DNSException, which dkimpy lets through and _verify_one counts as "temperror".
+    """
+    import dns.exception
+    import dns.name
+    import dns.resolver
+
+    def lookup(name: bytes, timeout: float = 5) -> bytes | None:
+        try:
+            qname = dns.name.from_text(name.decode("ascii"))
+        except (UnicodeDecodeError, dns.exception.DNSException):
+            return None
+        # No usable /etc/resolv.conf raises NoResolverConfiguration: "temperror", like a timeout.
+        resolver = dns.resolver.Resolver(configure=server is None)
+        if server is not None:
+            resolver.nameservers, resolver.port = [server[0]], server[1]
+        resolver.use_edns(0, 0, 1232)          # DNS Flag Day 2020's size: a 2048-bit key fits in UDP
+        try:
+            answer = resolver.resolve(qname, "TXT", lifetime=timeout, raise_on_no_answer=False)
+        except dns.resolver.NXDOMAIN:
+            return None
+        return b"".join(answer.rrset[0].strings) if answer.rrset else None
+    return lookup
+
+
 def _verify_one(dkim, verifier, index: int, dnsfunc: DnsFunc | None) -> tuple[str, str]:
     kwargs = {} if dnsfunc is None else {"dnsfunc": dnsfunc}
     try:
@@ -94,7 +129,7 @@ def _verify_one(dkim, verifier, index: int, dnsfunc: DnsFunc | None) -> tuple[st
         return ("fail" if "body hash mismatch" in str(exc) else "permerror"), ""
     except dkim.DKIMException:
         return "permerror", ""
-    except Exception:                    # the DNS lookup itself failed
+    except Exception:                    # the DNS lookup itself failed (timeout, SERVFAIL, no route)
         return "temperror", ""
     domain = (verifier.domain or b"").decode("ascii", "replace").lower()
     return ("pass" if ok else "fail"), domain

@@ -18,7 +18,7 @@ ROUTE_KEYS = {"urgency", "zendesk_priority", "respond_within", "update_every", "
 POLICY_KEYS = {"timezone", "extra_closures", "unclassified_severity", "unclassified_category",
                "noise_gets_ticket", "generic_subjects", "rules", "routing"}
 TRUST_KEYS = {"trusted_authserv_ids", "trusted_relays", "own_received_fields", "verify_dkim",
-              "dkim_timeout_seconds", "tenant_domains", "page_unverified", "page_dmarc_fail"}
+              "dkim_timeout_seconds", "dkim_dns_server", "tenant_domains", "page_unverified", "page_dmarc_fail"}
 _DURATION = re.compile(r"^\s*(\d+)\s*(m|min|h|d)\s*$")
 _UNITS = {"m": 60, "min": 60, "h": 3600, "d": 86400}
 
@@ -65,6 +65,7 @@ def parse_trust(table: Any) -> TrustPolicy:
         trusted_authserv_ids=tuple(i.strip().lower() for i in _strings(table, "trusted_authserv_ids", "trust")),
         trusted_relays=_relays(table), own_received_fields=received,
         verify_dkim=_bool(table, "verify_dkim", False, "trust"), dkim_timeout_seconds=float(timeout),
+        dkim_dns_server=_dns_server(table.get("dkim_dns_server")),
         tenant_domains=tuple(d.strip().strip(".").lower() for d in _strings(table, "tenant_domains", "trust")),
         page_unverified=_bool(table, "page_unverified", True, "trust"),
         page_dmarc_fail=_bool(table, "page_dmarc_fail", False, "trust"))
@@ -85,6 +86,24 @@ def _relays(table: dict) -> tuple[str, ...]:
         except ValueError:
             raise PolicyError(f"trust.trusted_relays: {relay!r} is not an address or network") from None
     return relays
+
+
+def _dns_server(value: Any) -> tuple[str, int] | None:
+    """HOST:PORT of the resolver for DKIM keys; HOST is an address, since naming it would need a resolver."""
+    if value is None:
+        return None
+    host, sep, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
+    bracketed = host.startswith("[") and host.endswith("]")
+    try:
+        address = ipaddress.ip_address(host[1:-1] if bracketed else host)
+    except ValueError:
+        address = None
+    if address is not None and address.version == 6 and not bracketed:
+        address = None                    # "::1:53" could be an address without a port
+    if not sep or address is None or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise PolicyError(f"trust.dkim_dns_server: expected HOST:PORT with an IP address, such as "
+                          f"\"127.0.0.1:53\" or \"[::1]:53\", got {value!r}")
+    return str(address), int(port)
 
 
 def _require_dkimpy() -> None:

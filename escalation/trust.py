@@ -29,6 +29,7 @@ class TrustPolicy:
     own_received_fields: int = 0                   # Received fields our MTA writes above its results
     verify_dkim: bool = False
     dkim_timeout_seconds: float = 3.0
+    dkim_dns_server: tuple[str, int] | None = None   # (IP address, port); None: the system resolver
     tenant_domains: tuple[str, ...] = ()           # lower-case; subdomains count too
     page_unverified: bool = True
     page_dmarc_fail: bool = False

@@ -14,13 +14,14 @@ from hypothesis import strategies as st
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from escalation.dkim_check import check_dkim, decide_trust, verify_signatures
+from escalation.dkim_check import check_dkim, decide_trust, resolver_lookup, verify_signatures
 from escalation.policy import classify
 from escalation.policy_config import PolicyError, parse_policy, parse_trust
 from escalation.records import Envelope
 from escalation.trust import TrustPolicy, page_hold, peer_trusted
 from parsers.auth_results import DkimCheck, from_domain, parse_authentication_results, sender_trust
 from parsers.message import parse_message
+from tests.fakes.dns import FakeDns, Query
 from tests.harness import make_message
 
 OURS = "mx.ours.example"
@@ -208,6 +209,11 @@ def test_trust_config_is_validated():
     with pytest.raises(PolicyError, match="trust.own_received_fields"):
         parse_trust({"own_received_fields": -1})
     assert parse_trust({"trusted_authserv_ids": ["MX.Ours.Example"]}).trusted_authserv_ids == (OURS,)
+    assert parse_trust({"dkim_dns_server": "127.0.0.1:53"}).dkim_dns_server == ("127.0.0.1", 53)
+    assert parse_trust({"dkim_dns_server": "[::1]:5353"}).dkim_dns_server == ("::1", 5353)
+    for bad in ("localhost:53", "127.0.0.1", "::1:53", "127.0.0.1:0", "127.0.0.1:65536", 53):
+        with pytest.raises(PolicyError, match="trust.dkim_dns_server: expected HOST:PORT with an IP address"):
+            parse_trust({"dkim_dns_server": bad})
 
 
 # -- our own DKIM check, with real dkimpy signatures ------------------------------------------
@@ -222,9 +228,10 @@ def signing_key():
     return private, b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
 
 
-def signed(private: bytes, body: str = "All our apps are down.") -> bytes:
-    message = make_message(sender="alice@tenant.example", body=body)
-    return dkim.sign(message, b"sel", b"tenant.example", private,
+def signed(private: bytes, body: str = "All our apps are down.", *, message: bytes | None = None,
+           selector: bytes = b"sel") -> bytes:
+    message = message or make_message(sender="alice@tenant.example", body=body)
+    return dkim.sign(message, selector, b"tenant.example", private,
                      include_headers=[b"from", b"to", b"subject", b"date", b"message-id"]) + message
 
 
@@ -291,6 +298,33 @@ async def test_decide_trust_uses_own_dkim_and_ignores_headers_from_an_outside_pe
     relay = Envelope("smtp", "alice@tenant.example", ("emergency@example.org",), peer="127.0.0.1:4000")
     trust = await decide_trust(relay, parsed, policy, read_raw, dnsfunc=dns_answering(record))
     assert trust.verified is False      # our MTA's DMARC fail outranks a signature it did not align
+
+
+@pytest.fixture
+def fake_dns():
+    with FakeDns() as server:
+        yield server
+
+
+def test_dkim_keys_from_the_configured_resolver(signing_key, fake_dns):
+    private, record = signing_key
+    fake_dns.set_txt("sel._domainkey.tenant.example", record)
+    # A key record over 512 bytes (a long n= note): the UDP answer is truncated, TCP brings it.
+    fake_dns.set_txt("long._domainkey.tenant.example", record.replace(b"k=rsa;", b"k=rsa; n=" + b"x" * 800 + b";"))
+    fake_dns.max_udp_bytes = 512
+    fake_dns.drop("gone._domainkey.tenant.example")
+    fake_dns.servfail("bogus._domainkey.tenant.example")
+    lookup = resolver_lookup(("127.0.0.1", fake_dns.port))
+
+    assert verify_signatures(signed(private), timeout=2, dnsfunc=lookup) == DkimCheck("pass", ("tenant.example",))
+    assert verify_signatures(signed(private, selector=b"long"), timeout=2, dnsfunc=lookup).result == "pass"
+    assert verify_signatures(signed(private, selector=b"none"), timeout=2, dnsfunc=lookup).result == "fail"  # NXDOMAIN
+    assert verify_signatures(signed(private, selector=b"gone"), timeout=0.3, dnsfunc=lookup).result == "temperror"
+    assert verify_signatures(signed(private, selector=b"bogus"), timeout=2, dnsfunc=lookup).result == "temperror"
+    assert [(q.name, q.rdtype, q.transport) for q in fake_dns.queries()] == [
+        ("sel._domainkey.tenant.example.", "TXT", "udp"), ("long._domainkey.tenant.example.", "TXT", "udp"),
+        ("long._domainkey.tenant.example.", "TXT", "tcp"), ("none._domainkey.tenant.example.", "TXT", "udp"),
+        ("gone._domainkey.tenant.example.", "TXT", "udp"), ("bogus._domainkey.tenant.example.", "TXT", "udp")]
 
 
 # -- end to end: the real daemon over SMTP, with the Zendesk and PagerDuty fakes --------------
@@ -369,3 +403,36 @@ def test_page_dmarc_fail_pages_the_spoof_and_fields_from_an_outside_peer_never_c
     outside = messages["Spoof-by-an-outside-client"]    # 127.0.0.1 is not in trusted_relays here
     assert outside["verdict"]["sender_trust"]["reason"] == "no Authentication-Results from a trusted authserv-id"
     assert len(pagerduty.incidents_with_key(outside["dedup_key"])) == 1
+
+
+def test_own_dkim_check_in_the_daemon_asks_the_configured_resolver_and_a_dns_fault_still_pages(
+        live_daemon, zendesk, pagerduty, fake_dns, signing_key):
+    private, record = signing_key
+    fake_dns.set_txt("sel._domainkey.tenant.example", record)
+    fake_dns.drop("gone._domainkey.tenant.example")
+    daemon = live_daemon(policy=True, extra=f'[trust]\nverify_dkim = true\ndkim_dns_server = "{fake_dns.address}"\n'
+                                            'dkim_timeout_seconds = 1\ntenant_domains = ["tenant.example"]\n')
+    daemon.send(signed(private, message=mail("Signed", sender="alice@tenant.example")))
+    altered = signed(private, message=mail("Altered", sender="bob@tenant.example"))
+    daemon.send(altered.replace(b"see the subject line", b"ignore the subject line"))
+    daemon.send(signed(private, message=mail("Key lookup dropped", sender="carol@tenant.example"), selector=b"gone"))
+    messages = by_subject(daemon.wait_settled(3))
+
+    verified = messages["Signed"]
+    assert verified["verdict"]["sender_trust"]["dkim_checked"] == "pass"
+    assert verified["verdict"]["sender_trust"]["reason"] == \
+        "DKIM pass for tenant.example, signed by tenant.example (checked by emergencyd)"
+    assert "sender-verified" in zendesk.find_ticket(external_id=verified["dedup_key"])["tags"]
+    assert fake_dns.queries("sel._domainkey.tenant.example") == \
+        [Query("sel._domainkey.tenant.example.", "TXT", "udp")] * 2          # the signed mail and the altered one
+    for subject, result in (("Altered", "fail"), ("Key-lookup-dropped", "temperror")):
+        message = messages[subject]                  # not verified, so it pages as the routing table says
+        trust = message["verdict"]["sender_trust"]
+        assert (trust["verified"], trust["dkim_checked"]) == (None, result), subject
+        assert f"own DKIM check {result}" in trust["reason"], subject
+        tags = set(zendesk.find_ticket(external_id=message["dedup_key"])["tags"])
+        assert not tags & {"unverified-sender", "sender-verified", "page-held"}, subject
+    for message in messages.values():
+        assert message["steps"]["page"]["state"] == "done"
+        assert len(pagerduty.incidents_with_key(message["dedup_key"])) == 1
+    assert [q.transport for q in fake_dns.queries("gone._domainkey.tenant.example")] == ["udp"]
