@@ -22,7 +22,7 @@ __all__ = [
 MAX_MESSAGE_ID_CHARS = 998  # RFC 5322 line length limit
 MAX_IDS = 100
 # Only the start of a Message-ID value is searched for the id. The full
-# parser reads at most parsers.message.MAX_RAW_VALUE_CHARS of a value; this
+# parser reads at most parsers.limits.MAX_RAW_VALUE_CHARS of a value; this
 # must not be more, or an id behind a long filler would be found by
 # message_id_of (the store's dedup key) and not by parse_message.
 MAX_MESSAGE_ID_VALUE_CHARS = 4 * 1024

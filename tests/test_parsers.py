@@ -13,17 +13,14 @@ from pathlib import Path
 import pytest
 
 from parsers.identity import MAX_MESSAGE_ID_VALUE_CHARS, message_id_of, message_ids_in, normalize_message_id
-from parsers.message import (
+from parsers.limits import (
     MAX_HEADER_VALUE_CHARS,
     MAX_HEADERS,
     MAX_RAW_VALUE_CHARS,
     MAX_SUBJECT_CHARS,
     MAX_TEXT_CHARS,
-    UNPARSEABLE_MARKER,
-    Attachment,
-    ParsedMessage,
-    parse_message,
 )
+from parsers.message import UNPARSEABLE_MARKER, Attachment, ParsedMessage, parse_message
 from parsers.text import (
     TRUNCATION_MARKER,
     bounded,

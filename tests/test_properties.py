@@ -38,10 +38,11 @@ from escalation.hours import Window
 from escalation.policy import SEVERITIES, URGENCIES, ZENDESK_PRIORITIES, Verdict, classify
 from escalation.records import NEW, EscalationRecord, Envelope, dedup_key_of, identity_of
 from parsers.identity import MAX_IDS, MAX_MESSAGE_ID_CHARS, message_id_of
-from parsers.message import (
+from parsers.limits import (
     MAX_ATTACHMENTS, MAX_DEFECT_CHARS, MAX_DEFECTS, MAX_HEADER_VALUE_CHARS, MAX_HEADERS, MAX_RAW_HEADER_BYTES,
-    MAX_RECIPIENTS, MAX_SUBJECT_CHARS, MAX_TEXT_CHARS, ParsedMessage, parse_message,
+    MAX_RECIPIENTS, MAX_SUBJECT_CHARS, MAX_TEXT_CHARS,
 )
+from parsers.message import ParsedMessage, parse_message
 from parsers.noise import NOISE_KINDS, detect_noise
 from parsers.subject import MAX_SUBJECT_CHARS as MAX_DESCRIPTIVE_SUBJECT_CHARS
 from parsers.subject import descriptive_subject
