@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from daemon.config_reader import ConfigError, is_loopback
+
 if TYPE_CHECKING:
-    from daemon.config import HostPort, Secret, _Reader
+    from daemon.config_reader import ConfigReader, HostPort, Secret
 
 FALLBACK_KEYS = {"enabled", "relay", "starttls", "ca_file", "username", "password_file", "from_address", "to",
                  "after_seconds", "timeout_seconds"}
@@ -32,8 +34,7 @@ class FallbackConfig:
     timeout_seconds: float
 
 
-def read_fallback(r: _Reader) -> FallbackConfig:
-    from daemon.config import ConfigError, _is_loopback   # config.py imports this module
+def read_fallback(r: ConfigReader) -> FallbackConfig:
     enabled = r.boolean("fallback.enabled", False)
     relay = r.host_port("fallback.relay", "") if r.string("fallback.relay", "") else None
     starttls = r.boolean("fallback.starttls", True)
@@ -45,7 +46,7 @@ def read_fallback(r: _Reader) -> FallbackConfig:
             raise ConfigError(f"{key}: {address!r} is not an email address")
     if enabled and not (relay and from_address and to):
         raise ConfigError("fallback: relay, from_address and to are required when fallback.enabled = true")
-    if enabled and not starttls and not _is_loopback(relay.host):
+    if enabled and not starttls and not is_loopback(relay.host):
         raise ConfigError(f"fallback.starttls: false is only allowed for a loopback relay, not {relay.host!r}: "
                           "the relay password and the alert would cross the network in clear")
     username = r.string("fallback.username", "")

@@ -4,11 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from daemon.config import ConfigError, Secret, _is_loopback, _networks
+from daemon.config_reader import ConfigError, Secret, is_loopback, read_networks
 from daemon.smtp_auth import UsersFileError, load_users
 
 if TYPE_CHECKING:
-    from daemon.config import HostPort, _Reader
+    from daemon.config_reader import ConfigReader, HostPort
 
 @dataclass(frozen=True)
 class SmtpAuthConfig:
@@ -28,7 +28,7 @@ class ProxyConfig:
     timeout_seconds: float                # to wait for the header
 
 
-def read_auth(r: _Reader, *, tls: bool, listen: HostPort) -> SmtpAuthConfig:
+def read_auth(r: ConfigReader, *, tls: bool, listen: HostPort) -> SmtpAuthConfig:
     path = r.optional_path("smtp.auth_users_file")
     try:
         users = load_users(path) if path is not None else {}
@@ -37,7 +37,7 @@ def read_auth(r: _Reader, *, tls: bool, listen: HostPort) -> SmtpAuthConfig:
     required = r.boolean("smtp.auth_required", False)
     if required and not users:
         raise ConfigError("smtp.auth_required: needs smtp.auth_users_file")
-    if users and not tls and not _is_loopback(listen.host):
+    if users and not tls and not is_loopback(listen.host):
         # AUTH is offered only over TLS, or to a loopback client: without a certificate no remote client could log in.
         raise ConfigError("smtp.auth_users_file: AUTH on a non-loopback listener needs STARTTLS "
                           "(smtp.tls_cert_file and smtp.tls_key_file)")
@@ -47,9 +47,9 @@ def read_auth(r: _Reader, *, tls: bool, listen: HostPort) -> SmtpAuthConfig:
         failures_per_ip_per_hour=r.integer("smtp.auth_failures_per_ip_per_hour", 10, minimum=1))
 
 
-def read_proxy(r: _Reader) -> ProxyConfig:
+def read_proxy(r: ConfigReader) -> ProxyConfig:
     enabled = r.boolean("smtp.proxy_protocol", False)
-    trusted = _networks(r, "smtp.proxy_trusted_networks", [])
+    trusted = read_networks(r, "smtp.proxy_trusted_networks", [])
     if enabled and not trusted:
         raise ConfigError("smtp.proxy_trusted_networks: name the load balancers' networks when "
                           "smtp.proxy_protocol = true; anyone else could forge a client address")

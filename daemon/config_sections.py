@@ -1,0 +1,208 @@
+"""The sections of config.toml read into daemon/config.py's dataclasses, and the keys each may hold.
+
+daemon/config.py imports this module inside load_config, since this one imports its dataclasses.
+[fallback] and the [smtp] AUTH and PROXY settings have modules of their own (config_fallback, smtp_settings).
+"""
+from __future__ import annotations
+
+from typing import Any
+from zoneinfo import ZoneInfoNotFoundError
+
+from daemon.config import (
+    DedupConfig,
+    EscalationConfig,
+    ImapConfig,
+    MetricsConfig,
+    PagerDutyConfig,
+    SmtpConfig,
+    StoreConfig,
+    ZendeskConfig,
+)
+from daemon.config_fallback import FALLBACK_KEYS
+from daemon.config_reader import ConfigError, ConfigReader, is_loopback, read_networks
+from daemon.smtp_settings import read_auth, read_proxy
+from escalation.policy import Policy
+from escalation.policy_config import PolicyError, parse_policy
+
+
+def read_smtp(r: ConfigReader) -> SmtpConfig:
+    recipients = r.string_list("smtp.recipients", [])
+    for addr in recipients:
+        if "@" not in addr or addr.startswith("@") or addr.endswith("@"):
+            raise ConfigError(f"smtp.recipients: {addr!r} is not an email address")
+    cert, key = r.optional_path("smtp.tls_cert_file"), r.optional_path("smtp.tls_key_file")
+    if (cert is None) != (key is None):
+        raise ConfigError("smtp.tls_cert_file and smtp.tls_key_file: set both for STARTTLS, or neither")
+    require = r.boolean("smtp.require_starttls", False)
+    if require and cert is None:
+        raise ConfigError("smtp.require_starttls: needs smtp.tls_cert_file and smtp.tls_key_file")
+    listen = r.host_port("smtp.listen", "127.0.0.1:2525")
+    return SmtpConfig(
+        enabled=r.boolean("smtp.enabled", True),
+        listen=listen,
+        recipients=tuple(a.strip().lower() for a in recipients),
+        max_message_bytes=r.integer("smtp.max_message_bytes", 25 * 1024 * 1024, minimum=1024),
+        # RFC 5321's 1,000 octets is what a sender must keep to; real mail (bounces quoting HTML, unwrapped
+        # base64) exceeds it, and refusing it would bounce a tenant's emergency. Postfix accepts such lines too.
+        max_line_bytes=r.integer("smtp.max_line_bytes", 64 * 1024, minimum=1001),
+        hostname=r.string("smtp.hostname", "emergencyd"),
+        tls_cert_file=cert, tls_key_file=key,
+        require_starttls=require,
+        max_connections=r.integer("smtp.max_connections", 100, minimum=1),
+        max_connections_per_ip=r.integer("smtp.max_connections_per_ip", 10, minimum=1),
+        max_recipients=r.integer("smtp.max_recipients", 100, minimum=1),
+        messages_per_ip_per_minute=r.integer("smtp.messages_per_ip_per_minute", 0, minimum=0),
+        messages_per_sender_per_minute=r.integer("smtp.messages_per_sender_per_minute", 0, minimum=0),
+        limit_exempt_networks=read_networks(r, "smtp.limit_exempt_networks", ["127.0.0.0/8", "::1/128"]),
+        command_timeout_seconds=r.number("smtp.command_timeout_seconds", 300.0, minimum=0.1),
+        session_max_seconds=r.number("smtp.session_max_seconds", 900.0, minimum=0.1),
+        auth=read_auth(r, tls=cert is not None, listen=listen),
+        proxy=read_proxy(r),
+    )
+
+
+def read_imap(r: ConfigReader) -> ImapConfig:
+    enabled = r.boolean("imap.enabled", False)
+    tls = r.boolean("imap.tls", True)
+    host = r.string("imap.host", "")
+    if enabled and not host:
+        raise ConfigError("imap.host: required when imap.enabled = true")
+    if enabled and not tls and not is_loopback(host):
+        raise ConfigError(f"imap.tls: false is only allowed for a loopback host, not {host!r}: "
+                          "the password and tenants' mail would cross the network in clear")
+    mailbox, processed = r.string("imap.mailbox", "INBOX"), r.string("imap.processed_mailbox", "Processed")
+    if enabled and (not processed or processed == mailbox):
+        raise ConfigError("imap.processed_mailbox: must name a mailbox other than imap.mailbox; "
+                          "handled mail is moved there")
+    username = r.string("imap.username", "")
+    password = r.secret("imap.password_file", "EMERGENCYD_IMAP_PASSWORD")
+    if enabled and not (username and password):
+        raise ConfigError("imap: username and a password (EMERGENCYD_IMAP_PASSWORD or imap.password_file) "
+                          "are required when imap.enabled = true")
+    initial = r.number("imap.reconnect_initial_seconds", 1.0, minimum=0.01)
+    return ImapConfig(
+        enabled=enabled, host=host, port=r.integer("imap.port", 993 if tls else 143, minimum=1),
+        username=username, password=password,
+        mailbox=mailbox, processed_mailbox=processed,
+        tls=tls, ca_file=r.optional_path("imap.ca_file"),
+        idle=r.boolean("imap.idle", True),
+        idle_renew_seconds=r.number("imap.idle_renew_seconds", 300.0, minimum=1.0),
+        poll_interval_seconds=r.number("imap.poll_interval_seconds", 30.0, minimum=0.1),
+        command_timeout_seconds=r.number("imap.command_timeout_seconds", 30.0, minimum=0.1),
+        reconnect_initial_seconds=initial,
+        reconnect_max_seconds=r.number("imap.reconnect_max_seconds", 120.0, minimum=initial),
+        login_retry_seconds=r.number("imap.login_retry_seconds", 300.0, minimum=0.1),
+        batch_messages=r.integer("imap.batch_messages", 50, minimum=1),
+        max_message_bytes=r.integer("imap.max_message_bytes", 25 * 1024 * 1024, minimum=1024),
+    )
+
+
+def read_store(r: ConfigReader) -> StoreConfig:
+    return StoreConfig(
+        path=r.path("store.path", "var/emergencyd.sqlite3"),
+        busy_timeout_ms=r.integer("store.busy_timeout_ms", 5000, minimum=0),
+    )
+
+
+def read_zendesk(r: ConfigReader) -> ZendeskConfig:
+    return ZendeskConfig(
+        url=r.https_url("zendesk.url", "https://example.zendesk.com"),
+        email=r.string("zendesk.email", ""),
+        ca_file=r.optional_path("zendesk.ca_file"),
+        token=r.secret("zendesk.token_file", "EMERGENCYD_ZENDESK_TOKEN"),
+        timeout_seconds=r.number("zendesk.timeout_seconds", 10.0, minimum=0.1),
+        requests_per_minute=r.integer("zendesk.requests_per_minute", 90, minimum=1),
+    )
+
+
+def read_pagerduty(r: ConfigReader) -> PagerDutyConfig:
+    return PagerDutyConfig(
+        events_url=r.https_url("pagerduty.events_url", "https://events.pagerduty.com"),
+        api_url=r.https_url("pagerduty.api_url", "https://api.pagerduty.com"),
+        from_email=r.string("pagerduty.from_email", ""),
+        ca_file=r.optional_path("pagerduty.ca_file"),
+        routing_key=r.secret("pagerduty.routing_key_file", "EMERGENCYD_PAGERDUTY_ROUTING_KEY"),
+        api_token=r.secret("pagerduty.api_token_file", "EMERGENCYD_PAGERDUTY_API_TOKEN"),
+        timeout_seconds=r.number("pagerduty.timeout_seconds", 10.0, minimum=0.1),
+    )
+
+
+def read_escalation(r: ConfigReader) -> EscalationConfig:
+    initial = r.number("escalation.retry_initial_seconds", 5.0, minimum=0.01)
+    return EscalationConfig(
+        ticket_head_start_seconds=r.number("escalation.ticket_head_start_seconds", 2.0, minimum=0.0),
+        retry_initial_seconds=initial,
+        retry_max_seconds=r.number("escalation.retry_max_seconds", 600.0, minimum=initial),
+        max_attempts=r.integer("escalation.max_attempts", 1000, minimum=1),
+        concurrency=r.integer("escalation.concurrency", 8, minimum=1),
+        poll_interval_seconds=r.number("escalation.poll_interval_seconds", 1.0, minimum=0.01),
+        max_in_flight_bytes=r.integer("escalation.max_in_flight_bytes", 64 * 1024 * 1024, minimum=1024),
+        shutdown_deadline_seconds=r.number("escalation.shutdown_deadline_seconds", 20.0, minimum=0.1),
+    )
+
+
+def read_dedup(r: ConfigReader) -> DedupConfig:
+    return DedupConfig(
+        incident_window_seconds=60 * r.number("dedup.incident_window_minutes", 30, minimum=0),
+        platform_wide_categories=tuple(r.string_list("dedup.platform_wide_categories",
+                                                     ["apps_not_served", "emergency_fix_blocked"])),
+        sender_limit=r.integer("dedup.sender_limit", 10, minimum=1),
+        sender_window_seconds=60 * r.number("dedup.sender_window_minutes", 10, minimum=0),
+        max_new_pages_per_minute=r.integer("dedup.max_new_pages_per_minute", 10, minimum=1),
+    )
+
+
+def read_metrics(r: ConfigReader) -> MetricsConfig:
+    return MetricsConfig(
+        listen=r.host_port("metrics.listen", "127.0.0.1:9464"),
+        integration_failing_seconds=r.number("metrics.integration_failing_seconds", 300.0, minimum=1.0))
+
+
+def read_policy(table: Any, trust: Any = None) -> Policy:
+    """[policy] and [trust]: both are policy, reloaded together on SIGHUP."""
+    try:
+        return parse_policy(table, trust)
+    except PolicyError as exc:
+        raise ConfigError(str(exc)) from None
+    except ZoneInfoNotFoundError:
+        raise ConfigError(f"policy.timezone: unknown time zone {table.get('timezone')!r}") from None
+    except ValueError as exc:   # the calendar refuses impossible settings
+        raise ConfigError(f"policy: {exc}") from None
+
+
+KNOWN_SECTIONS = {
+    "smtp": {"enabled", "listen", "recipients", "max_message_bytes", "hostname", "tls_cert_file", "tls_key_file",
+             "require_starttls", "max_connections", "max_connections_per_ip", "max_recipients",
+             "messages_per_ip_per_minute", "messages_per_sender_per_minute", "limit_exempt_networks",
+             "command_timeout_seconds", "session_max_seconds", "max_line_bytes", "auth_users_file", "auth_required",
+             "auth_failures_per_ip_per_hour", "proxy_protocol", "proxy_trusted_networks", "proxy_timeout_seconds"},
+    "imap": {"enabled", "host", "port", "username", "password_file", "mailbox", "processed_mailbox", "tls",
+             "ca_file", "idle", "idle_renew_seconds", "poll_interval_seconds", "command_timeout_seconds",
+             "reconnect_initial_seconds", "reconnect_max_seconds", "login_retry_seconds", "batch_messages",
+             "max_message_bytes"},
+    "store": {"path", "busy_timeout_ms"},
+    "zendesk": {"url", "email", "ca_file", "token_file", "timeout_seconds", "requests_per_minute"},
+    "pagerduty": {"events_url", "api_url", "from_email", "ca_file", "routing_key_file",
+                  "api_token_file", "timeout_seconds"},
+    "escalation": {"ticket_head_start_seconds", "retry_initial_seconds", "retry_max_seconds",
+                   "max_attempts", "concurrency", "poll_interval_seconds", "max_in_flight_bytes",
+                   "shutdown_deadline_seconds"},
+    "metrics": {"listen", "integration_failing_seconds"},
+    "fallback": FALLBACK_KEYS,
+    "dedup": {"incident_window_minutes", "platform_wide_categories", "sender_limit", "sender_window_minutes",
+              "max_new_pages_per_minute"},
+}
+KNOWN_TOP_LEVEL = {"dry_run", "policy", "trust"}   # [policy] and [trust] check their own keys
+
+
+def reject_unknown_keys(data: dict[str, Any]) -> None:
+    """A typo in a key must not silently fall back to a default."""
+    for key, value in data.items():
+        if key in KNOWN_SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key}: expected a table")
+            for sub in value:
+                if sub not in KNOWN_SECTIONS[key]:
+                    raise ConfigError(f"{key}.{sub}: unknown key")
+        elif key not in KNOWN_TOP_LEVEL:
+            raise ConfigError(f"{key}: unknown key")
