@@ -19,7 +19,10 @@ MAX_FIELD_CHARS = 1000
 MAX_TRACEBACK_CHARS = 4000
 FIRST_KEYS = ("ts", "level", "logger", "event")
 # Third-party chatter at INFO would drown our events and may echo request details.
-QUIET_LOGGERS = ("mail", "mailparser", "zenpy", "pagerduty", "httpx2", "urllib3", "mail.log", "aioimaplib")
+QUIET_LOGGERS = ("mail", "zenpy", "pagerduty", "httpx2", "urllib3", "mail.log", "aioimaplib")
+# mail-parser warns of every MIME part it leaves to us (a bounce's rfc822-headers, say): a line per
+# ordinary mail in the journal. The parser records what matters in ParsedMessage instead.
+SILENT_LOGGERS = ("mailparser",)
 
 
 def _bound(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -63,6 +66,8 @@ def configure_logging(level: int = logging.INFO) -> None:
     root.setLevel(level)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    for name in SILENT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def parse_line(line: str) -> dict[str, Any] | None:

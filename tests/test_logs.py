@@ -66,3 +66,14 @@ def test_a_huge_field_or_traceback_is_cut():
     huge, failed = (json.loads(line) for line in stream.getvalue().splitlines())
     assert len(huge["subject"]) == MAX_FIELD_CHARS + 1 and huge["count"] == 3
     assert len(failed["exception"]) == MAX_TRACEBACK_CHARS + 1 and failed["level"] == "error"
+
+
+def test_mail_parser_warnings_about_parts_it_leaves_to_us_stay_out_of_the_log(tmp_path):
+    """mail-parser warns of each MIME part it does not handle itself (a bounce's rfc822-headers, a
+    calendar): a journal line per ordinary mail, saying nothing an operator can act on."""
+    from tests.harness import ROOT, run_cli, write_config
+    fixtures = sorted(str(p) for p in (ROOT / "tests" / "fixtures" / "noise").glob("*.eml"))
+    assert any("bounce_postfix_dsn" in p for p in fixtures)
+    result = run_cli(write_config(tmp_path, dry_run=True), "classify", *fixtures)
+    assert len(result.stdout.splitlines()) == len(fixtures)
+    assert "mailparser" not in result.stderr, result.stderr[:2000]
