@@ -149,3 +149,19 @@ def stored_envelopes(store_path: Path) -> list[dict]:
     finally:
         conn.close()
     return [{"peer": peer, "tls": bool(tls), "mail_from": mail_from} for peer, tls, mail_from in rows]
+
+
+def done_steps(store_path: Path, message_id: str) -> set[str]:
+    """The steps of one message that the store has committed as done, read straight from the file (read-only).
+
+    The store is the truth: a kill -9 can land between a commit and its log line.
+    """
+    if not store_path.exists():
+        return set()
+    conn = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True, timeout=5)
+    try:
+        rows = conn.execute("SELECT s.name FROM steps s JOIN messages m ON m.id = s.message_pk"
+                            " WHERE m.message_id = ? AND s.state = 'done'", (message_id,)).fetchall()
+    finally:
+        conn.close()
+    return {name for (name,) in rows}
