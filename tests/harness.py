@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import smtplib
@@ -17,6 +18,8 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.logs import parse_line
 
@@ -163,6 +166,21 @@ class DaemonProcess:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
+
+    def metric(self, series: str, **labels: str) -> float:
+        """One sample of /metrics: `series` is a name, or a name with its labels as /metrics writes them
+        (`emergencyd_smtp_auth_total{result="failure"}`); labels may also be given as keywords."""
+        name, _, written = series.partition("{")
+        labels = {**dict(re.findall(r'(\w+)="([^"]*)"', written)), **labels}
+        for family in text_string_to_metric_families(self.http_get("/metrics")[1]):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return sample.value
+        raise AssertionError(f"{name}{labels or ''} is not in /metrics")
+
+    def rejected(self, reason: str) -> float:
+        """emergencyd_messages_rejected_total for one reason."""
+        return self.metric("emergencyd_messages_rejected_total", reason=reason)
 
     def wait_for(self, predicate, timeout: float = 20.0, interval: float = 0.1, what: str = "condition"):
         deadline = time.monotonic() + timeout

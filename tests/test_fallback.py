@@ -27,11 +27,6 @@ def fallback_table(relay: FakeRelay, *, ca_file=None, username: str | None = Non
     return "\n".join(lines) + "\n"
 
 
-def metric(daemon, name: str) -> float:
-    _, text = daemon.http_get("/metrics")
-    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-    assert match, f"{name} not exported"
-    return float(match.group(1))
 
 
 SENT = 'emergencyd_fallback_alerts_total{outcome="sent"}'
@@ -49,7 +44,7 @@ def test_pagerduty_down_past_the_deadline_mails_once_then_pages_once(live_daemon
     with FakeRelay(ca=ca, username=RELAY_USER, password=RELAY_PASSWORD) as relay:
         daemon = live_daemon(extra=fallback_table(relay, ca_file=ca_file, username=RELAY_USER),
                              env={**live_env(), "EMERGENCYD_FALLBACK_PASSWORD": RELAY_PASSWORD})
-        assert metric(daemon, SENT) == 0 and metric(daemon, OVERDUE) == 0
+        assert daemon.metric(SENT) == 0 and daemon.metric(OVERDUE) == 0
         assert 'role="fallback_ca"' in daemon.http_get("/metrics")[1]   # the relay's CA expires too
         daemon.send(make_message(subject="Apps down", body="All our apps return 502 since 02:10."))
         [mail] = relay.wait_for(1)
@@ -67,8 +62,8 @@ def test_pagerduty_down_past_the_deadline_mails_once_then_pages_once(live_daemon
         for expected in ("P1", "tenant@example.net", "HTTP 503", message["dedup_key"],
                          f"{zendesk.url}/agent/tickets/{message['ticket_id']}", message["received_at"][:19]):
             assert expected in body, (expected, body)
-        assert metric(daemon, SENT) == 1
-        daemon.wait_for(lambda: metric(daemon, OVERDUE) == 1, what="the overdue gauge")
+        assert daemon.metric(SENT) == 1
+        daemon.wait_for(lambda: daemon.metric(OVERDUE) == 1, what="the overdue gauge")
 
         # The alert, delivered back to the emergency address, is noise: never a page, never a fallback.
         daemon.send(mail.content, sender=FROM)
@@ -80,8 +75,8 @@ def test_pagerduty_down_past_the_deadline_mails_once_then_pages_once(live_daemon
         assert incident["dedup_key"] == paged["dedup_key"]
         assert len([e for e in pagerduty.events() if e["event_action"] == "trigger"]) == 1
         assert len(relay.accepted()) == 1
-        daemon.wait_for(lambda: metric(daemon, OVERDUE) == 0, what="the overdue gauge back to 0")
-        assert metric(daemon, SENT) == 1
+        daemon.wait_for(lambda: daemon.metric(OVERDUE) == 0, what="the overdue gauge back to 0")
+        assert daemon.metric(SENT) == 1
     assert RELAY_PASSWORD not in daemon.log_text()
 
 
@@ -93,7 +88,7 @@ def test_a_page_before_the_deadline_needs_no_fallback(live_daemon, zendesk, page
         assert message["state"] == "done" and len(pagerduty.incidents()) == 1
         fallback = message["steps"]["fallback_alert"]
         assert fallback["state"] == "done" and fallback["result"]["skipped"].startswith("not needed")
-        assert relay.accepted() == [] and metric(daemon, SENT) == 0
+        assert relay.accepted() == [] and daemon.metric(SENT) == 0
 
 
 def test_mail_that_does_not_page_never_falls_back(live_daemon, zendesk, pagerduty):
@@ -124,11 +119,11 @@ def test_a_451_from_the_relay_is_retried_and_a_550_is_recorded(live_daemon, zend
         relay.inject_reply("550 5.7.1 relaying denied")
         daemon.send(make_message(subject="Database gone", body="Our database lost its data.",
                                  message_id="<m2@example.net>"))
-        daemon.wait_for(lambda: metric(daemon, FAILED) == 1, what="the fallback refused for good")
+        daemon.wait_for(lambda: daemon.metric(FAILED) == 1, what="the fallback refused for good")
         second = next(m for m in daemon.status()["messages"] if m["subject"] == "Database gone")
         assert second["steps"]["fallback_alert"]["state"] == "failed"
         assert "SMTP 550" in second["steps"]["fallback_alert"]["last_error"]
-        assert len(relay.accepted()) == 1 and metric(daemon, SENT) == 1
+        assert len(relay.accepted()) == 1 and daemon.metric(SENT) == 1
 
 
 def test_killed_after_the_fallback_was_committed_sends_no_second_mail(live_daemon, zendesk, pagerduty):

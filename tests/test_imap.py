@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness import DaemonProcess, log_records, make_message
 
@@ -65,17 +64,10 @@ def mail(tag: str, *, subject: str | None = None) -> bytes:
                         sender=f"ops@{tag}.example", message_id=f"<{tag}@{tag}.example>")
 
 
-def metric(daemon: DaemonProcess, name: str, **labels: str) -> float:
-    _, text = daemon.http_get("/metrics")
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    raise AssertionError(f"{name}{labels or ''} is not in /metrics")
 
 
 def imap_errors(daemon: DaemonProcess) -> dict[str, float]:
-    return {kind: metric(daemon, ERRORS, kind=kind) for kind in ERROR_KINDS}
+    return {kind: daemon.metric(ERRORS, kind=kind) for kind in ERROR_KINDS}
 
 
 def wait_metric(daemon: DaemonProcess, name: str, check, *, timeout: float = 20.0, **labels: str) -> float:
@@ -84,7 +76,7 @@ def wait_metric(daemon: DaemonProcess, name: str, check, *, timeout: float = 20.
     seen: list[float] = []
 
     def holds() -> bool:
-        seen.append(metric(daemon, name, **labels))
+        seen.append(daemon.metric(name, **labels))
         return test(seen[-1])
     try:
         daemon.wait_for(holds, timeout, what=f"{name}{labels or ''} ({check})")
@@ -170,11 +162,11 @@ def test_idle_pickup_pages_once_and_moves_the_mail(tmp_path, dovecot, live_daemo
     [(_, _, size, sha, source, deliveries)] = stored_rows(daemon)
     assert (size, sha, source, deliveries) == (len(raw), hashlib.sha256(raw).hexdigest(), "imap", 1)
 
-    assert metric(daemon, FETCHED) == 1
-    assert metric(daemon, RECEIVED, source="imap") == 1
-    assert metric(daemon, DUPLICATES, source="imap") == 0
-    assert metric(daemon, PICKUP_COUNT) == 1
-    assert metric(daemon, LAST_SYNC) > 0
+    assert daemon.metric(FETCHED) == 1
+    assert daemon.metric(RECEIVED, source="imap") == 1
+    assert daemon.metric(DUPLICATES, source="imap") == 0
+    assert daemon.metric(PICKUP_COUNT) == 1
+    assert daemon.metric(LAST_SYNC) > 0
     assert imap_errors(daemon) == dict.fromkeys(ERROR_KINDS, 0)
     # the daemon logged in over IMAPS (the test's own clients use plain IMAP)
     assert any(", TLS," in line for line in logins(dovecot)), logins(dovecot)
@@ -200,7 +192,7 @@ def test_polls_without_idle(tmp_path, dovecot, live_daemon, zendesk, pagerduty, 
     assert_one_ticket_one_page(message, zendesk, pagerduty)
     wait_mailbox(daemon, dovecot, "INBOX", 0)
     assert list(dovecot.fetch_all("Processed").values()) == [raw]
-    assert metric(daemon, IDLE_ACTIVE) == 0 and metric(daemon, CONNECTED) == 1
+    assert daemon.metric(IDLE_ACTIVE) == 0 and daemon.metric(CONNECTED) == 1
 
 
 def test_plain_imap_on_loopback(tmp_path, dovecot, live_daemon, zendesk, pagerduty):
@@ -251,7 +243,7 @@ def test_a_10_mb_message_is_stored_whole_and_paged_once(tmp_path, dovecot, live_
     assert (size, sha, deliveries) == (len(raw), hashlib.sha256(raw).hexdigest(), 1)
     wait_mailbox(daemon, dovecot, "INBOX", 0)
     assert len(dovecot.uids("Processed")) == 1
-    assert metric(daemon, ERRORS, kind="too_large") == 0
+    assert daemon.metric(ERRORS, kind="too_large") == 0
 
 
 def test_mail_over_max_message_bytes_stays_in_the_mailbox(tmp_path, dovecot, live_daemon, zendesk, pagerduty):
@@ -266,7 +258,7 @@ def test_mail_over_max_message_bytes_stays_in_the_mailbox(tmp_path, dovecot, liv
     assert_one_ticket_one_page(message, zendesk, pagerduty)
     wait_mailbox(daemon, dovecot, "Processed", 1)
     assert list(dovecot.fetch_all("INBOX").values()) == [big]          # left for a human
-    assert metric(daemon, ERRORS, kind="too_large") >= 1
+    assert daemon.metric(ERRORS, kind="too_large") >= 1
     assert log_lines(daemon, "too large")
     assert len(stored_rows(daemon)) == 1
 
@@ -295,12 +287,12 @@ def test_a_backlog_of_1000_mails_is_taken_once_and_in_order(tmp_path, dovecot, s
 
     wait_mailbox(daemon, dovecot, "INBOX", 0)
     assert len(dovecot.uids("Processed")) == 1000
-    assert metric(daemon, RECEIVED, source="imap") == 1000
+    assert daemon.metric(RECEIVED, source="imap") == 1000
     # A mail is fetched a second time only after a failure between its commit and its move
     # (the reconnect takes what is still there; dedup makes it a no-op): never otherwise.
     refetched = [m["id"] for m in messages if m["deliveries"] != 1]
     failures = {kind: n for kind, n in imap_errors(daemon).items() if n}
-    assert len(refetched) == metric(daemon, DUPLICATES, source="imap") == metric(daemon, FETCHED) - 1000
+    assert len(refetched) == daemon.metric(DUPLICATES, source="imap") == daemon.metric(FETCHED) - 1000
     assert not refetched or failures, refetched
     assert not failures or log_lines(daemon, "imap disconnected"), failures
 
@@ -315,7 +307,7 @@ def test_a_mailbox_of_1500_over_plain_imap_is_taken_without_dropping_the_connect
     daemon = start_daemon(dry_run=True, imap=imap_table(dovecot, tmp_path, tls=False), extra=NO_PAGE_CAP,
                           busy_timeout_ms=5000)
     wait_mailbox(daemon, dovecot, "INBOX", 0, timeout=90)
-    assert metric(daemon, RECEIVED, source="imap") == 1500
+    assert daemon.metric(RECEIVED, source="imap") == 1500
     assert {kind: n for kind, n in imap_errors(daemon).items() if n} == {}
     assert not log_lines(daemon, "imap disconnected")
 
@@ -340,8 +332,8 @@ def test_the_same_mail_by_smtp_and_by_imap_is_one_message(tmp_path, dovecot, liv
     [message] = daemon.wait_settled(1)["messages"]
     assert message["source"] == first and message["deliveries"] == 2
     assert_one_ticket_one_page(message, zendesk, pagerduty)
-    assert metric(daemon, RECEIVED, source=first) == 1 and metric(daemon, RECEIVED, source=second) == 0
-    assert metric(daemon, DUPLICATES, source=first) == 0
+    assert daemon.metric(RECEIVED, source=first) == 1 and daemon.metric(RECEIVED, source=second) == 0
+    assert daemon.metric(DUPLICATES, source=first) == 0
 
 
 def test_killed_after_the_commit_and_before_the_move(tmp_path, dovecot, live_daemon, zendesk, pagerduty):
@@ -369,7 +361,7 @@ def test_killed_after_the_commit_and_before_the_move(tmp_path, dovecot, live_dae
     wait_mailbox(daemon, dovecot, "INBOX", 0)
     assert list(dovecot.fetch_all("Processed").values()) == [raw]
     wait_metric(daemon, DUPLICATES, 1, source="imap")
-    assert metric(daemon, RECEIVED, source="imap") == 0
+    assert daemon.metric(RECEIVED, source="imap") == 0
     [message] = daemon.wait_settled(1)["messages"]
     assert message["deliveries"] == 2
     assert_one_ticket_one_page(message, zendesk, pagerduty)
@@ -423,7 +415,7 @@ def test_mail_stays_in_the_mailbox_until_the_store_has_committed_it(tmp_path, do
     assert_one_ticket_one_page(message, zendesk, pagerduty)
     wait_mailbox(daemon, dovecot, "INBOX", 0)
     assert list(dovecot.fetch_all("Processed").values()) == [raw]
-    assert metric(daemon, RECEIVED, source="imap") == 1 and metric(daemon, DUPLICATES, source="imap") == 0
+    assert daemon.metric(RECEIVED, source="imap") == 1 and daemon.metric(DUPLICATES, source="imap") == 0
 
 
 # --- the server goes away --------------------------------------------------------------------
@@ -439,7 +431,7 @@ def test_reconnects_after_dovecot_goes_away_and_catches_up_after_downtime(tmp_pa
     wait_metric(daemon, CONNECTED, 0)
     status, checks = readiness(daemon)
     assert status == 503 and checks["imap"] != "ok", checks
-    assert metric(daemon, IDLE_ACTIVE) == 0
+    assert daemon.metric(IDLE_ACTIVE) == 0
     dovecot.start()
     wait_connected(daemon, idle=True)
     dovecot.append(mail("after-restart"))
@@ -472,7 +464,7 @@ def test_a_wrong_password_is_reported_and_not_retried_in_a_loop(tmp_path, doveco
     assert log_lines(daemon, "login")
     status, checks = readiness(daemon)
     assert status == 503 and checks["imap"] != "ok", checks
-    assert metric(daemon, CONNECTED) == 0
+    assert daemon.metric(CONNECTED) == 0
 
     # SMTP works meanwhile
     daemon.send(mail("by-smtp"))
@@ -483,7 +475,7 @@ def test_a_wrong_password_is_reported_and_not_retried_in_a_loop(tmp_path, doveco
     # No hammering: reconnects are 0.2 to 1 s apart here, yet a refused login waits much longer.
     # A slow machine only retries less within the few seconds observed.
     time.sleep(max(0.0, watched_from + 5 - time.monotonic()))
-    attempts = metric(daemon, ERRORS, kind="login")
+    attempts = daemon.metric(ERRORS, kind="login")
     assert 1 <= attempts <= 2, log_lines(daemon, "login")
     daemon.wait_for(lambda: len(refused_logins(dovecot)) >= 1, what="Dovecot to log the refused login")
     assert 1 <= len(refused_logins(dovecot)) <= 2, refused_logins(dovecot)
@@ -504,7 +496,7 @@ def test_a_mailbox_that_does_not_exist_is_reported_and_taken_once_it_exists(tmp_
 
     # Retries back off (at least 0.5 s apart here) instead of spinning; the daemon lives on.
     time.sleep(max(0.0, watched_from + 3 - time.monotonic()))
-    assert metric(daemon, ERRORS, kind="mailbox") <= 8
+    assert daemon.metric(ERRORS, kind="mailbox") <= 8
     assert daemon.proc.poll() is None
 
     # Once someone creates the mailbox, its mail is taken without a restart.
@@ -524,7 +516,7 @@ def test_an_untrusted_certificate_is_refused_before_login(tmp_path, dovecot, liv
     daemon = live_daemon(imap=imap_table(dovecot, tmp_path, ca_file=None))
     wait_metric(daemon, ERRORS, lambda v: v >= 1, kind="tls")
     assert log_lines(daemon, '"kind": "tls"')
-    assert metric(daemon, CONNECTED) == 0 and readiness(daemon)[0] == 503
+    assert daemon.metric(CONNECTED) == 0 and readiness(daemon)[0] == 503
     assert logins(dovecot) == [] and refused_logins(dovecot) == []
 
 
@@ -534,12 +526,12 @@ def test_a_poll_takes_the_mail_that_arrived_before_it(tmp_path, dovecot, start_d
     daemon = start_daemon(dry_run=True, imap=imap_table(dovecot, tmp_path, idle=False, poll_interval_seconds=3))
     wait_connected(daemon, idle=False)
     for index in range(3):
-        synced = metric(daemon, LAST_SYNC)
-        daemon.wait_for(lambda: metric(daemon, LAST_SYNC) > synced,
+        synced = daemon.metric(LAST_SYNC)
+        daemon.wait_for(lambda: daemon.metric(LAST_SYNC) > synced,
                         what="a poll to finish")
-        polled = metric(daemon, LAST_SYNC)
+        polled = daemon.metric(LAST_SYNC)
         dovecot.append(mail(f"between polls {index}"))      # right after a poll, long before the next
-        daemon.wait_for(lambda: metric(daemon, LAST_SYNC) > polled,
+        daemon.wait_for(lambda: daemon.metric(LAST_SYNC) > polled,
                         what="the next poll")
         assert len(daemon.status()["messages"]) == index + 1, "the next poll did not take the mail"
 
@@ -555,7 +547,7 @@ def test_ready_is_sent_once_the_mailbox_is_logged_in(tmp_path, dovecot):
         notify.wait_for("READY")
         # READY follows the first login: by the time it is read, the login is logged
         assert "imap connected" in [r["event"] for r in log_records(daemon.log_text())]
-        assert metric(daemon, CONNECTED) == 1
+        assert daemon.metric(CONNECTED) == 1
     finally:
         daemon.stop()
         notify.close()

@@ -15,11 +15,6 @@ from tests.harness import RECIPIENT, log_records, make_message
 NO_EXEMPTION = "limit_exempt_networks = []"
 
 
-def rejected(daemon, reason: str) -> float:
-    for line in daemon.http_get("/metrics")[1].splitlines():
-        if line.startswith(f'emergencyd_messages_rejected_total{{reason="{reason}"}}'):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no rejected series for {reason}")
 
 
 def greeting(port: int) -> tuple[socket.socket, bytes]:
@@ -37,7 +32,7 @@ def test_connections_per_address_and_in_total(start_daemon):
     assert third.recv(1024) == b""                                    # and closed
     first.close()
     daemon.wait_for(lambda: greeting(daemon.smtp_port)[1].startswith(b"220 "), what="a slot to free up")
-    assert rejected(daemon, "too_many_connections_per_ip") == 1
+    assert daemon.rejected("too_many_connections_per_ip") == 1
     assert any(r.get("reason") == "too_many_connections_per_ip" for r in log_records(daemon.log_text()))
     second.close()
 
@@ -48,7 +43,7 @@ def test_total_connection_limit(start_daemon):
     with pytest.raises(smtplib.SMTPConnectError) as refused:
         smtplib.SMTP("127.0.0.1", daemon.smtp_port, timeout=10)
     assert refused.value.smtp_code == 421 and b"4.7.0 Too many connections" in refused.value.smtp_error
-    assert rejected(daemon, "too_many_connections") == 1
+    assert daemon.rejected("too_many_connections") == 1
     for sock in held:
         sock.close()
 
@@ -64,7 +59,7 @@ def test_too_many_recipients_get_452(start_daemon):
         assert (code, reply[:5]) == (452, b"4.5.3")
         code, _ = client.data(make_message())
         assert code == 250                                           # the two accepted ones still get it
-    assert rejected(daemon, "too_many_recipients") == 1
+    assert daemon.rejected("too_many_recipients") == 1
 
 
 def test_message_rates_per_address_and_per_sender(start_daemon):
@@ -79,7 +74,7 @@ def test_message_rates_per_address_and_per_sender(start_daemon):
             client.rset()
     assert codes == [(250, b"2.1.0"), (250, b"2.1.0"), (451, b"4.7.1"),     # a third from the same sender
                      (250, b"2.1.0"), (250, b"2.1.0"), (451, b"4.7.1")]     # a fifth from the address
-    assert rejected(daemon, "rate_limited_sender") == 1 and rejected(daemon, "rate_limited_ip") == 1
+    assert daemon.rejected("rate_limited_sender") == 1 and daemon.rejected("rate_limited_ip") == 1
 
 
 def test_an_idle_client_is_told_421_and_closed(start_daemon):
@@ -89,7 +84,7 @@ def test_an_idle_client_is_told_421_and_closed(start_daemon):
     sock.settimeout(15)
     assert sock.recv(1024).startswith(b"421 4.4.2 Timeout")
     assert sock.recv(1024) == b""
-    daemon.wait_for(lambda: rejected(daemon, "timeout") == 1, what="the timeout to be counted")
+    daemon.wait_for(lambda: daemon.rejected("timeout") == 1, what="the timeout to be counted")
 
 
 def test_a_slow_client_cannot_hold_a_slot_past_the_session_limit(start_daemon):
@@ -103,7 +98,7 @@ def test_a_slow_client_cannot_hold_a_slot_past_the_session_limit(start_daemon):
         time.sleep(0.2)
         replies += sock.recv(4096)
     assert b"421 4.4.2 Session too long" in replies
-    assert rejected(daemon, "session_too_long") == 1
+    assert daemon.rejected("session_too_long") == 1
 
 
 def test_limits_keep_memory_bounded_and_forget_old_events():
