@@ -95,4 +95,9 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at REAL NOT NULL
     )
     """,
+    # 6: the From address, read from the header block at ingest: whose turn it is to be decided
+    # (a storm from one sender must not hold up another's mail) is known before the mail is parsed.
+    """
+    ALTER TABLE messages ADD COLUMN from_address TEXT
+    """,
 )
