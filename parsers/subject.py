@@ -22,6 +22,43 @@ def bare_subject(subject: str) -> str:
     return re.sub(r"\s+", " ", text).strip().casefold()
 
 
+# A monitoring loop varies only its counters, ids and stamps: these fold to placeholders (see loop_subject).
+_MONTH = (r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|"
+          r"sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)\.?")
+_WEEKDAY = r"(?:(?:mon|tue|wed|thu|fri|sat|sun)[a-z]*\.?,?\s+)?"
+_DAY = r"\d{1,2}(?:st|nd|rd|th)?"
+_ALONE_BEFORE, _ALONE_AFTER = r"(?<![0-9a-z])", r"(?![0-9a-z])"   # "_", "-" and "#" separate, unlike \b
+_UUID = re.compile(_ALONE_BEFORE + r"[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}" + _ALONE_AFTER)
+_DATE = re.compile(_ALONE_BEFORE + "(?:" + "|".join((
+    r"\d{4}-\d{1,2}-\d{1,2}",                          # 2026-11-27
+    r"\d{4}[./]\d{1,2}[./]\d{1,2}",                    # 2026/11/27
+    r"\d{1,2}[./-]\d{1,2}[./-]\d{2,4}",                # 27.11.2026, 11/27/26
+    rf"{_WEEKDAY}{_DAY}\.?\s*{_MONTH}(?:,?\s+\d{{4}})?",  # Fri, 27 Nov 2026
+    rf"{_WEEKDAY}{_MONTH}\s+{_DAY}(?:,?\s+\d{{4}})?",     # November 27th, 2026
+)) + r")(?:t(?=\d)|" + _ALONE_AFTER + ")")              # ISO 8601 joins the time with a "T"
+_ZONE = r"(?:\s?(?:z|utc|gmt|[+-]\d{2}:?\d{2}|cet|cest|eet|eest|bst|ist|[ecmp][sd]t|jst|aest|aedt|sgt|hkt))?"
+_TIME = re.compile(r"(?<![\d:])\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:\s?[ap]\.?m\.?)?" + _ZONE + _ALONE_AFTER)
+# At least one digit, so that words such as "facade" or "decade" stay words.
+_HEX_ID = re.compile("#?" + _ALONE_BEFORE + r"(?:0x[0-9a-f]+|(?=[a-f]*\d)[0-9a-f]{6,})" + _ALONE_AFTER)
+_NUMBER = re.compile(r"#?\d+")
+
+
+def loop_subject(subject: str) -> str:
+    """The bare subject with dates, times, ids and numbers as placeholders: what stays the same
+    from one mail of a monitoring loop to the next ("Alert #1041 at 10:00" and "Alert #1042 at 10:05").
+
+    Ids and numbers share one placeholder: an 8-digit id that happens to have no letter must not
+    split a loop of hex ids, nor a counter passing 99999 (six digits are also hex) a loop of numbers.
+    """
+    text = bare_subject(subject)
+    text = _UUID.sub("<n>", text)
+    text = _DATE.sub("<date>", text)
+    text = _TIME.sub("<time>", text)
+    text = _HEX_ID.sub("<n>", text)
+    text = _NUMBER.sub("<n>", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
 def is_generic(subject: str, generic_subjects: tuple[str, ...]) -> bool:
     bare = bare_subject(subject).strip(" .!?:-")
     return not bare or bare in {g.casefold().strip(" .!?:-") for g in generic_subjects}
