@@ -100,4 +100,9 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE messages ADD COLUMN from_address TEXT
     """,
+    # 7: the loop key (escalation/grouping.py): one sender's mails that differ only in counters join one incident.
+    """
+    ALTER TABLE escalations ADD COLUMN loop_key TEXT;
+    CREATE INDEX escalations_sender_loop ON escalations(sender_key, loop_key)
+    """,
 )

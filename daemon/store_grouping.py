@@ -8,7 +8,7 @@ import sqlite3
 from typing import Any
 
 from escalation.grouping import (
-    FIRST, INCIDENT, REPEAT, GroupingFacts, GroupingSettings, OpenGroup, Related,
+    FIRST, INCIDENT, REPEAT, GroupingFacts, GroupingSettings, OpenGroup, Related, loop_key,
 )
 
 # Relations whose escalation has no ticket of its own: a comment on another one.
@@ -35,6 +35,9 @@ class GroupingQueries:
             sender_latest=self._sender_latest(pk, sender_key),
             open_group=self._open_group(fingerprint, sender_key, received_at - settings.incident_window_seconds,
                                         received_at + settings.incident_window_seconds),
+            sender_loop=self._sender_loop(loop_key(fingerprint), sender_key,
+                                          received_at - settings.incident_window_seconds,
+                                          received_at + settings.incident_window_seconds),
         )
 
     def _thread_parent(self, pk: int, message_ids: tuple[str, ...]) -> Related | None:
@@ -102,8 +105,21 @@ class GroupingQueries:
             "SELECT id, dedup_key, problem_pk, severity FROM incident_groups"
             " WHERE fingerprint = ? AND last_report_at BETWEEN ? AND ? ORDER BY id DESC LIMIT 1",
             (fingerprint, since, until)).fetchone()
-        if row is None:
+        return self._with_sender_member(row, sender_key) if row else None
+
+    def _sender_loop(self, key: str | None, sender_key: str | None, since: float, until: float) -> OpenGroup | None:
+        """This sender's open incident that a mail with the same loop key already joined."""
+        if key is None or not sender_key:
             return None
+        row = self._conn.execute(
+            "SELECT g.id, g.dedup_key, g.problem_pk, g.severity FROM escalations e"
+            " JOIN incident_groups g ON g.id = e.group_id WHERE e.sender_key = ? AND e.loop_key = ?"
+            " AND g.last_report_at BETWEEN ? AND ? ORDER BY g.id DESC LIMIT 1",
+            (sender_key, key, since, until)).fetchone()
+        return self._with_sender_member(row, sender_key) if row else None
+
+    def _with_sender_member(self, row: tuple, sender_key: str | None) -> OpenGroup:
+        """The group, with the mail of this sender that holds their ticket in it."""
         member = self._conn.execute(
             "SELECT message_pk, severity, ticket_id FROM escalations WHERE group_id = ? AND sender_key = ?"
             " AND relation IN (?, ?) ORDER BY message_pk LIMIT 1", (row[0], sender_key, FIRST, INCIDENT)).fetchone()
@@ -137,9 +153,9 @@ class GroupingQueries:
                                    (encoded, holder))
         self._conn.execute(
             "UPDATE escalations SET relation = ?, relation_reason = ?, parent_pk = ?, target_ticket_id = ?,"
-            " group_id = ?, page_key = ?, sender_key = ? WHERE message_pk = ?",
+            " group_id = ?, page_key = ?, sender_key = ?, loop_key = ? WHERE message_pk = ?",
             (relation["kind"], relation["reason"], relation.get("parent_pk"), relation.get("target_ticket_id"),
-             group_id, page_key, relation.get("sender_key"), pk))
+             group_id, page_key, relation.get("sender_key"), loop_key(relation.get("fingerprint")), pk))
 
     def earlier_pending_comment(self, pk: int, parent_pk: int | None,
                                 target_ticket_id: int | None) -> tuple[int, float] | None:

@@ -6,7 +6,8 @@ relate() is pure: it takes the verdict and what the store knows about related ma
   thread    a reply or forward of stored mail, or one naming a Zendesk ticket: a comment
             on that ticket; it pages again only when it raises the severity
   storm     one sender over the per-sender limit: a comment on their open ticket, no page
-  repeat    the same tenant again about an open incident: a comment on their ticket
+  repeat    the same tenant again about an open incident, or again from a loop (subjects
+            that differ only in numbers, ids, dates or times): a comment on their ticket
   incident  another tenant about an open incident: their own ticket, linked to the
             problem ticket, sharing the incident's page
   first     a new incident: a problem ticket and a page
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 from escalation.policy import SEVERITIES, Verdict
 from parsers.message import ParsedMessage
-from parsers.subject import bare_subject
+from parsers.subject import bare_subject, loop_subject
 
 FIRST, THREAD, STORM, REPEAT, INCIDENT, ALONE = "first", "thread", "storm", "repeat", "incident", "alone"
 # Zendesk writes "[#1234]" or "Ticket #1234" in its notification subjects; people write "(#1234)".
@@ -59,6 +60,7 @@ class GroupingFacts:
     sender_recent: int                  # mails from this sender within the sender window, this one excluded
     sender_latest: Related | None       # this sender's most recent mail with a ticket planned
     open_group: OpenGroup | None        # an incident with the same fingerprint within the window
+    sender_loop: OpenGroup | None = None  # this sender's open incident with the same loop key
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,19 @@ def fingerprint(verdict: Verdict, parsed: ParsedMessage, settings: GroupingSetti
     return f"{verdict.category}|{bare_subject(parsed.subject)}"
 
 
+def loop_key(print_: str | None) -> str | None:
+    """The fingerprint with its subject as loop_subject: the same for each mail of one sender's loop.
+
+    Derived from the fingerprint alone, so it exists exactly where a fingerprint does: never for
+    noise, for mail that is no incident, or for an untrusted sender. It only joins a sender's own
+    incidents: across tenants, "Server 12 down" and "Server 13 down" stay two incidents.
+    """
+    if print_ is None:
+        return None
+    category, _, subject = print_.partition("|")
+    return f"{category}|{loop_subject(subject)}" if subject else category
+
+
 def relate(verdict: Verdict, facts: GroupingFacts, settings: GroupingSettings) -> Relation:
     if facts.thread_parent is not None or facts.referenced_ticket is not None:
         return _thread(verdict, facts)
@@ -97,10 +112,16 @@ def relate(verdict: Verdict, facts: GroupingFacts, settings: GroupingSettings) -
                                f"{settings.sender_window_seconds / 60:g} minutes (limit {settings.sender_limit}): "
                                "folded into their open ticket", parent_pk=facts.sender_latest.message_pk)
     group = facts.open_group
+    if group is not None and group.sender_member is not None:
+        return Relation(REPEAT, "the same tenant wrote again about an open incident",
+                        parent_pk=group.sender_member.message_pk, group_id=group.group_id)
+    # Before joining another tenant's incident: a loop stays on its own sender's ticket.
+    loop = facts.sender_loop
+    if loop is not None and loop.sender_member is not None:
+        return Relation(REPEAT, "the same sender again, the subject differing only in numbers, ids, dates or "
+                                "times: one loop, one incident",
+                        parent_pk=loop.sender_member.message_pk, group_id=loop.group_id)
     if group is not None:
-        if group.sender_member is not None:
-            return Relation(REPEAT, "the same tenant wrote again about an open incident",
-                            parent_pk=group.sender_member.message_pk, group_id=group.group_id)
         return Relation(INCIDENT, f"another report of the open incident {group.dedup_key}",
                         parent_pk=group.problem_pk, group_id=group.group_id)
     if verdict.suppressed or verdict.severity is None:

@@ -169,6 +169,49 @@ def test_a_mail_loop_pages_once_and_paces_zendesk(tmp_path, live_daemon, zendesk
     assert 'emergencyd_relations_total{relation="storm"}' in metrics
 
 
+def alert_mail(sender: str, counter: int, minute: int) -> bytes:
+    """A monitoring loop's mail: only the counter, the trace id and the time change."""
+    subject = (f"Alert #{counter}: checkout-api 5xx above threshold at 10:{minute:02d}:07 UTC,"
+               f" trace {counter * 7919:08x}")
+    return make_message(subject=subject, sender=sender, body="The error rate of checkout-api is above its threshold.",
+                        message_id=f"<alert-{counter}@{sender.split('@')[1]}>")
+
+
+def test_a_monitoring_loop_under_the_sender_limit_is_one_incident(tmp_path, live_daemon, zendesk, pagerduty):
+    daemon = live_daemon(policy=True, extra_zendesk=FAST_ZENDESK)
+    # 10 mails, not more than the sender limit: the storm rule does not fold them, the loop key does.
+    loop = [alert_mail("alerts@tenant1.example", 1041 + n, n) for n in range(10)]
+    # Another tenant's loop of the same shape, its own counters: today's fingerprint keeps it apart.
+    other = [alert_mail("alerts@tenant2.example", 7001 + n, n) for n in range(3)]
+    # A third tenant with the very subject of the loop's first mail: another report of that incident.
+    same = [alert_mail("ops@tenant3.example", 1041, 0)]
+    inject_all(daemon, tmp_path, loop[:1] + other[:1] + loop[1:] + other[1:] + same)
+    doc = daemon.wait_settled(14)
+    assert doc["counts"] == {"done": 14}
+    by_sender = {}
+    for message in sorted(doc["messages"], key=lambda m: m["id"]):
+        by_sender.setdefault(message["message_id"].split("@")[1], []).append(message)
+    first, *repeats = by_sender["tenant1.example"]
+    assert first["relation"] == "first" and first["steps"]["page"]["state"] == "done"
+    assert [m["relation"] for m in repeats] == ["repeat"] * 9
+    assert {m["ticket_id"] for m in repeats} == {first["ticket_id"]}
+    assert [m["relation"] for m in by_sender["tenant2.example"]] == ["first", "repeat", "repeat"]
+    [third] = by_sender["tenant3.example"]
+    assert third["relation"] == "incident"
+
+    # One page per loop: PagerDuty saw two trigger keys, tenant 3 re-sending tenant 1's.
+    keys = Counter(e["dedup_key"] for e in triggers(pagerduty))
+    assert set(keys) == {first["page_key"], by_sender["tenant2.example"][0]["page_key"]}
+    assert keys[by_sender["tenant2.example"][0]["page_key"]] == 1
+    assert len(pagerduty.incidents()) == 2
+    # One ticket per tenant: the loop's nine later mails are comments on its ticket.
+    tickets = {t["id"]: t for t in zendesk.tickets()}
+    assert len(tickets) == 3
+    assert len(public_comments(zendesk, first["ticket_id"])) == 10
+    assert tickets[third["ticket_id"]]["type"] == "incident"
+    assert tickets[third["ticket_id"]]["problem_id"] == first["ticket_id"]
+
+
 def test_kill_9_in_the_middle_of_a_storm_changes_nothing(tmp_path, live_daemon, zendesk, pagerduty):
     daemon = live_daemon(policy=True, extra_zendesk=FAST_ZENDESK)
     mails = [tenant_mail(t, n) for n in range(4) for t in range(10)]
