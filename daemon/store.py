@@ -26,7 +26,7 @@ from escalation.records import (
 )
 from daemon.migrations import MIGRATIONS
 from daemon.store_grouping import GroupingQueries
-from parsers.identity import message_id_of
+from parsers.identity import header_identity
 
 log = logging.getLogger("emergencyd.store")
 
@@ -154,8 +154,8 @@ class Store(GroupingQueries):
     def ingest(self, raw: bytes, envelope: Envelope) -> IngestResult:
         """Commit the bytes and envelope durably, once per message identity."""
         sha = hashlib.sha256(raw).hexdigest()
-        message_id = message_id_of(raw)
-        identity = identity_of(message_id, sha)
+        header = header_identity(raw)
+        identity = identity_of(header.message_id, sha)
         now = envelope.received_at or time.time()
         try:
             with self._transaction():
@@ -167,11 +167,11 @@ class Store(GroupingQueries):
                     return IngestResult(row[0], identity, duplicate=True)
                 cur = self._conn.execute(
                     "INSERT INTO messages (identity, message_id, sha256, raw, size, source, mail_from, rcpt_to,"
-                    " peer, helo, tls, received_at, deliveries, last_delivery_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
-                    (identity, message_id, sha, raw, len(raw), envelope.source, envelope.mail_from,
+                    " peer, helo, tls, received_at, deliveries, last_delivery_at, from_address)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
+                    (identity, header.message_id, sha, raw, len(raw), envelope.source, envelope.mail_from,
                      json.dumps(list(envelope.rcpt_to)), envelope.peer, envelope.helo, int(envelope.tls),
-                     now, now))
+                     now, now, header.from_address))
                 pk = cur.lastrowid
                 self._conn.execute(
                     "INSERT INTO escalations (message_pk, dedup_key, state, created_at, updated_at)"
@@ -295,11 +295,15 @@ class Store(GroupingQueries):
 
     def due(self, now: float, limit: int = 100) -> list[int]:
         """Escalations with work to do now: new ones first (deciding is cheap, and decides who
-        is paged), then pending steps whose time has come, oldest first."""
+        is paged), then pending steps whose time has come, oldest first.
+
+        New mail is taken fairly: each sender's oldest first, then each sender's second, and
+        so on, so that a storm from one sender cannot fill the batch ahead of another's mail."""
         rows = self._conn.execute(
-            "SELECT message_pk, 0 FROM escalations WHERE state = ?"
-            " UNION SELECT message_pk, 1 FROM steps WHERE state = ? AND next_attempt_at <= ?"
-            " ORDER BY 2, 1 LIMIT ?", (NEW, STEP_PENDING, now, limit)).fetchall()
+            "SELECT message_pk, 0, ROW_NUMBER() OVER (PARTITION BY " + _FAIR_KEY + " ORDER BY message_pk)"
+            " FROM escalations e JOIN messages m ON m.id = e.message_pk WHERE e.state = ?"
+            " UNION SELECT message_pk, 1, 0 FROM steps WHERE state = ? AND next_attempt_at <= ?"
+            " ORDER BY 2, 3, 1 LIMIT ?", (NEW, STEP_PENDING, now, limit)).fetchall()
         return list(dict.fromkeys(r[0] for r in rows))
 
     def message_sizes(self, pks: list[int]) -> dict[int, int]:
@@ -356,7 +360,7 @@ class Store(GroupingQueries):
     def _to_record(self, row: sqlite3.Row | tuple) -> EscalationRecord:
         (pk, identity, message_id, sha, size, source, mail_from, rcpt_to, peer, helo, tls, received_at,
          deliveries, dedup_key, state, subject, sender, ticket_id, incident_url, paged_at, verdict,
-         relation, relation_reason, parent_pk, target_ticket_id, group_id, page_key) = row
+         relation, relation_reason, parent_pk, target_ticket_id, group_id, page_key, fair_key) = row
         steps = [StepRecord(name=n, state=s, attempts=a, next_attempt_at=t, last_error=e,
                             result=json.loads(r), updated_at=u)
                  for n, s, a, t, e, r, u in self._conn.execute(
@@ -371,14 +375,16 @@ class Store(GroupingQueries):
             sender=sender, ticket_id=ticket_id, incident_url=incident_url, paged_at=paged_at,
             verdict=json.loads(verdict) if verdict else None, steps=tuple(steps), relation=relation,
             relation_reason=relation_reason, parent_pk=parent_pk, target_ticket_id=target_ticket_id,
-            group_id=group_id, page_key=page_key)
+            group_id=group_id, page_key=page_key, fair_key=fair_key)
 
 
+# Whose mail it is, before it is parsed: the From address read at ingest, else the envelope sender.
+_FAIR_KEY = "COALESCE(m.from_address, LOWER(m.mail_from), '')"
 _RECORD_SQL = (
     "SELECT m.id, m.identity, m.message_id, m.sha256, m.size, m.source, m.mail_from, m.rcpt_to, m.peer,"
     " m.helo, m.tls, m.received_at, m.deliveries, e.dedup_key, e.state, e.subject, e.sender, e.ticket_id,"
     " e.incident_url, e.paged_at, e.verdict, e.relation, e.relation_reason, e.parent_pk, e.target_ticket_id,"
-    " e.group_id, e.page_key FROM messages m JOIN escalations e ON e.message_pk = m.id"
+    " e.group_id, e.page_key, " + _FAIR_KEY + " FROM messages m JOIN escalations e ON e.message_pk = m.id"
 )
 
 

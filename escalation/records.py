@@ -101,6 +101,7 @@ class EscalationRecord:
     target_ticket_id: int | None = None     # a ticket named in the subject that is not ours
     group_id: int | None = None
     page_key: str | None = None             # the dedup_key of the incident this mail shares
+    fair_key: str = ""                      # whose mail, before parsing: decisions take turns by it
 
     @property
     def comments_only(self) -> bool:

@@ -5,14 +5,18 @@ agree on what a message's id is."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from email import policy
 from email.parser import BytesHeaderParser
+from email.utils import getaddresses
 
 from parsers.text import header_text
 
 __all__ = [
     "MAX_MESSAGE_ID_CHARS",
+    "HeaderIdentity",
     "header_block_end",
+    "header_identity",
     "message_id_of",
     "message_ids_in",
     "normalize_message_id",
@@ -21,6 +25,7 @@ __all__ = [
 
 MAX_MESSAGE_ID_CHARS = 998  # RFC 5322 line length limit
 MAX_IDS = 100
+MAX_ADDRESS_CHARS = 254  # RFC 5321's path limit
 # Only the start of a Message-ID value is searched for the id. The full
 # parser reads at most parsers.limits.MAX_RAW_VALUE_CHARS of a value; this
 # must not be more, or an id behind a long filler would be found by
@@ -86,23 +91,50 @@ def _valid_id(candidate: str) -> str | None:
     return candidate
 
 
+@dataclass(frozen=True)
+class HeaderIdentity:
+    message_id: str | None    # as parse_message finds it: the store's identity of the message
+    from_address: str | None  # the first From address, lower-cased: whose mail this is, before parsing
+
+
 def message_id_of(raw: bytes) -> str | None:
     """The Message-ID of a raw message from its header block only.
 
     Never raises: missing, empty or garbage ids give None. Only the first
     Message-ID header counts, exactly as in ``parse_message``.
     """
+    return header_identity(raw).message_id
+
+
+def header_identity(raw: bytes) -> HeaderIdentity:
+    """Message-ID and From from one read of the header block; never raises."""
     try:
         if not isinstance(raw, (bytes, bytearray, memoryview)):
-            return None  # bytes(some_int) would allocate, not convert
+            return HeaderIdentity(None, None)  # bytes(some_int) would allocate, not convert
         data = skip_preamble(bytes(raw))
         end = header_block_end(data)
         headers = BytesHeaderParser(policy=policy.compat32).parsebytes(
             data if end is None else data[:end]
         )
+        values: dict[str, str] = {}
         for name, value in headers.raw_items():
-            if name.strip().lower() == "message-id":
-                return normalize_message_id(value)
-        return None
+            values.setdefault(name.strip().lower(), value)
+        return HeaderIdentity(_safely(normalize_message_id, values.get("message-id")),
+                              _safely(_first_address, values.get("from")))
     except Exception:  # garbage in, no id out; the caller must not crash
+        return HeaderIdentity(None, None)
+
+
+def _safely(read, value: str | None) -> str | None:
+    try:
+        return read(value)
+    except Exception:
         return None
+
+
+def _first_address(value: str | None) -> str | None:
+    if value is None:
+        return None
+    pairs = getaddresses([header_text(value[:MAX_MESSAGE_ID_VALUE_CHARS])])
+    address = next((addr for _, addr in pairs if "@" in addr), None)
+    return address.strip().lower()[:MAX_ADDRESS_CHARS] if address else None
