@@ -12,6 +12,7 @@ from dataclasses import replace
 from daemon.config import Config, ConfigError, load_config
 from daemon.http import start_http
 from daemon.imap import ImapIngress
+from daemon.loop_lag import watch_loop_lag
 from daemon.metrics import Metrics
 from daemon.notify import SystemdNotifier
 from daemon.runner import Runner
@@ -22,7 +23,8 @@ from escalation.fallback import SmtpRelay
 from escalation.records import Envelope
 from escalation.grouping import GroupingSettings
 from escalation.retry import RetrySchedule
-from escalation.steps import EscalationSettings, Escalator
+from escalation.cpu_pool import CpuPool
+from escalation.steps import EscalationSettings, Escalator, classify_context
 
 log = logging.getLogger("emergencyd")
 
@@ -60,10 +62,15 @@ def build_escalator(config: Config, store: AsyncStore, metrics: Metrics) -> Esca
         + ((config.fallback.from_address.lower(),) if config.fallback.enabled else ()),
         own_hostnames=(config.smtp.hostname,),
         fallback_after_seconds=config.fallback.after_seconds if config.fallback.enabled else None,
+        # Enough to keep every worker busy while others wait on the store or DNS; few enough that a
+        # new sender's mail is never queued behind a long line already handed out.
+        decide_concurrency=2 * esc.cpu_workers,
     )
     relay = SmtpRelay(config.fallback, helo_name=config.smtp.hostname) \
         if config.fallback.enabled and not config.dry_run else None
-    return Escalator(store, desk, pager, settings, metrics, config.policy, relay=relay)
+    cpu = CpuPool(classify_context(config.policy, settings), workers=esc.cpu_workers,
+                  timeout_seconds=esc.cpu_timeout_seconds)
+    return Escalator(store, desk, pager, settings, metrics, cpu, relay=relay)
 
 
 class StartupError(RuntimeError):
@@ -87,6 +94,7 @@ class Daemon:
         self._smtp: asyncio.Server | None = None
         self._smtp_tls: ssl.SSLContext | None = None
         self._servers: list[asyncio.Server] = []
+        self._background: list[asyncio.Task] = []
 
     async def ingest(self, raw: bytes, envelope: Envelope) -> IngestResult:
         """The one durable path in: SMTP and IMAP come through here."""
@@ -148,6 +156,9 @@ class Daemon:
             raise StartupError(f"cannot listen for metrics on {self.config.metrics.listen}: {exc.strerror}") from None
         self._servers.append(http)
         tasks = [asyncio.create_task(self.runner.run(), name="runner")]
+        # The workers start beside the listeners: READY does not wait for them, a first mail may.
+        self._background = [asyncio.create_task(watch_loop_lag(self.metrics.loop_lag), name="loop-lag"),
+                            asyncio.create_task(self.escalator.warm(), name="cpu-warm")]
         if self.imap is not None:
             tasks.append(asyncio.create_task(self.imap.run(), name="imap"))
             # READY waits for the first login, but not for long: an unreachable mailbox must
@@ -250,6 +261,9 @@ class Daemon:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         for server in self._servers:
             server.close()
         self.escalator.close()

@@ -121,6 +121,10 @@ class EscalationConfig:
     max_in_flight_bytes: int
     # SIGTERM: the steps in flight get this long to finish and commit; the rest resume at next start.
     shutdown_deadline_seconds: float
+    # Parsing and classifying run in this many worker processes, never on the event loop;
+    # a worker still busy with one mail past the timeout is replaced.
+    cpu_workers: int = 2
+    cpu_timeout_seconds: float = 60.0
 
 
 @dataclass(frozen=True)

@@ -138,6 +138,8 @@ def read_escalation(r: ConfigReader) -> EscalationConfig:
         poll_interval_seconds=r.number("escalation.poll_interval_seconds", 1.0, minimum=0.01),
         max_in_flight_bytes=r.integer("escalation.max_in_flight_bytes", 64 * 1024 * 1024, minimum=1024),
         shutdown_deadline_seconds=r.number("escalation.shutdown_deadline_seconds", 20.0, minimum=0.1),
+        cpu_workers=r.integer("escalation.cpu_workers", 2, minimum=1),
+        cpu_timeout_seconds=r.number("escalation.cpu_timeout_seconds", 60.0, minimum=1.0),
     )
 
 
@@ -186,7 +188,7 @@ KNOWN_SECTIONS = {
                   "api_token_file", "timeout_seconds"},
     "escalation": {"ticket_head_start_seconds", "retry_initial_seconds", "retry_max_seconds",
                    "max_attempts", "concurrency", "poll_interval_seconds", "max_in_flight_bytes",
-                   "shutdown_deadline_seconds"},
+                   "shutdown_deadline_seconds", "cpu_workers", "cpu_timeout_seconds"},
     "metrics": {"listen", "integration_failing_seconds"},
     "fallback": FALLBACK_KEYS,
     "dedup": {"incident_window_minutes", "platform_wide_categories", "sender_limit", "sender_window_minutes",

@@ -31,6 +31,8 @@ STATUS_CLASSES = ("2xx", "4xx", "5xx", "network")
 PAGE_LATENCY_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)
 IMAP_ERROR_KINDS = ("connect", "tls", "login", "mailbox", "timeout", "connection_lost", "protocol", "move",
                     "too_large", "store")
+# The loop should never be held for more than a few milliseconds; 20 ms is already felt by SMTP clients.
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 # INTERNALDATE has whole seconds: sub-second buckets would be noise.
 PICKUP_LATENCY_BUCKETS = (1, 2, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
 
@@ -67,6 +69,9 @@ class Metrics:
                                       buckets=PAGE_LATENCY_BUCKETS, registry=r)
         self.last_page = Gauge("emergencyd_last_page_timestamp_seconds",
                                "Unix time of the last page PagerDuty accepted.", registry=r)
+        self.loop_lag = Histogram("emergencyd_event_loop_lag_seconds",
+                                  "How late the event loop ran a timer it should have run on time.",
+                                  buckets=LOOP_LAG_BUCKETS, registry=r)
         self.pending = Gauge("emergencyd_escalations_pending",
                              "Escalations with steps still to do.", registry=r)
         self.in_flight = Gauge("emergencyd_escalations_in_flight",

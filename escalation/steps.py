@@ -1,7 +1,10 @@
 """The escalation state machine: decide once, then run each due step and commit its result.
 
-Deciding (classify, then relate to earlier mail) happens under one lock, in arrival
-order, so two reports of the same incident can never both open it. Steps then run
+Deciding (parse and classify in worker processes, then relate to earlier mail and plan,
+in one store transaction) takes fair turns: a storm from one sender never holds up
+another sender's mail, and each sender's mail is decided in arrival order. Relating and
+planning run one at a time on the store's thread, so two reports of the same incident
+can never both open it. Steps then run
 concurrently as their prerequisites complete: within the escalation (a note needs
 its ticket) and across escalations (a comment needs the ticket it goes on; an
 incident ticket needs its problem ticket).
@@ -27,11 +30,13 @@ from typing import Protocol
 
 from escalation import content, fallback
 from escalation.actions import Actions, StepContext
+from escalation.cpu_pool import ClassifyContext, CpuPool, Priority
 from escalation.dkim_check import decide_trust
+from escalation.fair_turns import FairTurns
 from escalation.grouping import (
     ALONE, FIRST, INCIDENT, GroupingSettings, Relation, encoded_ids, fingerprint, relate, ticket_reference,
 )
-from escalation.policy import Policy, Verdict, classify
+from escalation.policy import Policy, Verdict
 from escalation.records import (
     COMMENT, FALLBACK_ALERT, FALLBACK_STEPS, LINK_PAGE, LINK_TICKET, NEW, PAGE, PAGERDUTY_STEPS, PENDING,
     STEP_FAILED, STEP_PENDING, TICKET, TICKET_NOTE, EscalationRecord, StepRecord,
@@ -39,7 +44,7 @@ from escalation.records import (
 from escalation.retry import RetrySchedule
 from escalation.retry import classify as classify_failure
 from parsers.auth_results import SenderTrust
-from parsers.message import ParsedMessage, parse_message
+from parsers.message import ParsedMessage
 
 log = logging.getLogger("emergencyd.escalation")
 
@@ -75,6 +80,7 @@ class EscalationSettings:
     own_addresses: tuple[str, ...] = ()
     own_hostnames: tuple[str, ...] = ()
     fallback_after_seconds: float | None = None   # None: no fallback alert
+    decide_concurrency: int = 4                   # mails being decided at once (parse, classify, plan)
 
 
 def integration_of(step: str) -> str:
@@ -84,14 +90,14 @@ def integration_of(step: str) -> str:
 
 
 class Escalator:
-    def __init__(self, store, desk, pager, settings: EscalationSettings, observer: Observer, policy: Policy,
+    def __init__(self, store, desk, pager, settings: EscalationSettings, observer: Observer, cpu: CpuPool,
                  relay: fallback.SmtpRelay | None = None):
-        self.policy = policy     # replaced whole on reload; each escalation is decided once, when planned
+        self._cpu = cpu          # parses and classifies off the event loop, with the policy in force
         self._store = store
         self._settings = settings
         self._observer = observer
         self._actions = Actions(desk, pager, dry_run=settings.dry_run, relay=relay)
-        self._deciding = asyncio.Lock()
+        self._turns = FairTurns(settings.decide_concurrency)
         self._comments_done: dict[int, asyncio.Event] = {}   # message pk -> its comment went (or failed)
         self._comments_running: set[int] = set()
         self._new_pages: deque[float] = deque()
@@ -100,9 +106,22 @@ class Escalator:
                                                   thread_name_prefix=name)
                          for name in INTEGRATIONS}
 
+    async def warm(self) -> None:
+        await self._cpu.warm()
+
+    @property
+    def policy(self) -> Policy:
+        return self._cpu.policy
+
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        """A reload swaps the policy whole; each escalation is decided once, when planned."""
+        self._cpu.swap_policy(classify_context(policy, self._settings))
+
     def close(self) -> None:
         for pool in self._threads.values():
             pool.shutdown(wait=True, cancel_futures=True)
+        self._cpu.close()
 
     # -- deciding ------------------------------------------------------------------
 
@@ -128,23 +147,27 @@ class Escalator:
             return ()
         return (FALLBACK_ALERT,)
 
-    def decide(self, record: EscalationRecord, parsed: ParsedMessage, trust: SenderTrust | None = None) -> Verdict:
+    async def decide(self, record: EscalationRecord, parsed: ParsedMessage,
+                     trust: SenderTrust | None = None) -> Verdict:
         """The policy's verdict, from the time the message was received (not its Date header)."""
         env = record.envelope
-        return classify(parsed, received_at=datetime.fromtimestamp(env.received_at, timezone.utc),
-                        mail_from=env.mail_from if env.source == "smtp" else None,
-                        own_addresses=self._settings.own_addresses, own_hostnames=self._settings.own_hostnames,
-                        policy=self.policy, trust=trust)
+        return await self._cpu.classify(parsed, received_at=datetime.fromtimestamp(env.received_at, timezone.utc),
+                                        mail_from=env.mail_from if env.source == "smtp" else None, trust=trust)
 
-    async def _decide_and_plan(self, record: EscalationRecord, parsed: ParsedMessage) -> None:
-        # Sender trust first, outside the lock: a DKIM check may wait on DNS (bounded).
-        trust = await decide_trust(record.envelope, parsed, self.policy.trust,
-                                   lambda: self._store.raw(record.message_pk))
-        verdict = self.decide(record, parsed, trust)
-        async with self._deciding:       # arrival order: the first report opens the incident
+    async def _decide_and_plan(self, record: EscalationRecord) -> ParsedMessage:
+        """In the sender's turn: parse, the sender's trust (a DKIM check may wait on DNS, bounded),
+        classify, then relate and plan in one store transaction."""
+        async with self._turns.turn(record.fair_key):
+            parsed = await self._cpu.parse(await self._store.raw(record.message_pk), Priority.DECIDE)
+            trust = await decide_trust(record.envelope, parsed, self.policy.trust,
+                                       lambda: self._store.raw(record.message_pk))
+            verdict = await self.decide(record, parsed, trust)
             relation = await self._store.call(self._relate_and_plan, record, parsed, verdict)
-        if relation is None:
-            return
+        if relation is not None:
+            self._log_decision(record, verdict, relation)
+        return parsed
+
+    def _log_decision(self, record: EscalationRecord, verdict: Verdict, relation: Relation) -> None:
         self._observer.decided(verdict)
         self._observer.related(relation.kind)
         log.info("decided", extra={"message_pk": record.message_pk, "relation": relation.kind,
@@ -181,11 +204,12 @@ class Escalator:
 
     async def advance(self, pk: int) -> None:
         """Run the steps of one escalation, each as soon as it is due and its prerequisites are done."""
-        parsed = parse_message(await self._store.raw(pk))
         record = await self._store.record(pk)
         if record.state == NEW:
-            await self._decide_and_plan(record, parsed)
+            parsed = await self._decide_and_plan(record)
             record = await self._store.record(pk)
+        elif record.state == PENDING:
+            parsed = await self._cpu.parse(await self._store.raw(pk), Priority.STEP)
         running: dict[str, asyncio.Task] = {}
         while record.state == PENDING:
             for name in await self._ready_steps(record, running):
@@ -382,3 +406,7 @@ class Escalator:
             "message_pk": record.message_pk, "message_id": record.message_id, "step": name, "outcome": outcome,
             "attempt": attempts, "seconds": round(seconds, 3), "error": failure.reason,
             "retry_in": None if next_at is None else round(next_at - time.time(), 1)})
+
+
+def classify_context(policy: Policy, settings: EscalationSettings) -> ClassifyContext:
+    return ClassifyContext(policy=policy, own_addresses=settings.own_addresses, own_hostnames=settings.own_hostnames)

@@ -111,7 +111,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
     try:
         return _parse(_as_bytes(raw))
     except Exception as exc:  # a bug or exhausted resources below: still answer
-        return _last_resort(raw, f"internal parser error: {_describe(exc)}")
+        return last_resort(raw, f"internal parser error: {_describe(exc)}")
 
 
 def _parse(raw: bytes) -> ParsedMessage:
@@ -211,7 +211,8 @@ def _failure_text(raw_headers: str, recovered: str) -> str:
     return bounded_text(text)
 
 
-def _last_resort(raw: object, error: str) -> ParsedMessage:
+def last_resort(raw: object, error: str) -> ParsedMessage:
+    """What is known without parsing the body: the raw header block and the reason."""
     try:
         raw_headers = raw_header_block(skip_preamble(_as_bytes(raw)))
     except Exception:

@@ -1,0 +1,91 @@
+"""The worker processes that parse and classify off the event loop: real processes, real faults."""
+import asyncio
+import os
+import time
+import tomllib
+from datetime import datetime, timezone
+
+import pytest
+
+from escalation.cpu_pool import ClassifyContext, CpuPool, Priority, WorkerFailed
+from escalation.policy_config import parse_policy
+from parsers.message import parse_message
+from tests.harness import ROOT, make_message
+
+SHIPPED = tomllib.loads((ROOT / "config.toml").read_text())["policy"]
+AT = datetime(2026, 11, 25, 11, 0, tzinfo=timezone.utc)
+
+
+def policy_with_rule(name: str, phrase: str):
+    rule = {"name": name, "category": name.replace("-", "_"), "severity": "P2", "phrases": [phrase]}
+    return parse_policy({**SHIPPED, "rules": [rule]})
+
+
+def pool(policy=None, *, workers: int = 1, timeout: float = 30.0) -> CpuPool:
+    context = ClassifyContext(policy=policy or parse_policy(SHIPPED), own_addresses=("emergency@example.org",),
+                              own_hostnames=())
+    return CpuPool(context, workers=workers, timeout_seconds=timeout)
+
+
+@pytest.fixture
+def cpu():
+    workers = pool()
+    yield workers
+    workers.close()
+
+
+async def test_a_worker_parses_and_classifies_as_the_loop_would(cpu):
+    raw = make_message(subject="URGENT: all our apps are down", body="Every app returns 502 since 02:10.")
+    parsed = await cpu.parse(raw, Priority.DECIDE)
+    assert parsed == parse_message(raw)
+    verdict = await cpu.classify(parsed, received_at=AT, mail_from="dev@tenant.example", trust=None)
+    assert (verdict.category, verdict.severity, verdict.page) == ("apps_not_served", "P1", True)
+
+
+async def test_a_waiting_decision_goes_before_waiting_step_work(cpu):
+    finished: list[str] = []
+    raw = make_message(subject="Apps down", body="All our apps are down.")
+
+    async def job(name: str, priority: Priority) -> None:
+        await cpu.parse(raw, priority)
+        finished.append(name)
+
+    blocker = asyncio.create_task(cpu._run(Priority.STEP, time.sleep, (0.2,)))   # holds the one worker
+    await asyncio.sleep(0)
+    steps = [asyncio.create_task(job(f"step{i}", Priority.STEP)) for i in range(3)]
+    decision = asyncio.create_task(job("decision", Priority.DECIDE))
+    await asyncio.gather(blocker, *steps, decision)
+    assert finished == ["decision", "step0", "step1", "step2"]
+
+
+async def test_a_worker_that_dies_is_replaced_and_the_mail_still_gets_an_answer(cpu):
+    with pytest.raises(WorkerFailed, match="died"):
+        await cpu._run(Priority.DECIDE, os._exit, (3,))
+    parsed = await cpu.parse(make_message(subject="Still here"), Priority.DECIDE)
+    assert parsed.subject == "Still here" and parsed.parse_error is None
+
+
+async def test_a_worker_busy_past_the_timeout_is_stopped_and_replaced():
+    workers = pool(timeout=1.0)
+    try:
+        with pytest.raises(WorkerFailed, match="longer than 1 s"):
+            await workers._run(Priority.DECIDE, time.sleep, (60,))
+        parsed = await workers.parse(make_message(subject="After the timeout"), Priority.DECIDE)
+        assert parsed.subject == "After the timeout"
+    finally:
+        workers.close()
+
+
+async def test_a_reload_swaps_the_policy_whole():
+    workers = pool(policy_with_rule("zebra-rule", "zebra"))
+    try:
+        parsed = parse_message(make_message(subject="Zebra and giraffe", body="A zebra met a giraffe."))
+        before = await workers.classify(parsed, received_at=AT, mail_from=None, trust=None)
+        workers.swap_policy(ClassifyContext(policy_with_rule("giraffe-rule", "giraffe"),
+                                            own_addresses=("emergency@example.org",), own_hostnames=()))
+        after = await workers.classify(parsed, received_at=AT, mail_from=None, trust=None)
+        assert [hit.rule for hit in before.rules] == ["zebra-rule"]
+        assert [hit.rule for hit in after.rules] == ["giraffe-rule"]
+        assert [rule.name for rule in workers.policy.rules] == ["giraffe-rule"]
+    finally:
+        workers.close()

@@ -1,0 +1,85 @@
+"""Fair turns for deciding: who goes next when a storm fills the line (order only, never timings)."""
+import asyncio
+
+from escalation.fair_turns import FairTurns
+
+
+async def _decide_all(turns: FairTurns, senders: list[str], *, order: list[str], gate: asyncio.Event) -> None:
+    """Queue one decision per entry of `senders`, in that order; each records itself when its turn comes."""
+    async def decide(number: int, sender: str) -> None:
+        async with turns.turn(sender):
+            order.append(f"{sender}{number}")
+            await gate.wait()          # the first holders keep their turns until the line is full
+            await asyncio.sleep(0)
+
+    tasks = []
+    for number, sender in enumerate(senders):
+        tasks.append(asyncio.create_task(decide(number, sender)))
+        await asyncio.sleep(0)         # arrival order is creation order
+    gate.set()
+    await asyncio.gather(*tasks)
+
+
+async def test_a_new_sender_goes_before_a_storming_senders_queued_mail():
+    order: list[str] = []
+    storm = ["s"] * 30
+    await _decide_all(FairTurns(limit=2), storm + ["t"], order=order, gate=asyncio.Event())
+    # s0 holds a turn; t takes the free one at once although thirty of s's mails arrived first.
+    assert order.index("t30") <= 1
+    assert [o for o in order if o.startswith("s")] == [f"s{i}" for i in range(30)]   # s keeps its order
+
+
+async def test_a_sender_arriving_behind_a_full_line_is_next():
+    order: list[str] = []
+    gate = asyncio.Event()
+    # The two turns are held by a's and b's first mails; c arrives behind twenty more of a's and b's.
+    senders = ["a", "b"] + ["a", "b"] * 10 + ["c"]
+    await _decide_all(FairTurns(limit=2), senders, order=order, gate=gate)
+    assert order[:3] == ["a0", "b1", "c22"]
+
+
+async def test_storming_senders_alternate_and_each_keeps_its_order():
+    order: list[str] = []
+    await _decide_all(FairTurns(limit=1), ["a"] * 5 + ["b"] * 5, order=order, gate=asyncio.Event())
+    assert order == ["a0", "b5", "a1", "b6", "a2", "b7", "a3", "b8", "a4", "b9"]
+
+
+async def test_one_sender_is_decided_one_mail_at_a_time():
+    turns = FairTurns(limit=4)
+    inside: list[int] = []
+    most = 0
+
+    async def decide() -> None:
+        nonlocal most
+        async with turns.turn("loop@tenant.example"):
+            inside.append(1)
+            most = max(most, len(inside))
+            await asyncio.sleep(0)
+            inside.pop()
+
+    await asyncio.gather(*(decide() for _ in range(10)))
+    assert most == 1
+
+
+async def test_a_cancelled_waiter_gives_up_its_place_and_the_line_moves_on():
+    turns = FairTurns(limit=1)
+    release = asyncio.Event()
+    order: list[str] = []
+
+    async def decide(name: str, sender: str) -> None:
+        async with turns.turn(sender):
+            order.append(name)
+            await release.wait()
+
+    holder = asyncio.create_task(decide("first", "a"))
+    await asyncio.sleep(0)
+    doomed = asyncio.create_task(decide("cancelled", "b"))
+    survivor = asyncio.create_task(decide("after", "c"))
+    await asyncio.sleep(0)
+    assert turns.waiting == 2
+    doomed.cancel()
+    await asyncio.gather(doomed, return_exceptions=True)
+    assert turns.waiting == 1
+    release.set()
+    await asyncio.gather(holder, survivor)
+    assert order == ["first", "after"] and turns.waiting == 0

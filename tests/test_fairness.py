@@ -1,0 +1,44 @@
+"""An emergency never waits behind noise: through the real daemon, decisions take fair turns."""
+from pathlib import Path
+
+from tests.harness import DaemonProcess, base_env, log_records, make_message, run_cli, write_config
+
+
+def test_a_new_senders_mail_is_decided_before_a_storming_senders_backlog(tmp_path):
+    config = write_config(tmp_path, dry_run=True, policy=True)
+    files = []
+    for number in range(40):
+        path = tmp_path / f"loop-{number:02}.eml"
+        path.write_bytes(make_message(subject=f"ALERT #{10400 + number} checkout-api 5xx above threshold",
+                                      body="HTTP 5xx rate 12.4% " * 200, sender="monitoring@loop.example",
+                                      message_id=f"<loop-{number}@loop.example>"))
+        files.append(str(path))
+    p1 = tmp_path / "p1.eml"
+    p1.write_bytes(make_message(subject="All our apps are down", sender="ops@other-tenant.example",
+                                body="All our production apps return 502 since 02:10.", message_id="<p1@other>"))
+    files.append(str(p1))
+    stored = run_cli(config, "inject", *files).stdout
+    p1_pk = int(stored.strip().splitlines()[-1].rsplit(" ", 1)[1])
+
+    daemon = DaemonProcess(config=config, env=base_env(), log_path=tmp_path / "daemon.log").start()
+    try:
+        doc = daemon.wait_settled(41, timeout=60)
+        decided = [r["message_pk"] for r in log_records(daemon.log_text()) if r.get("event") == "decided"]
+    finally:
+        daemon.stop()
+    assert sorted(decided) == list(range(1, 42))
+    # Forty of the loop's mails were stored first; the other tenant's P1 is among the first decided.
+    assert decided.index(p1_pk) <= 2, decided
+    loop = [pk for pk in decided if pk != p1_pk]
+    assert loop == sorted(loop)                       # the loop's own mail keeps its order
+    assert next(m for m in doc["messages"] if m["id"] == p1_pk)["severity"] == "P1"
+
+
+def test_the_event_loop_lag_is_measured_and_the_work_runs_in_worker_processes(start_daemon):
+    daemon = start_daemon()
+    daemon.send(make_message(subject="All our apps are down", body="Every app returns 502."))
+    daemon.wait_settled(1)
+    assert daemon.metric("emergencyd_event_loop_lag_seconds_count") > 0
+    children = (Path(f"/proc/{daemon.proc.pid}/task/{daemon.proc.pid}/children").read_text().split())
+    commands = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children]
+    assert any(b"multiprocessing" in command for command in commands), commands
