@@ -8,6 +8,9 @@ never crashes on an HTTP-date Retry-After: our retry schedule decides.
 """
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 import requests
@@ -17,9 +20,29 @@ from zenpy.lib.api_objects import Comment, Ticket, User
 
 from daemon.config import ZendeskConfig
 from escalation.content import CommentRequest, NoteRequest, TicketRequest
-from escalation.pacing import Pacer
+from escalation.pacing import Lane, Pacer
 from escalation.retry import HttpStatusError, RetryAfterGate, parse_retry_after, require_json
 from escalation.tls import trust_bundle
+
+
+# zenpy sends the request from deep inside its own calls, on the calling thread, with no way to
+# pass anything down: a thread-local is how create_ticket tells the adapter whom to tell when it queues.
+_caller = threading.local()
+
+
+@contextmanager
+def _telling_when_queued(on_queued: Callable[[], None] | None) -> Iterator[None]:
+    _caller.on_queued = on_queued
+    try:
+        yield
+    finally:
+        _caller.on_queued = None
+
+
+def lane_of(request: requests.PreparedRequest) -> Lane:
+    """A ticket create goes ahead of waiting comments, notes and reads."""
+    path = urlsplit(request.url or "").path
+    return Lane.CREATE if request.method == "POST" and path.endswith("/api/v2/tickets.json") else Lane.OTHER
 
 
 def paced(pacer: Pacer, gate: RetryAfterGate):
@@ -28,7 +51,7 @@ def paced(pacer: Pacer, gate: RetryAfterGate):
     class PacedAdapter(requests.adapters.HTTPAdapter):
         def send(self, request, *args, **kwargs):
             gate.check()
-            pacer.wait()
+            pacer.wait(lane_of(request), on_queued=getattr(_caller, "on_queued", None))
             gate.check()
             return super().send(request, *args, **kwargs)
     return PacedAdapter()
@@ -78,14 +101,16 @@ class ZendeskDesk:
         ids = sorted(t.id for t in self._client.tickets(external_id=external_id))
         return ids[0] if ids else None
 
-    def create_ticket(self, request: TicketRequest) -> int:
+    def create_ticket(self, request: TicketRequest, *, on_queued: Callable[[], None] | None = None) -> int:
+        """on_queued is called, from this thread, if the create has to wait for the pacer's token."""
         requester = None
         if request.requester_email:
             requester = User(email=request.requester_email, name=request.requester_name or request.requester_email)
         ticket = Ticket(subject=request.subject, external_id=request.external_id, tags=list(request.tags),
                         priority=request.priority, requester=requester, type=request.type,
                         problem_id=request.problem_id, comment=Comment(body=request.body, public=True))
-        audit = self._client.tickets.create(ticket)
+        with _telling_when_queued(on_queued):
+            audit = self._client.tickets.create(ticket)
         return audit.ticket.id
 
     def has_comment(self, ticket_id: int, marker: str) -> bool:

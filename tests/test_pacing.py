@@ -1,0 +1,156 @@
+"""The Zendesk pacer: ticket creates go ahead of waiting comments, the rate stays the rate.
+
+Real threads and the real clock; the assertions are about order and counts, never about timings.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from daemon.config import ZendeskConfig
+from daemon.config_reader import Secret
+from escalation.content import CommentRequest, TicketRequest
+from escalation.pacing import Lane, Pacer
+from escalation.zendesk import ZendeskDesk, lane_of
+from tests.harness import ZENDESK_EMAIL, ZENDESK_TOKEN
+
+PATIENCE_SECONDS = 10     # how long a condition may take to come true before the test gives up
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + PATIENCE_SECONDS
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still waiting for {what}")
+        time.sleep(0.002)
+
+
+class Takers:
+    """Threads that each take one token, and the order in which they got them."""
+
+    def __init__(self, pacer: Pacer):
+        self.pacer = pacer
+        self.granted: list[str] = []
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def start(self, name: str, lane: Lane) -> None:
+        thread = threading.Thread(target=self._take, args=(name, lane), name=name)
+        self._threads.append(thread)
+        thread.start()
+
+    def _take(self, name: str, lane: Lane) -> None:
+        self.pacer.wait(lane)
+        with self._lock:
+            self.granted.append(name)
+
+    def served(self) -> list[str]:
+        with self._lock:
+            return list(self.granted)
+
+    def join(self) -> None:
+        for thread in self._threads:
+            thread.join(PATIENCE_SECONDS)
+
+
+def test_a_create_that_arrives_last_gets_the_next_token_first():
+    pacer = Pacer(per_minute=90, burst=1)      # a token each 2/3 s: four waiters in under 3 s
+    pacer.wait()                               # the bucket is empty
+    takers = Takers(pacer)
+    comments = [f"comment {n}" for n in range(3)]
+    for n, name in enumerate(comments):        # one after the other, so that their order is known
+        takers.start(name, Lane.OTHER)
+        wait_until(lambda: pacer.waiting() + len(takers.served()) == n + 1, f"{name} to queue")
+    takers.start("create", Lane.CREATE)
+    wait_until(lambda: pacer.waiting(Lane.CREATE) == 1, "the create to queue")
+    before = takers.served()                   # normally none: the first token was not due yet
+    takers.join()
+    assert takers.served() == before + ["create"] + [c for c in comments if c not in before]
+    assert pacer.waiting() == 0
+
+
+def test_waiters_of_one_lane_are_served_in_arrival_order():
+    pacer = Pacer(per_minute=600, burst=1)
+    pacer.wait()
+    takers = Takers(pacer)
+    for n in range(5):
+        takers.start(f"comment {n}", Lane.OTHER)
+        wait_until(lambda: pacer.waiting() + len(takers.served()) == n + 1, f"comment {n} to queue")
+    takers.join()
+    assert takers.served() == [f"comment {n}" for n in range(5)]
+
+
+def test_the_lanes_keep_the_rate():
+    per_minute, burst = 600, 5
+    pacer = Pacer(per_minute=per_minute, burst=burst)
+    began = time.monotonic()
+    stop = began + 1.0
+    granted = []
+
+    def take_until_stop(lane: Lane) -> None:
+        while time.monotonic() < stop:
+            pacer.wait(lane)
+            granted.append(lane)           # list.append is atomic
+
+    threads = [threading.Thread(target=take_until_stop, args=(lane,)) for lane in (Lane.CREATE, Lane.OTHER) * 3]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(PATIENCE_SECONDS)
+    elapsed = time.monotonic() - began
+    assert burst < len(granted) <= burst + per_minute / 60 * elapsed + 1
+    assert set(granted) == {Lane.CREATE, Lane.OTHER}
+
+
+def test_on_queued_is_called_only_when_the_call_has_to_wait():
+    pacer = Pacer(per_minute=120, burst=2)
+    calls = []
+    pacer.wait(Lane.CREATE, on_queued=lambda: calls.append("first"))
+    pacer.wait(Lane.CREATE, on_queued=lambda: calls.append("second"))
+    assert calls == []                         # the bucket held two tokens
+    pacer.wait(Lane.CREATE, on_queued=lambda: calls.append("third"))
+    assert calls == ["third"]
+
+
+@pytest.mark.parametrize("method, path, lane", [
+    ("POST", "/api/v2/tickets.json", Lane.CREATE),
+    ("PUT", "/api/v2/tickets/7.json", Lane.OTHER),
+    ("GET", "/api/v2/tickets.json", Lane.OTHER),
+    ("GET", "/api/v2/tickets/7/comments.json", Lane.OTHER),
+    ("POST", "/api/v2/users/create_or_update.json", Lane.OTHER),
+])
+def test_the_lane_comes_from_the_method_and_the_path(method, path, lane):
+    request = requests.Request(method, f"https://acme.zendesk.com{path}?external_id=x").prepare()
+    assert lane_of(request) == lane
+
+
+def desk_for(zendesk, ca_file, per_minute: int) -> ZendeskDesk:
+    return ZendeskDesk(ZendeskConfig(url=zendesk.url, email=ZENDESK_EMAIL, ca_file=ca_file,
+                                     token=Secret(ZENDESK_TOKEN), timeout_seconds=5,
+                                     requests_per_minute=per_minute))
+
+
+def ticket(n: int) -> TicketRequest:
+    return TicketRequest(external_id=f"emergencyd:<{n}@pacing.example>", subject=f"Ticket {n}", body="Down.",
+                         requester_email="tenant@example.net", requester_name=None)
+
+
+def test_a_ticket_create_tells_when_it_queues_behind_the_pacer(zendesk, ca_file):
+    desk = desk_for(zendesk, ca_file, per_minute=600)     # a burst of 20, then 10 a second
+    queued = []
+    first = desk.create_ticket(ticket(1), on_queued=lambda: queued.append(1))
+    assert queued == []                                   # a token was free: it went at once
+    comments = 25                                         # more than the bucket holds: some wait
+    with ThreadPoolExecutor(comments) as pool:
+        for n in range(comments):
+            pool.submit(desk.add_comment, CommentRequest(ticket_id=first, body=f"comment {n}", author_email=None,
+                                                         author_name=None, marker=f"m{n}"))
+        wait_until(lambda: len(zendesk.requests) >= 20, "the bucket to be spent")
+        desk.create_ticket(ticket(2), on_queued=lambda: queued.append(2))
+    assert queued == [2]
+    assert len(zendesk.tickets()) == 2 and len(zendesk.comments(first)) == comments + 1
