@@ -183,9 +183,11 @@ def test_a_monitoring_loop_under_the_sender_limit_is_one_incident(tmp_path, live
     loop = [alert_mail("alerts@tenant1.example", 1041 + n, n) for n in range(10)]
     # Another tenant's loop of the same shape, its own counters: today's fingerprint keeps it apart.
     other = [alert_mail("alerts@tenant2.example", 7001 + n, n) for n in range(3)]
-    # A third tenant with the very subject of the loop's first mail: another report of that incident.
-    same = [alert_mail("ops@tenant3.example", 1041, 0)]
-    inject_all(daemon, tmp_path, loop[:1] + other[:1] + loop[1:] + other[1:] + same)
+    inject_all(daemon, tmp_path, loop[:1] + other[:1] + loop[1:] + other[1:])
+    daemon.wait_settled(13)
+    # A third tenant, later, with the very subject of the loop's first mail: another report of that incident.
+    (tmp_path / "later").mkdir()
+    inject_all(daemon, tmp_path / "later", [alert_mail("ops@tenant3.example", 1041, 0)])
     doc = daemon.wait_settled(14)
     assert doc["counts"] == {"done": 14}
     by_sender = {}
@@ -202,12 +204,14 @@ def test_a_monitoring_loop_under_the_sender_limit_is_one_incident(tmp_path, live
     # One page per loop: PagerDuty saw two trigger keys, tenant 3 re-sending tenant 1's.
     keys = Counter(e["dedup_key"] for e in triggers(pagerduty))
     assert set(keys) == {first["page_key"], by_sender["tenant2.example"][0]["page_key"]}
+    assert keys[first["page_key"]] == 2                        # the loop's first mail, then tenant 3's report
     assert keys[by_sender["tenant2.example"][0]["page_key"]] == 1
     assert len(pagerduty.incidents()) == 2
     # One ticket per tenant: the loop's nine later mails are comments on its ticket.
     tickets = {t["id"]: t for t in zendesk.tickets()}
     assert len(tickets) == 3
-    assert len(public_comments(zendesk, first["ticket_id"])) == 10
+    comments = "\n".join(c["body"] for c in public_comments(zendesk, first["ticket_id"]))
+    assert all(f"[ref {m['dedup_key']}]" in comments for m in repeats)
     assert tickets[third["ticket_id"]]["type"] == "incident"
     assert tickets[third["ticket_id"]]["problem_id"] == first["ticket_id"]
 
