@@ -22,10 +22,10 @@ from typing import Any, Callable, Iterator, TypeVar
 
 from escalation.records import (
     DONE, FAILED, FALLBACK_ALERT, NEW, PAGE, PENDING, SUPPRESSED, STEP_DONE, STEP_FAILED, STEP_PENDING, STEP_ORDER,
-    EscalationRecord, Envelope, StepRecord, dedup_key_of, identity_of,
+    EscalationRecord, Envelope, FollowUp, StepRecord, dedup_key_of, identity_of,
 )
 from daemon.migrations import MIGRATIONS
-from daemon.store_grouping import GroupingQueries
+from daemon.store_grouping import FAIR_KEY_SQL, GroupingQueries
 from parsers.identity import header_identity
 
 log = logging.getLogger("emergencyd.store")
@@ -257,8 +257,10 @@ class Store(GroupingQueries):
             self._conn.execute("UPDATE steps SET next_attempt_at = ?, updated_at = ? WHERE message_pk = ? AND name = ?",
                                (until, time.time(), pk, step))
 
-    def complete_step(self, pk: int, step: str, result: dict[str, Any], **escalation: Any) -> None:
-        """Commit a step's result, and any escalation fields it settles (ticket_id, paged_at...)."""
+    def complete_step(self, pk: int, step: str, result: dict[str, Any], *, follow_ups: tuple[FollowUp, ...] = (),
+                      **escalation: Any) -> None:
+        """Commit a step's result, and any escalation fields it settles (ticket_id, paged_at...).
+        A comment that carried later follow-ups completes theirs in the same transaction."""
         now = time.time()
         allowed = {"ticket_id", "incident_url", "paged_at"}
         if not set(escalation) <= allowed:
@@ -271,6 +273,7 @@ class Store(GroupingQueries):
                 self._conn.execute(f"UPDATE escalations SET {column} = ?, updated_at = ? WHERE message_pk = ?",
                                    (value, now, pk))
             self._settle(pk, now)
+            self._merge_follow_ups(pk, follow_ups, escalation.get("ticket_id"), now)
 
     def fail_step(self, pk: int, step: str, *, error: str, next_attempt_at: float | None) -> None:
         """Record a failure: retried at next_attempt_at, or permanent when that is None."""
@@ -300,7 +303,7 @@ class Store(GroupingQueries):
         New mail is taken fairly: each sender's oldest first, then each sender's second, and
         so on, so that a storm from one sender cannot fill the batch ahead of another's mail."""
         rows = self._conn.execute(
-            "SELECT message_pk, 0, ROW_NUMBER() OVER (PARTITION BY " + _FAIR_KEY + " ORDER BY message_pk)"
+            "SELECT message_pk, 0, ROW_NUMBER() OVER (PARTITION BY " + FAIR_KEY_SQL + " ORDER BY message_pk)"
             " FROM escalations e JOIN messages m ON m.id = e.message_pk WHERE e.state = ?"
             " UNION SELECT message_pk, 1, 0 FROM steps WHERE state = ? AND next_attempt_at <= ?"
             " ORDER BY 2, 3, 1 LIMIT ?", (NEW, STEP_PENDING, now, limit)).fetchall()
@@ -378,13 +381,11 @@ class Store(GroupingQueries):
             group_id=group_id, page_key=page_key, fair_key=fair_key)
 
 
-# Whose mail it is, before it is parsed: the From address read at ingest, else the envelope sender.
-_FAIR_KEY = "COALESCE(m.from_address, LOWER(m.mail_from), '')"
 _RECORD_SQL = (
     "SELECT m.id, m.identity, m.message_id, m.sha256, m.size, m.source, m.mail_from, m.rcpt_to, m.peer,"
     " m.helo, m.tls, m.received_at, m.deliveries, e.dedup_key, e.state, e.subject, e.sender, e.ticket_id,"
     " e.incident_url, e.paged_at, e.verdict, e.relation, e.relation_reason, e.parent_pk, e.target_ticket_id,"
-    " e.group_id, e.page_key, " + _FAIR_KEY + " FROM messages m JOIN escalations e ON e.message_pk = m.id"
+    " e.group_id, e.page_key, " + FAIR_KEY_SQL + " FROM messages m JOIN escalations e ON e.message_pk = m.id"
 )
 
 

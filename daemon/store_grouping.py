@@ -4,13 +4,25 @@ A mixin of Store: the same connection, the same single thread, still the only SQ
 """
 from __future__ import annotations
 
+import json
 import sqlite3
 from typing import Any
 
 from escalation.grouping import (
     FIRST, INCIDENT, REPEAT, GroupingFacts, GroupingSettings, OpenGroup, Related, loop_key,
 )
+from escalation.records import FollowUp
+from parsers.identity import thread_ids_of
 
+# Enough of the raw mail for its header block; a reply's ids are near the top.
+HEADER_READ_BYTES = 256 * 1024
+MAX_THREAD_IDS = 50
+# A sender with more undecided mails than this among the oldest STORM_WINDOW is storming: other
+# senders' mail may be decided before its backlog. Anyone else's mail keeps arrival order.
+QUIET_QUEUE = 3
+STORM_WINDOW = 500
+# Whose mail it is, before it is parsed: the From address read at ingest, else the envelope sender.
+FAIR_KEY_SQL = "COALESCE(m.from_address, LOWER(m.mail_from), '')"
 # Relations whose escalation has no ticket of its own: a comment on another one.
 COMMENTING = ("thread", "storm", "repeat")
 MAX_THREAD_HOPS = 20
@@ -157,6 +169,35 @@ class GroupingQueries:
             (relation["kind"], relation["reason"], relation.get("parent_pk"), relation.get("target_ticket_id"),
              group_id, page_key, relation.get("sender_key"), loop_key(relation.get("fingerprint")), pk))
 
+    def undecided_thread_parent(self, pk: int) -> int | None:
+        """An earlier stored mail that this one replies to and that is not decided yet."""
+        raw = self._conn.execute("SELECT substr(raw, 1, ?) FROM messages WHERE id = ?",
+                                 (HEADER_READ_BYTES, pk)).fetchone()[0]
+        ids = thread_ids_of(raw)[-MAX_THREAD_IDS:]
+        if not ids:
+            return None
+        row = self._conn.execute(
+            f"SELECT m.id FROM messages m JOIN escalations e ON e.message_pk = m.id WHERE e.state = 'new'"
+            f" AND m.id < ? AND m.message_id IN ({','.join('?' * len(ids))}) LIMIT 1", (pk, *ids)).fetchone()
+        return row[0] if row else None
+
+    def undecided_quiet_sender_before(self, pk: int, fair_key: str) -> int | None:
+        """An earlier undecided mail of another sender that is not storming (at most QUIET_QUEUE
+        undecided mails among the oldest ones): mail that this one must not overtake, since a later
+        mail may depend on it (a reply naming it, a Zendesk encoded id learnt from it)."""
+        row = self._conn.execute(
+            "WITH early AS (SELECT e.message_pk, " + FAIR_KEY_SQL + " AS fair_key FROM escalations e"
+            " JOIN messages m ON m.id = e.message_pk WHERE e.state = 'new' ORDER BY e.message_pk LIMIT ?)"
+            " SELECT MIN(message_pk) FROM early WHERE message_pk < ? AND fair_key != ? AND fair_key IN"
+            " (SELECT fair_key FROM early GROUP BY fair_key HAVING COUNT(*) <= ?)",
+            (STORM_WINDOW, pk, fair_key, QUIET_QUEUE)).fetchone()
+        return row[0]
+
+    def undecided_before(self, pk: int) -> bool:
+        """Earlier mail not decided yet: it may be an earlier comment on the same ticket."""
+        return self._conn.execute("SELECT 1 FROM escalations WHERE state = 'new' AND message_pk < ? LIMIT 1",
+                                  (pk,)).fetchone() is not None
+
     def earlier_pending_comment(self, pk: int, parent_pk: int | None,
                                 target_ticket_id: int | None) -> tuple[int, float] | None:
         """An earlier mail's comment on the same ticket that is still to go: comments keep arrival order."""
@@ -166,6 +207,54 @@ class GroupingQueries:
             " AND (e.parent_pk = ? OR e.target_ticket_id = ?) ORDER BY s.message_pk LIMIT 1",
             (pk, parent_pk, target_ticket_id)).fetchone()
         return (row[0], row[1]) if row else None
+
+    def claim_follow_ups(self, pk: int, limit: int) -> tuple[FollowUp, ...]:
+        """The later comments that go with this one: claimed once, before its first call, and kept in
+        its step's result, so that a retry after a crash sends exactly the same comment.
+
+        Only a run of the same sender's comments on the same ticket that has not started on its own:
+        another sender's comment in between ends the run, so the ticket keeps the mails' order."""
+        with self._transaction():
+            claimed = json.loads(self._conn.execute(
+                "SELECT result FROM steps WHERE message_pk = ? AND name = 'comment'", (pk,)).fetchone()[0])
+            if "follow_ups" not in claimed:
+                claimed = {"follow_ups": self._queued_follow_ups(pk, limit)}
+                self._conn.execute("UPDATE steps SET result = ? WHERE message_pk = ? AND name = 'comment'",
+                                   (json.dumps(claimed), pk))
+        return tuple(FollowUp(*row) for row in claimed["follow_ups"])
+
+    def _queued_follow_ups(self, pk: int, limit: int) -> list[list[Any]]:
+        parent_pk, target, sender = self._conn.execute(
+            "SELECT parent_pk, target_ticket_id, sender FROM escalations WHERE message_pk = ?", (pk,)).fetchone()
+        # Mail not yet decided may be another sender's comment on this ticket: the run stops before it.
+        undecided = self._conn.execute("SELECT MIN(message_pk) FROM escalations WHERE state = 'new'"
+                                       " AND message_pk > ?", (pk,)).fetchone()[0]
+        rows = self._conn.execute(
+            "SELECT e.message_pk, e.dedup_key, e.subject, m.received_at, e.sender, s.attempts"
+            " FROM steps s JOIN escalations e ON e.message_pk = s.message_pk JOIN messages m ON m.id = e.message_pk"
+            " WHERE s.name = 'comment' AND s.state = 'pending' AND s.message_pk > ? AND s.message_pk < ?"
+            " AND (e.parent_pk = ? OR e.target_ticket_id = ?) ORDER BY s.message_pk LIMIT ?",
+            (pk, undecided if undecided is not None else 2**62, parent_pk, target, limit)).fetchall()
+        run = []
+        for follower_pk, dedup_key, subject, received_at, follower_sender, attempts in rows:
+            if follower_sender != sender or attempts:
+                break
+            run.append([follower_pk, dedup_key, subject, received_at])
+        return run
+
+    def _merge_follow_ups(self, lead_pk: int, follow_ups: tuple[FollowUp, ...], ticket_id: int | None,
+                          now: float) -> None:
+        """Inside the lead comment's completion: each follow-up's own comment step is done with it."""
+        result = json.dumps({"ticket_id": ticket_id, "merged_into": lead_pk})
+        for follower in follow_ups:
+            self._conn.execute(
+                "UPDATE steps SET state = 'done', result = ?, last_error = NULL, updated_at = ?"
+                " WHERE message_pk = ? AND name = 'comment' AND state = 'pending'",
+                (result, now, follower.message_pk))
+            if ticket_id is not None:
+                self._conn.execute("UPDATE escalations SET ticket_id = ?, updated_at = ? WHERE message_pk = ?",
+                                   (ticket_id, now, follower.message_pk))
+            self._settle(follower.message_pk, now)
 
     def group(self, group_id: int) -> dict[str, Any] | None:
         """What a page or note says about its incident: how many reports, from which tenants."""

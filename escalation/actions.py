@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from escalation import content, fallback
 from escalation.records import (
-    COMMENT, FALLBACK_ALERT, LINK_PAGE, LINK_TICKET, PAGE, TICKET, TICKET_NOTE, EscalationRecord,
+    COMMENT, FALLBACK_ALERT, LINK_PAGE, LINK_TICKET, PAGE, TICKET, TICKET_NOTE, EscalationRecord, FollowUp,
 )
 from escalation.retry import TransientError
 from parsers.message import ParsedMessage
@@ -42,6 +42,7 @@ class StepContext:
     parent: EscalationRecord | None = None      # the problem ticket's, or the commented ticket's, escalation
     group: dict[str, Any] | None = None         # the incident group: reports, tenants
     pagerduty_failing_since: float | None = None   # for the fallback alert: since this process saw it fail
+    follow_ups: tuple[FollowUp, ...] = ()          # a comment's later follow-ups, folded into it
 
 
 class Actions:
@@ -80,13 +81,15 @@ class Actions:
 
     def comment(self, ctx: StepContext) -> StepResult:
         ticket_id = ctx.record.target_ticket_id or (ctx.parent.ticket_id if ctx.parent else None) or 0
-        request = content.follow_up_comment(ctx.record, ctx.parsed, ticket_id)
+        request = content.merged_comment(content.follow_up_comment(ctx.record, ctx.parsed, ticket_id), ctx.follow_ups)
+        merged = {"follow_ups": [f.message_pk for f in ctx.follow_ups]} if ctx.follow_ups else {}
         if self._dry_run:
-            return self._would(request)
+            result, _ = self._would(request)
+            return {**result, **merged}, {}
         if ctx.prior_attempts and self._desk.has_comment(ticket_id, request.marker):
-            return {"ticket_id": ticket_id, "found_existing": True}, {"ticket_id": ticket_id}
+            return {"ticket_id": ticket_id, "found_existing": True, **merged}, {"ticket_id": ticket_id}
         self._desk.add_comment(request)
-        return {"ticket_id": ticket_id}, {"ticket_id": ticket_id}
+        return {"ticket_id": ticket_id, **merged}, {"ticket_id": ticket_id}
 
     def page(self, ctx: StepContext) -> StepResult:
         record = ctx.record

@@ -1,12 +1,12 @@
 """What the ticket, the notes and the page say. Pure functions: record + parsed mail in, requests out."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
 from escalation.policy import own_words
-from escalation.records import EscalationRecord
+from escalation.records import EscalationRecord, FollowUp
 from parsers.message import ParsedMessage
 
 TICKET_TAG = "emergency-email"
@@ -117,6 +117,19 @@ def follow_up_comment(record: EscalationRecord, parsed: ParsedMessage, ticket_id
     head = f"{warning}\n\n{head}" if warning else head
     body = bounded(f"{head}{words}", MAX_COMMENT_CHARS - 400) + f"\n\n{why} {marker}"
     return CommentRequest(ticket_id, body, requester_of(record, parsed), parsed.sender_name, marker)
+
+
+def merged_comment(comment: CommentRequest, followers: tuple[FollowUp, ...]) -> CommentRequest:
+    """The first follow-up's comment, and after it the later ones that queued behind it: their
+    count, and for each its time, subject and reference, so that a loop does not flood the ticket."""
+    if not followers:
+        return comment
+    lines = [f"- {iso(f.received_at)}  {(f.subject or '(no subject)')[:200]}  [ref {f.dedup_key}]"
+             for f in followers]
+    tail = (f"\n\n{len(followers)} more mail(s) from the same sender followed, folded into this comment:\n"
+            + "\n".join(lines))
+    body = bounded(comment.body, MAX_COMMENT_CHARS // 2) + bounded(tail, MAX_COMMENT_CHARS // 2)
+    return replace(comment, body=body)
 
 
 def ticket_tags(verdict: dict[str, Any]) -> tuple[str, ...]:

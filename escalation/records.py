@@ -63,6 +63,15 @@ class Envelope:
 
 
 @dataclass(frozen=True)
+class FollowUp:
+    """A later mail's comment, folded into an earlier comment on the same ticket."""
+    message_pk: int
+    dedup_key: str
+    subject: str | None
+    received_at: float
+
+
+@dataclass(frozen=True)
 class StepRecord:
     name: str
     state: str

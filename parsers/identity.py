@@ -17,6 +17,7 @@ __all__ = [
     "HeaderIdentity",
     "header_block_end",
     "header_identity",
+    "thread_ids_of",
     "message_id_of",
     "message_ids_in",
     "normalize_message_id",
@@ -108,9 +109,23 @@ def message_id_of(raw: bytes) -> str | None:
 
 def header_identity(raw: bytes) -> HeaderIdentity:
     """Message-ID and From from one read of the header block; never raises."""
+    values = _first_values(raw)
+    return HeaderIdentity(_safely(normalize_message_id, values.get("message-id")),
+                          _safely(_first_address, values.get("from")))
+
+
+def thread_ids_of(raw: bytes) -> tuple[str, ...]:
+    """The message ids a reply names (In-Reply-To, then References), from the header block only."""
+    values = _first_values(raw)
+    ids = [i for name in ("in-reply-to", "references") for i in (_safely(message_ids_in, values.get(name)) or ())]
+    return tuple(dict.fromkeys(ids))
+
+
+def _first_values(raw: bytes) -> dict[str, str]:
+    """The first value of each header field, by lower-cased name; empty for garbage, never raises."""
     try:
         if not isinstance(raw, (bytes, bytearray, memoryview)):
-            return HeaderIdentity(None, None)  # bytes(some_int) would allocate, not convert
+            return {}  # bytes(some_int) would allocate, not convert
         data = skip_preamble(bytes(raw))
         end = header_block_end(data)
         headers = BytesHeaderParser(policy=policy.compat32).parsebytes(
@@ -119,13 +134,14 @@ def header_identity(raw: bytes) -> HeaderIdentity:
         values: dict[str, str] = {}
         for name, value in headers.raw_items():
             values.setdefault(name.strip().lower(), value)
-        return HeaderIdentity(_safely(normalize_message_id, values.get("message-id")),
-                              _safely(_first_address, values.get("from")))
+        return values
     except Exception:  # garbage in, no id out; the caller must not crash
-        return HeaderIdentity(None, None)
+        return {}
 
 
-def _safely(read, value: str | None) -> str | None:
+def _safely(read, value: str | None):
+    if value is None:
+        return None
     try:
         return read(value)
     except Exception:

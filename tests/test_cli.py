@@ -30,8 +30,9 @@ def test_inject_reports_unreadable_files(tmp_path):
 
 def test_status_lists_ticket_and_dedup_key_for_every_message(live_daemon, zendesk, pagerduty):
     daemon = live_daemon()
-    for n in range(3):
-        daemon.send(make_message(subject=f"Outage {n}", message_id=f"<o{n}@example.net>"))
+    # Three incidents of their own: subjects that differed only in a number would be one loop.
+    for n, subject in enumerate(("Database outage", "Login page broken", "Builds hang")):
+        daemon.send(make_message(subject=subject, message_id=f"<o{n}@example.net>"))
     doc = daemon.wait_settled(3)
     tickets = {t["external_id"]: t["id"] for t in zendesk.tickets()}
     for message in doc["messages"]:

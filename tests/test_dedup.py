@@ -3,6 +3,7 @@ from collections import Counter
 from datetime import datetime, timedelta, timezone
 
 
+import re
 import smtplib
 
 from tests.harness import RECIPIENT, make_message
@@ -23,6 +24,13 @@ def triggers(pagerduty):
 
 def public_comments(zendesk, ticket_id):
     return [c for c in zendesk.comments(ticket_id) if c["public"]]
+
+
+def follow_up_references(zendesk, tickets) -> Counter:
+    """Each follow-up's reference in the public comments of these tickets: queued follow-ups to one
+    ticket share one comment, so references, not comments, count the mails."""
+    return Counter(ref for t in tickets for c in public_comments(zendesk, t["id"])
+                   for ref in re.findall(r"\[ref (emergencyd-[0-9a-f]+)\]", c["body"]))
 
 
 def inject_all(daemon, tmp_path, messages: list[bytes], received_at: list[datetime] | None = None) -> None:
@@ -115,10 +123,13 @@ def test_a_storm_gives_one_page_one_problem_and_an_incident_ticket_per_tenant(
     assert len(problems) == 1 and len(incidents) == 19 and len(tickets) == 20
     assert {t["problem_id"] for t in incidents} == {problems[0]["id"]}
     assert len({t["requester_id"] for t in tickets}) == 20          # one ticket per tenant
-    comments = sum(len(public_comments(zendesk, t["id"])) - 1 for t in tickets)
-    assert comments == 180
-    relations = Counter(m["relation"] for m in daemon.status()["messages"])
+    messages = daemon.status()["messages"]
+    relations = Counter(m["relation"] for m in messages)
     assert relations == {"first": 1, "incident": 19, "repeat": 180}
+    # Every repeat is on its tenant's ticket once, in at most one comment per repeat.
+    assert follow_up_references(zendesk, tickets) == Counter(
+        m["dedup_key"] for m in messages if m["relation"] == "repeat")
+    assert sum(len(public_comments(zendesk, t["id"])) - 1 for t in tickets) <= 180
     [group] = daemon.status()["groups"]
     assert group["problem_ticket_id"] == problems[0]["id"] and len(group["incident_ticket_ids"]) == 19
     assert group["reports"] == 200 and len(group["tenants"]) == 20
@@ -161,7 +172,12 @@ def test_a_mail_loop_pages_once_and_paces_zendesk(tmp_path, live_daemon, zendesk
     relations = Counter(m["relation"] for m in doc["messages"])
     assert relations["storm"] >= 480
     [ticket] = zendesk.tickets()
-    assert len(public_comments(zendesk, ticket["id"])) == 500
+    # 499 follow-ups, each referenced once; those that queued behind a comment went in it.
+    assert follow_up_references(zendesk, [ticket]) == Counter(
+        m["dedup_key"] for m in doc["messages"] if m["relation"] != "first")
+    comments = public_comments(zendesk, ticket["id"])
+    assert len(comments) < 500
+    assert any("more mail(s) from the same sender followed" in c["body"] for c in comments)
     stamps = sorted(r.received_at for r in zendesk.requests)
     busiest = max(sum(1 for t in stamps[i:i + 200] if t - stamps[i] < 1.0) for i in range(len(stamps)))
     assert busiest <= per_minute / 60 + 20 + 1      # the rate plus the bucket's burst
@@ -229,7 +245,9 @@ def test_kill_9_in_the_middle_of_a_storm_changes_nothing(tmp_path, live_daemon, 
     tickets = zendesk.tickets()
     assert len(tickets) == 10 and sorted(Counter(t["type"] for t in tickets).values()) == [1, 9]
     assert len({t["external_id"] for t in tickets}) == 10
-    assert sum(len(public_comments(zendesk, t["id"])) - 1 for t in tickets) == 30
+    assert follow_up_references(zendesk, tickets) == Counter(
+        m["dedup_key"] for m in doc["messages"] if m["relation"] == "repeat")
+    assert sum(follow_up_references(zendesk, tickets).values()) == 30
 
 
 def test_a_follow_up_to_a_resolved_incident_opens_a_new_one(live_daemon, zendesk, pagerduty):
