@@ -43,6 +43,7 @@ class StepContext:
     group: dict[str, Any] | None = None         # the incident group: reports, tenants
     pagerduty_failing_since: float | None = None   # for the fallback alert: since this process saw it fail
     follow_ups: tuple[FollowUp, ...] = ()          # a comment's later follow-ups, folded into it
+    on_queued: Callable[[], None] | None = None    # a ticket's create waits for Zendesk's pacer: the page need not
 
 
 class Actions:
@@ -72,7 +73,7 @@ class Actions:
             existing = self._desk.find_ticket(request.external_id)
             if existing is not None:
                 return {"ticket_id": existing, "found_existing": True}, {"ticket_id": existing}
-        ticket_id = self._desk.create_ticket(request)
+        ticket_id = self._desk.create_ticket(request, on_queued=ctx.on_queued)
         return {"ticket_id": ticket_id, "type": request.type, "problem_id": request.problem_id}, {"ticket_id": ticket_id}
 
     def ticket_note(self, ctx: StepContext) -> StepResult:

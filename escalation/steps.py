@@ -26,7 +26,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import Protocol
+from typing import Callable, Protocol
 
 from escalation import content, fallback
 from escalation.actions import Actions, StepContext
@@ -103,6 +103,7 @@ class Escalator:
         self._observer = observer
         self._actions = Actions(desk, pager, dry_run=settings.dry_run, relay=relay)
         self._turns = FairTurns(settings.decide_concurrency)
+        self._ticket_queued: dict[int, asyncio.Event] = {}   # message pk -> its ticket's create waits its turn
         self._comments_done: dict[int, asyncio.Event] = {}   # message pk -> its comment went (or failed)
         self._comments_running: set[int] = set()
         self._new_pages: deque[float] = deque()
@@ -357,15 +358,18 @@ class Escalator:
                      running: dict[str, asyncio.Task]) -> None:
         ticket = running.get(TICKET)
         if name == PAGE and ticket is not None:
-            # Give the ticket a head start so the page can carry its link; then page regardless.
-            await asyncio.wait({ticket}, timeout=self._settings.ticket_head_start_seconds)
+            await self._ticket_head_start(record.message_pk, ticket)
             record = await self._store.record(record.message_pk)
         if name == PAGE and not await self._page_allowed(record):
             return
         if name == FALLBACK_ALERT:     # the page's latest error goes into the mail
             record = await self._store.record(record.message_pk)
         if name != COMMENT:
-            await self._run_step(record, parsed, name)
+            try:
+                await self._run_step(record, parsed, name)
+            finally:
+                if name == TICKET:
+                    self._ticket_queued.pop(record.message_pk, None)
             return
         if (await self._store.record(record.message_pk)).step(COMMENT).done:
             self._comments_done.pop(record.message_pk, asyncio.Event()).set()
@@ -376,6 +380,25 @@ class Escalator:
         finally:
             self._comments_running.discard(record.message_pk)
             self._comments_done.pop(record.message_pk, asyncio.Event()).set()
+
+    async def _ticket_head_start(self, pk: int, ticket: asyncio.Task) -> None:
+        """Give the ticket a head start so the page can carry its link, but only while its create is
+        on its way to Zendesk: a create queued behind the pacer or the concurrency limit would hold
+        the page for nothing. Then page regardless."""
+        queued = self._ticket_queued.setdefault(pk, asyncio.Event())
+        waiting = asyncio.create_task(queued.wait())
+        try:
+            await asyncio.wait({ticket, waiting}, timeout=self._settings.ticket_head_start_seconds,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+            self._ticket_queued.pop(pk, None)
+
+    def _ticket_queued_signal(self, pk: int) -> Callable[[], None]:
+        """For the ticket's thread: tell the page, on the loop, that the create waits its turn."""
+        loop = asyncio.get_running_loop()
+        event = self._ticket_queued.setdefault(pk, asyncio.Event())
+        return lambda: loop.call_soon_threadsafe(event.set)
 
     async def _page_allowed(self, record: EscalationRecord) -> bool:
         """A cap on new incidents per minute guards the on-call engineer from a loop; pages wait, never drop."""
@@ -397,6 +420,8 @@ class Escalator:
     async def _run_step(self, record: EscalationRecord, parsed: ParsedMessage, name: str) -> None:
         integration = integration_of(name)
         pk = record.message_pk
+        if name == TICKET and self._limits[integration].locked():
+            self._ticket_queued_signal(pk)()       # behind the concurrency limit: not on its way yet
         async with self._limits[integration]:
             prior_attempts = await self._store.begin_attempt(pk, name)
             context = await self._context(record, parsed, prior_attempts, name)
@@ -428,8 +453,9 @@ class Escalator:
         # Follow-ups queued behind this comment go with it: one Zendesk call, not one each.
         follow_ups = await self._store.claim_follow_ups(record.message_pk, MAX_FOLLOW_UPS_PER_COMMENT) \
             if name == COMMENT else ()
+        on_queued = self._ticket_queued_signal(record.message_pk) if name == TICKET else None
         return StepContext(record, parsed, prior_attempts, parent=parent, group=group, follow_ups=follow_ups,
-                           pagerduty_failing_since=self._observer.failing_since.get("pagerduty"))
+                           on_queued=on_queued, pagerduty_failing_since=self._observer.failing_since.get("pagerduty"))
 
     async def _record_failure(self, record: EscalationRecord, name: str, exc: Exception, attempts: int,
                               seconds: float) -> None:

@@ -44,6 +44,7 @@ def write_config(directory: Path, *, dry_run: bool, zendesk_url: str = "https://
     `imap` is the body of an [imap] table (IMAP is enabled when it is given).
     """
     ca_line = f'ca_file = "{ca_file}"' if ca_file else ""
+    head_start = "" if "ticket_head_start_seconds" in escalation else "ticket_head_start_seconds = 1.0\n"
     text = f"""
 dry_run = {str(dry_run).lower()}
 {extra}
@@ -75,8 +76,7 @@ timeout_seconds = 3
 [escalation]
 retry_initial_seconds = 0.2
 retry_max_seconds = 1.0
-ticket_head_start_seconds = 1.0
-poll_interval_seconds = 0.1
+{head_start}poll_interval_seconds = 0.1
 {escalation}
 
 [metrics]

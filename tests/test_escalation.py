@@ -201,3 +201,25 @@ def test_a_tight_in_flight_budget_still_escalates_everything_once(start_daemon):
     pages = [m["steps"]["page"]["result"]["would_send"]["dedup_key"] for m in doc["messages"] if "page" in m["steps"]]
     assert len(pages) == len(set(pages)) == 8     # eight incidents, one page each
     assert "emergencyd_escalations_in_flight_bytes" in daemon.http_get("/metrics")[1]
+
+
+def test_a_page_is_not_held_while_its_ticket_waits_for_zendesks_pacer(live_daemon, zendesk, pagerduty):
+    # One Zendesk call a minute, and a head start far longer than this test may take: the first
+    # mail's ticket takes the only token, so the second mail's ticket waits its turn at the pacer.
+    daemon = live_daemon(policy=True, escalation="ticket_head_start_seconds = 600",
+                         extra_zendesk="requests_per_minute = 1\n")
+    daemon.send(make_message(subject="Database outage", message_id="<first@tenant.example>",
+                             body="All our apps are down since 02:10."))
+    daemon.wait_for(lambda: zendesk.tickets(), what="the first ticket")
+    daemon.send(make_message(subject="Possible security breach", sender="ops@other.example",
+                             message_id="<second@other.example>",
+                             body="We think one of our apps has been compromised via the platform."))
+
+    def second_paged():
+        message = next((m for m in daemon.status()["messages"] if m["message_id"] == "second@other.example"), None)
+        page = message and message["steps"].get("page")
+        return message if page and page["state"] == "done" else None
+    second = daemon.wait_for(second_paged, timeout=60, what="the second mail's page")
+    assert second["steps"]["ticket"]["state"] == "pending"          # still waiting for Zendesk's pace
+    assert second["steps"]["page"]["result"]["carried_ticket_link"] is False
+    assert [t["subject"] for t in zendesk.tickets()] == ["Database outage"]
