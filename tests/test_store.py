@@ -1,11 +1,12 @@
 """The store: durable settings, one row per message identity, steps committed one by one."""
+import asyncio
 import sqlite3
 import stat
 import time
 
 import pytest
 
-from daemon.store import MIGRATIONS, Store, StoreError
+from daemon.store import MIGRATIONS, AsyncStore, Store, StoreError
 from escalation.records import DONE, FAILED, NEW, PENDING, Envelope, dedup_key_of
 from tests.harness import make_message
 
@@ -135,3 +136,19 @@ def test_a_locked_store_refuses_and_writes_nothing(store):
     assert store.counts_by_state() == {}
     assert store._conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 0
     assert not store.ingest(make_message(), envelope()).duplicate
+
+
+async def test_mail_arriving_together_is_committed_together_each_once(tmp_path):
+    store = AsyncStore.open(tmp_path / "group.sqlite3", busy_timeout_ms=5000)
+    try:
+        mails = [make_message(subject=f"Mail {n}", message_id=f"<g{n}@example.net>") for n in range(30)]
+        mails.append(mails[7])                     # a second delivery inside the same group
+        results = await asyncio.gather(*(store.ingest(raw, envelope()) for raw in mails))
+    finally:
+        store.close()
+    assert [r.duplicate for r in results].count(True) == 1 and results[-1].duplicate
+    assert results[-1].message_pk == results[7].message_pk
+    assert len({r.message_pk for r in results}) == 30
+    reopened = Store.open(tmp_path / "group.sqlite3")
+    assert reopened.counts_by_state() == {NEW: 30}
+    reopened.close()
