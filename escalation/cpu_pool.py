@@ -22,7 +22,7 @@ import heapq
 import itertools
 import logging
 import multiprocessing
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum
@@ -59,7 +59,7 @@ class CpuPool:
         self._waiting: list[tuple[int, int, asyncio.Future]] = []   # (priority, order, slot granted)
         self._order = itertools.count()
         self._free_slots = workers
-        self._generation = self._new_pool(context)
+        self._generation: tuple[ClassifyContext, ProcessPool | InProcessPool] = self._new_pool(context)
 
     @property
     def policy(self) -> Policy:
@@ -70,6 +70,18 @@ class CpuPool:
         pool = ProcessPool(max_workers=self._workers, initializer=_start_worker, initargs=(context,),
                            context=multiprocessing.get_context("spawn"))
         return context, pool
+
+    def _schedule(self, fn: Callable, args: tuple, kwargs: dict) -> Future:
+        context, pool = self._generation
+        try:
+            return pool.schedule(fn, args=args, kwargs=kwargs, timeout=self._timeout)
+        except OSError as exc:      # the pool starts at its first job: no /dev/shm for its locks, say
+            log.error("worker processes unavailable; parsing and classifying on threads instead",
+                      extra={"error": str(exc)})
+            fallback = InProcessPool(context, self._workers)
+            if self._generation[1] is pool:
+                self._generation = (context, fallback)
+            return fallback.schedule(fn, args=args, kwargs=kwargs, timeout=self._timeout)
 
     def swap_policy(self, context: ClassifyContext) -> None:
         """A reload: new workers with the new policy; jobs already in the old pool finish there."""
@@ -100,7 +112,7 @@ class CpuPool:
     async def _run(self, priority: Priority, fn: Callable, args: tuple, kwargs: dict | None = None) -> Any:
         await self._slot(priority)
         try:
-            future: Future = self._generation[1].schedule(fn, args=args, kwargs=kwargs or {}, timeout=self._timeout)
+            future = self._schedule(fn, args, kwargs or {})
             try:
                 return await asyncio.wrap_future(future)
             except TimeoutError:
@@ -135,6 +147,29 @@ class CpuPool:
         pool = self._generation[1]
         pool.stop()
         pool.join(timeout=5)
+
+
+class InProcessPool:
+    """The fallback when worker processes cannot start: the same calls on threads of this process.
+    The loop stays free of the work, though the GIL is shared; a hung call cannot be stopped."""
+
+    def __init__(self, context: ClassifyContext, workers: int):
+        self._context = context
+        self._threads = ThreadPoolExecutor(workers, thread_name_prefix="cpu")
+
+    def schedule(self, fn: Callable, *, args: tuple, kwargs: dict, timeout: float) -> Future:
+        if fn is _classify:
+            return self._threads.submit(classify_with, self._context, *args, **kwargs)
+        return self._threads.submit(_ready if fn is _ready else fn, *args, **kwargs)
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=False)
+
+    def stop(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+    def join(self, timeout: float | None = None) -> None:
+        return None
 
 
 class WorkerFailed(RuntimeError):

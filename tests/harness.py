@@ -108,12 +108,13 @@ class DaemonProcess:
     metrics_port: int = 0
     logs: list[str] = field(default_factory=list)
     preexec_fn: Callable[[], None] | None = None   # run in the child before exec (limits, privileges)
+    wrapper: tuple[str, ...] = ()                   # a command that execs the daemon (a namespace, say)
 
     def start(self, timeout: float = 15.0) -> "DaemonProcess":
         log = open(self.log_path, "ab")
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "run", "--config", str(self.config)],
+            [*self.wrapper, sys.executable, "-m", "daemon.cli", "run", "--config", str(self.config)],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             preexec_fn=self.preexec_fn)
         log.close()

@@ -1,7 +1,12 @@
 """An emergency never waits behind noise: through the real daemon, decisions take fair turns."""
+import os
 from pathlib import Path
 
-from tests.harness import DaemonProcess, base_env, log_records, make_message, run_cli, write_config
+import pytest
+
+from tests.harness import (
+    DaemonProcess, base_env, log_records, make_message, require_tool, run_cli, write_config,
+)
 
 
 def test_a_new_senders_mail_is_decided_before_a_storming_senders_backlog(tmp_path):
@@ -42,3 +47,22 @@ def test_the_event_loop_lag_is_measured_and_the_work_runs_in_worker_processes(st
     children = (Path(f"/proc/{daemon.proc.pid}/task/{daemon.proc.pid}/children").read_text().split())
     commands = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children]
     assert any(b"multiprocessing" in command for command in commands), commands
+
+
+def test_without_worker_processes_mail_is_still_decided_on_threads(tmp_path):
+    """A host where the pool cannot start (no writable /dev/shm for its locks): nothing is lost."""
+    if os.geteuid() != 0:
+        message = "needs root for a mount namespace with a read-only /dev/shm"
+        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+    read_only_shm = ("unshare", "--mount", "sh", "-c", 'mount -t tmpfs -o ro tmpfs /dev/shm && exec "$@"', "sh")
+    config = write_config(tmp_path, dry_run=True, policy=True)
+    daemon = DaemonProcess(config=config, env=base_env(), log_path=tmp_path / "daemon.log",
+                           wrapper=(require_tool("unshare"), *read_only_shm[1:])).start()
+    try:
+        daemon.send(make_message(subject="All our apps are down", body="Every app returns 502."))
+        [message] = daemon.wait_settled(1)["messages"]
+        log = daemon.log_text()
+    finally:
+        daemon.stop()
+    assert message["severity"] == "P1" and message["state"] == "done"
+    assert "worker processes unavailable; parsing and classifying on threads instead" in log
