@@ -66,8 +66,15 @@ def plan(seed: int, count: int) -> list[Mail]:
     return mails
 
 
+# Incidents are told apart by words: one sender's subjects that differ only in numbers are one loop.
+CASE_WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo",
+              "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango", "uniform", "victor",
+              "whiskey", "xray", "yankee", "zulu")
+
+
 def _subject(seed: int, incident: int) -> str:
-    return f"P1: {SERVICES[incident % len(SERVICES)]} outage in production (case {seed}-{incident})"
+    case = " ".join(CASE_WORDS[(incident // len(CASE_WORDS) ** i) % len(CASE_WORDS)] for i in range(2))
+    return f"P1: {SERVICES[incident % len(SERVICES)]} outage in production (case {seed} {case})"
 
 
 def _message(*, sender: str, subject: str, message_id: str | None, body: str, headers: str = "",
