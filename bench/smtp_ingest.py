@@ -53,8 +53,17 @@ SMTP_TIMEOUT = 60.0
 
 # --- messages -------------------------------------------------------------------
 
-def build_message(run: str, index: int) -> tuple[str, bytes]:
-    """A realistic ~1.5 KB tenant alert with a unique Message-ID; returns (dedup_key, bytes)."""
+LOG_LINE = "  02:10:{second:02d} upstream timed out (110: Connection timed out) while connecting to upstream, " \
+           "client: 203.0.113.{client}, server: {host}.tenant-acme.example.net\r\n"
+
+
+def build_message(run: str, index: int, *, body_kb: float | None = None,
+                  sender: str | None = None) -> tuple[str, bytes]:
+    """A realistic ~1.5 KB tenant alert with a unique Message-ID; returns (dedup_key, bytes).
+
+    body_kb: pad the log excerpt until the whole mail is about that many KB (real alerts
+    carry log dumps). sender: the From: address (default: one of its own per index).
+    """
     mid = f"{run}.{index:06d}@mail.tenant-acme.example.net"
     host = f"web-{index % 17:02d}"
     extra = (
@@ -83,10 +92,34 @@ def build_message(run: str, index: int) -> tuple[str, bytes]:
         "number in our contract if you need access to the machines.\r\n\r\n"
         "-- \r\nAcme Network Operations Centre\r\n+1 555 0100 (24/7)\r\n"
     )
-    raw = make_message(subject=f"URGENT: production down on {host} (ACME-INC-{20000 + index})", body=body,
-                       sender=f"noc{index}@tenant-acme.example.net", message_id=f"<{mid}>",
-                       extra_headers=extra)
+    subject = f"URGENT: production down on {host} (ACME-INC-{20000 + index})"
+    sender = sender or f"noc{index}@tenant-acme.example.net"
+    raw = make_message(subject=subject, body=body, sender=sender, message_id=f"<{mid}>", extra_headers=extra)
+    if body_kb:
+        body += _log_dump(int(body_kb * 1024) - len(raw), host)
+        raw = make_message(subject=subject, body=body, sender=sender, message_id=f"<{mid}>", extra_headers=extra)
     return dedup_key_of("mid:" + mid), raw
+
+
+def _log_dump(size: int, host: str) -> str:
+    """About `size` bytes of proxy log lines (none if size <= 0), after a line that says what they are."""
+    lines = ["\r\nFull proxy log of the last minutes:\r\n"]
+    total = len(lines[0])
+    number = 0
+    while total < size:
+        line = LOG_LINE.format(second=number % 60, client=number % 250 + 1, host=host)
+        lines.append(line)
+        total += len(line)
+        number += 1
+    return "".join(lines) if size > 0 else ""
+
+
+def mail_for(run: str, index: int, *, body_kb: float | None, senders: str) -> tuple[str, bytes, str]:
+    """(dedup_key, bytes, envelope sender): from one address throughout (`one`, a looping monitoring
+    system) or from an address of its own per mail (`many`), in the envelope and in From: alike."""
+    sender = SENDER if senders == "one" else f"noc{index}@tenant{index % 1000:03d}.example.net"
+    key, raw = build_message(run, index, body_kb=body_kb, sender=sender)
+    return key, raw, sender
 
 
 # --- the SMTP load ----------------------------------------------------------------
@@ -113,9 +146,9 @@ class LoadResult:
         return [s for s in self.samples if s.code == 250]
 
 
-def _send_one(client: smtplib.SMTP, raw: bytes) -> tuple[float, float, int]:
+def _send_one(client: smtplib.SMTP, raw: bytes, sender: str = SENDER) -> tuple[float, float, int]:
     client.ehlo_or_helo_if_needed()
-    code, _ = client.mail(SENDER)
+    code, _ = client.mail(sender)
     if code != 250:
         client.rset()
         return 0.0, 0.0, code
@@ -131,12 +164,16 @@ def _send_one(client: smtplib.SMTP, raw: bytes) -> tuple[float, float, int]:
     return start, time.monotonic(), code
 
 
-def run_load(port: int, messages: list[tuple[str, bytes]], connections: int,
-             warmup: list[tuple[str, bytes]] | None = None, server_pid: int | None = None) -> LoadResult:
+def run_load(port: int, messages: list[tuple], connections: int,
+             warmup: list[tuple] | None = None, server_pid: int | None = None,
+             on_answer=None, server_cpu=None) -> LoadResult:
     """Send `messages` over `connections` concurrent connections; message i goes on connection i % K.
 
-    Each connection first sends its warm-up message (untimed), then all wait on a barrier,
-    so the clock starts with every connection open and warm.
+    A message is (key, raw) or (key, raw, envelope sender). Each connection first sends its
+    warm-up message (untimed), then all wait on a barrier, so the clock starts with every
+    connection open and warm. on_answer(sample), if given, is called in the sending thread
+    after each 250 (to act at the Nth answer). server_cpu(), if given, reads the server's CPU
+    seconds instead of /proc of server_pid (a server of several processes).
     """
     result = LoadResult()
     lock = threading.Lock()
@@ -150,12 +187,14 @@ def run_load(port: int, messages: list[tuple[str, bytes]], connections: int,
             with smtplib.SMTP("127.0.0.1", port, local_hostname="bench.localhost", timeout=SMTP_TIMEOUT) as client:
                 client.ehlo_or_helo_if_needed()
                 if warmup:
-                    _send_one(client, warmup[number % len(warmup)][1])
+                    _send_one(client, *warmup[number % len(warmup)][1:])
                 barrier.wait()
-                for key, raw in shares[number]:
-                    start, end, code = _send_one(client, raw)
+                for key, *mail in shares[number]:
+                    start, end, code = _send_one(client, *mail)
                     if code == 250:
                         local.append(Sample(key, start, end, code))
+                        if on_answer is not None:
+                            on_answer(local[-1])
                     else:
                         rejected += 1
         except threading.BrokenBarrierError:
@@ -177,11 +216,12 @@ def run_load(port: int, messages: list[tuple[str, bytes]], connections: int,
     except threading.BrokenBarrierError:
         pass
     result.started = time.monotonic()
-    cpu_before = cpu_seconds(server_pid)
+    read_cpu = server_cpu or (lambda: cpu_seconds(server_pid))
+    cpu_before = read_cpu()
     for t in threads:
         while t.is_alive():
             t.join(0.2)
-    cpu_after = cpu_seconds(server_pid)
+    cpu_after = read_cpu()
     ends = [s.end for s in result.samples]
     result.finished = max(ends) if ends else result.started
     if cpu_before is not None and cpu_after is not None:
@@ -287,23 +327,23 @@ def start_emergencyd(directory: Path, stack: Cleanup, *, env: dict[str, str], **
         raise
 
 
-def bench_floor(args, workdir: Path, stack: Cleanup, messages, warmup) -> dict:
-    directory = workdir / "floor"
+def bench_floor(workdir: Path, stack: Cleanup, messages, warmup, connections: int) -> dict:
+    directory = workdir / f"floor-{connections}"
     directory.mkdir()
     proc, port = start_floor(directory, stack)
-    result = run_load(port, messages, args.connections, warmup, server_pid=proc.pid)
+    result = run_load(port, messages, connections, warmup, server_pid=proc.pid)
     stop_process(proc)
     files = len(list((directory / "spool").glob("*.eml")))
-    return smtp_row("floor (fsync per message)", result, len(messages), args.connections, files_written=files)
+    return smtp_row("floor (fsync per message)", result, len(messages), connections, files_written=files)
 
 
-def bench_dry_run(args, workdir: Path, stack: Cleanup, messages, warmup) -> dict:
-    directory = workdir / "dry-run"
+def bench_dry_run(workdir: Path, stack: Cleanup, messages, warmup, connections: int) -> dict:
+    directory = workdir / f"dry-run-{connections}"
     daemon = start_emergencyd(directory, stack, env=base_env(), dry_run=True)
-    result = run_load(daemon.smtp_port, messages, args.connections, warmup, server_pid=daemon.proc.pid)
+    result = run_load(daemon.smtp_port, messages, connections, warmup, server_pid=daemon.proc.pid)
     backlog = _escalation_backlog(directory / "var" / "store.sqlite3")
     stop_daemon(daemon)
-    return smtp_row("emergencyd dry-run", result, len(messages), args.connections,
+    return smtp_row("emergencyd dry-run", result, len(messages), connections,
                     escalations_unfinished_at_end=backlog)
 
 
@@ -372,7 +412,8 @@ def bench_pagerduty(args, workdir: Path, stack: Cleanup, run: str) -> tuple[dict
 
     # Loaded: the burst.
     messages = [build_message(f"{run}-live", i) for i in range(args.live_messages)]
-    result = run_load(daemon.smtp_port, messages, args.connections, server_pid=daemon.proc.pid)
+    connections = args.connections[0]
+    result = run_load(daemon.smtp_port, messages, connections, server_pid=daemon.proc.pid)
     accepted = result.accepted
     keys = {s.key for s in accepted}
     found = wait_pages(keys, args.page_timeout)
@@ -381,10 +422,10 @@ def bench_pagerduty(args, workdir: Path, stack: Cleanup, run: str) -> tuple[dict
     first_page = min((found[k] for k in keys if k in found), default=None)
     last_250 = result.finished
     stop_daemon(daemon)
-    figures = row("emergencyd to PagerDuty", len(messages), args.connections, len(latencies),
+    figures = row("emergencyd to PagerDuty", len(messages), connections, len(latencies),
                   last_page - result.started, latencies, pages_expected=len(keys), pages_arrived=len(latencies),
                   rejected=result.rejected, errors=result.errors, smtp=smtp_row(
-                      "emergencyd live, SMTP accept", result, len(messages), args.connections),
+                      "emergencyd live, SMTP accept", result, len(messages), connections),
                   fake_errors=[repr(e) for e in zendesk.errors + pagerduty.errors],
                   first_page_after_start_ms=_ms(None if first_page is None else first_page - result.started),
                   last_250_after_start_ms=_ms(last_250 - result.started))
@@ -497,9 +538,10 @@ def report(info: dict, rows: list[dict], idle: dict | None, args) -> str:
         out.append(f"{r['name']:28}{_fmt(r['messages'], 9)}{_fmt(r['connections'], 12)}"
                    f"{_fmt(r['msg_per_s'], 9)}{_fmt(r['p50_ms'], 9, 2)}{_fmt(r['p99_ms'], 9, 2)}")
     out.append("")
-    out.append("latency, floor and dry-run rows: smtplib data() call, i.e. DATA, the 354 reply, sending the")
-    out.append("  ~1.5 KB body and the final '.', until the 250 arrives (the body transfer is included).")
-    out.append("msg/s, floor and dry-run rows: messages answered 250 / (last 250 - start, all connections open).")
+    out.append(f"mail: {args.sizes}, {SENDERS_TEXT[args.senders]}")
+    out.append("latency, SMTP rows: smtplib data() call, i.e. DATA, the 354 reply, sending the body and")
+    out.append("  the final '.', until the 250 arrives (the body transfer is included).")
+    out.append("msg/s, SMTP rows: messages answered 250 / (last 250 - start, all connections open).")
     pd = next((r for r in rows if r["name"] == "emergencyd to PagerDuty"), None)
     if pd:
         out.append("latency, PagerDuty row: from time.monotonic() just before data() (our 'end of DATA') to the")
@@ -518,14 +560,15 @@ def report(info: dict, rows: list[dict], idle: dict | None, args) -> str:
         if idle and idle["probes"]:
             out.append(f"unloaded, one message at a time to PagerDuty: p50 {_fmt(idle['p50_ms'], 0, 2)} ms, "
                        f"max {_fmt(idle['max_ms'], 0, 2)} ms over {idle['probes']} messages")
-    cpu = [f"{r['name'].split(' (')[0]} {r['server_cpu_percent']}%" for r in rows[:2]
+    cpu = [f"{r['name'].split(' (')[0]} x{r['connections']} {r['server_cpu_percent']}%" for r in rows
            if r.get("server_cpu_percent") is not None]
     if cpu:
         out.append(f"server CPU during the load (100% = one core): {', '.join(cpu)}")
-    dry = next((r for r in rows if r["name"] == "emergencyd dry-run"), None)
-    if dry and dry.get("escalations_unfinished_at_end") is not None:
-        out.append(f"dry-run: {dry['escalations_unfinished_at_end']} escalations still unfinished when the last "
-                   "250 came back (ingest writes first; escalation catches up after the burst).")
+    out += peer_lines(rows)
+    for dry in (r for r in rows if r["name"] == "emergencyd dry-run"):
+        if dry.get("escalations_unfinished_at_end") is not None:
+            out.append(f"dry-run x{dry['connections']}: {dry['escalations_unfinished_at_end']} escalations still "
+                       "unfinished when the last 250 came back (escalation catches up after the burst).")
     for r in rows:
         problems = list(r.get("errors") or [])
         if r.get("rejected"):
@@ -533,8 +576,29 @@ def report(info: dict, rows: list[dict], idle: dict | None, args) -> str:
         if r.get("fake_errors"):
             problems += [f"fake: {e}" for e in r["fake_errors"]]
         for problem in problems:
-            out.append(f"WARNING {r['name']}: {problem}")
+            out.append(f"WARNING {r['name']} x{r['connections']}: {problem}")
     return "\n".join(out)
+
+
+SENDERS_TEXT = {"one": "every mail from one envelope sender and From: (a looping monitoring system)",
+                "many": "every mail from an envelope sender and From: of its own"}
+
+
+def peer_lines(rows: list[dict]) -> list[str]:
+    """The targets against Postfix, when it ran: dry-run msg/s against Postfix's at the most
+    connections, and dry-run p50 against Postfix's with one connection."""
+    out = []
+    for peer in (r for r in rows if r["name"].startswith("Postfix")):
+        dry = next((r for r in rows if r["name"] == "emergencyd dry-run"
+                    and r["connections"] == peer["connections"]), None)
+        if dry is None:
+            continue
+        ratio = (dry["msg_per_s"] / peer["msg_per_s"]) if dry["msg_per_s"] and peer["msg_per_s"] else None
+        out.append(f"against Postfix x{peer['connections']}: dry-run msg/s {_fmt(ratio, 0, 2)}x Postfix's, "
+                   f"p50 {_fmt(dry['p50_ms'], 0, 2)} ms vs {_fmt(peer['p50_ms'], 0, 2)} ms; Postfix's queue "
+                   f"empty {_fmt(peer.get('queue_drained_after_s'), 0, 2)} s after its last 250, "
+                   f"{peer.get('delivered')} delivered to the Maildir")
+    return out
 
 
 # --- main -------------------------------------------------------------------------
@@ -543,7 +607,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=2000, help="messages for the floor and dry-run (2000)")
-    parser.add_argument("--connections", type=int, default=8, help="concurrent SMTP connections (8)")
+    parser.add_argument("--connections", type=int, nargs="+", default=[8], metavar="K",
+                        help="concurrent SMTP connections (8); several values, e.g. 8 1: a run of each")
+    parser.add_argument("--body-kb", type=float, metavar="KB",
+                        help="pad each mail with a log dump to about KB KB (default: ~1.5 KB, no padding)")
+    parser.add_argument("--senders", choices=("one", "many"), default="many",
+                        help="one envelope sender and From: for every mail, or one of its own each (many)")
+    parser.add_argument("--postfix", action="store_true",
+                        help="add a throwaway Postfix (needs the postfix package and root) as a row")
+    parser.add_argument("--no-live", action="store_true", help="leave out the run to the fake PagerDuty")
     parser.add_argument("--live-messages", type=int, default=200,
                         help="messages for the run to the fake PagerDuty (200)")
     parser.add_argument("--idle-probes", type=int, default=5,
@@ -552,8 +624,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds to wait for every page after the burst (60)")
     add_session_args(parser, tmpdir="the spool and stores", keep="daemon logs, stores")
     args = parser.parse_args(argv)
-    if args.messages < 1 or args.connections < 1 or args.live_messages < 1:
+    if args.messages < 1 or min(args.connections) < 1 or args.live_messages < 1:
         parser.error("--messages, --connections and --live-messages must be at least 1")
+    if args.postfix:
+        from bench.postfix_peer import missing_requirements
+        problem = missing_requirements()
+        if problem:
+            parser.error(f"--postfix: {problem}")
     return args
 
 
@@ -581,27 +658,45 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     run = f"bench{os.getpid()}-{int(time.time())}"
     with bench_session("emergencyd-bench-", args.tmpdir, args.keep) as (stack, workdir, info, others):
-        messages = [build_message(run, i) for i in range(args.messages)]
-        warmup = [build_message(f"{run}-warmup", 900_000 + i) for i in range(args.connections)]
-        sizes = [len(raw) for _, raw in messages]
-        print(f"{args.messages} messages of {min(sizes)}-{max(sizes)} bytes over {args.connections} connections; "
-              f"then {args.live_messages} to the fake PagerDuty ...", file=sys.stderr, flush=True)
+        messages = [mail_for(run, i, body_kb=args.body_kb, senders=args.senders) for i in range(args.messages)]
+        warmup = [mail_for(f"{run}-warmup", 900_000 + i, body_kb=args.body_kb, senders=args.senders)
+                  for i in range(max(args.connections))]
+        sizes = [len(raw) for _, raw, _ in messages]
+        args.sizes = f"{args.messages} messages of {min(sizes)}-{max(sizes)} bytes"
+        print(f"{args.sizes} over {' and '.join(map(str, args.connections))} connections"
+              + ("" if args.no_live else f"; then {args.live_messages} to the fake PagerDuty") + " ...",
+              file=sys.stderr, flush=True)
         rows = []
-        for name, bench in (("floor", bench_floor), ("dry-run", bench_dry_run)):
+        for connections in args.connections:
+            for name, bench in smtp_benches(args):
+                began = time.monotonic()
+                rows.append(bench(workdir, stack, messages, warmup, connections))
+                print(f"  {name} x{connections}: {time.monotonic() - began:.1f}s", file=sys.stderr, flush=True)
+        idle = None
+        if not args.no_live:
             began = time.monotonic()
-            rows.append(bench(args, workdir, stack, messages, warmup))
-            print(f"  {name}: {time.monotonic() - began:.1f}s", file=sys.stderr, flush=True)
-        began = time.monotonic()
-        live, idle = bench_pagerduty(args, workdir, stack, run)
-        rows.append(live)
-        print(f"  to PagerDuty: {time.monotonic() - began:.1f}s", file=sys.stderr, flush=True)
+            live, idle = bench_pagerduty(args, workdir, stack, run)
+            rows.append(live)
+            print(f"  to PagerDuty: {time.monotonic() - began:.1f}s", file=sys.stderr, flush=True)
         info["others_cores"] = others.cores()
+        if args.postfix:
+            from bench.postfix_peer import postfix_version
+            info["postfix"] = postfix_version()
         print(report(info, rows, idle, args))
         if args.json:
             doc = {"machine": info, "message_bytes": {"min": min(sizes), "max": max(sizes)},
                    "rows": rows, "unloaded_to_pagerduty": idle}
             args.json.write_text(json.dumps(doc, indent=2) + "\n")
     return 0
+
+
+def smtp_benches(args) -> list[tuple[str, object]]:
+    """The SMTP servers each connection count is run against, in this order."""
+    benches = []
+    if args.postfix:
+        from bench.postfix_peer import bench_postfix
+        benches.append(("Postfix", bench_postfix))
+    return benches + [("dry-run", bench_dry_run), ("floor", bench_floor)]
 
 
 def add_session_args(parser: argparse.ArgumentParser, *, tmpdir: str, keep: str) -> None:
