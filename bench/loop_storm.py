@@ -1,0 +1,329 @@
+"""Loop storm benchmark: one tenant's monitoring loops, and another tenant's P1 arrives meanwhile.
+
+    .venv/bin/python bench/loop_storm.py [--mails 600] [--body-kb 20] [--connections 8]
+                                         [--p1-after 200] [--zendesk-rpm 90] [--json FILE]
+
+emergencyd runs live (dry_run = false, the shipped policy) against FakeZendesk and
+FakePagerDuty in this process, as in bench/storm.py. One sender mails N alerts of ~20 KB
+(subjects differing only in a counter, a hex id and a time; bodies a log dump) over K SMTP
+connections as fast as they are accepted; right after the Mth 250, another tenant's P1
+("All our apps are down") goes on a connection of its own. Measured: that P1's end of DATA
+to its trigger at the fake PagerDuty, the storm's 250 latency and rate, the daemon's
+event-loop lag (its /metrics histogram), what the loop became in PagerDuty and Zendesk, and
+the drain. Figures only: nothing is asserted. See bench/README.md ("Loop storm benchmark").
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import histogram  # noqa: E402
+from bench.smtp_ingest import (  # noqa: E402
+    Cleanup, _fmt, _ms, add_session_args, bench_session, header, percentile, run_benchmark, run_load,
+    start_emergencyd, stop_daemon,
+)
+from bench.storm import (  # noqa: E402
+    Sampler, drain, log_problems, pagerduty_figures, relations_of, send_canary, zendesk_figures,
+)
+from tests.harness import API_TOKEN, ZENDESK_EMAIL, ZENDESK_TOKEN, live_env, make_message  # noqa: E402
+
+LAG_METRIC = "emergencyd_event_loop_lag_seconds"
+LOOP_SENDER = "alerts@monitoring.tenant-loop.example"
+P1_SENDER = "ops@othercorp.example"
+P1_PAGE_TIMEOUT = 30.0     # seconds after the P1's DATA to wait for its page before the drain
+SEND_P1_TIMEOUT = 120.0    # the P1 thread gives up if the Mth 250 never comes
+
+
+# --- the mail -----------------------------------------------------------------------
+
+LOG_LINE = ("2026-11-27T02:{minute:02d}:{second:02d}.{ms:03d}Z checkout-api-7f9c8d6b5-{pod} ERROR "
+            "upstream request failed status=50{digit} method=POST path=/api/v1/cart/{cart:08x}/checkout "
+            "duration_ms={duration} trace_id={trace:016x}\r\n")
+
+
+def log_dump(size: int, seed: int) -> str:
+    """About `size` bytes of an application's error log, different in every mail."""
+    lines, total, n = [], 0, 0
+    while total < size:
+        line = LOG_LINE.format(minute=14 + n // 600, second=n // 10 % 60, ms=(n * 37) % 1000,
+                               pod=f"{(seed * 7 + n) % 46656:03x}", digit=(2, 3, 4)[n % 3],
+                               cart=(seed * 1_000_003 + n * 7919) & 0xFFFFFFFF, duration=3000 + n % 997,
+                               trace=(seed << 20) ^ (n * 2654435761))
+        lines.append(line)
+        total += len(line)
+        n += 1
+    return "".join(lines)
+
+
+def loop_mail(run: str, index: int, body_kb: float) -> tuple[str, bytes, str]:
+    """Alert `index` of the loop: (key, raw, envelope sender). Only the counter, the hex id and
+    the time differ between subjects, as a monitoring system's do."""
+    second = index * 7
+    stamp = f"02:{14 + second // 3600 % 46:02d}:{second // 60 % 60:02d}"
+    alert_id = f"{((index + 1) * 2654435761) & 0xFFFFFFFF:08x}"
+    subject = (f"ALERT #{10423 + index} checkout-api: HTTP 5xx rate 12.4% above threshold "
+               f"(id {alert_id}) at {stamp}")
+    head = (f"Alert #{10423 + index} fired at {stamp} UTC.\r\n\r\nRule: http_5xx_rate{{service=\"checkout-api\"}} "
+            "> 5% for 1m\r\nCurrent value: 12.4%\r\nRunbook: https://wiki.tenant-loop.example/runbooks/5xx\r\n\r\n"
+            "Last log lines:\r\n")
+    mid = f"{run}.loop{index:05d}@monitoring.tenant-loop.example"
+    raw = make_message(subject=subject, body=head, sender=LOOP_SENDER, message_id=f"<{mid}>")
+    body = head + log_dump(int(body_kb * 1024) - len(raw), index)
+    raw = make_message(subject=subject, body=body, sender=LOOP_SENDER, message_id=f"<{mid}>",
+                       extra_headers="X-Mailer: Alertmanager/0.27\r\n")
+    return f"loop-{index}", raw, LOOP_SENDER
+
+
+def p1_mail(run: str) -> tuple[str, bytes]:
+    """Another tenant's real P1; (Message-ID without <>, raw)."""
+    mid = f"{run}.p1@mail.othercorp.example"
+    raw = make_message(subject="All our apps are down", sender=P1_SENDER, message_id=f"<{mid}>",
+                       body="All our production apps return 502 since 02:10, customers cannot reach us")
+    return mid, raw
+
+
+# --- the run ------------------------------------------------------------------------
+
+class P1AfterNth:
+    """Sends the P1 on its own connection from a thread of its own, as soon as the Nth 250 of the
+    storm has come back (on_answer runs in the storm's sending threads)."""
+
+    def __init__(self, port: int, raw: bytes, after: int) -> None:
+        self.port, self.raw, self.after = port, raw, after
+        self.answered = 0
+        self.lock = threading.Lock()
+        self.due = threading.Event()
+        self.sent_at: float | None = None
+        self.code: int | None = None
+        self.error: str | None = None
+        self.gave_up = False
+        self.thread = threading.Thread(target=self._send, name="p1", daemon=True)
+        self.thread.start()
+
+    def on_answer(self, _sample) -> None:
+        with self.lock:
+            self.answered += 1
+            if self.answered == self.after:
+                self.due.set()
+
+    def _send(self) -> None:
+        if not self.due.wait(SEND_P1_TIMEOUT) or self.gave_up:
+            self.error = f"the storm never reached {self.after} answers"
+            return
+        try:
+            self.sent_at, self.code = send_canary(self.port, self.raw)
+        except Exception as exc:   # reported, not raised: a figure, not a test
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def join(self, timeout: float) -> None:
+        """Once the storm is over: the P1 has been sent, or never will be."""
+        with self.lock:
+            if self.answered < self.after:
+                self.gave_up = True
+                self.due.set()
+        self.thread.join(timeout)
+
+
+def first_trigger(pagerduty, key: str | None) -> float | None:
+    if not key:
+        return None
+    return min((r.received_at for r in pagerduty.requests_matching(r"^/v2/enqueue$", "POST")
+                if isinstance(r.json, dict) and r.json.get("event_action") == "trigger"
+                and r.json.get("dedup_key") == key), default=None)
+
+
+def wait_p1_page(daemon, pagerduty, p1_id: str, timeout: float) -> tuple[float | None, dict | None]:
+    """(when its trigger reached the fake, its record from `status --json`), waiting up to `timeout`."""
+    deadline = time.monotonic() + timeout
+    record = None
+    while time.monotonic() < deadline:
+        record = relations_of(daemon.config, 20, p1_id).get("canary") or record
+        key = record and (record.get("page_key") or record.get("dedup_key"))
+        paged = first_trigger(pagerduty, key)
+        if paged is not None:
+            return paged, record
+        time.sleep(0.2)
+    return None, record
+
+
+def loop_lag_windows(readings: dict) -> dict:
+    """Lag during the burst (before -> last 250 and P1 paged) and over the whole run (-> drained)."""
+    return {"burst": histogram.summary(histogram.between(readings["before"], readings.get("burst"))),
+            "whole_run": histogram.summary(histogram.between(readings["before"], readings.get("end")))}
+
+
+def bench_loop_storm(args, workdir: Path, stack: Cleanup, run: str) -> dict:
+    from tests.fakes.pagerduty import FakePagerDuty
+    from tests.fakes.tls import TestCA
+    from tests.fakes.zendesk import FakeZendesk
+
+    ca = TestCA()
+    zendesk = stack.enter_context(FakeZendesk(ca=ca, email=ZENDESK_EMAIL, token=ZENDESK_TOKEN))
+    pagerduty = stack.enter_context(FakePagerDuty(ca=ca, api_token=API_TOKEN))
+    directory = workdir / "loop-storm"
+    directory.mkdir()
+    daemon = start_emergencyd(directory, stack, env=live_env(), dry_run=False, policy=True,
+                              zendesk_url=zendesk.url, pagerduty_url=pagerduty.url,
+                              ca_file=ca.write_ca_pem(directory),
+                              extra_zendesk=f"requests_per_minute = {args.zendesk_rpm}\n")
+    sampler = Sampler(daemon.proc.pid)
+    sampler.start()
+    stack.callback(sampler.stop)
+    messages = [loop_mail(run, i, args.body_kb) for i in range(args.mails)]
+    p1_id, p1_raw = p1_mail(run)
+    sizes = [len(raw) for _, raw, _ in messages]
+    lag = {"before": histogram.read_histogram(daemon.metrics_port, LAG_METRIC)}
+    print(f"loop storm: {len(messages)} mails of {min(sizes)}-{max(sizes)} bytes from {LOOP_SENDER} over "
+          f"{args.connections} connections; the P1 after the {args.p1_after}th 250 ...", file=sys.stderr, flush=True)
+
+    p1 = P1AfterNth(daemon.smtp_port, p1_raw, args.p1_after)
+    result = run_load(daemon.smtp_port, messages, args.connections, server_pid=daemon.proc.pid,
+                      on_answer=p1.on_answer)
+    began = result.started
+    p1.join(SEND_P1_TIMEOUT)
+    paged, record = (None, None) if p1.sent_at is None else \
+        wait_p1_page(daemon, pagerduty, p1_id, p1.sent_at + P1_PAGE_TIMEOUT - time.monotonic())
+    lag["burst"] = histogram.read_histogram(daemon.metrics_port, LAG_METRIC)
+    print(f"  accepted {len(result.accepted)}/{len(messages)} in {result.finished - began:.1f}s; P1 paged "
+          f"{'-' if paged is None else f'{paged - p1.sent_at:.2f}s'} after its DATA; draining (up to "
+          f"{args.drain_timeout:g}s after the burst began) ...", file=sys.stderr, flush=True)
+
+    drained = drain(args, daemon, directory / "var" / "store.sqlite3", zendesk, began, sampler)
+    lag["end"] = histogram.read_histogram(daemon.metrics_port, LAG_METRIC)
+    relations = relations_of(daemon.config, len(messages) + 1, p1_id)
+    record = relations.get("canary") or record
+    sampler.stop()
+    stop_daemon(daemon)
+    return figures(args, result, p1, paged, record, drained, lag, pagerduty, zendesk, relations, sizes,
+                   log_problems(daemon.log_path))
+
+
+def figures(args, result, p1, paged, record, drained, lag, pagerduty, zendesk, relations, sizes, log) -> dict:
+    began = result.started
+    accepted = result.accepted
+    latencies = [s.end - s.start for s in accepted]
+    accept_s = result.finished - began
+    p1_key = record and (record.get("page_key") or record.get("dedup_key"))
+    triggers = [r.json for r in pagerduty.requests_matching(r"^/v2/enqueue$", "POST")
+                if isinstance(r.json, dict) and r.json.get("event_action") == "trigger"]
+    loop_keys = {t.get("dedup_key") for t in triggers if t.get("dedup_key") != p1_key}
+    incidents = pagerduty.incidents()
+    return {
+        "mails": len(sizes), "connections": args.connections, "p1_after": args.p1_after,
+        "zendesk_rpm": args.zendesk_rpm, "message_bytes": {"min": min(sizes), "max": max(sizes)},
+        "smtp": {"accepted": len(accepted), "rejected": result.rejected, "errors": result.errors,
+                 "last_250_s": round(accept_s, 3),
+                 "msg_per_s": round(len(accepted) / accept_s, 1) if accept_s > 0 else None,
+                 "p50_ms": _ms(percentile(latencies, 50)), "p99_ms": _ms(percentile(latencies, 99)),
+                 "max_ms": _ms(max(latencies, default=None))},
+        "p1": {"sent_s": None if p1.sent_at is None else round(p1.sent_at - began, 3), "code": p1.code,
+               "error": p1.error, "record": record, "paged_s": None if paged is None else round(paged - began, 3),
+               "page_latency_s": None if paged is None or p1.sent_at is None else round(paged - p1.sent_at, 3)},
+        "loop": {"dedup_keys": len(loop_keys),
+                 "trigger_events": sum(1 for t in triggers if t.get("dedup_key") != p1_key),
+                 "incidents": sum(1 for i in incidents if i.get("dedup_key") != p1_key) if incidents and
+                 "dedup_key" in incidents[0] else max(len(incidents) - (1 if paged else 0), 0)},
+        "event_loop_lag": loop_lag_windows(lag),
+        "drain": drained,
+        "pagerduty": pagerduty_figures(pagerduty, began),
+        "zendesk": zendesk_figures(zendesk, args.zendesk_rpm, began),
+        "store": relations,
+        "log": log,
+    }
+
+
+# --- report -------------------------------------------------------------------------
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} s"
+
+
+def report(info: dict, f: dict) -> str:
+    smtp, p1, loop, zd, pd, drained = f["smtp"], f["p1"], f["loop"], f["zendesk"], f["pagerduty"], f["drain"]
+    lag = f["event_loop_lag"]
+    out = header(info, "emergencyd loop storm benchmark") + [
+        "",
+        f"storm     {f['mails']} alerts of {f['message_bytes']['min']}-{f['message_bytes']['max']} bytes from one "
+        f"looping sender ({LOOP_SENDER}) over {f['connections']} SMTP connections; after the "
+        f"{f['p1_after']}th 250, another tenant's P1 on its own connection",
+        f"config    dry_run=false, shipped policy, busy_timeout_ms=5000, zendesk requests_per_minute="
+        f"{f['zendesk_rpm']}",
+        "",
+        f"P1        end of DATA -> trigger at the fake PagerDuty: {_s(p1['page_latency_s'])}   (target <= 1 s)"
+        + ("" if p1["page_latency_s"] is not None else "  NOT PAGED"),
+        f"          sent {_s(p1['sent_s'])} after the burst began, paged at {_s(p1['paged_s'])}; "
+        f"{(p1['record'] or {}).get('relation')} {(p1['record'] or {}).get('severity')}",
+        f"storm     250s: {smtp['accepted']}/{f['mails']} in {_s(smtp['last_250_s'])}, {_fmt(smtp['msg_per_s'], 0)} "
+        f"msg/s; data() p50 {_fmt(smtp['p50_ms'], 0, 1)} ms, p99 {_fmt(smtp['p99_ms'], 0, 1)} ms (target <= 100), "
+        f"max {_fmt(smtp['max_ms'], 0, 1)} ms",
+        f"loop lag  burst (until the last 250 and the P1's page): {histogram.describe(lag['burst'])}",
+        f"          whole run (until drained): {histogram.describe(lag['whole_run'])}",
+        f"the loop  PagerDuty incidents {loop['incidents']}, trigger dedup_keys {loop['dedup_keys']} "
+        f"(target: 1), trigger events {loop['trigger_events']}",
+        f"Zendesk   tickets {zd['tickets']} (P1 included), public comments {zd['public_comments']}, private notes "
+        f"{zd['private_notes']}; calls {zd['calls']}: {', '.join(f'{k} {v}' for k, v in zd['calls_by_kind'].items())}",
+        f"          max {zd['calls_per_minute_max_60s_window']} calls in a 60 s window (configured "
+        f"{zd['configured_rpm']}/min + bucket {zd['bucket_burst']})",
+        f"drain     " + (f"drained {_s(drained['drained_s'])} after the burst began "
+                         f"({_s(drained['drained_s'] - smtp['last_250_s'])} after the last 250)"
+                         if drained.get("drained_s") is not None else
+                         f"NOT DRAINED: {drained.get('reason')}; {drained.get('counts')}"),
+    ]
+    store = f["store"]
+    if "relations" in store:
+        out.append(f"store     relations {', '.join(f'{k} {v}' for k, v in store['relations'].items())}; "
+                   f"classified {', '.join(f'{k} {v}' for k, v in store['classified'].items())}")
+    log = f["log"]
+    out.append(f"log       {log['lines']} lines; tracebacks {log['tracebacks']}")
+    for event, count in list(log["events"].items())[:6]:
+        out.append(f"          {count:5d} x {event[:110]}")
+    problems = smtp["errors"] + ([f"{smtp['rejected']} mails not answered 250"] if smtp["rejected"] else [])
+    problems += [f"P1: {p1['error']}"] if p1["error"] else []
+    problems += [f"fake Zendesk: {e}" for e in zd["errors"]] + [f"fake PagerDuty: {e}" for e in pd["errors"]]
+    return "\n".join(out + [f"WARNING {p}" for p in problems])
+
+
+# --- main ---------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mails", type=int, default=600, help="alerts from the looping sender (600)")
+    parser.add_argument("--body-kb", type=float, default=20.0, help="size of each alert, KB (20)")
+    parser.add_argument("--connections", type=int, default=8, help="concurrent SMTP connections (8)")
+    parser.add_argument("--p1-after", type=int, default=200, help="send the P1 right after this many 250s (200)")
+    parser.add_argument("--zendesk-rpm", type=int, default=90,
+                        help="[zendesk] requests_per_minute (90, the shipped default)")
+    parser.add_argument("--drain-timeout", type=float, default=300.0,
+                        help="seconds after the burst began to wait for every escalation (300)")
+    add_session_args(parser, tmpdir="the store and its log", keep="daemon log, store")
+    args = parser.parse_args(argv)
+    if min(args.mails, args.connections, args.zendesk_rpm, args.p1_after) < 1 or args.p1_after > args.mails:
+        parser.error("--mails, --connections, --zendesk-rpm and --p1-after must be at least 1, "
+                     "--p1-after at most --mails")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    run = f"loop{os.getpid()}-{int(time.time())}"
+    with bench_session("emergencyd-loop-storm-", args.tmpdir, args.keep) as (stack, workdir, info, others):
+        found = bench_loop_storm(args, workdir, stack, run)
+        info["others_cores"] = others.cores()
+        print(report(info, found))
+        if args.json:
+            args.json.write_text(json.dumps({"machine": info, **found}, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    run_benchmark(main)
