@@ -133,26 +133,26 @@ class P1AfterNth:
         self.thread.join(timeout)
 
 
-def first_trigger(pagerduty, key: str | None) -> float | None:
-    if not key:
-        return None
-    return min((r.received_at for r in pagerduty.requests_matching(r"^/v2/enqueue$", "POST")
-                if isinstance(r.json, dict) and r.json.get("event_action") == "trigger"
-                and r.json.get("dedup_key") == key), default=None)
+def triggers(pagerduty) -> list:
+    return [r for r in pagerduty.requests_matching(r"^/v2/enqueue$", "POST")
+            if isinstance(r.json, dict) and r.json.get("event_action") == "trigger"]
 
 
-def wait_p1_page(daemon, pagerduty, p1_id: str, timeout: float) -> tuple[float | None, dict | None]:
-    """(when its trigger reached the fake, its record from `status --json`), waiting up to `timeout`."""
+def is_about(trigger, message_id: str) -> bool:
+    """The trigger pages for that message: the daemon puts its Message-ID in custom_details."""
+    details = (trigger.json.get("payload") or {}).get("custom_details") or {}
+    return message_id in str(details.get("message_id") or "")
+
+
+def wait_p1_page(pagerduty, p1_id: str, timeout: float) -> tuple[float | None, str | None]:
+    """(when the P1's first trigger reached the fake, its dedup_key), waiting up to `timeout`. Found
+    in the fake's own record, not with `emergencyd status`, whose runs would take the daemon's CPU."""
     deadline = time.monotonic() + timeout
-    record = None
-    while time.monotonic() < deadline:
-        record = relations_of(daemon.config, 20, p1_id).get("canary") or record
-        key = record and (record.get("page_key") or record.get("dedup_key"))
-        paged = first_trigger(pagerduty, key)
-        if paged is not None:
-            return paged, record
-        time.sleep(0.2)
-    return None, record
+    while True:
+        found = next((r for r in triggers(pagerduty) if is_about(r, p1_id)), None)
+        if found is not None or time.monotonic() >= deadline:
+            return (found.received_at, found.json.get("dedup_key")) if found else (None, None)
+        time.sleep(0.02)
 
 
 def loop_lag_windows(readings: dict) -> dict:
@@ -190,8 +190,8 @@ def bench_loop_storm(args, workdir: Path, stack: Cleanup, run: str) -> dict:
                       on_answer=p1.on_answer)
     began = result.started
     p1.join(SEND_P1_TIMEOUT)
-    paged, record = (None, None) if p1.sent_at is None else \
-        wait_p1_page(daemon, pagerduty, p1_id, p1.sent_at + P1_PAGE_TIMEOUT - time.monotonic())
+    paged, p1_key = (None, None) if p1.sent_at is None else \
+        wait_p1_page(pagerduty, p1_id, p1.sent_at + P1_PAGE_TIMEOUT - time.monotonic())
     lag["burst"] = histogram.read_histogram(daemon.metrics_port, LAG_METRIC)
     print(f"  accepted {len(result.accepted)}/{len(messages)} in {result.finished - began:.1f}s; P1 paged "
           f"{'-' if paged is None else f'{paged - p1.sent_at:.2f}s'} after its DATA; draining (up to "
@@ -200,22 +200,23 @@ def bench_loop_storm(args, workdir: Path, stack: Cleanup, run: str) -> dict:
     drained = drain(args, daemon, directory / "var" / "store.sqlite3", zendesk, began, sampler)
     lag["end"] = histogram.read_histogram(daemon.metrics_port, LAG_METRIC)
     relations = relations_of(daemon.config, len(messages) + 1, p1_id)
-    record = relations.get("canary") or record
+    record = relations.get("canary") or {}
+    if paged is None:   # paged after the wait, during the drain?
+        paged, p1_key = wait_p1_page(pagerduty, p1_id, 0)
     sampler.stop()
     stop_daemon(daemon)
-    return figures(args, result, p1, paged, record, drained, lag, pagerduty, zendesk, relations, sizes,
-                   log_problems(daemon.log_path))
+    return figures(args, result, p1, paged, p1_key or record.get("page_key") or record.get("dedup_key"), record,
+                   drained, lag, pagerduty, zendesk, relations, sizes, log_problems(daemon.log_path))
 
 
-def figures(args, result, p1, paged, record, drained, lag, pagerduty, zendesk, relations, sizes, log) -> dict:
+def figures(args, result, p1, paged, p1_key, record, drained, lag, pagerduty, zendesk, relations, sizes,
+            log) -> dict:
     began = result.started
     accepted = result.accepted
     latencies = [s.end - s.start for s in accepted]
     accept_s = result.finished - began
-    p1_key = record and (record.get("page_key") or record.get("dedup_key"))
-    triggers = [r.json for r in pagerduty.requests_matching(r"^/v2/enqueue$", "POST")
-                if isinstance(r.json, dict) and r.json.get("event_action") == "trigger"]
-    loop_keys = {t.get("dedup_key") for t in triggers if t.get("dedup_key") != p1_key}
+    events = [r.json for r in triggers(pagerduty)]
+    loop_keys = {t.get("dedup_key") for t in events if t.get("dedup_key") != p1_key}
     incidents = pagerduty.incidents()
     return {
         "mails": len(sizes), "connections": args.connections, "p1_after": args.p1_after,
@@ -229,9 +230,8 @@ def figures(args, result, p1, paged, record, drained, lag, pagerduty, zendesk, r
                "error": p1.error, "record": record, "paged_s": None if paged is None else round(paged - began, 3),
                "page_latency_s": None if paged is None or p1.sent_at is None else round(paged - p1.sent_at, 3)},
         "loop": {"dedup_keys": len(loop_keys),
-                 "trigger_events": sum(1 for t in triggers if t.get("dedup_key") != p1_key),
-                 "incidents": sum(1 for i in incidents if i.get("dedup_key") != p1_key) if incidents and
-                 "dedup_key" in incidents[0] else max(len(incidents) - (1 if paged else 0), 0)},
+                 "trigger_events": sum(1 for t in events if t.get("dedup_key") != p1_key),
+                 "incidents": sum(1 for i in incidents if i["dedup_key"] != p1_key)},
         "event_loop_lag": loop_lag_windows(lag),
         "drain": drained,
         "pagerduty": pagerduty_figures(pagerduty, began),
@@ -261,7 +261,7 @@ def report(info: dict, f: dict) -> str:
         f"P1        end of DATA -> trigger at the fake PagerDuty: {_s(p1['page_latency_s'])}   (target <= 1 s)"
         + ("" if p1["page_latency_s"] is not None else "  NOT PAGED"),
         f"          sent {_s(p1['sent_s'])} after the burst began, paged at {_s(p1['paged_s'])}; "
-        f"{(p1['record'] or {}).get('relation')} {(p1['record'] or {}).get('severity')}",
+        f"{p1['record'].get('relation')} {p1['record'].get('severity')} ({p1['record'].get('state')} at the end)",
         f"storm     250s: {smtp['accepted']}/{f['mails']} in {_s(smtp['last_250_s'])}, {_fmt(smtp['msg_per_s'], 0)} "
         f"msg/s; data() p50 {_fmt(smtp['p50_ms'], 0, 1)} ms, p99 {_fmt(smtp['p99_ms'], 0, 1)} ms (target <= 100), "
         f"max {_fmt(smtp['max_ms'], 0, 1)} ms",
