@@ -816,8 +816,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds after the daemon is ready to wait for the backlog (120)")
     parser.add_argument("--skip", action="append", default=[], choices=("idle", "backlog", "poll"),
                         help="leave a part out (repeatable)")
+    parser.add_argument("--burst", type=int, default=0, metavar="N",
+                        help="also APPEND N distinct P1s from N tenants evenly within --burst-seconds (0: no burst)")
+    parser.add_argument("--burst-seconds", type=float, default=40.0, help="the burst's length (40)")
+    parser.add_argument("--burst-zendesk-rpm", type=int, default=90,
+                        help="[zendesk] requests_per_minute of the burst's daemon (90, the shipped default)")
+    parser.add_argument("--burst-max-new-pages", type=int, default=1000,
+                        help="[dedup] max_new_pages_per_minute of the burst's daemon (1000: every P1 pages)")
     add_session_args(parser, tmpdir="the stores and the floor's files", keep="daemon logs, stores")
     args = parser.parse_args(argv)
+    if args.burst < 0 or args.burst_seconds <= 0 or min(args.burst_zendesk_rpm, args.burst_max_new_pages) < 1:
+        parser.error("--burst must be at least 0, --burst-seconds above 0, the burst's rates at least 1")
     if min(args.messages, args.poll_messages, args.backlog) < 1 or args.poll_interval < 0.1:
         parser.error("--messages, --poll-messages and --backlog must be at least 1, --poll-interval at least 0.1")
     return args
@@ -854,6 +863,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"backlog: {args.backlog} messages ...", file=sys.stderr, flush=True)
             backlog = bench_backlog(args, workdir, stack, run, dovecot)
             print(f"  {time.monotonic() - began:.1f}s", file=sys.stderr, flush=True)
+        burst_text: list[str] = []
+        if args.burst:   # before polling, which restarts Dovecot without IDLE
+            from bench.imap_burst import bench_burst, burst_lines
+            began = time.monotonic()
+            print(f"burst: {args.burst} P1s appended within {args.burst_seconds:g} s ...", file=sys.stderr, flush=True)
+            row, burst_info = bench_burst(args, workdir, stack, run, dovecot, zendesk, pagerduty, ca)
+            pickup.append(row)
+            burst_text = burst_lines(row, burst_info)
+            print(f"  {time.monotonic() - began:.1f}s", file=sys.stderr, flush=True)
         if "poll" not in args.skip:
             began = time.monotonic()
             print(f"pick-up: {args.poll_messages} + 1 by IMAP, polling every {args.poll_interval:g} s ...",
@@ -864,11 +882,14 @@ def main(argv: list[str] | None = None) -> int:
         fake_errors = [repr(e) for e in zendesk.errors + pagerduty.errors]
         info["others_cores"] = others.cores()
         text = report(info, pickup, idle_info, poll_info, backlog, args)
+        if burst_text:
+            text += "\n" + "\n".join(burst_text)
         if fake_errors:
             text += "\n" + "\n".join(f"WARNING fake: {e}" for e in fake_errors)
         print(text)
         if args.json:
             doc = {"machine": info, "pickup": pickup, "idle_run": idle_info, "poll_run": poll_info,
+                   "burst_run": burst_info if args.burst else None,
                    "backlog": backlog, "fake_errors": fake_errors}
             args.json.write_text(json.dumps(doc, indent=2) + "\n")
     return 0
