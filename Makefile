@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config.toml
 
-.PHONY: run test setup system-packages bench bench-imap bench-startup soak corpus-check fuzz clean
+.PHONY: run test setup system-packages bench bench-postfix bench-storm-loop bench-imap bench-imap-burst bench-startup soak corpus-check fuzz clean
 
 run: setup
 	$(BIN)/emergencyd run --config $(CONFIG)
@@ -26,8 +26,20 @@ system-packages:
 bench: setup system-packages
 	$(BIN)/python bench/smtp_ingest.py
 
+# Against a throwaway Postfix (needs the postfix package and root), 6 KB mails, 8 connections and 1.
+bench-postfix: setup system-packages
+	$(BIN)/python bench/smtp_ingest.py --postfix --body-kb 6 --connections 8 1 --messages 1000 --no-live
+
+# One sender's 600 looping alerts, another tenant's P1 after the 200th; a few minutes.
+bench-storm-loop: setup
+	$(BIN)/python bench/loop_storm.py
+
 bench-imap: setup system-packages
 	$(BIN)/python bench/imap_pickup.py
+
+# 25 distinct P1s APPENDed within 40 s, with the shipped Zendesk pacing.
+bench-imap-burst: setup system-packages
+	$(BIN)/python bench/imap_pickup.py --skip idle --skip backlog --skip poll --burst 25
 
 bench-startup: setup
 	$(BIN)/python bench/startup.py
