@@ -1,9 +1,11 @@
 """SMTP ingest benchmark: emergencyd against the fsync floor, and end to end to PagerDuty.
 
-    .venv/bin/python bench/smtp_ingest.py [--messages N] [--connections K] [--json FILE]
+    .venv/bin/python bench/smtp_ingest.py [--messages N] [--connections K [K ...]] [--body-kb KB]
+                                          [--senders one|many] [--postfix] [--no-live] [--json FILE]
 
 Three measurements, one after the other in the same run (never at the same time:
-they would fight over the same cores and the same disk):
+they would fight over the same cores and the same disk); with --postfix, a throwaway
+Postfix (bench/postfix_peer.py) is a fourth, the peer that fsyncs before its 250 too:
 
 1. floor: bench/fsync_floor_server.py, a bare aiosmtpd server that writes and fsyncs
    each message (and its directory) before answering 250;
