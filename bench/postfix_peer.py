@@ -189,6 +189,24 @@ def postfix_version() -> str:
         return "?"
 
 
+def peer_lines(rows: list[dict]) -> list[str]:
+    """The targets against Postfix, when it ran: dry-run msg/s against Postfix's at the most
+    connections, and dry-run p50 against Postfix's with one connection."""
+    from bench.smtp_ingest import _fmt
+    out = []
+    for peer in (r for r in rows if r["name"].startswith("Postfix")):
+        dry = next((r for r in rows if r["name"] == "emergencyd dry-run"
+                    and r["connections"] == peer["connections"]), None)
+        if dry is None:
+            continue
+        ratio = (dry["msg_per_s"] / peer["msg_per_s"]) if dry["msg_per_s"] and peer["msg_per_s"] else None
+        out.append(f"against Postfix x{peer['connections']}: dry-run msg/s {_fmt(ratio, 0, 2)}x Postfix's, "
+                   f"p50 {_fmt(dry['p50_ms'], 0, 2)} ms vs {_fmt(peer['p50_ms'], 0, 2)} ms; Postfix's queue "
+                   f"empty {_fmt(peer.get('queue_drained_after_s'), 0, 2)} s after its last 250, "
+                   f"{peer.get('delivered')} delivered to the Maildir")
+    return out
+
+
 # --- the benchmark row --------------------------------------------------------------
 
 DRAIN_TIMEOUT = 120.0

@@ -42,6 +42,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.ingest_mail import SENDERS_TEXT, log_dump, mail_for  # noqa: E402
+from bench.postfix_peer import peer_lines  # noqa: E402
 from escalation.records import NEW, PENDING, dedup_key_of  # noqa: E402
 from tests.harness import (  # noqa: E402
     API_TOKEN, RECIPIENT, ZENDESK_EMAIL, ZENDESK_TOKEN, DaemonProcess, base_env, live_env, make_message,
@@ -54,10 +56,6 @@ SMTP_TIMEOUT = 60.0
 
 
 # --- messages -------------------------------------------------------------------
-
-LOG_LINE = "  02:10:{second:02d} upstream timed out (110: Connection timed out) while connecting to upstream, " \
-           "client: 203.0.113.{client}, server: {host}.tenant-acme.example.net\r\n"
-
 
 def build_message(run: str, index: int, *, body_kb: float | None = None,
                   sender: str | None = None) -> tuple[str, bytes]:
@@ -98,30 +96,9 @@ def build_message(run: str, index: int, *, body_kb: float | None = None,
     sender = sender or f"noc{index}@tenant-acme.example.net"
     raw = make_message(subject=subject, body=body, sender=sender, message_id=f"<{mid}>", extra_headers=extra)
     if body_kb:
-        body += _log_dump(int(body_kb * 1024) - len(raw), host)
+        body += log_dump(int(body_kb * 1024) - len(raw), host)
         raw = make_message(subject=subject, body=body, sender=sender, message_id=f"<{mid}>", extra_headers=extra)
     return dedup_key_of("mid:" + mid), raw
-
-
-def _log_dump(size: int, host: str) -> str:
-    """About `size` bytes of proxy log lines (none if size <= 0), after a line that says what they are."""
-    lines = ["\r\nFull proxy log of the last minutes:\r\n"]
-    total = len(lines[0])
-    number = 0
-    while total < size:
-        line = LOG_LINE.format(second=number % 60, client=number % 250 + 1, host=host)
-        lines.append(line)
-        total += len(line)
-        number += 1
-    return "".join(lines) if size > 0 else ""
-
-
-def mail_for(run: str, index: int, *, body_kb: float | None, senders: str) -> tuple[str, bytes, str]:
-    """(dedup_key, bytes, envelope sender): from one address throughout (`one`, a looping monitoring
-    system) or from an address of its own per mail (`many`), in the envelope and in From: alike."""
-    sender = SENDER if senders == "one" else f"noc{index}@tenant{index % 1000:03d}.example.net"
-    key, raw = build_message(run, index, body_kb=body_kb, sender=sender)
-    return key, raw, sender
 
 
 # --- the SMTP load ----------------------------------------------------------------
@@ -580,27 +557,6 @@ def report(info: dict, rows: list[dict], idle: dict | None, args) -> str:
         for problem in problems:
             out.append(f"WARNING {r['name']} x{r['connections']}: {problem}")
     return "\n".join(out)
-
-
-SENDERS_TEXT = {"one": "every mail from one envelope sender and From: (a looping monitoring system)",
-                "many": "every mail from an envelope sender and From: of its own"}
-
-
-def peer_lines(rows: list[dict]) -> list[str]:
-    """The targets against Postfix, when it ran: dry-run msg/s against Postfix's at the most
-    connections, and dry-run p50 against Postfix's with one connection."""
-    out = []
-    for peer in (r for r in rows if r["name"].startswith("Postfix")):
-        dry = next((r for r in rows if r["name"] == "emergencyd dry-run"
-                    and r["connections"] == peer["connections"]), None)
-        if dry is None:
-            continue
-        ratio = (dry["msg_per_s"] / peer["msg_per_s"]) if dry["msg_per_s"] and peer["msg_per_s"] else None
-        out.append(f"against Postfix x{peer['connections']}: dry-run msg/s {_fmt(ratio, 0, 2)}x Postfix's, "
-                   f"p50 {_fmt(dry['p50_ms'], 0, 2)} ms vs {_fmt(peer['p50_ms'], 0, 2)} ms; Postfix's queue "
-                   f"empty {_fmt(peer.get('queue_drained_after_s'), 0, 2)} s after its last 250, "
-                   f"{peer.get('delivered')} delivered to the Maildir")
-    return out
 
 
 # --- main -------------------------------------------------------------------------
