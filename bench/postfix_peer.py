@@ -26,6 +26,8 @@ INSTALL_HINT = ('apt-get install -y postfix   (as root; non-interactively, first
 STOP_TIMEOUT = 10.0
 COMMAND_TIMEOUT = 60.0
 DRAIN_POLL = 0.1
+# Postfix's commands live in /usr/sbin, which a user's PATH often lacks.
+SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 
 
 class PostfixUnavailable(RuntimeError):
@@ -34,7 +36,7 @@ class PostfixUnavailable(RuntimeError):
 
 def missing_requirements() -> str | None:
     """Why a throwaway Postfix cannot run on this machine, or None."""
-    tools = [t for t in ("postfix", "postconf", "postalias") if shutil.which(t) is None]
+    tools = [t for t in ("postfix", "postconf", "postalias") if shutil.which(t, path=SEARCH_PATH) is None]
     if tools or not Path("/etc/postfix/master.cf").exists():
         return f"Postfix is not installed ({', '.join(tools) or '/etc/postfix/master.cf'} missing): {INSTALL_HINT}"
     if os.geteuid() != 0:
@@ -74,7 +76,8 @@ class Postfix:
 
     @staticmethod
     def _run(*command: str) -> None:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=COMMAND_TIMEOUT,
+                                env={**os.environ, "PATH": SEARCH_PATH})
         if result.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} exited {result.returncode}: {result.stderr.strip()[-2000:]}")
 
@@ -183,8 +186,8 @@ class Postfix:
 
 def postfix_version() -> str:
     try:
-        return subprocess.run(["postconf", "-h", "mail_version"], capture_output=True, text=True,
-                              timeout=10).stdout.strip() or "?"
+        return subprocess.run(["postconf", "-h", "mail_version"], capture_output=True, text=True, timeout=10,
+                              env={**os.environ, "PATH": SEARCH_PATH}).stdout.strip() or "?"
     except (OSError, subprocess.SubprocessError):
         return "?"
 
