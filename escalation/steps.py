@@ -50,7 +50,8 @@ log = logging.getLogger("emergencyd.escalation")
 
 # What each step needs done first, within its escalation.
 PREREQUISITES: dict[str, tuple[str, ...]] = {
-    TICKET: (), PAGE: (), COMMENT: (), TICKET_NOTE: (TICKET,), LINK_TICKET: (TICKET, PAGE),
+    # A follow-up's note goes on the ticket its comment found, so its link waits for the comment too.
+    TICKET: (), PAGE: (), COMMENT: (), TICKET_NOTE: (TICKET,), LINK_TICKET: (TICKET, COMMENT, PAGE),
     LINK_PAGE: (TICKET, PAGE), FALLBACK_ALERT: (),   # the fallback watches the page; it never waits for it
 }
 INTEGRATIONS = ("zendesk", "pagerduty", "fallback")
