@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any, Mapping
 
 from escalation.hours import SupportCalendar, Window
+from escalation.matcher import PhraseIndex
 from escalation.trust import TrustPolicy, assess, page_hold
 from parsers.auth_results import SenderTrust
 from parsers.message import ParsedMessage
@@ -29,14 +30,20 @@ MAX_BODY_CHARS_FOR_RULES = 20_000
 
 @dataclass(frozen=True)
 class Rule:
+    """Phrases are kept as phrase_text() gives them: the literal they match in normalized text."""
     name: str
     category: str
     severity: str | None               # None: not an incident
     fields: tuple[str, ...]
-    patterns: tuple[re.Pattern[str], ...]
-    unless: tuple[re.Pattern[str], ...] = ()      # any of these vetoes the rule
-    requires: tuple[re.Pattern[str], ...] = ()    # when given, one of these must be present too
+    phrases: tuple[str, ...] = ()                 # tried before the regexes, in this order
+    regexes: tuple[re.Pattern[str], ...] = ()
+    unless: tuple[str, ...] = ()                  # any of these phrases vetoes the rule
+    requires: tuple[str, ...] = ()                # when given, one of these phrases must be present too
     description: str = ""
+
+    @property
+    def every_phrase(self) -> tuple[str, ...]:
+        return (*self.phrases, *self.unless, *self.requires)
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,13 @@ class Policy:
     noise_gets_ticket: bool = False
     generic_subjects: tuple[str, ...] = ()
     trust: TrustPolicy = TrustPolicy()     # [trust]: whose Authentication-Results count, what a failure does
+    # Every rule's phrases in one automaton: built with the policy (once per load), kept by replace().
+    phrase_index: PhraseIndex | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        phrases = [phrase for rule in self.rules for phrase in rule.every_phrase]
+        if self.phrase_index is None or not self.phrase_index.covers(phrases):
+            object.__setattr__(self, "phrase_index", PhraseIndex.of(phrases))
 
     def route(self, severity: str | None, window: Window) -> Route:
         return self.routing[(severity or NOT_AN_INCIDENT, window)]
@@ -120,10 +134,10 @@ def normalize(text: str) -> str:
 _QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"', "\u2013": "-", "\u2014": "-"})
 
 
-def phrase_pattern(phrase: str) -> re.Pattern[str]:
-    """A phrase matches as whole words, with any run of whitespace between them."""
-    words = normalize(phrase).split()
-    return re.compile(r"(?<!\w)" + r"\s+".join(re.escape(w) for w in words) + r"(?!\w)")
+def phrase_text(phrase: str) -> str:
+    """A phrase as it appears in normalized text, where every whitespace run is one space; the matcher
+    finds it as whole words (see escalation/matcher.py)."""
+    return " ".join(normalize(phrase).split())
 
 
 def classify(parsed: ParsedMessage, *, received_at: datetime, mail_from: str | None,
@@ -139,7 +153,7 @@ def classify(parsed: ParsedMessage, *, received_at: datetime, mail_from: str | N
                        severity=None, window=window, page=False, urgency=None, zendesk_priority="low",
                        respond_by=None, update_every=None, ticket=policy.noise_gets_ticket, ticket_subject=subject,
                        trust=trust)
-    hits = evaluate_rules(parsed, policy.rules)
+    hits = evaluate_rules(parsed, policy)
     if hits:
         decisive = hits[0]
         category, severity = decisive.category, decisive.severity
@@ -159,38 +173,72 @@ def classify(parsed: ParsedMessage, *, received_at: datetime, mail_from: str | N
         rules=tuple(hits), trust=trust, page_held=held)
 
 
-def evaluate_rules(parsed: ParsedMessage, rules: tuple[Rule, ...]) -> list[RuleHit]:
+def evaluate_rules(parsed: ParsedMessage, policy: Policy) -> list[RuleHit]:
     """Every rule that fired, in rule order: the first one decides."""
-    texts = _field_texts(parsed)
+    fields = _Fields(parsed, policy.phrase_index)
     hits = []
-    for rule in rules:
-        hit = _first_match(rule, texts)
+    for rule in policy.rules:
+        hit = _first_match(rule, fields)
         if hit is not None:
             hits.append(hit)
     return hits
 
 
-def _first_match(rule: Rule, texts: dict[str, str]) -> RuleHit | None:
-    scoped = [(name, texts[name]) for name in rule.fields]
-    if any(p.search(text) for p in rule.unless for _, text in scoped):
+def _first_match(rule: Rule, fields: _Fields) -> RuleHit | None:
+    if any(fields.has_any(name, rule.unless) for name in rule.fields):
         return None
-    if rule.requires and not any(p.search(text) for p in rule.requires for _, text in scoped):
+    if rule.requires and not any(fields.has_any(name, rule.requires) for name in rule.fields):
         return None
-    for name, text in scoped:
-        for pattern in rule.patterns:
-            match = pattern.search(text)
-            if match:
-                return RuleHit(rule.name, rule.category, rule.severity, name, match.group(0)[:200])
+    for name in rule.fields:
+        matched = _first_pattern_in(rule, fields, name)
+        if matched is not None:
+            return RuleHit(rule.name, rule.category, rule.severity, name, matched[:200])
     return None
 
 
-def _field_texts(parsed: ParsedMessage) -> dict[str, str]:
-    return {
-        "subject": normalize(parsed.subject),
-        "body": normalize(own_words(parsed.text)[:MAX_BODY_CHARS_FOR_RULES]),
-        "sender": normalize(parsed.sender or ""),
-        "headers": normalize("\n".join(f"{name}: {value}" for name, value in parsed.headers)),
-    }
+def _first_pattern_in(rule: Rule, fields: _Fields, name: str) -> str | None:
+    """The text matched by the rule's first pattern that matches in this field: phrases, then regexes."""
+    found = fields.phrases_in(name)
+    for phrase in rule.phrases:
+        if phrase in found:
+            return phrase
+    for regex in rule.regexes:
+        match = regex.search(fields.text(name))
+        if match:
+            return match.group(0)
+    return None
+
+
+class _Fields:
+    """One mail's normalized fields and the phrases found in each, each worked out once, when first asked."""
+
+    def __init__(self, parsed: ParsedMessage, index: PhraseIndex) -> None:
+        self._parsed = parsed
+        self._index = index
+        self._texts: dict[str, str] = {}
+        self._found: dict[str, frozenset[str]] = {}
+
+    def text(self, name: str) -> str:
+        if name not in self._texts:
+            self._texts[name] = normalize(_FIELD_SOURCES[name](self._parsed))
+        return self._texts[name]
+
+    def phrases_in(self, name: str) -> frozenset[str]:
+        if name not in self._found:
+            self._found[name] = self._index.found_in(self.text(name))
+        return self._found[name]
+
+    def has_any(self, name: str, phrases: tuple[str, ...]) -> bool:
+        return bool(phrases) and not self.phrases_in(name).isdisjoint(phrases)
+
+
+# Each field's text before normalize(); a rule's `fields` name them.
+_FIELD_SOURCES = {
+    "subject": lambda parsed: parsed.subject,
+    "body": lambda parsed: own_words(parsed.text)[:MAX_BODY_CHARS_FOR_RULES],
+    "sender": lambda parsed: parsed.sender or "",
+    "headers": lambda parsed: "\n".join(f"{name}: {value}" for name, value in parsed.headers),
+}
 
 
 def own_words(text: str) -> str:

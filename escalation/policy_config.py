@@ -9,7 +9,7 @@ from typing import Any
 
 from escalation.hours import SupportCalendar, Window
 from escalation.policy import (
-    FIELDS, NOT_AN_INCIDENT, SEVERITIES, URGENCIES, ZENDESK_PRIORITIES, Policy, Route, Rule, phrase_pattern,
+    FIELDS, NOT_AN_INCIDENT, SEVERITIES, URGENCIES, ZENDESK_PRIORITIES, Policy, Route, Rule, phrase_text,
 )
 from escalation.trust import DEFAULT_TRUSTED_RELAYS, TrustPolicy
 
@@ -130,15 +130,19 @@ def _rule(index: int, table: Any) -> Rule:
     for f in fields:
         if f not in FIELDS:
             raise PolicyError(f"{where}.fields: {f!r} is not one of {', '.join(FIELDS)}")
-    patterns = [phrase_pattern(p) for p in _strings(table, "phrases", where)]
-    patterns += [_regex(r, f"{where}.regexes") for r in _strings(table, "regexes", where)]
-    if not patterns:
+    phrases = _phrases(table, "phrases", where)
+    regexes = tuple(_regex(r, f"{where}.regexes") for r in _strings(table, "regexes", where))
+    if not phrases and not regexes:
         raise PolicyError(f"{where}: needs at least one of phrases or regexes")
     return Rule(name=name, category=_str(table, "category", None, where),
                 severity=_severity(table.get("severity"), f"{where}.severity"), fields=tuple(fields),
-                patterns=tuple(patterns), unless=tuple(phrase_pattern(p) for p in _strings(table, "unless", where)),
-                requires=tuple(phrase_pattern(p) for p in _strings(table, "requires", where)),
-                description=_str(table, "description", "", where))
+                phrases=phrases, regexes=regexes, unless=_phrases(table, "unless", where),
+                requires=_phrases(table, "requires", where), description=_str(table, "description", "", where))
+
+
+def _phrases(table: dict, key: str, where: str) -> tuple[str, ...]:
+    """As the literal each matches in normalized text; the policy's automaton finds them all at once."""
+    return tuple(phrase_text(p) for p in _strings(table, key, where))
 
 
 def _routing(table: Any) -> dict[tuple[str, Window], Route]:

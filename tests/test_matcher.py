@@ -1,0 +1,195 @@
+"""The rules in one pass (an Aho–Corasick automaton over every phrase) decide exactly as the
+per-phrase regexes did. The regex algorithm is kept in tests/regex_matcher.py as the reference: random texts and
+random policies must get the same RuleHits, in the same order, from both."""
+from __future__ import annotations
+
+import copy
+import pickle
+import re
+import tomllib
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from escalation.matcher import PhraseIndex
+from escalation.policy import Policy, RuleHit, classify, evaluate_rules
+from escalation.policy_config import parse_policy
+from parsers.message import ParsedMessage
+from tests.harness import ROOT
+from tests.regex_matcher import regex_evaluate, regex_rules
+
+SHIPPED_TABLE = tomllib.loads((ROOT / "config.toml").read_text())["policy"]
+SHIPPED = parse_policy(SHIPPED_TABLE)
+AT = datetime(2026, 11, 25, 11, 0, tzinfo=timezone.utc)
+
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+
+
+def parsed_mail(subject: str = "", body: str = "", sender: str | None = None,
+                headers: tuple[tuple[str, str], ...] = ()) -> ParsedMessage:
+    return ParsedMessage(message_id=None, sender=sender, sender_name=None, recipients=(), subject=subject,
+                         date=None, text=body, attachments=(), defects=(), in_reply_to=(), references=(),
+                         auto_submitted=None, precedence=None, content_type="text/plain", headers=headers,
+                         raw_headers="")
+
+
+def policy_table(*rules: dict) -> dict:
+    table = copy.deepcopy(SHIPPED_TABLE)
+    table["rules"] = [{"category": r["name"], "severity": "P2", **r} for r in rules]
+    return table
+
+
+def both(parsed: ParsedMessage, table: dict) -> tuple[list[RuleHit], list[RuleHit]]:
+    """(one pass, reference) over the same mail and policy table."""
+    return evaluate_rules(parsed, parse_policy(table)), regex_evaluate(parsed, regex_rules(table))
+
+
+def one_pass(table: dict, **mail: str) -> list[RuleHit]:
+    new, reference = both(parsed_mail(**mail), table)
+    assert new == reference
+    return new
+
+
+# ---------------------------------------------------------------------------
+# Examples
+# ---------------------------------------------------------------------------
+
+DOWN = policy_table({"name": "down", "phrases": ["apps are down"]})
+
+
+def test_whole_words_only():
+    assert one_pass(DOWN, body="apps are downstream") == []
+    assert one_pass(DOWN, body="myapps are down") == []
+    assert [h.matched for h in one_pass(DOWN, body="(apps are down.)")] == ["apps are down"]
+    assert [h.matched for h in one_pass(DOWN, body="apps are downstream, apps are down")] == ["apps are down"]
+
+
+def test_underscores_digits_and_unicode_letters_are_word_characters():
+    for text in ("my_apps are down", "apps are down_", "2apps are down", "apps are down2", "éapps are down",
+                 "apps are downé", "apps are downΣ", "ǅapps are down"):
+        assert one_pass(DOWN, body=text) == [], text
+    for text in ("«apps are down»", "-apps are down-", "apps are down😀", "'apps are down'"):
+        assert one_pass(DOWN, body=text), text
+
+
+def test_case_whitespace_and_width_are_normalized():
+    hits = one_pass(DOWN, subject="ＡＰＰＳ\u00a0 are\tDOWN")
+    assert [(h.field, h.matched) for h in hits] == [("subject", "apps are down")]
+
+
+def test_unless_in_any_field_of_the_rule_vetoes_it():
+    table = policy_table({"name": "down", "phrases": ["apps are down"], "unless": ["this is a test"]})
+    assert one_pass(table, subject="This is a test", body="apps are down") == []
+    assert one_pass(table, subject="apps are down", body="this is a test") == []
+    assert one_pass(table, subject="apps are down", body="this is a testing day")
+
+
+def test_requires_one_of_its_phrases_in_one_of_the_fields():
+    table = policy_table({"name": "fix", "regexes": [r"\bcannot push\b"], "requires": ["urgent", "hotfix"]})
+    assert one_pass(table, body="we cannot push") == []
+    assert one_pass(table, body="we cannot push the urgently needed change") == []
+    assert [h.matched for h in one_pass(table, subject="Hotfix", body="we cannot push")] == ["cannot push"]
+
+
+def test_rule_order_field_order_then_pattern_order_decide():
+    table = policy_table({"name": "first", "fields": ["body", "subject"], "phrases": ["beta", "alpha"]},
+                         {"name": "second", "phrases": ["alpha"]},
+                         {"name": "third", "phrases": ["nowhere"]})
+    hits = one_pass(table, subject="beta", body="alpha then beta")
+    assert [(h.rule, h.field, h.matched) for h in hits] == [("first", "body", "beta"), ("second", "body", "alpha")]
+    hits = one_pass(table, subject="beta", body="alpha")
+    assert [(h.rule, h.field, h.matched) for h in hits][0] == ("first", "body", "alpha")
+
+
+def test_phrases_come_before_regexes_in_a_field():
+    table = policy_table({"name": "r", "phrases": ["down"], "regexes": [r"\bup\b"]})
+    assert [h.matched for h in one_pass(table, body="up then down")] == ["down"]
+    assert [h.matched for h in one_pass(table, body="up then dawn")] == ["up"]
+
+
+def test_sender_and_headers_fields():
+    table = policy_table({"name": "h", "fields": ["headers", "sender"], "phrases": ["x-alert: yes", "bot@ops"]})
+    hits = one_pass(table, sender="bot@ops.example", headers=(("X-Alert", "Yes"),))
+    assert [(h.field, h.matched) for h in hits] == [("headers", "x-alert: yes")]
+
+
+def test_the_explanation_quotes_the_normalized_phrase():
+    verdict = classify(parsed_mail("Help", "Hi,\n\nALL our  Apps\n are down since 02:10."), received_at=AT,
+                       mail_from=None, own_addresses=(), policy=SHIPPED)
+    assert verdict.reason == "rule apps-not-served matched 'apps are down' in the body"
+
+
+def test_the_policy_builds_its_index_and_it_survives_pickling():
+    assert SHIPPED.phrase_index.covers(p for rule in SHIPPED.rules for p in rule.every_phrase)
+    assert replace(SHIPPED, noise_gets_ticket=True).phrase_index is SHIPPED.phrase_index
+    fewer = replace(SHIPPED, rules=SHIPPED.rules[:1], phrase_index=None)
+    assert fewer.phrase_index.phrases == frozenset(SHIPPED.rules[0].every_phrase)
+    copied = pickle.loads(pickle.dumps(SHIPPED))
+    mail = parsed_mail("Security breach", "our apps are down, a hotfix cannot be deployed")
+    assert evaluate_rules(mail, copied) == evaluate_rules(mail, SHIPPED) != []
+    assert Policy(rules=(), routing=SHIPPED.routing, calendar=SHIPPED.calendar).phrase_index == PhraseIndex.of(())
+
+
+# ---------------------------------------------------------------------------
+# Properties: the reference and the one pass agree
+# ---------------------------------------------------------------------------
+
+SHIPPED_PHRASES = sorted({phrase for rule in SHIPPED_TABLE["rules"]
+                          for key in ("phrases", "unless", "requires") for phrase in rule.get(key, [])})
+SHIPPED_WORDS = sorted({word for phrase in SHIPPED_PHRASES for word in phrase.split()})
+PUNCTUATION = list(".,;:!?()[]<>'\"-/@*#&") + ["\u2019", "\u201c", "\u2014", "\u00ab"]
+UNICODE_LETTERS = ["é", "ß", "Σ", "ǅ", "İ", "ΐ", "ﬁ", "Ａ", "ｐ", "я", "中", "\u0301", "𝐀", "²", "½"]
+WHITESPACE = [" ", "  ", "\n", "\t", "\r\n", "\u00a0", "\u2003", "\u3000", "\x0b"]
+OTHER = ["_", "0", "1", "5", "502", "😀", "\x00", "P1", "SEV", "A", "Apps"]
+
+
+def texts_of(words: list[str], max_pieces: int = 40) -> st.SearchStrategy[str]:
+    """Words, mostly a space apart, sometimes glued to punctuation, letters, digits or underscores."""
+    token = st.sampled_from(words) | st.sampled_from(PUNCTUATION + UNICODE_LETTERS + OTHER)
+    after = st.sampled_from([" "] * 8 + WHITESPACE + PUNCTUATION + UNICODE_LETTERS + OTHER + [""])
+    return st.lists(st.tuples(token, after).map("".join), max_size=max_pieces).map("".join)
+
+
+def mails_of(words: list[str]) -> st.SearchStrategy[ParsedMessage]:
+    return st.builds(parsed_mail, subject=texts_of(words, 12), body=texts_of(words),
+                     sender=texts_of(words, 6), headers=st.lists(st.tuples(texts_of(words, 3), texts_of(words, 8)),
+                                                                 max_size=3).map(tuple))
+
+
+PROPERTY = settings(derandomize=True, database=None, max_examples=250, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SHIPPED_REGEX_RULES = regex_rules(SHIPPED_TABLE)
+
+
+@PROPERTY
+@given(mails_of(SHIPPED_WORDS + SHIPPED_PHRASES))
+def test_the_shipped_policy_decides_as_the_regexes_did(mail):
+    assert evaluate_rules(mail, SHIPPED) == regex_evaluate(mail, SHIPPED_REGEX_RULES)
+
+
+# Few words, so that phrases, vetoes and requirements often meet in one text.
+SMALL_WORDS = ["down", "apps", "up", "ab", "a_b", "x-y", "don't", "don’t", "é", "p1", "Ǆ", "ﬁx", "a.b", "-", "'"]
+SMALL_PHRASE = st.lists(st.sampled_from(SMALL_WORDS), min_size=1, max_size=3).map(" ".join) | \
+    st.lists(st.sampled_from(SMALL_WORDS), min_size=1, max_size=3).map("\t".join)
+RULES = st.lists(st.fixed_dictionaries({
+    "fields": st.lists(st.sampled_from(["subject", "body", "sender", "headers"]), min_size=1, max_size=4, unique=True),
+    "phrases": st.lists(SMALL_PHRASE, min_size=1, max_size=4),
+    "unless": st.lists(SMALL_PHRASE, max_size=2),
+    "requires": st.lists(SMALL_PHRASE, max_size=2),
+}), min_size=1, max_size=5)
+
+
+@PROPERTY
+@given(st.data())
+def test_random_policies_decide_as_the_regexes_did(data):
+    rules = data.draw(RULES)
+    phrases = [phrase for rule in rules for key in ("phrases", "unless", "requires") for phrase in rule[key]]
+    mail = data.draw(mails_of(SMALL_WORDS + phrases))
+    table = policy_table(*({"name": f"rule-{i}", **rule} for i, rule in enumerate(rules)))
+    new, reference = both(mail, table)
+    assert new == reference
