@@ -523,7 +523,7 @@ def test_an_untrusted_certificate_is_refused_before_login(tmp_path, dovecot, liv
 def test_a_poll_takes_the_mail_that_arrived_before_it(tmp_path, dovecot, start_daemon):
     """A server adds new mail to a session's view only at the end of its next command: a poll
     that only FETCHed would see mail one poll late. The first poll after the APPEND takes it."""
-    daemon = start_daemon(dry_run=True, imap=imap_table(dovecot, tmp_path, idle=False, poll_interval_seconds=3))
+    daemon = start_daemon(dry_run=True, imap=imap_table(dovecot, tmp_path, idle=False, poll_interval_seconds=1))
     wait_connected(daemon, idle=False)
     for index in range(3):
         synced = daemon.metric(LAST_SYNC)
