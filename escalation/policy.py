@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from escalation.hours import SupportCalendar, Window
 from escalation.matcher import PhraseIndex
+from escalation.regex_prefilter import GuardedRegex
 from escalation.trust import TrustPolicy, assess, page_hold
 from parsers.auth_results import SenderTrust
 from parsers.message import ParsedMessage
@@ -36,7 +37,7 @@ class Rule:
     severity: str | None               # None: not an incident
     fields: tuple[str, ...]
     phrases: tuple[str, ...] = ()                 # tried before the regexes, in this order
-    regexes: tuple[re.Pattern[str], ...] = ()
+    regexes: tuple[GuardedRegex, ...] = ()        # each skipped when the text lacks its literals
     unless: tuple[str, ...] = ()                  # any of these phrases vetoes the rule
     requires: tuple[str, ...] = ()                # when given, one of these phrases must be present too
     description: str = ""

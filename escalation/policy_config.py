@@ -11,6 +11,7 @@ from escalation.hours import SupportCalendar, Window
 from escalation.policy import (
     FIELDS, NOT_AN_INCIDENT, SEVERITIES, URGENCIES, ZENDESK_PRIORITIES, Policy, Route, Rule, phrase_text,
 )
+from escalation.regex_prefilter import GuardedRegex, guarded
 from escalation.trust import DEFAULT_TRUSTED_RELAYS, TrustPolicy
 
 RULE_KEYS = {"name", "category", "severity", "fields", "phrases", "regexes", "unless", "requires", "description"}
@@ -196,10 +197,10 @@ def _severity(value: Any, where: str) -> str | None:
     raise PolicyError(f"{where}: expected P1, P2, P3, P4 or 'none', got {value!r}")
 
 
-def _regex(value: str, where: str) -> re.Pattern[str]:
+def _regex(value: str, where: str) -> GuardedRegex:
     try:
         # Text is normalised (casefolded) before matching; IGNORECASE keeps hand-written classes honest.
-        return re.compile(value, re.IGNORECASE)
+        return guarded(re.compile(value, re.IGNORECASE))
     except re.error as exc:
         raise PolicyError(f"{where}: {value!r} is not a valid regex: {exc}") from None
 

@@ -10,12 +10,13 @@ import tomllib
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from escalation.matcher import PhraseIndex
-from escalation.policy import Policy, RuleHit, classify, evaluate_rules
+from escalation.policy import Policy, RuleHit, classify, evaluate_rules, normalize
 from escalation.policy_config import parse_policy
+from escalation.regex_prefilter import guarded
 from parsers.message import ParsedMessage
 from tests.harness import ROOT
 from tests.regex_matcher import regex_evaluate, regex_rules
@@ -143,7 +144,7 @@ SHIPPED_PHRASES = sorted({phrase for rule in SHIPPED_TABLE["rules"]
                           for key in ("phrases", "unless", "requires") for phrase in rule.get(key, [])})
 SHIPPED_WORDS = sorted({word for phrase in SHIPPED_PHRASES for word in phrase.split()})
 PUNCTUATION = list(".,;:!?()[]<>'\"-/@*#&") + ["\u2019", "\u201c", "\u2014", "\u00ab"]
-UNICODE_LETTERS = ["é", "ß", "Σ", "ǅ", "İ", "ΐ", "ﬁ", "Ａ", "ｐ", "я", "中", "\u0301", "𝐀", "²", "½"]
+UNICODE_LETTERS = ["é", "ß", "Σ", "ǅ", "İ", "ı", "ſ", "\u212a", "ΐ", "ﬁ", "Ａ", "ｐ", "я", "中", "\u0301", "𝐀", "²", "½"]
 WHITESPACE = [" ", "  ", "\n", "\t", "\r\n", "\u00a0", "\u2003", "\u3000", "\x0b"]
 OTHER = ["_", "0", "1", "5", "502", "😀", "\x00", "P1", "SEV", "A", "Apps"]
 
@@ -176,9 +177,19 @@ def test_the_shipped_policy_decides_as_the_regexes_did(mail):
 SMALL_WORDS = ["down", "apps", "up", "ab", "a_b", "x-y", "don't", "don’t", "é", "p1", "Ǆ", "ﬁx", "a.b", "-", "'"]
 SMALL_PHRASE = st.lists(st.sampled_from(SMALL_WORDS), min_size=1, max_size=3).map(" ".join) | \
     st.lists(st.sampled_from(SMALL_WORDS), min_size=1, max_size=3).map("\t".join)
+# Regexes of the shapes policies use (words, alternatives, bounded gaps, anchors, look-arounds), so
+# that each regex's literal prefilter (escalation/regex_prefilter.py) is checked against the plain search.
+REGEX_ATOM = st.sampled_from([re.escape(w) for w in SMALL_WORDS] + ["I", "K", "S", "ı", "ſ", "\\x27"]) | \
+    st.sampled_from([r"\b", r"\s+", r"\s*", r"[^.\n]{0,10}", r"\d", r"^", r"$", r".", r"\w+", r"(?!\w)", r"(?<=\s)",
+                     r"(?-i:A)", r"\W*"])
+REGEX_GROUP = st.tuples(st.lists(st.lists(REGEX_ATOM, min_size=1, max_size=3).map("".join), min_size=1, max_size=3),
+                        st.sampled_from(["", "?", "+", "{1,2}", "*", "{0,1}"])).map(
+    lambda g: "(" + "|".join(g[0]) + ")" + g[1])
+REGEX = st.lists(REGEX_ATOM | REGEX_GROUP, min_size=1, max_size=6).map("".join)
 RULES = st.lists(st.fixed_dictionaries({
     "fields": st.lists(st.sampled_from(["subject", "body", "sender", "headers"]), min_size=1, max_size=4, unique=True),
     "phrases": st.lists(SMALL_PHRASE, min_size=1, max_size=4),
+    "regexes": st.lists(REGEX, max_size=2),
     "unless": st.lists(SMALL_PHRASE, max_size=2),
     "requires": st.lists(SMALL_PHRASE, max_size=2),
 }), min_size=1, max_size=5)
@@ -189,7 +200,27 @@ RULES = st.lists(st.fixed_dictionaries({
 def test_random_policies_decide_as_the_regexes_did(data):
     rules = data.draw(RULES)
     phrases = [phrase for rule in rules for key in ("phrases", "unless", "requires") for phrase in rule[key]]
-    mail = data.draw(mails_of(SMALL_WORDS + phrases))
+    mail = data.draw(mails_of(SMALL_WORDS + phrases + ["api down", "Api  is DOWN", "cve-2026-1234"]))
     table = policy_table(*({"name": f"rule-{i}", **rule} for i, rule in enumerate(rules)))
     new, reference = both(mail, table)
     assert new == reference
+
+
+def test_a_regex_needs_the_literals_every_match_contains():
+    needs = guarded(re.compile(r"\bapi\b[^.\n]{0,20}\b(down|unavailable|not responding)\b", re.IGNORECASE)).needs
+    assert needs == (frozenset({"api"}), frozenset({"down", "unavailable", "not responding"}))
+    optional = guarded(re.compile(r"\b(all\s+)?(apps?|sites?)\s+down", re.IGNORECASE)).needs
+    assert optional == (frozenset({"app", "site"}), frozenset({"down"}))
+    assert guarded(re.compile(r"(a|\w)+x?", re.IGNORECASE)).needs == ()     # nothing every match must hold
+
+
+@PROPERTY
+@given(REGEX, texts_of(SMALL_WORDS + ["api down", "Api  is DOWN", "cve-2026-1234", "ı", "I"]))
+@example("fI", "fı")          # IGNORECASE pairs "i" with the dotless "ı", which casefolding keeps
+@example("AB", "AB")          # an upper-case literal is found in casefolded text
+@example("ſ", "S")            # a non-ASCII literal may match an ASCII letter: no filter on it
+def test_a_guarded_regex_finds_what_the_plain_search_finds(pattern, text):
+    regex = re.compile(pattern, re.IGNORECASE)
+    text = normalize(text)
+    found, expected = guarded(regex).search(text), regex.search(text)
+    assert (found and (found.span(), found.group(0))) == (expected and (expected.span(), expected.group(0)))
