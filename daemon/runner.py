@@ -7,15 +7,25 @@ previous process left unfinished (crash recovery is just "due now").
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 
 from daemon.metrics import Metrics
+from daemon.store_thread import URGENT, store_priority
 from escalation.steps import Escalator
 
 log = logging.getLogger("emergencyd.runner")
 
 DUE_BATCH = 200
+
+
+def _store_context(urgent: bool) -> contextvars.Context:
+    """A sender's first new mail has its store calls go ahead of a storm's (daemon/store_thread.py)."""
+    context = contextvars.copy_context()
+    if urgent:
+        context.run(store_priority.set, URGENT)
+    return context
 
 
 class Runner:
@@ -57,15 +67,16 @@ class Runner:
         started = 0
         # Escalations in flight (waiting on Zendesk's pace, say) may still be due: ask for
         # enough that they cannot crowd out the rest.
-        due = [pk for pk in await self._store.due(time.time(), DUE_BATCH + len(self._in_flight))
+        due = [(pk, first) for pk, first in await self._store.due_turns(time.time(), DUE_BATCH + len(self._in_flight))
                if pk not in self._in_flight]
-        sizes = await self._store.message_sizes(due) if due else {}
-        for pk in due:
+        sizes = await self._store.message_sizes([pk for pk, _ in due]) if due else {}
+        for pk, first_of_its_sender in due:
             held = sum(self._in_flight_bytes.values())
             if self._in_flight and held + sizes.get(pk, 0) > self._max_in_flight_bytes:
                 break   # in order: the rest start as those in flight finish
             self._in_flight_bytes[pk] = sizes.get(pk, 0)
-            self._in_flight[pk] = asyncio.create_task(self._advance(pk), name=f"escalation-{pk}")
+            self._in_flight[pk] = asyncio.create_task(self._advance(pk), name=f"escalation-{pk}",
+                                                      context=_store_context(first_of_its_sender))
             started += 1
         return started
 

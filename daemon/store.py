@@ -26,6 +26,7 @@ from escalation.records import (
 )
 from daemon.migrations import MIGRATIONS
 from daemon.store_grouping import FAIR_KEY_SQL, GroupingQueries
+from daemon.store_thread import StoreThread
 from parsers.identity import HeaderIdentity, header_identity
 
 log = logging.getLogger("emergencyd.store")
@@ -306,12 +307,19 @@ class Store(GroupingQueries):
 
         New mail is taken fairly: each sender's oldest first, then each sender's second, and
         so on, so that a storm from one sender cannot fill the batch ahead of another's mail."""
+        return [pk for pk, _ in self.due_turns(now, limit)]
+
+    def due_turns(self, now: float, limit: int = 100) -> list[tuple[int, bool]]:
+        """due(), each with whether it is its sender's first new mail (the runner's urgent ones)."""
         rows = self._conn.execute(
             "SELECT message_pk, 0, ROW_NUMBER() OVER (PARTITION BY " + FAIR_KEY_SQL + " ORDER BY message_pk)"
             " FROM escalations e JOIN messages m ON m.id = e.message_pk WHERE e.state = ?"
             " UNION SELECT message_pk, 1, 0 FROM steps WHERE state = ? AND next_attempt_at <= ?"
             " ORDER BY 2, 3, 1 LIMIT ?", (NEW, STEP_PENDING, now, limit)).fetchall()
-        return list(dict.fromkeys(r[0] for r in rows))
+        first: dict[int, bool] = {}
+        for pk, pending, rank in rows:
+            first.setdefault(pk, not pending and rank == 1)
+        return list(first.items())
 
     def message_sizes(self, pks: list[int]) -> dict[int, int]:
         sizes: dict[int, int] = {}
@@ -456,12 +464,11 @@ class AsyncStore:
     commit): one fsync for all of them, and each 250 still only after its commit.
     """
 
-    def __init__(self, store: Store, ingest_store: Store | None = None):
+    def __init__(self, store: Store, ingest_store: Store):
         self.sync = store
-        self._ingest_store = ingest_store or store
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
-        self._ingest_executor = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-ingest")
-                                 if ingest_store else self._executor)
+        self._ingest_store = ingest_store
+        self._thread = StoreThread("store")
+        self._ingest_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-ingest")
         self._to_commit: list[tuple[bytes, Envelope, asyncio.Future]] = []
         self._committer: asyncio.Task | None = None
 
@@ -477,8 +484,7 @@ class AsyncStore:
         return cls(store, Store.open(path, busy_timeout_ms=busy_timeout_ms, gate=gate, priority=True))
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+        return await asyncio.wrap_future(self._thread.submit(lambda: fn(*args, **kwargs)))
 
     async def ingest(self, raw: bytes, envelope: Envelope) -> IngestResult:
         committed = asyncio.get_running_loop().create_future()
@@ -529,7 +535,7 @@ class AsyncStore:
         return bound
 
     def close(self) -> None:
-        for executor in {self._executor, self._ingest_executor}:
-            executor.shutdown(wait=True)
-        for store in {id(self.sync): self.sync, id(self._ingest_store): self._ingest_store}.values():
-            store.close()
+        self._thread.shutdown(wait=True)
+        self._ingest_executor.shutdown(wait=True)
+        self.sync.close()
+        self._ingest_store.close()

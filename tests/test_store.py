@@ -2,11 +2,13 @@
 import asyncio
 import sqlite3
 import stat
+import threading
 import time
 
 import pytest
 
 from daemon.store import MIGRATIONS, AsyncStore, Store, StoreError
+from daemon.store_thread import URGENT, StoreThread, store_priority
 from escalation.records import DONE, FAILED, NEW, PENDING, Envelope, dedup_key_of
 from tests.harness import make_message
 
@@ -152,3 +154,50 @@ async def test_mail_arriving_together_is_committed_together_each_once(tmp_path):
     reopened = Store.open(tmp_path / "group.sqlite3")
     assert reopened.counts_by_state() == {NEW: 30}
     reopened.close()
+
+
+def test_each_senders_first_new_mail_is_marked_for_the_runners_urgent_turn(store):
+    def mail(sender, n):
+        return store.ingest(make_message(sender=sender, subject=f"Incident {n}", message_id=f"<{n}@x.example>"),
+                            envelope()).message_pk
+    loop = [mail("alerts@loop.example", n) for n in range(3)]
+    other = mail("ops@other.example", 9)
+    pending = mail("ops@third.example", 10)
+    store.plan(pending, subject="Apps down", sender="ops@third.example", steps=("page",))
+    turns = dict(store.due_turns(time.time()))
+    assert turns == {loop[0]: True, other: True, loop[1]: False, loop[2]: False, pending: False}
+    assert store.due(time.time())[:2] == [loop[0], other]
+
+
+def test_an_urgent_store_call_goes_ahead_of_the_queue_and_each_priority_keeps_its_order():
+    thread = StoreThread("test-store")
+    held, ran = threading.Event(), []
+    first = thread.submit(held.wait)                    # holds the thread while the queue fills
+    queued = [thread.submit(lambda n=n: ran.append(n)) for n in ("a", "b")]
+    token = store_priority.set(URGENT)
+    try:
+        queued += [thread.submit(lambda n=n: ran.append(n)) for n in ("urgent 1", "urgent 2")]
+    finally:
+        store_priority.reset(token)
+    queued.append(thread.submit(lambda: ran.append("c")))
+    held.set()
+    for future in [first, *queued]:
+        future.result(timeout=10)
+    assert ran == ["urgent 1", "urgent 2", "a", "b", "c"]
+    thread.shutdown()
+
+
+def test_the_store_thread_hands_back_errors_and_runs_its_queue_before_it_stops():
+    thread = StoreThread("test-store")
+    with pytest.raises(ZeroDivisionError):
+        thread.submit(lambda: 1 / 0).result(timeout=10)
+    held, ran = threading.Event(), []
+    thread.submit(held.wait)
+    last = thread.submit(lambda: ran.append("queued before the stop"))
+    stopper = threading.Thread(target=thread.shutdown)
+    stopper.start()
+    held.set()
+    stopper.join(timeout=10)
+    assert ran == ["queued before the stop"] and last.done()
+    with pytest.raises(RuntimeError, match="closed"):
+        thread.submit(lambda: None)
