@@ -12,7 +12,7 @@ import logging
 import time
 
 from daemon.metrics import Metrics
-from daemon.store_thread import URGENT, store_priority
+from daemon.store_thread import BACKGROUND, store_priority
 from escalation.steps import Escalator
 
 log = logging.getLogger("emergencyd.runner")
@@ -20,11 +20,12 @@ log = logging.getLogger("emergencyd.runner")
 DUE_BATCH = 200
 
 
-def _store_context(urgent: bool) -> contextvars.Context:
-    """A sender's first new mail has its store calls go ahead of a storm's (daemon/store_thread.py)."""
+def _store_context(first_of_its_sender: bool) -> contextvars.Context:
+    """A sender's later mail and pending steps are background work on the store's thread: a
+    storm's queue never holds up another sender's first mail (daemon/store_thread.py)."""
     context = contextvars.copy_context()
-    if urgent:
-        context.run(store_priority.set, URGENT)
+    if not first_of_its_sender:
+        context.run(store_priority.set, BACKGROUND)
     return context
 
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from daemon.store import MIGRATIONS, AsyncStore, Store, StoreError
-from daemon.store_thread import URGENT, StoreThread, store_priority
+from daemon.store_thread import BACKGROUND, StoreThread, store_priority
 from escalation.records import DONE, FAILED, NEW, PENDING, Envelope, dedup_key_of
 from tests.harness import make_message
 
@@ -173,13 +173,17 @@ def test_an_urgent_store_call_goes_ahead_of_the_queue_and_each_priority_keeps_it
     thread = StoreThread("test-store")
     held, ran = threading.Event(), []
     first = thread.submit(held.wait)                    # holds the thread while the queue fills
-    queued = [thread.submit(lambda n=n: ran.append(n)) for n in ("a", "b")]
-    token = store_priority.set(URGENT)
+    token = store_priority.set(BACKGROUND)
     try:
-        queued += [thread.submit(lambda n=n: ran.append(n)) for n in ("urgent 1", "urgent 2")]
+        queued = [thread.submit(lambda n=n: ran.append(n)) for n in ("a", "b")]
     finally:
         store_priority.reset(token)
-    queued.append(thread.submit(lambda: ran.append("c")))
+    queued += [thread.submit(lambda n=n: ran.append(n)) for n in ("urgent 1", "urgent 2")]
+    token = store_priority.set(BACKGROUND)
+    try:
+        queued.append(thread.submit(lambda: ran.append("c")))
+    finally:
+        store_priority.reset(token)
     held.set()
     for future in [first, *queued]:
         future.result(timeout=10)
