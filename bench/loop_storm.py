@@ -28,13 +28,12 @@ if str(ROOT) not in sys.path:
 
 from bench import histogram  # noqa: E402
 from bench.smtp_ingest import (  # noqa: E402
-    Cleanup, _fmt, _ms, add_session_args, bench_session, header, percentile, run_benchmark, run_load,
-    start_emergencyd, stop_daemon,
+    Cleanup, _fmt, _ms, add_session_args, bench_session, header, percentile, run_benchmark, run_load, stop_daemon,
 )
 from bench.storm import (  # noqa: E402
-    Sampler, drain, log_problems, pagerduty_figures, relations_of, send_canary, zendesk_figures,
+    drain, log_problems, pagerduty_figures, relations_of, send_canary, start_live_with_fakes, zendesk_figures,
 )
-from tests.harness import API_TOKEN, ZENDESK_EMAIL, ZENDESK_TOKEN, live_env, make_message  # noqa: E402
+from tests.harness import make_message  # noqa: E402
 
 LAG_METRIC = "emergencyd_event_loop_lag_seconds"
 LOOP_SENDER = "alerts@monitoring.tenant-loop.example"
@@ -162,22 +161,8 @@ def loop_lag_windows(readings: dict) -> dict:
 
 
 def bench_loop_storm(args, workdir: Path, stack: Cleanup, run: str) -> dict:
-    from tests.fakes.pagerduty import FakePagerDuty
-    from tests.fakes.tls import TestCA
-    from tests.fakes.zendesk import FakeZendesk
-
-    ca = TestCA()
-    zendesk = stack.enter_context(FakeZendesk(ca=ca, email=ZENDESK_EMAIL, token=ZENDESK_TOKEN))
-    pagerduty = stack.enter_context(FakePagerDuty(ca=ca, api_token=API_TOKEN))
     directory = workdir / "loop-storm"
-    directory.mkdir()
-    daemon = start_emergencyd(directory, stack, env=live_env(), dry_run=False, policy=True,
-                              zendesk_url=zendesk.url, pagerduty_url=pagerduty.url,
-                              ca_file=ca.write_ca_pem(directory),
-                              extra_zendesk=f"requests_per_minute = {args.zendesk_rpm}\n")
-    sampler = Sampler(daemon.proc.pid)
-    sampler.start()
-    stack.callback(sampler.stop)
+    daemon, zendesk, pagerduty, sampler = start_live_with_fakes(directory, stack, args.zendesk_rpm)
     messages = [loop_mail(run, i, args.body_kb) for i in range(args.mails)]
     p1_id, p1_raw = p1_mail(run)
     sizes = [len(raw) for _, raw, _ in messages]

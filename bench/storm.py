@@ -391,7 +391,9 @@ def drain(args, daemon, store: Path, zendesk, began: float, sampler: Sampler) ->
         time.sleep(PEEK_EVERY)
 
 
-def bench_storm(args, workdir: Path, stack: Cleanup, run: str) -> dict:
+def start_live_with_fakes(directory: Path, stack: Cleanup, zendesk_rpm: int, extra: str = ""):
+    """emergencyd live (the shipped policy) against HTTPS fakes of Zendesk and PagerDuty in this
+    process, its CPU sampled: (daemon, zendesk, pagerduty, sampler)."""
     from tests.fakes.pagerduty import FakePagerDuty
     from tests.fakes.tls import TestCA
     from tests.fakes.zendesk import FakeZendesk
@@ -399,20 +401,25 @@ def bench_storm(args, workdir: Path, stack: Cleanup, run: str) -> dict:
     ca = TestCA()
     zendesk = stack.enter_context(FakeZendesk(ca=ca, email=ZENDESK_EMAIL, token=ZENDESK_TOKEN))
     pagerduty = stack.enter_context(FakePagerDuty(ca=ca, api_token=API_TOKEN))
-    directory = workdir / "storm"
     directory.mkdir()
     daemon = start_emergencyd(directory, stack, env=live_env(), dry_run=False, policy=True,
                               zendesk_url=zendesk.url, pagerduty_url=pagerduty.url,
                               ca_file=ca.write_ca_pem(directory),
-                              extra_zendesk=f"requests_per_minute = {args.zendesk_rpm}\n",
-                              # write_config puts `extra` before [smtp]: a table of its own is fine there.
-                              extra="" if args.max_new_pages is None else
-                              f"[dedup]\nmax_new_pages_per_minute = {args.max_new_pages}\n")
-    pid = daemon.proc.pid
-    store = directory / "var" / "store.sqlite3"
-    sampler = Sampler(pid)
+                              extra_zendesk=f"requests_per_minute = {zendesk_rpm}\n", extra=extra)
+    sampler = Sampler(daemon.proc.pid)
     sampler.start()
     stack.callback(sampler.stop)
+    return daemon, zendesk, pagerduty, sampler
+
+
+def bench_storm(args, workdir: Path, stack: Cleanup, run: str) -> dict:
+    directory = workdir / "storm"
+    daemon, zendesk, pagerduty, sampler = start_live_with_fakes(
+        directory, stack, args.zendesk_rpm,
+        # write_config puts `extra` before [smtp]: a table of its own is fine there.
+        extra="" if args.max_new_pages is None else f"[dedup]\nmax_new_pages_per_minute = {args.max_new_pages}\n")
+    pid = daemon.proc.pid
+    store = directory / "var" / "store.sqlite3"
 
     messages = storm_messages(run, args.tenants, args.per_tenant)
     sizes = [len(raw) for _, raw in messages]
