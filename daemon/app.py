@@ -23,6 +23,7 @@ from escalation.fallback import SmtpRelay
 from escalation.records import Envelope
 from escalation.grouping import GroupingSettings
 from escalation.retry import RetrySchedule
+from escalation.trust import directory_summary
 from escalation.cpu_pool import CpuPool
 from escalation.steps import EscalationSettings, Escalator, classify_context
 
@@ -171,6 +172,7 @@ class Daemon:
             "smtp": _bound(self._smtp) if self._smtp else "off", "metrics": _bound(http),
             "imap": self.config.imap.account if self.imap else "off", "dry_run": self.config.dry_run,
             "store": str(self.config.store.path)})
+        self._log_tenant_directory()
         self.observe_certificates()
         await self.readiness()   # emergencyd_ready_check has its series from the first scrape
         self.notifier.send(READY=1, STATUS=await self._status_line())
@@ -246,6 +248,12 @@ class Daemon:
         log.info("reloaded policy and recipients", extra={
             "rules": len(new.policy.rules), "recipients": len(new.smtp.recipients),
             "changes_needing_restart": ",".join(needs_restart) or "none"})
+        self._log_tenant_directory()
+
+    def _log_tenant_directory(self) -> None:
+        trust = self.config.policy.trust
+        (log.info if trust.knows_tenants else log.warning)(
+            "tenant directory", extra={"directory": directory_summary(trust)})
 
     async def _shutdown(self, tasks: list[asyncio.Task]) -> None:
         log.info("shutting down")

@@ -17,7 +17,7 @@ from escalation.policy import classify
 from parsers.message import parse_message
 
 KEYS = ("file", "suppressed", "reason", "category", "severity", "window", "page", "urgency", "zendesk_priority",
-        "respond_by", "rules", "sender_trust", "page_held")
+        "respond_by", "rules", "sender_trust", "page_held", "tenant", "stranger")
 
 
 def receive_time(at: str | None, config: Config) -> datetime:
@@ -50,6 +50,8 @@ def write_text(result: dict[str, Any], out: TextIO) -> None:
         out.write(f"{result['file']}: error: {result['error']}\n")
         return
     out.write(f"{result['file']}\n  {result['decision']}\n  decided by: {result['reason']}\n")
+    if result.get("tenant"):
+        out.write(f"  sender: {result['tenant']}\n")
     for hit in result["rules"]:
         out.write(f"  rule {hit['rule']} matched {hit['matched']!r} in the {hit['field']}\n")
     out.write(f"  ticket subject: {result['ticket_subject']}\n")

@@ -102,6 +102,9 @@ class Metrics:
         self.pages_held = Counter("emergencyd_pages_held_total",
                                   "Pages the routing asked for that [trust] held back (unverified sender).",
                                   registry=r)
+        self.strangers_ticketed = Counter(
+            "emergencyd_stranger_mail_ticketed_total",
+            "Mail from senders outside the tenant directory that no rule matched: a ticket, no page.", registry=r)
         self.imap_connected = Gauge("emergencyd_imap_connected",
                                     "1 while logged in to the IMAP mailbox, else 0.", registry=r)
         self.imap_idle_active = Gauge("emergencyd_imap_idle_active",
@@ -192,6 +195,8 @@ class Metrics:
             self.sender_trust.labels(verdict.trust.outcome).inc()
         if verdict.page_held:
             self.pages_held.inc()
+        if verdict.stranger:
+            self.strangers_ticketed.inc()
         if verdict.suppressed:
             self.suppressed.labels(verdict.category.removeprefix("noise:")).inc()
         else:

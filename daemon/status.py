@@ -8,9 +8,10 @@ from escalation.content import describe_verdict, iso
 from escalation.records import EscalationRecord
 
 
-def status_document(store: Store, *, limit: int, dry_run: bool) -> dict[str, Any]:
+def status_document(store: Store, *, limit: int, dry_run: bool, tenant_directory: str = "") -> dict[str, Any]:
     return {
         "dry_run": dry_run,
+        "tenant_directory": tenant_directory,
         "counts": store.counts_by_state(),
         "imap_mailboxes": [{**m, "updated_at": iso(m["updated_at"])} for m in store.imap_positions()],
         "groups": [{**g, "opened_at": iso(g["opened_at"]), "last_report_at": iso(g["last_report_at"])}
@@ -57,6 +58,8 @@ def render_status(document: dict[str, Any]) -> str:
     counts = document["counts"]
     lines = ["emergencyd status" + ("  (dry run: nothing is sent)" if document["dry_run"] else ""),
              "by state: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no messages yet")]
+    if document.get("tenant_directory"):
+        lines.append(f"tenant directory: {document['tenant_directory']}")
     for mailbox in document["imap_mailboxes"]:
         lines.append(f"imap {mailbox['account']}: uidvalidity {mailbox['uidvalidity']}, last UID handled "
                      f"{mailbox['last_uid']} at {mailbox['updated_at']}")

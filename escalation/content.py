@@ -147,6 +147,8 @@ def ticket_tags(verdict: dict[str, Any]) -> tuple[str, ...]:
         tags.append("sender-verified" if verified else "unverified-sender")
     if verdict.get("page_held"):
         tags.append("page-held")
+    if verdict.get("stranger"):
+        tags.append("unknown-sender")
     return tuple(tags)
 
 
@@ -176,8 +178,8 @@ def describe_verdict(verdict: dict[str, Any]) -> str:
     if verdict.get("update_every_seconds"):
         parts.append(_update_words(verdict["update_every_seconds"], verdict.get("working_time", False)))
     paging = f"paged at {verdict['urgency']} urgency" if verdict.get("page") else "not paged"
-    if verdict.get("page_held"):
-        paging = verdict["page_held"]
+    if verdict.get("page_held") or verdict.get("stranger"):
+        paging = verdict.get("page_held") or verdict["stranger"]
     if (verdict.get("sender_trust") or {}).get("verified") is False:
         paging += "; unverified sender"
     return f"{head}: {', '.join(parts + [paging])}"
@@ -202,6 +204,8 @@ def verdict_lines(verdict: dict[str, Any]) -> list[str]:
     for hit in verdict.get("rules", []):
         lines.append(f"  rule {hit['rule']} ({hit['severity'] or 'not an incident'}) matched "
                      f"{hit['matched']!r} in the {hit['field']}")
+    if verdict.get("tenant"):
+        lines.append(f"Sender: {verdict['tenant']}")
     trust = verdict.get("sender_trust")
     if trust:
         lines.append(f"Sender trust: {trust['outcome']}: {trust['reason']} (spf={trust['spf'] or '-'}, "

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from escalation.hours import SupportCalendar, Window
 from escalation.matcher import PhraseIndex
 from escalation.regex_prefilter import GuardedRegex
-from escalation.trust import TrustPolicy, assess, page_hold
+from escalation.trust import TrustPolicy, assess, page_hold, sender_standing, stranger_demotion
 from parsers.auth_results import SenderTrust
 from parsers.message import ParsedMessage
 from parsers.noise import detect_noise
@@ -105,6 +105,8 @@ class Verdict:
     rules: tuple[RuleHit, ...] = field(default_factory=tuple)
     trust: SenderTrust | None = None   # None: [trust] not configured
     page_held: str | None = None       # why the sender's trust held back a page the routing asked for
+    tenant: str | None = None          # what the tenant directory says of the sender; None: the directory is empty
+    stranger: str | None = None        # why a stranger's unmatched mail gets a ticket and no page
 
     @property
     def untrusted(self) -> bool:
@@ -122,6 +124,7 @@ class Verdict:
             "rules": [{"rule": h.rule, "field": h.field, "matched": h.matched, "category": h.category,
                        "severity": h.severity} for h in self.rules],
             "sender_trust": self.trust.as_dict() if self.trust else None, "page_held": self.page_held,
+            "tenant": self.tenant, "stranger": self.stranger,
         }
 
 
@@ -155,10 +158,15 @@ def classify(parsed: ParsedMessage, *, received_at: datetime, mail_from: str | N
                        respond_by=None, update_every=None, ticket=policy.noise_gets_ticket, ticket_subject=subject,
                        trust=trust)
     hits = evaluate_rules(parsed, policy)
+    sender = parsed.sender or mail_from or None
+    tenant, stranger = sender_standing(sender, policy.trust), None
     if hits:
         decisive = hits[0]
         category, severity = decisive.category, decisive.severity
         reason = f"rule {decisive.rule} matched {decisive.matched!r} in the {decisive.field}"
+    elif (stranger := stranger_demotion(sender, policy.trust)) is not None:
+        category, severity = policy.unclassified_category, None
+        reason = f"no rule matched, and {sender or 'the sender'} is not in the tenant directory: a ticket, no page"
     else:
         category, severity = policy.unclassified_category, policy.unclassified_severity
         reason = (f"no rule matched: treated as {severity or 'not an incident'} "
@@ -171,7 +179,7 @@ def classify(parsed: ParsedMessage, *, received_at: datetime, mail_from: str | N
         page=page, urgency=route.urgency if page else None, zendesk_priority=route.zendesk_priority,
         respond_by=_deadline(policy.calendar, received_at, route.respond_within, route.working_time),
         update_every=route.update_every, ticket=True, ticket_subject=subject, working_time=route.working_time,
-        rules=tuple(hits), trust=trust, page_held=held)
+        rules=tuple(hits), trust=trust, page_held=held, tenant=tenant, stranger=stranger)
 
 
 def evaluate_rules(parsed: ParsedMessage, policy: Policy) -> list[RuleHit]:

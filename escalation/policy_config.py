@@ -12,14 +12,15 @@ from escalation.policy import (
     FIELDS, NOT_AN_INCIDENT, SEVERITIES, URGENCIES, ZENDESK_PRIORITIES, Policy, Route, Rule, phrase_text,
 )
 from escalation.regex_prefilter import GuardedRegex, guarded
-from escalation.trust import DEFAULT_TRUSTED_RELAYS, TrustPolicy
+from escalation.trust import DEFAULT_TRUSTED_RELAYS, StrangerAction, TrustPolicy
 
 RULE_KEYS = {"name", "category", "severity", "fields", "phrases", "regexes", "unless", "requires", "description"}
 ROUTE_KEYS = {"urgency", "zendesk_priority", "respond_within", "update_every", "working_time"}
 POLICY_KEYS = {"timezone", "extra_closures", "unclassified_severity", "unclassified_category",
                "noise_gets_ticket", "generic_subjects", "rules", "routing"}
 TRUST_KEYS = {"trusted_authserv_ids", "trusted_relays", "own_received_fields", "verify_dkim",
-              "dkim_timeout_seconds", "dkim_dns_server", "tenant_domains", "page_unverified", "page_dmarc_fail"}
+              "dkim_timeout_seconds", "dkim_dns_server", "tenant_domains", "tenant_addresses", "page_unverified",
+              "page_dmarc_fail", "stranger_unclassified"}
 _DURATION = re.compile(r"^\s*(\d+)\s*(m|min|h|d)\s*$")
 _UNITS = {"m": 60, "min": 60, "h": 3600, "d": 86400}
 
@@ -68,8 +69,10 @@ def parse_trust(table: Any) -> TrustPolicy:
         verify_dkim=_bool(table, "verify_dkim", False, "trust"), dkim_timeout_seconds=float(timeout),
         dkim_dns_server=_dns_server(table.get("dkim_dns_server")),
         tenant_domains=tuple(d.strip().strip(".").lower() for d in _strings(table, "tenant_domains", "trust")),
+        tenant_addresses=_addresses(table),
         page_unverified=_bool(table, "page_unverified", True, "trust"),
-        page_dmarc_fail=_bool(table, "page_dmarc_fail", False, "trust"))
+        page_dmarc_fail=_bool(table, "page_dmarc_fail", False, "trust"),
+        stranger_unclassified=_stranger_action(table.get("stranger_unclassified", StrangerAction.TICKET.value)))
     if not policy.page_unverified and not (policy.tenant_domains and policy.enabled):
         raise PolicyError("trust.page_unverified: false would page no one; it needs tenant_domains and "
                           "trusted_authserv_ids or verify_dkim")
@@ -118,6 +121,23 @@ def _page_everything() -> Policy:
     page = Route("high", "urgent", timedelta(minutes=20), timedelta(hours=1), working_time=False)
     routing = {(severity, window): page for severity in (*SEVERITIES, NOT_AN_INCIDENT) for window in Window}
     return Policy(rules=(), routing=routing, calendar=SupportCalendar())
+
+
+def _addresses(table: dict) -> tuple[str, ...]:
+    addresses = tuple(a.strip().lower() for a in _strings(table, "tenant_addresses", "trust"))
+    for address in addresses:
+        local, at, domain = address.rpartition("@")
+        if not (local and at and domain):
+            raise PolicyError(f"trust.tenant_addresses: {address!r} is not an address (local@domain)")
+    return addresses
+
+
+def _stranger_action(value: Any) -> StrangerAction:
+    try:
+        return StrangerAction(value)
+    except ValueError:
+        raise PolicyError("trust.stranger_unclassified: expected one of "
+                          + ", ".join(f'"{a.value}"' for a in StrangerAction)) from None
 
 
 def _rule(index: int, table: Any) -> Rule:

@@ -3,6 +3,11 @@
 Pure. The decide step adds what needs the envelope (was the SMTP peer our relay?) and,
 when configured, emergencyd's own DKIM check (escalation/dkim_check.py).
 
+Who writes matters most: the tenant directory (`tenant_domains`, `tenant_addresses`) says whose
+mail is a tenant's. A stranger's mail that no rule matches is a ticket, not a page (a leaked
+address receives spam, newsletters and list mail); a stranger's mail that a rule matches pages
+as the rule says. With an empty directory every sender counts as a tenant.
+
 The paging rule, chosen so that a real P1 is still paged:
 - mail that is not verified (no trusted results, none, temperror, an unknown domain) pages
   as the routing table says, unless `page_unverified = false`, which lets only verified mail
@@ -16,10 +21,17 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from enum import StrEnum
 
 from parsers.auth_results import DkimCheck, SenderTrust, sender_trust
 
 DEFAULT_TRUSTED_RELAYS = ("127.0.0.0/8", "::1/128")
+
+
+class StrangerAction(StrEnum):
+    """[trust] stranger_unclassified: what a non-tenant's mail that no rule matches gets."""
+    TICKET = "ticket"      # a ticket tagged unknown-sender, no page
+    PAGE = "page"          # as a tenant's: the unclassified severity's routing
 
 
 @dataclass(frozen=True)
@@ -31,16 +43,71 @@ class TrustPolicy:
     dkim_timeout_seconds: float = 3.0
     dkim_dns_server: tuple[str, int] | None = None   # (IP address, port); None: the system resolver
     tenant_domains: tuple[str, ...] = ()           # lower-case; subdomains count too
+    tenant_addresses: tuple[str, ...] = ()         # lower-case addresses of tenants outside those domains
     page_unverified: bool = True
     page_dmarc_fail: bool = False
+    stranger_unclassified: StrangerAction = StrangerAction.TICKET
 
     @property
     def enabled(self) -> bool:
         return bool(self.trusted_authserv_ids) or self.verify_dkim
 
+    @property
+    def knows_tenants(self) -> bool:
+        """An empty directory: every sender is treated as a tenant, as before there was one."""
+        return bool(self.tenant_domains or self.tenant_addresses)
+
 
 def is_tenant(domain: str | None, tenant_domains: tuple[str, ...]) -> bool:
-    return bool(domain) and any(domain == t or domain.endswith("." + t) for t in tenant_domains)
+    return tenant_domain_of(domain, tenant_domains) is not None
+
+
+def tenant_domain_of(domain: str | None, tenant_domains: tuple[str, ...]) -> str | None:
+    """The tenant domain this domain is, or is a subdomain of."""
+    if not domain:
+        return None
+    return next((t for t in tenant_domains if domain == t or domain.endswith("." + t)), None)
+
+
+def tenant_of(address: str | None, policy: TrustPolicy) -> str | None:
+    """Why this From address counts as a tenant's (the directory entry it matched), or None."""
+    address = (address or "").strip().lower()
+    if not address:
+        return None
+    if address in policy.tenant_addresses:
+        return f"the tenant address {address}"
+    domain = tenant_domain_of(address.rpartition("@")[2], policy.tenant_domains)
+    return f"the tenant domain {domain}" if domain else None
+
+
+def directory_summary(policy: TrustPolicy) -> str:
+    """The tenant directory in one line, for the start-up log, check-config and status."""
+    if not policy.knows_tenants:
+        return ("empty: every sender counts as a tenant, so anyone's mail that no rule matches pages "
+                "(set [trust] tenant_domains or tenant_addresses)")
+    stranger = ("a ticket, no page" if policy.stranger_unclassified is StrangerAction.TICKET
+                else "a page, as a tenant's")
+    return (f"{len(policy.tenant_domains)} domain(s), {len(policy.tenant_addresses)} address(es); "
+            f"a stranger's mail that no rule matches gets {stranger}")
+
+
+def sender_standing(sender: str | None, policy: TrustPolicy) -> str | None:
+    """What the tenant directory says of the sender, for humans; None while the directory is empty."""
+    if not policy.knows_tenants:
+        return None
+    why = tenant_of(sender, policy)
+    return f"a tenant ({why})" if why else f"not a tenant ({sender or 'no From address'} is not in the directory)"
+
+
+def stranger_demotion(sender: str | None, policy: TrustPolicy) -> str | None:
+    """Why a stranger's mail that no rule matched gets a ticket and no page; None: it pages as the
+    routing says (a tenant's, any mail while the directory is empty, or stranger_unclassified = "page")."""
+    if not policy.knows_tenants or policy.stranger_unclassified is not StrangerAction.TICKET:
+        return None
+    if tenant_of(sender, policy) is not None:
+        return None
+    return (f"not paged: {sender or 'a sender without a From address'} is not a tenant and no rule matched "
+            '([trust] stranger_unclassified = "ticket")')
 
 
 def peer_trusted(source: str, peer: str, trusted_relays: tuple[str, ...]) -> bool:
