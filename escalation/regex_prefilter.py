@@ -27,7 +27,7 @@ from re import _parser as sre_parse  # noqa: the parser re.compile uses
 
 Needs = tuple[frozenset[str], ...]   # each: at least one of these strings is in every match
 _REPEATS = {sre.MAX_REPEAT, sre.MIN_REPEAT, getattr(sre, "POSSESSIVE_REPEAT", sre.MAX_REPEAT)}
-_GROUPS = {sre.SUBPATTERN, getattr(sre, "ATOMIC_GROUP", sre.SUBPATTERN)}
+_ATOMIC_GROUP = getattr(sre, "ATOMIC_GROUP", None)   # (?>...), Python 3.11+
 _UNSAFE_IN_TEXT = "ı"   # matches "i" under IGNORECASE and casefolds to itself
 
 
@@ -77,8 +77,10 @@ def _needs(items: list) -> list[frozenset[str]]:
         if run:
             needs.append(frozenset({run}))
             run = ""
-        if op in _GROUPS:
-            needs += _needs(list(arg[-1]))
+        if op is sre.SUBPATTERN:
+            needs += _needs(list(arg[-1]))       # (group, added flags, removed flags, pattern)
+        elif op is _ATOMIC_GROUP:
+            needs += _needs(list(arg))
         elif op in _REPEATS and arg[0] >= 1:
             needs += _needs(list(arg[2]))
         elif op is sre.BRANCH:

@@ -182,9 +182,10 @@ SMALL_PHRASE = st.lists(st.sampled_from(SMALL_WORDS), min_size=1, max_size=3).ma
 REGEX_ATOM = st.sampled_from([re.escape(w) for w in SMALL_WORDS] + ["I", "K", "S", "ı", "ſ", "\\x27"]) | \
     st.sampled_from([r"\b", r"\s+", r"\s*", r"[^.\n]{0,10}", r"\d", r"^", r"$", r".", r"\w+", r"(?!\w)", r"(?<=\s)",
                      r"(?-i:A)", r"\W*"])
-REGEX_GROUP = st.tuples(st.lists(st.lists(REGEX_ATOM, min_size=1, max_size=3).map("".join), min_size=1, max_size=3),
-                        st.sampled_from(["", "?", "+", "{1,2}", "*", "{0,1}"])).map(
-    lambda g: "(" + "|".join(g[0]) + ")" + g[1])
+REGEX_GROUP = st.tuples(st.sampled_from(["(", "(?:", "(?>"]),
+                        st.lists(st.lists(REGEX_ATOM, min_size=1, max_size=3).map("".join), min_size=1, max_size=3),
+                        st.sampled_from(["", "?", "+", "{1,2}", "*", "{0,1}", "++"])).map(
+    lambda g: g[0] + "|".join(g[1]) + ")" + g[2])
 REGEX = st.lists(REGEX_ATOM | REGEX_GROUP, min_size=1, max_size=6).map("".join)
 RULES = st.lists(st.fixed_dictionaries({
     "fields": st.lists(st.sampled_from(["subject", "body", "sender", "headers"]), min_size=1, max_size=4, unique=True),
@@ -212,6 +213,7 @@ def test_a_regex_needs_the_literals_every_match_contains():
     optional = guarded(re.compile(r"\b(all\s+)?(apps?|sites?)\s+down", re.IGNORECASE)).needs
     assert optional == (frozenset({"app", "site"}), frozenset({"down"}))
     assert guarded(re.compile(r"(a|\w)+x?", re.IGNORECASE)).needs == ()     # nothing every match must hold
+    assert guarded(re.compile(r"(?>api\s+)down", re.IGNORECASE)).needs == (frozenset({"api"}), frozenset({"down"}))
 
 
 @PROPERTY
