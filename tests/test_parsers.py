@@ -11,6 +11,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from parsers.identity import MAX_MESSAGE_ID_VALUE_CHARS, message_id_of, message_ids_in, normalize_message_id
 from parsers.limits import (
@@ -671,3 +673,37 @@ def test_headers_after_a_received_flood_are_still_seen():
     assert parsed.header("X-Loop") == "emergency@example.org"
     assert parsed.header("X-Failed-Recipients") == "gone@example.net"
     assert len(parsed.header_values("Received")) == 100
+
+
+# most_specific_error_line skips a line without any error word's stem; the reference scores every line.
+def _error_line_reference(text: str) -> str | None:
+    from parsers.subject import _ERROR_WORDS, _SPECIFIC, MAX_LINES_EXAMINED
+    best, best_score = None, 0
+    for line in text.splitlines()[:MAX_LINES_EXAMINED]:
+        line = line.strip()
+        if not 8 <= len(line) <= 200 or line.startswith(">"):
+            continue
+        errors = len(_ERROR_WORDS.findall(line))
+        if errors:
+            score = 3 * errors + len(_SPECIFIC.findall(line))
+            if score > best_score:
+                best, best_score = line, score
+    return best
+
+
+_LINE_WORDS = ["ERROR", "Errors", "failed", "FAILURE", "timed out", "Time out", "timeout", "TimedOut", "timed",
+               "out", "response_time:0.5", "can't", "CANNOT",
+               "not found", "OOM", "killed", "crashed", "panic", "unavailable", "502", "status=500", "/api/v1",
+               "'quoted text'", "KILLED", "ſtatus", "İnvalid", "ınvalid", "\u212ailled", "request", "GET", "ok",
+               "app", "deploy", "retrying", "x=1", "all good", "Refused", "DENIED", "forbidden", "fatal"]
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(st.lists(st.lists(st.sampled_from(_LINE_WORDS), max_size=12).map(" ".join), max_size=40).map("\n".join))
+@example("the service is unavailable now")        # a stem that is the whole word
+@example("the call TimedOut after 30 s")          # timed? ?out, without the space
+@example("a request for an ınvalid token")        # IGNORECASE matches "i" with the dotless "ı"
+@example("worker \u212ailled by the kernel")        # and "k" with the Kelvin sign
+def test_the_error_line_is_the_one_every_line_scored_would_give(text):
+    from parsers.subject import most_specific_error_line
+    assert most_specific_error_line(text) == _error_line_reference(text)
