@@ -188,6 +188,8 @@ def classify_with(context: ClassifyContext, parsed: ParsedMessage, *, received_a
 def _start_worker(context: ClassifyContext) -> None:
     global _context
     _context = context
+    # The bank holidays load on first use (about 0.1 s): here, not in the first decision that needs them.
+    context.policy.calendar.holiday_name(datetime.now(context.policy.calendar.zone).date())
 
 
 def _ready() -> bool:
