@@ -20,11 +20,12 @@ log = logging.getLogger("emergencyd.runner")
 DUE_BATCH = 200
 
 
-def _store_context(first_of_its_sender: bool) -> contextvars.Context:
-    """A sender's later mail and pending steps are background work on the store's thread: a
-    storm's queue never holds up another sender's first mail (daemon/store_thread.py)."""
+def _store_context(urgent: bool) -> contextvars.Context:
+    """A sender's later mail and pending steps other than a page are background work on the
+    store's thread: a storm's queue never holds up another sender's first mail, nor a page's retry
+    (daemon/store_thread.py)."""
     context = contextvars.copy_context()
-    if not first_of_its_sender:
+    if not urgent:
         context.run(store_priority.set, BACKGROUND)
     return context
 
@@ -68,16 +69,16 @@ class Runner:
         started = 0
         # Escalations in flight (waiting on Zendesk's pace, say) may still be due: ask for
         # enough that they cannot crowd out the rest.
-        due = [(pk, first) for pk, first in await self._store.due_turns(time.time(), DUE_BATCH + len(self._in_flight))
+        due = [(pk, urgent) for pk, urgent in await self._store.due_turns(time.time(), DUE_BATCH + len(self._in_flight))
                if pk not in self._in_flight]
         sizes = await self._store.message_sizes([pk for pk, _ in due]) if due else {}
-        for pk, first_of_its_sender in due:
+        for pk, urgent in due:
             held = sum(self._in_flight_bytes.values())
             if self._in_flight and held + sizes.get(pk, 0) > self._max_in_flight_bytes:
                 break   # in order: the rest start as those in flight finish
             self._in_flight_bytes[pk] = sizes.get(pk, 0)
             self._in_flight[pk] = asyncio.create_task(self._advance(pk), name=f"escalation-{pk}",
-                                                      context=_store_context(first_of_its_sender))
+                                                      context=_store_context(urgent))
             started += 1
         return started
 

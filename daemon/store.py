@@ -310,16 +310,18 @@ class Store(GroupingQueries):
         return [pk for pk, _ in self.due_turns(now, limit)]
 
     def due_turns(self, now: float, limit: int = 100) -> list[tuple[int, bool]]:
-        """due(), each with whether it is its sender's first new mail (the runner's urgent ones)."""
+        """due(), each with whether it is urgent for the store's thread: its sender's first new
+        mail, or a page (or its fallback) that is due again. The rest is a storm's background."""
         rows = self._conn.execute(
             "SELECT message_pk, 0, ROW_NUMBER() OVER (PARTITION BY " + FAIR_KEY_SQL + " ORDER BY message_pk)"
             " FROM escalations e JOIN messages m ON m.id = e.message_pk WHERE e.state = ?"
-            " UNION SELECT message_pk, 1, 0 FROM steps WHERE state = ? AND next_attempt_at <= ?"
-            " ORDER BY 2, 3, 1 LIMIT ?", (NEW, STEP_PENDING, now, limit)).fetchall()
-        first: dict[int, bool] = {}
-        for pk, pending, rank in rows:
-            first.setdefault(pk, not pending and rank == 1)
-        return list(first.items())
+            " UNION SELECT message_pk, 1, CASE WHEN name IN (?, ?) THEN 1 ELSE 2 END"
+            " FROM steps WHERE state = ? AND next_attempt_at <= ?"
+            " ORDER BY 2, 3, 1 LIMIT ?", (NEW, PAGE, FALLBACK_ALERT, STEP_PENDING, now, limit)).fetchall()
+        urgent: dict[int, bool] = {}
+        for pk, _, rank in rows:
+            urgent.setdefault(pk, rank == 1)
+        return list(urgent.items())
 
     def message_sizes(self, pks: list[int]) -> dict[int, int]:
         sizes: dict[int, int] = {}

@@ -156,17 +156,20 @@ async def test_mail_arriving_together_is_committed_together_each_once(tmp_path):
     reopened.close()
 
 
-def test_each_senders_first_new_mail_is_marked_for_the_runners_urgent_turn(store):
+def test_each_senders_first_new_mail_and_a_due_page_are_marked_urgent_for_the_store(store):
     def mail(sender, n):
         return store.ingest(make_message(sender=sender, subject=f"Incident {n}", message_id=f"<{n}@x.example>"),
                             envelope()).message_pk
     loop = [mail("alerts@loop.example", n) for n in range(3)]
     other = mail("ops@other.example", 9)
-    pending = mail("ops@third.example", 10)
-    store.plan(pending, subject="Apps down", sender="ops@third.example", steps=("page",))
+    commenting = mail("ops@third.example", 10)
+    store.plan(commenting, subject="Still down", sender="ops@third.example", steps=("comment",))
+    paging = mail("ops@fourth.example", 11)
+    store.plan(paging, subject="Apps down", sender="ops@fourth.example", steps=("ticket", "page"))
     turns = dict(store.due_turns(time.time()))
-    assert turns == {loop[0]: True, other: True, loop[1]: False, loop[2]: False, pending: False}
-    assert store.due(time.time())[:2] == [loop[0], other]
+    assert turns == {loop[0]: True, other: True, loop[1]: False, loop[2]: False,   # a storm's later mail waits
+                     paging: True, commenting: False}                             # a page due again does not
+    assert store.due(time.time()) == [loop[0], other, loop[1], loop[2], paging, commenting]
 
 
 def test_an_urgent_store_call_goes_ahead_of_the_queue_and_each_priority_keeps_its_order():
