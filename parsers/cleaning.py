@@ -54,3 +54,18 @@ def single_line(text: str, limit: int) -> str:
     values."""
     text = _CONTROL_CHARS.sub(" ", utf8_safe(text))
     return bounded(" ".join(text.split()), limit)
+
+
+def one_space(text: str) -> str:
+    """Every run of whitespace as one space, the ends included: re.sub(r"\\s+", " ", text) at about
+    an eighth of the cost on a 20 KB body. str.split() splits on exactly the characters re's \\s
+    matches in a str (both ask Py_UNICODE_ISSPACE)."""
+    words = text.split()
+    if not words:
+        return " " if text else ""
+    joined = " ".join(words)
+    if text[0].isspace():
+        joined = " " + joined
+    if text[-1].isspace():
+        joined += " "
+    return joined

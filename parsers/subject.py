@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from bisect import bisect_right
+from functools import lru_cache
+from itertools import accumulate
+
+import ahocorasick_rs
 
 MAX_SUBJECT_CHARS = 150
 MAX_LINES_EXAMINED = 400
@@ -25,7 +30,7 @@ _SPECIFIC = re.compile(r"(\d{3,}|\b\d+\b|['\"`][^'\"`]{2,}['\"`]|\w+=\S+|/\S+|\w
 def bare_subject(subject: str) -> str:
     """Without Re:/Fwd:/AW: and [tags], case and whitespace folded: what a human would call the subject."""
     text = _REPLY_PREFIX.sub("", unicodedata.normalize("NFKC", subject))
-    return re.sub(r"\s+", " ", text).strip().casefold()
+    return " ".join(text.split()).casefold()
 
 
 # A monitoring loop varies only its counters, ids and stamps: these fold to placeholders (see loop_subject).
@@ -62,22 +67,27 @@ def loop_subject(subject: str) -> str:
     text = _TIME.sub("<time>", text)
     text = _HEX_ID.sub("<n>", text)
     text = _NUMBER.sub("<n>", text)
-    return re.sub(r"\s+", " ", text).strip()
+    return " ".join(text.split())
 
 
 def is_generic(subject: str, generic_subjects: tuple[str, ...]) -> bool:
     bare = bare_subject(subject).strip(" .!?:-")
-    return not bare or bare in {g.casefold().strip(" .!?:-") for g in generic_subjects}
+    return not bare or bare in _folded(generic_subjects)
+
+
+@lru_cache(maxsize=8)   # one policy's list, asked for every mail
+def _folded(generic_subjects: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(g.casefold().strip(" .!?:-") for g in generic_subjects)
 
 
 def most_specific_error_line(text: str) -> str | None:
     """The line that best names the failure: error words plus specifics (codes, quotes, paths)."""
     best, best_score = None, 0
-    for line in text.splitlines()[:MAX_LINES_EXAMINED]:
+    for line in _lines_that_may_name_an_error(text):
         line = line.strip()
-        if not 8 <= len(line) <= 200 or line.startswith(">") or not _may_name_an_error(line):
+        if not 8 <= len(line) <= 200 or line.startswith(">"):
             continue
-        errors = len(_ERROR_WORDS.findall(line))
+        errors = _error_word_count(line)
         if not errors:
             continue
         score = 3 * errors + len(_SPECIFIC.findall(line))
@@ -86,11 +96,34 @@ def most_specific_error_line(text: str) -> str | None:
     return best
 
 
-def _may_name_an_error(line: str) -> bool:
-    if not line.isascii():
-        return True
-    lowered = line.lower()
+def _error_word_count(line: str) -> int:
+    if line.isascii():   # IGNORECASE on ASCII is a match of the lowered line, at a third of the cost
+        return len(_ERROR_WORDS_LOWER_CASE.findall(line.lower()))
+    return len(_ERROR_WORDS.findall(line))
+
+
+_ERROR_WORDS_LOWER_CASE = re.compile(_ERROR_WORDS.pattern)
+
+
+def _lines_that_may_name_an_error(text: str) -> list[str]:
+    """The examined lines, in order, less ASCII lines that hold no error word's stem. In ASCII text one
+    pass of an automaton over the whole text finds the stems (a stem holds no line break, so each lies
+    in one line); otherwise each line is tested."""
+    # Each with its line break, which the caller's strip() takes off: one split serves both uses.
+    lines = text.splitlines(keepends=True)[:MAX_LINES_EXAMINED]
+    if not text.isascii():
+        return [line for line in lines if not line.isascii() or _holds_a_stem(line.lower())]
+    line_ends = list(accumulate(map(len, lines)))
+    chosen = dict.fromkeys(bisect_right(line_ends, start)
+                           for _, start, _ in _STEM_AUTOMATON.find_matches_as_indexes(text.lower(), overlapping=True))
+    return [lines[index] for index in chosen if index < len(lines)]
+
+
+def _holds_a_stem(lowered: str) -> bool:
     return any(stem in lowered for stem in _ERROR_STEMS)
+
+
+_STEM_AUTOMATON = ahocorasick_rs.AhoCorasick(_ERROR_STEMS, implementation=ahocorasick_rs.Implementation.DFA)
 
 
 _GREETING = re.compile(r"^(hi|hello|hey|dear|good (morning|afternoon|evening)|team|all|thanks|thank you)\b.{0,40}$",

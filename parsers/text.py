@@ -26,6 +26,7 @@ from parsers.cleaning import (
     TRUNCATION_MARKER,
     bounded,
     clean_text,
+    one_space,
     single_line,
     utf8_safe,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "Decoded",
     "bounded",
     "clean_text",
+    "one_space",
     "decode_bytes",
     "decode_header_bytes",
     "decode_rfc2047",

@@ -29,6 +29,7 @@ from parsers.text import (
     decode_bytes,
     decode_rfc2047,
     html_to_text,
+    one_space,
     single_line,
 )
 
@@ -699,11 +700,29 @@ _LINE_WORDS = ["ERROR", "Errors", "failed", "FAILURE", "timed out", "Time out", 
 
 
 @settings(max_examples=300, deadline=None, derandomize=True, database=None)
-@given(st.lists(st.lists(st.sampled_from(_LINE_WORDS), max_size=12).map(" ".join), max_size=40).map("\n".join))
+@given(st.tuples(st.lists(st.lists(st.sampled_from(_LINE_WORDS), max_size=12).map(" ".join), max_size=40),
+                 st.sampled_from(["\n", "\r\n", "\r", "\x0b", "\x1c", "\x85", "\n\n"])).map(lambda t: t[1].join(t[0])))
 @example("the service is unavailable now")        # a stem that is the whole word
+@example("fine line\n" * 399 + "error: last examined line\nerror: failed 502 at /api, the first line not examined")
 @example("the call TimedOut after 30 s")          # timed? ?out, without the space
 @example("a request for an ınvalid token")        # IGNORECASE matches "i" with the dotless "ı"
 @example("worker \u212ailled by the kernel")        # and "k" with the Kelvin sign
 def test_the_error_line_is_the_one_every_line_scored_would_give(text):
     from parsers.subject import most_specific_error_line
     assert most_specific_error_line(text) == _error_line_reference(text)
+
+
+# Every character str.isspace() knows, and the near misses (zero-width space, BOM, NEL is one).
+_SPACES = [" ", "\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x1f", "\x85", "\xa0", "\u1680", "\u2000", "\u2028",
+           "\u2029", "\u202f", "\u3000", "\u200b", "\ufeff", "\u180e"]
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None)
+@given(st.lists(st.sampled_from(_SPACES) | st.text(max_size=3), max_size=30).map("".join))
+@example("")
+@example("   ")
+@example(" a ")
+@example("\u2028a\x85")
+def test_one_space_is_the_whitespace_regex(text):
+    import re
+    assert one_space(text) == re.sub(r"\s+", " ", text)
