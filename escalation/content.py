@@ -5,7 +5,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
-from escalation.policy import own_words
+from escalation.rules import own_words
 from escalation.records import EscalationRecord, FollowUp
 from parsers.message import ParsedMessage
 

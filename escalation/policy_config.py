@@ -8,10 +8,9 @@ from datetime import date, timedelta
 from typing import Any
 
 from escalation.hours import SupportCalendar, Window
-from escalation.policy import (
-    FIELDS, NOT_AN_INCIDENT, SEVERITIES, URGENCIES, ZENDESK_PRIORITIES, Policy, Route, Rule, phrase_text,
-)
+from escalation.policy import NOT_AN_INCIDENT, SEVERITIES, URGENCIES, ZENDESK_PRIORITIES, Policy, Route
 from escalation.regex_prefilter import GuardedRegex, guarded
+from escalation.rules import FIELDS, Rule, phrase_text
 from escalation.trust import DEFAULT_TRUSTED_RELAYS, StrangerAction, TrustPolicy
 
 RULE_KEYS = {"name", "category", "severity", "fields", "phrases", "regexes", "unless", "requires", "description"}

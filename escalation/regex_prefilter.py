@@ -14,6 +14,9 @@ makes the filter let more through. (No maintained Python library does
 this; Rust's regex-syntax and RE2's FilteredRE2 do it for their own dialects, which differ from the
 policy's Python regexes on `\\b`, `\\w` and `\\d` outside ASCII.)
 
+Text that is ASCII is answered faster by the regexes' RE2 twins (escalation/regex_index.py): this
+filter serves the rest, and regexes RE2 cannot express.
+
 Texts here are normalized (casefolded), and the policy's regexes use IGNORECASE, so literals are
 kept in lower case, ASCII only: of the characters IGNORECASE pairs with an ASCII letter, only the
 dotless "ı" survives casefolding, and a text containing it always runs the regex.
@@ -36,6 +39,17 @@ class GuardedRegex:
     regex: re.Pattern[str]
     needs: Needs
     widest: int = 0      # the most characters one match can span (huge when unbounded)
+
+    def __post_init__(self) -> None:
+        # Looked up once per rule and field of every mail (escalation/regex_index.py): hash the fields once.
+        object.__setattr__(self, "_hash", hash((self.regex, self.needs, self.widest)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self):
+        # A str's hash differs from process to process: a worker hashes its copy anew.
+        return GuardedRegex, (self.regex, self.needs, self.widest)
 
     @property
     def pattern(self) -> str:

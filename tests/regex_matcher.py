@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from escalation.policy import MAX_BODY_CHARS_FOR_RULES, RuleHit, normalize, own_words
+from escalation.rules import MAX_BODY_CHARS_FOR_RULES, RuleHit, normalize, own_words
 from parsers.message import ParsedMessage
 
 

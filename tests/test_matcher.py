@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from escalation.matcher import PhraseIndex
-from escalation.policy import Policy, RuleHit, classify, evaluate_rules, normalize
+from escalation.policy import Policy, classify
+from escalation.rules import RuleHit, evaluate_rules, normalize
 from escalation.policy_config import parse_policy
 from escalation.regex_prefilter import guarded
 from parsers.message import ParsedMessage
@@ -125,15 +126,19 @@ def test_the_explanation_quotes_the_normalized_phrase():
     assert verdict.reason == "rule apps-not-served matched 'apps are down' in the body"
 
 
-def test_the_policy_builds_its_index_and_it_survives_pickling():
-    assert SHIPPED.phrase_index.covers(p for rule in SHIPPED.rules for p in rule.every_phrase)
-    assert replace(SHIPPED, noise_gets_ticket=True).phrase_index is SHIPPED.phrase_index
-    fewer = replace(SHIPPED, rules=SHIPPED.rules[:1], phrase_index=None)
-    assert fewer.phrase_index.phrases == frozenset(SHIPPED.rules[0].every_phrase)
+def test_the_policy_builds_its_matcher_and_it_survives_pickling():
+    matcher = SHIPPED.matcher
+    assert matcher.phrases.covers(p for rule in SHIPPED.rules for p in rule.every_phrase)
+    assert matcher.regexes.covers(regex for rule in SHIPPED.rules for regex in rule.regexes)
+    assert replace(SHIPPED, noise_gets_ticket=True).matcher is matcher
+    fewer = replace(SHIPPED, rules=SHIPPED.rules[:1])
+    assert fewer.matcher.rules == SHIPPED.rules[:1] and fewer.matcher is not matcher
+    assert fewer.matcher.phrases.phrases == frozenset(SHIPPED.rules[0].every_phrase)
     copied = pickle.loads(pickle.dumps(SHIPPED))
+    assert copied.matcher is not matcher and copied.matcher.rules == SHIPPED.rules
     mail = parsed_mail("Security breach", "our apps are down, a hotfix cannot be deployed")
     assert evaluate_rules(mail, copied) == evaluate_rules(mail, SHIPPED) != []
-    assert Policy(rules=(), routing=SHIPPED.routing, calendar=SHIPPED.calendar).phrase_index == PhraseIndex.of(())
+    assert Policy(rules=(), routing=SHIPPED.routing, calendar=SHIPPED.calendar).matcher.phrases == PhraseIndex.of(())
 
 
 # ---------------------------------------------------------------------------
@@ -226,3 +231,91 @@ def test_a_guarded_regex_finds_what_the_plain_search_finds(pattern, text):
     text = normalize(text)
     found, expected = guarded(regex).search(text), regex.search(text)
     assert (found and (found.span(), found.group(0))) == (expected and (expected.span(), expected.group(0)))
+
+
+def _own_words_reference(text: str) -> str:
+    """own_words as a loop over every line, without the shortcut for a body with nothing quoted."""
+    from escalation.rules import _REPLY_HEADER
+    kept = []
+    for line in text.splitlines():
+        if _REPLY_HEADER.match(line.strip()):
+            break
+        if not line.strip().startswith(">"):
+            kept.append(line)
+    return "\n".join(kept)
+
+
+_REPLY_PIECES = ["On Mon, 1 Dec 2026, Dev wrote:", "ON 1 DEC 2026 A B WROTE:", "-----Original Message-----",
+                 "-- ORIGINAL MESSAGE --", "> quoted", "  > quoted", "wrote:", "orıgınal message", "-- orıgınal meſſage --",
+                 "on a day somebody wrote:", "text", "more text", "", " ", "é"]
+
+
+@PROPERTY
+@given(st.tuples(st.lists(st.sampled_from(_REPLY_PIECES), max_size=8),
+                 st.sampled_from(["\n", "\r\n", "\x85", "\x0c"])).map(lambda t: t[1].join(t[0])))
+@example("text\n-- orıgınal meſſage --\nhistory")   # IGNORECASE's non-ASCII pairs: the loop must run
+def test_own_words_is_the_loop_over_every_line(text):
+    from escalation.rules import own_words
+    assert own_words(text) == _own_words_reference(text)
+
+
+# ---------------------------------------------------------------------------
+# RE2 twins (escalation/re2_twin.py): on ASCII text, what Python's regex finds
+# ---------------------------------------------------------------------------
+
+TWIN_ATOM = st.sampled_from([re.escape(w) for w in SMALL_WORDS if w.isascii()] + ["I", "K", "S", "\\x27", "a", "b"]) | \
+    st.sampled_from([r"\b", r"\B", r"\s+", r"\s*", r"\S", r"[^.\n]{0,10}", r"\d", r"\D", r"^", r"$", r"\A", r"\Z", r".",
+                     r"\w+", r"\W*", r"(?-i:A)", r"(?s:.)", r"[a-c_]", r"[^\W\d]", r"[\s\d]", r"x{,2}", r"[[:a]]",
+                     r"\x1c", r"\t", r"(?i:B)", r"(|a)", r"(a*)*", r"(?:)"])
+TWIN_GROUP = st.tuples(st.sampled_from(["(", "(?:", "(?i:", "(?-i:"]),
+                       st.lists(st.lists(TWIN_ATOM, min_size=1, max_size=3).map("".join), min_size=1, max_size=3),
+                       st.sampled_from(["", "?", "+", "{1,2}", "*", "{0,1}", "*?", "+?", "{2,}", "??"])).map(
+    lambda g: g[0] + "|".join(g[1]) + ")" + g[2])
+TWIN_REGEX = st.lists(TWIN_ATOM | TWIN_GROUP, min_size=1, max_size=6).map("".join)
+ASCII_WORDS = [w for w in SMALL_WORDS if w.isascii()] + ["api down", "Api  is DOWN", "cve-2026-1234", "I", "B_a"]
+
+
+def ascii_texts() -> st.SearchStrategy[str]:
+    return texts_of(ASCII_WORDS).map(lambda text: text.encode("ascii", "ignore").decode())
+
+
+def _scan_search(pattern: str, text: str):
+    import warnings
+    from escalation.regex_index import RegexIndex
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)    # "[[:a]]" is a possible nested set to Python
+        regex = re.compile(pattern, re.IGNORECASE)
+    index = RegexIndex.of([guarded(regex)])
+    scan = index.scan(text)
+    return regex, index, scan, scan.search(index.regexes[0])
+
+
+@PROPERTY
+@given(TWIN_REGEX, ascii_texts())
+@example(r"\B", "")                     # Python's \B does not match empty text; RE2's does: the check catches it
+@example(r"x{,2}b", "xxb")              # {,n} is a repeat to Python and literal text to RE2
+@example(r"[[:a]]", "a]")               # a class of "[", ":" and "a", then "]", not a POSIX class
+@example(r"\s", "\x1c")                 # Python's \s holds the ASCII separators RE2's lacks
+@example(r"a$", "a")
+def test_a_regex_twin_finds_what_the_plain_search_finds(pattern, text):
+    text = normalize(text)
+    regex, index, scan, found = _scan_search(pattern, text)
+    expected = regex.search(text)
+    assert (found and (found.span(), found.group(0))) == (expected and (expected.span(), expected.group(0)))
+
+
+def test_every_shipped_regex_has_a_twin_and_ascii_text_is_answered_by_the_set():
+    assert set(SHIPPED.matcher.regexes.twins) == set(SHIPPED.matcher.regexes.regexes) != set()
+    scan = SHIPPED.matcher.regexes.scan(normalize("Our production apps are down since 02:10"))
+    assert scan.twins_matching is not None and len(scan.twins_matching) >= 2   # \z and the apps-down regex
+    assert SHIPPED.matcher.regexes.scan(normalize("Unsere Apps sind ausgefallen: à")).twins_matching is None
+    regex, index, scan, found = _scan_search(r"(?<=a)b", "ab")
+    assert index.twins == {} and found.span() == (1, 2)      # a look-behind has no twin: the prefilter serves
+
+
+def test_a_twin_reads_python_s_own_answer_for_each_character():
+    from escalation.re2_twin import ascii_twin
+    assert ascii_twin(re.compile(r"\s", re.IGNORECASE)) == r"[\x{09}-\x{0d}\x{1c}-\x{20}]"
+    assert ascii_twin(re.compile(r"k$", re.IGNORECASE)) == r"[\x{4b}\x{6b}]\z"
+    assert ascii_twin(re.compile(r"x{,2}")) == r"(?:[\x{78}]){0,2}"
+    assert ascii_twin(re.compile(r"a++")) is None and ascii_twin(re.compile(r"a{0,1001}")) is None
