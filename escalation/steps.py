@@ -32,6 +32,7 @@ from escalation import content, fallback
 from escalation.actions import Actions, StepContext
 from escalation.cpu_pool import ClassifyContext, CpuPool, Priority
 from escalation.dkim_check import decide_trust
+from escalation.decided import DecidedSignals
 from escalation.fair_turns import FairTurns
 from escalation.grouping import (
     ALONE, FIRST, INCIDENT, GroupingSettings, Relation, encoded_ids, fingerprint, relate, ticket_reference,
@@ -58,7 +59,6 @@ INTEGRATIONS = ("zendesk", "pagerduty", "fallback")
 FALLBACK_THREADS = 2
 # How soon to look again at a step waiting on another escalation's ticket.
 CROSS_WAIT_SECONDS = 0.5
-UNDECIDED_WAIT_SECONDS = 0.02
 # A mail waits at most this long for earlier mail it must not overtake (deciding takes milliseconds).
 EARLIER_MAIL_WAIT_SECONDS = 10.0
 # A loop's follow-ups queued behind one comment go in it, up to this many: a readable comment.
@@ -104,6 +104,7 @@ class Escalator:
         self._observer = observer
         self._actions = Actions(desk, pager, dry_run=settings.dry_run, relay=relay)
         self._turns = FairTurns(settings.decide_concurrency)
+        self._decided = DecidedSignals()   # a mail waiting for earlier mail hears when that is decided
         self._ticket_queued: dict[int, asyncio.Event] = {}   # message pk -> its ticket's create waits its turn
         self._comments_done: dict[int, asyncio.Event] = {}   # message pk -> its comment went (or failed)
         self._comments_running: set[int] = set()
@@ -164,13 +165,17 @@ class Escalator:
     async def _decide_and_plan(self, record: EscalationRecord) -> ParsedMessage:
         """In the sender's turn: parse, the sender's trust (a DKIM check may wait on DNS, bounded),
         classify, then relate and plan in one store transaction."""
-        await self._wait_for_earlier_mail(record)
-        async with self._turns.turn(record.fair_key):
-            parsed = await self._cpu.parse(await self._store.raw(record.message_pk), Priority.DECIDE)
-            trust = await decide_trust(record.envelope, parsed, self.policy.trust,
-                                       lambda: self._store.raw(record.message_pk))
-            verdict = await self.decide(record, parsed, trust)
-            relation = await self._store.call(self._relate_and_plan, record, parsed, verdict)
+        self._decided.deciding(record.message_pk)
+        try:
+            await self._wait_for_earlier_mail(record)
+            async with self._turns.turn(record.fair_key):
+                parsed = await self._cpu.parse(await self._store.raw(record.message_pk), Priority.DECIDE)
+                trust = await decide_trust(record.envelope, parsed, self.policy.trust,
+                                           lambda: self._store.raw(record.message_pk))
+                verdict = await self.decide(record, parsed, trust)
+                relation = await self._store.call(self._relate_and_plan, record, parsed, verdict)
+        finally:
+            self._decided.decided(record.message_pk)
         if relation is not None:
             self._log_decision(record, verdict, relation)
         return parsed
@@ -181,10 +186,12 @@ class Escalator:
         of the mail it answers, an encoded id is learnt before it is looked up. Deciding takes
         milliseconds; past EARLIER_MAIL_WAIT_SECONDS it goes ahead anyway."""
         deadline = time.monotonic() + EARLIER_MAIL_WAIT_SECONDS
-        while time.monotonic() < deadline:
-            if await self._store.call(self._earlier_undecided, record) is None:
+        while (left := deadline - time.monotonic()) > 0:
+            mark = self._decided.mark()
+            in_the_way = await self._store.call(self._earlier_undecided, record)
+            if in_the_way is None:
                 return
-            await asyncio.sleep(UNDECIDED_WAIT_SECONDS)
+            await self._decided.wait_for(in_the_way, mark, left)
         log.warning("deciding before earlier mail", extra={"message_pk": record.message_pk})
 
     def _earlier_undecided(self, record: EscalationRecord) -> int | None:
@@ -332,15 +339,17 @@ class Escalator:
         """
         deadline = time.monotonic() + 2 * CROSS_WAIT_SECONDS
         while True:
+            mark = self._decided.mark()
             earlier = await self._store.earlier_pending_comment(record.message_pk, record.parent_pk,
                                                                 record.target_ticket_id)
-            if earlier is None and not await self._store.undecided_before(record.message_pk):
+            undecided = await self._store.undecided_before(record.message_pk) if earlier is None else None
+            if earlier is None and undecided is None:
                 return True
             if earlier is None:
                 if time.monotonic() >= deadline:
                     await self._store.defer_step(record.message_pk, COMMENT, time.time() + CROSS_WAIT_SECONDS)
                     return False
-                await asyncio.sleep(UNDECIDED_WAIT_SECONDS)    # deciding takes milliseconds
+                await self._decided.wait_for(undecided, mark, deadline - time.monotonic())   # deciding takes ms
                 continue
             earlier_pk, earlier_due = earlier
             # A predecessor in flight will finish (or fail) and say so: wait for it as long as it takes.
