@@ -105,4 +105,13 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE escalations ADD COLUMN loop_key TEXT;
     CREATE INDEX escalations_sender_loop ON escalations(sender_key, loop_key)
     """,
+    # 8: whose turn a mail is in, kept with its escalation: read from messages, it sat behind the raw
+    # bytes (ALTER TABLE adds columns last), and each read walked the message's overflow pages; the
+    # queries that order undecided mail by sender read hundreds of rows at a time.
+    """
+    ALTER TABLE escalations ADD COLUMN fair_key TEXT NOT NULL DEFAULT '';
+    UPDATE escalations SET fair_key = (SELECT COALESCE(m.from_address, LOWER(m.mail_from), '')
+                                       FROM messages m WHERE m.id = escalations.message_pk);
+    CREATE INDEX escalations_state_fair_key ON escalations(state, fair_key)
+    """,
 )

@@ -25,7 +25,7 @@ from escalation.records import (
     EscalationRecord, Envelope, FollowUp, StepRecord, dedup_key_of, identity_of,
 )
 from daemon.migrations import MIGRATIONS
-from daemon.store_grouping import FAIR_KEY_SQL, GroupingQueries
+from daemon.store_grouping import GroupingQueries
 from daemon.store_thread import StoreThread
 from parsers.identity import HeaderIdentity, header_identity
 
@@ -181,8 +181,11 @@ class Store(GroupingQueries):
             (identity, header.message_id, sha, raw, len(raw), envelope.source, envelope.mail_from,
              json.dumps(list(envelope.rcpt_to)), envelope.peer, envelope.helo, int(envelope.tls),
              now, now, header.from_address))
-        self._conn.execute("INSERT INTO escalations (message_pk, dedup_key, state, created_at, updated_at)"
-                           " VALUES (?, ?, ?, ?, ?)", (cur.lastrowid, dedup_key_of(identity), NEW, now, now))
+        # fair_key, whose turn the mail is decided in: the From address read at ingest, else the envelope sender.
+        self._conn.execute("INSERT INTO escalations (message_pk, dedup_key, state, created_at, updated_at, fair_key)"
+                           " VALUES (?, ?, ?, ?, ?, COALESCE(?, LOWER(?), ''))",
+                           (cur.lastrowid, dedup_key_of(identity), NEW, now, now, header.from_address,
+                            envelope.mail_from))
         return IngestResult(cur.lastrowid, identity, duplicate=False)
 
     # -- IMAP intake position -------------------------------------------------------
@@ -313,8 +316,8 @@ class Store(GroupingQueries):
         """due(), each with whether it is urgent for the store's thread: its sender's first new
         mail, or a page (or its fallback) that is due again. The rest is a storm's background."""
         rows = self._conn.execute(
-            "SELECT message_pk, 0, ROW_NUMBER() OVER (PARTITION BY " + FAIR_KEY_SQL + " ORDER BY message_pk)"
-            " FROM escalations e JOIN messages m ON m.id = e.message_pk WHERE e.state = ?"
+            "SELECT message_pk, 0, ROW_NUMBER() OVER (PARTITION BY fair_key ORDER BY message_pk)"
+            " FROM escalations WHERE state = ?"
             " UNION SELECT message_pk, 1, CASE WHEN name IN (?, ?) THEN 1 ELSE 2 END"
             " FROM steps WHERE state = ? AND next_attempt_at <= ?"
             " ORDER BY 2, 3, 1 LIMIT ?", (NEW, PAGE, FALLBACK_ALERT, STEP_PENDING, now, limit)).fetchall()
@@ -354,18 +357,19 @@ class Store(GroupingQueries):
         return {state: count for state, count in rows}
 
     def oldest_unfinished_received_at(self) -> float | None:
-        row = self._conn.execute(
-            "SELECT MIN(m.received_at) FROM messages m JOIN escalations e ON e.message_pk = m.id"
-            " WHERE e.state IN (?, ?)", (NEW, PENDING)).fetchone()
+        # An escalation's created_at is its message's received_at (ingest writes both), and reading it
+        # does not walk the message's raw bytes: this runs on every round of the runner.
+        row = self._conn.execute("SELECT MIN(created_at) FROM escalations WHERE state IN (?, ?)",
+                                 (NEW, PENDING)).fetchone()
         return row[0]
 
     def pages_overdue(self, received_before: float) -> int:
         """Pending escalations with a fallback alert, received before the deadline, whose page is not done."""
         row = self._conn.execute(
-            "SELECT COUNT(*) FROM escalations e JOIN messages m ON m.id = e.message_pk"
+            "SELECT COUNT(*) FROM escalations e"
             " JOIN steps f ON f.message_pk = e.message_pk AND f.name = ?"
             " JOIN steps p ON p.message_pk = e.message_pk AND p.name = ?"
-            " WHERE e.state = ? AND p.state != ? AND m.received_at <= ?",
+            " WHERE e.state = ? AND p.state != ? AND e.created_at <= ?",
             (FALLBACK_ALERT, PAGE, PENDING, STEP_DONE, received_before)).fetchone()
         return row[0]
 
@@ -399,7 +403,7 @@ _RECORD_SQL = (
     "SELECT m.id, m.identity, m.message_id, m.sha256, m.size, m.source, m.mail_from, m.rcpt_to, m.peer,"
     " m.helo, m.tls, m.received_at, m.deliveries, e.dedup_key, e.state, e.subject, e.sender, e.ticket_id,"
     " e.incident_url, e.paged_at, e.verdict, e.relation, e.relation_reason, e.parent_pk, e.target_ticket_id,"
-    " e.group_id, e.page_key, " + FAIR_KEY_SQL + " FROM messages m JOIN escalations e ON e.message_pk = m.id"
+    " e.group_id, e.page_key, e.fair_key FROM messages m JOIN escalations e ON e.message_pk = m.id"
 )
 
 

@@ -21,8 +21,6 @@ MAX_THREAD_IDS = 50
 # senders' mail may be decided before its backlog. Anyone else's mail keeps arrival order.
 QUIET_QUEUE = 3
 STORM_WINDOW = 500
-# Whose mail it is, before it is parsed: the From address read at ingest, else the envelope sender.
-FAIR_KEY_SQL = "COALESCE(m.from_address, LOWER(m.mail_from), '')"
 # Relations whose escalation has no ticket of its own: a comment on another one.
 COMMENTING = ("thread", "storm", "repeat")
 MAX_THREAD_HOPS = 20
@@ -182,21 +180,44 @@ class GroupingQueries:
         return row[0] if row else None
 
     def undecided_quiet_sender_before(self, pk: int, fair_key: str) -> int | None:
-        """An earlier undecided mail of another sender that is not storming (at most QUIET_QUEUE
-        undecided mails among the oldest ones): mail that this one must not overtake, since a later
-        mail may depend on it (a reply naming it, a Zendesk encoded id learnt from it)."""
-        row = self._conn.execute(
-            "WITH early AS (SELECT e.message_pk, " + FAIR_KEY_SQL + " AS fair_key FROM escalations e"
-            " JOIN messages m ON m.id = e.message_pk WHERE e.state = 'new' ORDER BY e.message_pk LIMIT ?)"
-            " SELECT MIN(message_pk) FROM early WHERE message_pk < ? AND fair_key != ? AND fair_key IN"
-            " (SELECT fair_key FROM early GROUP BY fair_key HAVING COUNT(*) <= ?)",
-            (STORM_WINDOW, pk, fair_key, QUIET_QUEUE)).fetchone()
-        return row[0]
+        """The latest earlier undecided mail of another sender that is not storming (at most QUIET_QUEUE
+        undecided mails among the STORM_WINDOW oldest): mail that this one must not overtake, since a
+        later mail may depend on it (a reply naming it, a Zendesk encoded id learnt from it). The
+        latest, so that waiters wait in a chain, each on the one before (escalation/decided.py).
 
-    def undecided_before(self, pk: int) -> bool:
-        """Earlier mail not decided yet: it may be an earlier comment on the same ticket."""
-        return self._conn.execute("SELECT 1 FROM escalations WHERE state = 'new' AND message_pk < ? LIMIT 1",
-                                  (pk,)).fetchone() is not None
+        Asked once or twice for every mail: the latest candidate first, through the indexes, passing
+        over a storming sender's mail (each storming sender costs one more look)."""
+        window_end = self._storm_window_end()
+        below = pk if window_end is None else min(pk, window_end + 1)
+        passed = [fair_key]
+        while True:
+            row = self._conn.execute(
+                f"SELECT message_pk, fair_key FROM escalations WHERE state = 'new' AND message_pk < ?"
+                f" AND fair_key NOT IN ({','.join('?' * len(passed))}) ORDER BY message_pk DESC LIMIT 1",
+                (below, *passed)).fetchone()
+            if row is None:
+                return None
+            if self._undecided_in_window(row[1], window_end) <= QUIET_QUEUE:
+                return row[0]
+            passed.append(row[1])
+
+    def _storm_window_end(self) -> int | None:
+        """The last of the STORM_WINDOW oldest undecided mails, or None when there are fewer."""
+        row = self._conn.execute("SELECT message_pk FROM escalations WHERE state = 'new'"
+                                 " ORDER BY message_pk LIMIT 1 OFFSET ?", (STORM_WINDOW - 1,)).fetchone()
+        return row[0] if row else None
+
+    def _undecided_in_window(self, fair_key: str, window_end: int | None) -> int:
+        """How many of the sender's undecided mails are among the oldest (counted up to one past quiet)."""
+        return self._conn.execute(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM escalations WHERE state = 'new' AND fair_key = ?"
+            " AND message_pk <= ? LIMIT ?)",
+            (fair_key, window_end if window_end is not None else 2 ** 62, QUIET_QUEUE + 1)).fetchone()[0]
+
+    def undecided_before(self, pk: int) -> int | None:
+        """The latest earlier mail not decided yet (it may be an earlier comment on the same ticket), or None."""
+        return self._conn.execute("SELECT MAX(message_pk) FROM escalations WHERE state = 'new' AND message_pk < ?",
+                                  (pk,)).fetchone()[0]
 
     def earlier_pending_comment(self, pk: int, parent_pk: int | None,
                                 target_ticket_id: int | None) -> tuple[int, float] | None:

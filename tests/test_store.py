@@ -6,6 +6,8 @@ import threading
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from daemon.store import MIGRATIONS, AsyncStore, Store, StoreError
 from daemon.store_thread import BACKGROUND, StoreThread, store_priority
@@ -208,3 +210,57 @@ def test_the_store_thread_hands_back_errors_and_runs_its_queue_before_it_stops()
     assert ran == ["queued before the stop"] and last.done()
     with pytest.raises(RuntimeError, match="closed"):
         thread.submit(lambda: None)
+
+
+# The latest earlier undecided mail of a quiet sender, as one query: the reference for the store's
+# look-ups through the indexes (Store.undecided_quiet_sender_before).
+def _quiet_sender_before_reference(store, pk: int, fair_key: str) -> int | None:
+    from daemon.store_grouping import QUIET_QUEUE, STORM_WINDOW
+    return store._conn.execute(
+        "WITH early AS (SELECT message_pk, fair_key FROM escalations WHERE state = 'new'"
+        " ORDER BY message_pk LIMIT ?)"
+        " SELECT MAX(message_pk) FROM early WHERE message_pk < ? AND fair_key != ? AND fair_key IN"
+        " (SELECT fair_key FROM early GROUP BY fair_key HAVING COUNT(*) <= ?)",
+        (STORM_WINDOW, pk, fair_key, QUIET_QUEUE)).fetchone()[0]
+
+
+_SENDERS = ["storm@loop.example", "a@one.example", "b@two.example", "c@three.example", "D@Four.example"]
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(filler=st.integers(0, 520), mails=st.lists(st.tuples(st.sampled_from(_SENDERS), st.booleans()), max_size=40),
+       storm_share=st.sampled_from([0.0, 0.5, 0.9]))
+def test_the_quiet_sender_in_the_way_is_the_one_the_single_query_finds(tmp_path_factory, filler, mails, storm_share):
+    import random
+    store = Store.open(tmp_path_factory.mktemp("quiet") / "store.sqlite3")
+    rng = random.Random(filler)
+    # A long backlog first (past the window of the 500 oldest, at times), some of it one sender's storm.
+    senders = [_SENDERS[0] if rng.random() < storm_share else f"t{rng.randrange(400)}@many.example"
+               for _ in range(filler)] + [sender for sender, _ in mails]
+    store.ingest_batch([(make_message(sender=sender, message_id=f"<{n}@q.example>", subject=f"n {n}"),
+                         envelope()) for n, sender in enumerate(senders)])
+    decided = [filler + i + 1 for i, (_, done) in enumerate(mails) if done] + \
+        [n for n in range(1, filler + 1) if rng.random() < 0.2]
+    store._conn.executemany("UPDATE escalations SET state = 'pending' WHERE message_pk = ?", [(n,) for n in decided])
+    for pk in range(1, len(senders) + 2):
+        for fair_key in {"storm@loop.example", "a@one.example", "d@four.example", "nobody@x.example"}:
+            assert store.undecided_quiet_sender_before(pk, fair_key) == \
+                _quiet_sender_before_reference(store, pk, fair_key), (pk, fair_key)
+    store.close()
+
+
+def test_the_fair_key_moves_to_the_escalation_and_old_rows_get_it(tmp_path):
+    path = tmp_path / "store.sqlite3"
+    old = Store.open(path)
+    first = old.ingest(make_message(sender="Ops <OPS@Tenant.example>"), envelope()).message_pk
+    old._conn.execute("UPDATE escalations SET fair_key = '' WHERE message_pk = ?", (first,))
+    old._conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) - 1}")   # as a store from before migration 8
+    old._conn.execute("DROP INDEX escalations_state_fair_key")
+    old._conn.execute("ALTER TABLE escalations DROP COLUMN fair_key")
+    old.close()
+    store = Store.open(path)
+    assert store.record(first).fair_key == "ops@tenant.example"
+    later = store.ingest(make_message(sender="x@y.example", message_id="<later@y.example>"), envelope()).message_pk
+    assert store.record(later).fair_key == "x@y.example"
+    store.close()
