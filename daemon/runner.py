@@ -18,6 +18,8 @@ from escalation.steps import Escalator
 log = logging.getLogger("emergencyd.runner")
 
 DUE_BATCH = 200
+ROUND_SPACING_SECONDS = 0.02   # a first mail starts within this of its commit, however busy the intake
+STORE_GAUGES_SECONDS = 1.0   # how often a round reads the backlog gauges from the store (scrapes are 15 s apart)
 
 
 def _store_context(urgent: bool) -> contextvars.Context:
@@ -46,6 +48,8 @@ class Runner:
         self._page_deadline_seconds = page_deadline_seconds   # the fallback's; None without [fallback]
         self._stopping = False
         self.last_loop_at = 0.0   # proof of life for health checks and the watchdog
+        self._store_gauges_at = float("-inf")
+        self._round_at = float("-inf")
 
     def wake(self) -> None:
         self._wake.set()
@@ -57,6 +61,7 @@ class Runner:
     async def run(self) -> None:
         while not self._stopping:
             self.last_loop_at = time.time()
+            self._round_at = time.monotonic()
             try:
                 started = await self._start_due()
                 await self._update_gauges()
@@ -97,6 +102,10 @@ class Runner:
     async def _update_gauges(self) -> None:
         self._metrics.in_flight.set(len(self._in_flight))
         self._metrics.in_flight_bytes.set(sum(self._in_flight_bytes.values()))
+        # A round runs on every ingest: in a burst, the store's counts would cost more than the work.
+        if time.monotonic() - self._store_gauges_at < STORE_GAUGES_SECONDS:
+            return
+        self._store_gauges_at = time.monotonic()
         counts = await self._store.counts_by_state()
         self._metrics.pending.set(counts.get("pending", 0) + counts.get("new", 0))
         oldest = await self._store.oldest_unfinished_received_at()
@@ -105,6 +114,9 @@ class Runner:
             self._metrics.page_overdue.set(await self._store.pages_overdue(time.time() - self._page_deadline_seconds))
 
     async def _sleep(self, started: int) -> None:
+        # Rounds at most every ROUND_SPACING_SECONDS: in a burst every ingest wakes the runner, and a
+        # round reads the whole backlog; mail that came meanwhile starts in the next round, together.
+        await asyncio.sleep(max(0.0, self._round_at + ROUND_SPACING_SECONDS - time.monotonic()))
         timeout = self._poll_interval
         next_due = await self._store.next_due_at()
         # A step that is due but whose escalation is already in flight is that task's
