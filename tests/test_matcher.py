@@ -285,7 +285,7 @@ def _scan_search(pattern: str, text: str):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)    # "[[:a]]" is a possible nested set to Python
         regex = re.compile(pattern, re.IGNORECASE)
-    index = RegexIndex.of([guarded(regex)])
+        index = RegexIndex.of([guarded(regex)])           # which parses it again, twice
     scan = index.scan(text)
     return regex, index, scan, scan.search(index.regexes[0])
 
