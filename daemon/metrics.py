@@ -105,6 +105,9 @@ class Metrics:
         self.strangers_ticketed = Counter(
             "emergencyd_stranger_mail_ticketed_total",
             "Mail from senders outside the tenant directory that no rule matched: a ticket, no page.", registry=r)
+        self.suspected_spam = Counter(
+            "emergencyd_suspected_spam_total",
+            "Decided mail that the relay's spam filter called spam ([trust] relay_spam_headers).", registry=r)
         self.imap_connected = Gauge("emergencyd_imap_connected",
                                     "1 while logged in to the IMAP mailbox, else 0.", registry=r)
         self.imap_idle_active = Gauge("emergencyd_imap_idle_active",
@@ -197,6 +200,8 @@ class Metrics:
             self.pages_held.inc()
         if verdict.stranger:
             self.strangers_ticketed.inc()
+        if verdict.trust is not None and verdict.trust.relay_spam is not None and verdict.trust.relay_spam.spam:
+            self.suspected_spam.inc()
         if verdict.suppressed:
             self.suppressed.labels(verdict.category.removeprefix("noise:")).inc()
         else:

@@ -147,6 +147,8 @@ def ticket_tags(verdict: dict[str, Any]) -> tuple[str, ...]:
         tags.append("sender-verified" if verified else "unverified-sender")
     if verdict.get("page_held"):
         tags.append("page-held")
+    if ((verdict.get("sender_trust") or {}).get("relay_spam") or {}).get("spam"):
+        tags.append("suspected-spam")
     if verdict.get("stranger"):
         tags.append("unknown-sender")
     return tuple(tags)

@@ -19,7 +19,7 @@ POLICY_KEYS = {"timezone", "extra_closures", "unclassified_severity", "unclassif
                "noise_gets_ticket", "generic_subjects", "rules", "routing"}
 TRUST_KEYS = {"trusted_authserv_ids", "trusted_relays", "own_received_fields", "verify_dkim",
               "dkim_timeout_seconds", "dkim_dns_server", "tenant_domains", "tenant_addresses", "page_unverified",
-              "page_dmarc_fail", "stranger_unclassified"}
+              "page_dmarc_fail", "stranger_unclassified", "relay_spam_headers"}
 _DURATION = re.compile(r"^\s*(\d+)\s*(m|min|h|d)\s*$")
 _UNITS = {"m": 60, "min": 60, "h": 3600, "d": 86400}
 
@@ -71,7 +71,8 @@ def parse_trust(table: Any) -> TrustPolicy:
         tenant_addresses=_addresses(table),
         page_unverified=_bool(table, "page_unverified", True, "trust"),
         page_dmarc_fail=_bool(table, "page_dmarc_fail", False, "trust"),
-        stranger_unclassified=_stranger_action(table.get("stranger_unclassified", StrangerAction.TICKET.value)))
+        stranger_unclassified=_stranger_action(table.get("stranger_unclassified", StrangerAction.TICKET.value)),
+        relay_spam_headers=_bool(table, "relay_spam_headers", False, "trust"))
     if not policy.page_unverified and not (policy.tenant_domains and policy.enabled):
         raise PolicyError("trust.page_unverified: false would page no one; it needs tenant_domains and "
                           "trusted_authserv_ids or verify_dkim")

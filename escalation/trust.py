@@ -47,10 +47,11 @@ class TrustPolicy:
     page_unverified: bool = True
     page_dmarc_fail: bool = False
     stranger_unclassified: StrangerAction = StrangerAction.TICKET
+    relay_spam_headers: bool = False               # the relay's X-Spam* fields count (parsers/spam_headers.py)
 
     @property
     def enabled(self) -> bool:
-        return bool(self.trusted_authserv_ids) or self.verify_dkim
+        return bool(self.trusted_authserv_ids) or self.verify_dkim or self.relay_spam_headers
 
     @property
     def knows_tenants(self) -> bool:
@@ -129,7 +130,8 @@ def assess(headers: tuple[tuple[str, str], ...], policy: TrustPolicy, *, headers
     if not policy.enabled:
         return None
     ids = policy.trusted_authserv_ids if headers_count else ()
-    return sender_trust(headers, ids, own_received_fields=policy.own_received_fields, dkim=dkim)
+    return sender_trust(headers, ids, own_received_fields=policy.own_received_fields, dkim=dkim,
+                        spam_headers=policy.relay_spam_headers and headers_count)
 
 
 def page_hold(trust: SenderTrust | None, policy: TrustPolicy) -> str | None:
@@ -137,6 +139,8 @@ def page_hold(trust: SenderTrust | None, policy: TrustPolicy) -> str | None:
     if trust is None:
         return None
     tenant = is_tenant(trust.from_domain, policy.tenant_domains)
+    if trust.relay_spam is not None and trust.relay_spam.spam and not (trust.verified and tenant):
+        return f"not paged: suspected spam, {trust.relay_spam.reason} (a verified tenant's mail would page)"
     if trust.verified is False and tenant and not policy.page_dmarc_fail and trust.dmarc_policy != "none":
         return (f"not paged: DMARC fail for the tenant domain {trust.from_domain}, a likely forgery "
                 "([trust] page_dmarc_fail = false)")

@@ -26,6 +26,9 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+from parsers.relay_block import relay_block
+from parsers.spam_headers import SpamVerdict, relay_spam_verdict
+
 __all__ = ["AuthResults", "DkimCheck", "MethodResult", "SenderTrust", "from_domain", "parse_authentication_results",
            "sender_trust", "trusted_fields"]
 
@@ -73,6 +76,7 @@ class SenderTrust:
     dkim_checked: str | None         # our own DKIM verification's result; None when not run
     verified: bool | None            # True: authenticated; False: DMARC failed; None: cannot tell
     reason: str                      # one line for humans
+    relay_spam: SpamVerdict | None = None   # the relay's spam filter, when its fields count ([trust] relay_spam_headers)
 
     @property
     def outcome(self) -> str:
@@ -82,7 +86,8 @@ class SenderTrust:
         return {"verified": self.verified, "outcome": self.outcome, "reason": self.reason,
                 "from_domain": self.from_domain, "authserv_id": self.authserv_id, "spf": self.spf,
                 "dkim": self.dkim, "dmarc": self.dmarc, "dmarc_policy": self.dmarc_policy,
-                "dkim_domains": list(self.dkim_domains), "dkim_checked": self.dkim_checked}
+                "dkim_domains": list(self.dkim_domains), "dkim_checked": self.dkim_checked,
+                "relay_spam": self.relay_spam.as_dict() if self.relay_spam else None}
 
 
 # ---------------------------------------------------------------------------
@@ -182,14 +187,8 @@ def trusted_fields(headers: Sequence[tuple[str, str]], trusted_authserv_ids: Ite
     """The Authentication-Results fields that count, top first (see the module docstring)."""
     trusted = {i.strip().lower() for i in trusted_authserv_ids if i.strip()}
     found: list[AuthResults] = []
-    received = 0
-    for name, value in headers:
-        key = name.strip().lower()
-        if key == "received":
-            received += 1
-            if received > own_received_fields:
-                break
-        elif key == "authentication-results" and trusted:
+    for key, value in relay_block(headers, own_received_fields):
+        if key == "authentication-results" and trusted:
             parsed = parse_authentication_results(value)
             if parsed is not None and parsed.authserv_id in trusted:
                 found.append(parsed)
@@ -224,8 +223,10 @@ def aligned(signing_domain: str, domain: str | None) -> bool:
 
 
 def sender_trust(headers: Sequence[tuple[str, str]], trusted_authserv_ids: Iterable[str], *,
-                 own_received_fields: int = 0, dkim: DkimCheck | None = None) -> SenderTrust:
-    """What our own MTA (and our own DKIM check, when given) says about who sent the message."""
+                 own_received_fields: int = 0, dkim: DkimCheck | None = None,
+                 spam_headers: bool = False) -> SenderTrust:
+    """What our own MTA (and our own DKIM check, when given) says about who sent the message, and
+    with `spam_headers` what its spam filter says of the mail (parsers/spam_headers.py)."""
     domain = from_domain(headers)
     fields = trusted_fields(headers, trusted_authserv_ids, own_received_fields=own_received_fields)
     first: dict[str, MethodResult] = {}
@@ -249,7 +250,8 @@ def sender_trust(headers: Sequence[tuple[str, str]], trusted_authserv_ids: Itera
         authserv_id=fields[0].authserv_id if fields else None, spf=_result(first.get("spf")), dkim=dkim_result,
         dmarc=_result(dmarc), dmarc_policy=_dmarc_policy(dmarc), from_domain=domain,
         dkim_domains=tuple(dkim_passes), dkim_checked=dkim.result if dkim is not None else None,
-        verified=verified, reason=reason)
+        verified=verified, reason=reason,
+        relay_spam=relay_spam_verdict(headers, own_received_fields=own_received_fields) if spam_headers else None)
 
 
 def _verdict(domain: str | None, dmarc: MethodResult | None, dkim_passes: list[str], dkim: DkimCheck | None,
