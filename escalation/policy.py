@@ -123,7 +123,7 @@ def classify(parsed: ParsedMessage, *, received_at: datetime, mail_from: str | N
         reason = (f"no rule matched: treated as {severity or 'not an incident'} "
                   "(on an emergency address a missed P1 costs more than a false page)")
     route = policy.route(severity, window)
-    held = page_hold(trust, policy.trust) if route.urgency is not None else None
+    held = page_hold(trust, policy.trust, sender) if route.urgency is not None else None
     page = route.urgency is not None and held is None
     return Verdict(
         suppressed=False, reason=reason, category=category, severity=severity, window=window,

@@ -73,9 +73,9 @@ def parse_trust(table: Any) -> TrustPolicy:
         page_dmarc_fail=_bool(table, "page_dmarc_fail", False, "trust"),
         stranger_unclassified=_stranger_action(table.get("stranger_unclassified", StrangerAction.TICKET.value)),
         relay_spam_headers=_bool(table, "relay_spam_headers", False, "trust"))
-    if not policy.page_unverified and not (policy.tenant_domains and policy.enabled):
-        raise PolicyError("trust.page_unverified: false would page no one; it needs tenant_domains and "
-                          "trusted_authserv_ids or verify_dkim")
+    if not policy.page_unverified and not (policy.knows_tenants and (policy.trusted_authserv_ids or policy.verify_dkim)):
+        raise PolicyError("trust.page_unverified: false would page no one; it needs tenant_domains or "
+                          "tenant_addresses, and trusted_authserv_ids or verify_dkim")
     if policy.verify_dkim:
         _require_dkimpy()
     return policy

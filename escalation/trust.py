@@ -134,16 +134,16 @@ def assess(headers: tuple[tuple[str, str], ...], policy: TrustPolicy, *, headers
                         spam_headers=policy.relay_spam_headers and headers_count)
 
 
-def page_hold(trust: SenderTrust | None, policy: TrustPolicy) -> str | None:
-    """Why a page the routing table asks for is held back; None: page."""
+def page_hold(trust: SenderTrust | None, policy: TrustPolicy, sender: str | None) -> str | None:
+    """Why a page the routing table asks for is held back; None: page. `sender` is the From address:
+    a tenant is one by the whole directory, its domains and its addresses."""
     if trust is None:
         return None
-    tenant = is_tenant(trust.from_domain, policy.tenant_domains)
+    tenant = tenant_of(sender, policy)
     if trust.relay_spam is not None and trust.relay_spam.spam and not (trust.verified and tenant):
         return f"not paged: suspected spam, {trust.relay_spam.reason} (a verified tenant's mail would page)"
     if trust.verified is False and tenant and not policy.page_dmarc_fail and trust.dmarc_policy != "none":
-        return (f"not paged: DMARC fail for the tenant domain {trust.from_domain}, a likely forgery "
-                "([trust] page_dmarc_fail = false)")
+        return f"not paged: DMARC fail for {tenant}, a likely forgery ([trust] page_dmarc_fail = false)"
     if not policy.page_unverified and not (trust.verified and tenant):
         return "not paged: the sender is not verified as a tenant ([trust] page_unverified = false)"
     return None

@@ -165,10 +165,12 @@ def spoofed(policy: str = "reject"):
 
 def test_dmarc_fail_of_a_tenant_domain_holds_the_page_unless_configured():
     policy = TrustPolicy(trusted_authserv_ids=(OURS,), tenant_domains=("tenant.example",))
-    assert "DMARC fail for the tenant domain tenant.example" in page_hold(spoofed(), policy)
-    assert page_hold(spoofed(), TrustPolicy((OURS,), tenant_domains=("tenant.example",), page_dmarc_fail=True)) is None
-    assert page_hold(spoofed("none"), policy) is None     # the tenant says its own mail may fail
-    assert page_hold(spoofed(), TrustPolicy((OURS,), tenant_domains=("other.example",))) is None
+    alice = "alice@tenant.example"
+    assert "DMARC fail for the tenant domain tenant.example" in page_hold(spoofed(), policy, alice)
+    assert page_hold(spoofed(), TrustPolicy((OURS,), tenant_domains=("tenant.example",), page_dmarc_fail=True),
+                     alice) is None
+    assert page_hold(spoofed("none"), policy, alice) is None     # the tenant says its own mail may fail
+    assert page_hold(spoofed(), TrustPolicy((OURS,), tenant_domains=("other.example",)), alice) is None
 
 
 def test_page_unverified_false_pages_only_verified_tenants():
@@ -176,8 +178,28 @@ def test_page_unverified_false_pages_only_verified_tenants():
     verified = sender_trust(headers(("Authentication-Results", f"{OURS}; dmarc=pass header.from=tenant.example")),
                             [OURS])
     unknown = sender_trust(headers(), [OURS])
-    assert page_hold(verified, policy) is None
-    assert "not verified as a tenant" in page_hold(unknown, policy)
+    assert page_hold(verified, policy, "alice@tenant.example") is None
+    assert "not verified as a tenant" in page_hold(unknown, policy, "alice@tenant.example")
+
+
+def freemail(dmarc: str):
+    return sender_trust(headers(("Authentication-Results", f"{OURS}; dmarc={dmarc} (p=reject) header.from=gmail.example"),
+                                sender="ops.lead@gmail.example"), [OURS])
+
+
+def test_a_tenant_address_outside_the_tenant_domains_is_a_tenant_for_trust_too():
+    # The directory's addresses count as its domains do: a forged tenant address is held, a verified one pages.
+    lead = "ops.lead@gmail.example"
+    policy = TrustPolicy((OURS,), tenant_domains=("tenant.example",), tenant_addresses=(lead,))
+    assert page_hold(freemail("fail"), policy, lead) == \
+        "not paged: DMARC fail for the tenant address ops.lead@gmail.example, a likely forgery " \
+        "([trust] page_dmarc_fail = false)"
+    assert page_hold(freemail("fail"), policy, "someone.else@gmail.example") is None   # a stranger: as before
+    strict = TrustPolicy((OURS,), tenant_addresses=(lead,), page_unverified=False)
+    assert page_hold(freemail("pass"), strict, lead) is None
+    assert "not verified as a tenant" in page_hold(freemail("pass"), strict, "someone.else@gmail.example")
+    assert parse_policy(None, {"trusted_authserv_ids": [OURS], "tenant_addresses": [lead],
+                               "page_unverified": False}).trust.page_unverified is False
 
 
 def test_classify_carries_trust_into_the_verdict():
