@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("files", nargs="+", type=Path, metavar="MESSAGE.eml")
     explain.add_argument("--at", help="receive time, ISO-8601 (default: now; no offset means the policy's zone)")
     explain.add_argument("--text", action="store_true", help="human-readable output")
+    explain.add_argument("--offline", action="store_true", help="do not ask the configured rspamd ([spam])")
     status = command("status", cmd_status, "Show escalations by state and the recent messages.")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--limit", type=int, default=20, help="how many recent messages (default 20)")
@@ -138,7 +139,7 @@ def cmd_inject(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_classify(config: Config, args: argparse.Namespace) -> int:
     from daemon.explain import run_classify
-    return run_classify(config, args.files, args.at, args.text)
+    return run_classify(config, args.files, args.at, args.text, offline=args.offline)
 
 
 def cmd_status(config: Config, args: argparse.Namespace) -> int:

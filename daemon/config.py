@@ -178,7 +178,7 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
         escalation=sections.read_escalation(reader),
         dedup=sections.read_dedup(reader),
         metrics=sections.read_metrics(reader),
-        policy=sections.read_policy(data.get("policy"), data.get("trust")),
+        policy=sections.read_policy(data.get("policy"), data.get("trust"), data.get("spam")),
         fallback=read_fallback(reader),
     )
     sections.reject_unknown_keys(data)

@@ -160,10 +160,10 @@ def read_metrics(r: ConfigReader) -> MetricsConfig:
         integration_failing_seconds=r.number("metrics.integration_failing_seconds", 300.0, minimum=1.0))
 
 
-def read_policy(table: Any, trust: Any = None) -> Policy:
-    """[policy] and [trust]: both are policy, reloaded together on SIGHUP."""
+def read_policy(table: Any, trust: Any = None, spam: Any = None) -> Policy:
+    """[policy], [trust] and [spam]: all policy, reloaded together on SIGHUP."""
     try:
-        return parse_policy(table, trust)
+        return parse_policy(table, trust, spam)
     except PolicyError as exc:
         raise ConfigError(str(exc)) from None
     except ZoneInfoNotFoundError:
@@ -194,7 +194,7 @@ KNOWN_SECTIONS = {
     "dedup": {"incident_window_minutes", "platform_wide_categories", "sender_limit", "sender_window_minutes",
               "max_new_pages_per_minute"},
 }
-KNOWN_TOP_LEVEL = {"dry_run", "policy", "trust"}   # [policy] and [trust] check their own keys
+KNOWN_TOP_LEVEL = {"dry_run", "policy", "trust", "spam"}   # [policy], [trust] and [spam] check their own keys
 
 
 def reject_unknown_keys(data: dict[str, Any]) -> None:

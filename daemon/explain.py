@@ -14,6 +14,7 @@ from typing import Any, TextIO
 from daemon.config import Config
 from escalation.content import describe_verdict
 from escalation.policy import classify
+from escalation.rspamd import ask_rspamd_now
 from parsers.message import parse_message
 
 KEYS = ("file", "suppressed", "reason", "category", "severity", "window", "page", "urgency", "zendesk_priority",
@@ -28,18 +29,22 @@ def receive_time(at: str | None, config: Config) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=config.policy.calendar.zone)
 
 
-def explain_file(path: Path, config: Config, received_at: datetime) -> dict[str, Any]:
+def explain_file(path: Path, config: Config, received_at: datetime, *, offline: bool = False) -> dict[str, Any]:
     try:
         raw = path.read_bytes()
     except OSError as exc:
         return {"file": str(path), "error": f"cannot read: {exc.strerror}"}
+    # As the daemon would: the configured rspamd is asked too, unless --offline.
+    asked = ask_rspamd_now(raw, config.policy.spam) if config.policy.spam.enabled and not offline else None
     try:
         verdict = classify(parse_message(raw), received_at=received_at, mail_from=None,
                            own_addresses=config.smtp.recipients, own_hostnames=(config.smtp.hostname,),
-                           policy=config.policy).as_dict()
+                           policy=config.policy, spam=asked.verdict if asked else None).as_dict()
     except Exception as exc:   # a broken file gets an answer, never a traceback
         return {"file": str(path), "error": f"{type(exc).__name__}: {exc}"}
     result = {"file": str(path), **{k: verdict[k] for k in KEYS[1:]}}
+    if asked is not None:
+        result["rspamd"] = asked.outcome.value if asked.verdict is None else asked.verdict.as_dict()
     result["ticket_subject"] = verdict["ticket_subject"]
     result["decision"] = describe_verdict(verdict)
     return result
@@ -57,7 +62,8 @@ def write_text(result: dict[str, Any], out: TextIO) -> None:
     out.write(f"  ticket subject: {result['ticket_subject']}\n")
 
 
-def run_classify(config: Config, files: list[Path], at: str | None, text: bool, out: TextIO = sys.stdout) -> int:
+def run_classify(config: Config, files: list[Path], at: str | None, text: bool, out: TextIO = sys.stdout,
+                 *, offline: bool = False) -> int:
     try:
         received_at = receive_time(at, config)
     except ValueError:
@@ -65,7 +71,7 @@ def run_classify(config: Config, files: list[Path], at: str | None, text: bool, 
         return 2
     errors = 0
     for path in files:
-        result = explain_file(path, config, received_at)
+        result = explain_file(path, config, received_at, offline=offline)
         errors += "error" in result
         if text:
             write_text(result, out)

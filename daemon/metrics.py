@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, disable_created_metrics, Counte
 from escalation.hours import Window
 from escalation.policy import SEVERITIES, Verdict
 from escalation.records import STEP_ORDER
+from escalation.rspamd import CheckOutcome
 from parsers.noise import NOISE_KINDS
 from escalation.steps import integration_of
 
@@ -107,7 +108,12 @@ class Metrics:
             "Mail from senders outside the tenant directory that no rule matched: a ticket, no page.", registry=r)
         self.suspected_spam = Counter(
             "emergencyd_suspected_spam_total",
-            "Decided mail that the relay's spam filter called spam ([trust] relay_spam_headers).", registry=r)
+            "Decided mail that the spam filter (rspamd asked, or the relay's fields) called spam, not suppressed.",
+            registry=r)
+        self.spam_checks = Counter("emergencyd_spam_checks_total",
+                                   "rspamd asked ([spam] rspamd_url), by outcome: answered, timeout, unreachable, "
+                                   "garbled. Without an answer the mail is decided without it.", ["outcome"],
+                                   registry=r)
         self.imap_connected = Gauge("emergencyd_imap_connected",
                                     "1 while logged in to the IMAP mailbox, else 0.", registry=r)
         self.imap_idle_active = Gauge("emergencyd_imap_idle_active",
@@ -152,8 +158,10 @@ class Metrics:
         for severity in (*SEVERITIES, "none"):
             for window in Window:
                 self.verdicts.labels(severity, window.value)
-        for kind in NOISE_KINDS:
+        for kind in (*NOISE_KINDS, "spam"):          # spam: rspamd's reject ([spam] rspamd_url)
             self.suppressed.labels(kind)
+        for outcome in CheckOutcome:
+            self.spam_checks.labels(outcome.value)
         for source in SOURCES:
             self.received.labels(source)
             self.last_ingest.labels(source)
@@ -200,7 +208,7 @@ class Metrics:
             self.pages_held.inc()
         if verdict.stranger:
             self.strangers_ticketed.inc()
-        if verdict.trust is not None and verdict.trust.relay_spam is not None and verdict.trust.relay_spam.spam:
+        if verdict.spam is not None and verdict.spam.spam and not verdict.suppressed:
             self.suspected_spam.inc()
         if verdict.suppressed:
             self.suppressed.labels(verdict.category.removeprefix("noise:")).inc()
@@ -209,6 +217,9 @@ class Metrics:
 
     def related(self, kind: str) -> None:
         self.relations.labels(kind).inc()
+
+    def spam_checked(self, outcome: str) -> None:
+        self.spam_checks.labels(outcome).inc()
 
     def page_deferred(self) -> None:
         self.pages_deferred.inc()

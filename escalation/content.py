@@ -147,7 +147,7 @@ def ticket_tags(verdict: dict[str, Any]) -> tuple[str, ...]:
         tags.append("sender-verified" if verified else "unverified-sender")
     if verdict.get("page_held"):
         tags.append("page-held")
-    if ((verdict.get("sender_trust") or {}).get("relay_spam") or {}).get("spam"):
+    if (verdict.get("spam") or {}).get("spam"):
         tags.append("suspected-spam")
     if verdict.get("stranger"):
         tags.append("unknown-sender")

@@ -32,6 +32,7 @@ from pebble import ProcessExpired, ProcessPool
 
 from escalation.policy import Policy, Verdict, classify
 from parsers.auth_results import SenderTrust
+from parsers.spam_headers import SpamVerdict
 from parsers.message import ParsedMessage, last_resort, parse_message
 
 log = logging.getLogger("emergencyd.cpu")
@@ -100,8 +101,8 @@ class CpuPool:
             return last_resort(raw, f"the parser {exc}")
 
     async def classify(self, parsed: ParsedMessage, *, received_at: datetime, mail_from: str | None,
-                       trust: SenderTrust | None) -> Verdict:
-        kwargs = {"received_at": received_at, "mail_from": mail_from, "trust": trust}
+                       trust: SenderTrust | None, spam: SpamVerdict | None = None) -> Verdict:
+        kwargs = {"received_at": received_at, "mail_from": mail_from, "trust": trust, "spam": spam}
         try:
             return await self._run(Priority.DECIDE, _classify, (parsed,), kwargs)
         except WorkerFailed as exc:
@@ -177,8 +178,8 @@ class WorkerFailed(RuntimeError):
 
 
 def classify_with(context: ClassifyContext, parsed: ParsedMessage, *, received_at: datetime,
-                  mail_from: str | None, trust: SenderTrust | None) -> Verdict:
-    return classify(parsed, received_at=received_at, mail_from=mail_from, trust=trust,
+                  mail_from: str | None, trust: SenderTrust | None, spam: SpamVerdict | None = None) -> Verdict:
+    return classify(parsed, received_at=received_at, mail_from=mail_from, trust=trust, spam=spam,
                     own_addresses=context.own_addresses, own_hostnames=context.own_hostnames,
                     policy=context.policy)
 

@@ -10,11 +10,15 @@ from datetime import datetime, timedelta
 from typing import Any, Mapping
 
 from escalation.hours import SupportCalendar, Window
+from escalation.rspamd import SpamCheck
 from escalation.rules import Rule, RuleHit, RuleMatcher, evaluate_rules
-from escalation.trust import TrustPolicy, assess, page_hold, sender_standing, stranger_demotion
+from escalation.trust import (
+    TrustPolicy, assess, page_hold, sender_standing, spam_to_suppress, stranger_demotion,
+)
 from parsers.auth_results import SenderTrust
+from parsers.spam_headers import SpamVerdict
 from parsers.message import ParsedMessage
-from parsers.noise import detect_noise
+from parsers.noise import Noise, detect_noise
 from parsers.subject import descriptive_subject
 
 SEVERITIES = ("P1", "P2", "P3", "P4")
@@ -42,6 +46,7 @@ class Policy:
     noise_gets_ticket: bool = False
     generic_subjects: tuple[str, ...] = ()
     trust: TrustPolicy = TrustPolicy()     # [trust]: whose Authentication-Results count, what a failure does
+    spam: SpamCheck = SpamCheck()          # [spam]: rspamd asked directly (escalation/rspamd.py)
     # The rules compiled for matching (escalation/rules.py): built with the policy (once per load), kept by
     # replace() while the rules stay the same.
     matcher: RuleMatcher | None = field(default=None, repr=False, compare=False)
@@ -74,6 +79,7 @@ class Verdict:
     page_held: str | None = None       # why the sender's trust held back a page the routing asked for
     tenant: str | None = None          # what the tenant directory says of the sender; None: the directory is empty
     stranger: str | None = None        # why a stranger's unmatched mail gets a ticket and no page
+    spam: SpamVerdict | None = None    # the spam filter's say: rspamd asked directly, else the relay's fields
 
     @property
     def untrusted(self) -> bool:
@@ -91,25 +97,29 @@ class Verdict:
             "rules": [{"rule": h.rule, "field": h.field, "matched": h.matched, "category": h.category,
                        "severity": h.severity} for h in self.rules],
             "sender_trust": self.trust.as_dict() if self.trust else None, "page_held": self.page_held,
-            "tenant": self.tenant, "stranger": self.stranger,
+            "tenant": self.tenant, "stranger": self.stranger, "spam": self.spam.as_dict() if self.spam else None,
         }
 
 
 def classify(parsed: ParsedMessage, *, received_at: datetime, mail_from: str | None,
              own_addresses: tuple[str, ...], policy: Policy, own_hostnames: tuple[str, ...] = (),
-             trust: SenderTrust | None = None) -> Verdict:
-    """`trust` comes from the decide step (envelope and DKIM aware); without it, from the headers alone."""
+             trust: SenderTrust | None = None, spam: SpamVerdict | None = None) -> Verdict:
+    """`trust` comes from the decide step (envelope and DKIM aware); without it, from the headers alone.
+    `spam` is rspamd's verdict when it was asked; without it, the relay's fields count when trusted."""
     window = policy.calendar.window_at(received_at)
     trust = trust or assess(parsed.headers, policy.trust)
+    spam = spam or (trust.relay_spam if trust is not None else None)
     subject = descriptive_subject(parsed.subject, parsed.text, policy.generic_subjects)
+    sender = parsed.sender or mail_from or None
     noise = detect_noise(parsed, mail_from=mail_from, own_addresses=own_addresses, own_hostnames=own_hostnames)
+    if noise is None and spam_to_suppress(spam, trust, sender, policy.trust):
+        noise = Noise(kind="spam", reason=spam.reason)
     if noise is not None:
         return Verdict(suppressed=True, reason=f"{noise.kind}: {noise.reason}", category=f"noise:{noise.kind}",
                        severity=None, window=window, page=False, urgency=None, zendesk_priority="low",
                        respond_by=None, update_every=None, ticket=policy.noise_gets_ticket, ticket_subject=subject,
-                       trust=trust)
+                       trust=trust, spam=spam)
     hits = evaluate_rules(parsed, policy)
-    sender = parsed.sender or mail_from or None
     tenant, stranger = sender_standing(sender, policy.trust), None
     if hits:
         decisive = hits[0]
@@ -123,14 +133,14 @@ def classify(parsed: ParsedMessage, *, received_at: datetime, mail_from: str | N
         reason = (f"no rule matched: treated as {severity or 'not an incident'} "
                   "(on an emergency address a missed P1 costs more than a false page)")
     route = policy.route(severity, window)
-    held = page_hold(trust, policy.trust, sender) if route.urgency is not None else None
+    held = page_hold(trust, policy.trust, sender, spam) if route.urgency is not None else None
     page = route.urgency is not None and held is None
     return Verdict(
         suppressed=False, reason=reason, category=category, severity=severity, window=window,
         page=page, urgency=route.urgency if page else None, zendesk_priority=route.zendesk_priority,
         respond_by=_deadline(policy.calendar, received_at, route.respond_within, route.working_time),
         update_every=route.update_every, ticket=True, ticket_subject=subject, working_time=route.working_time,
-        rules=tuple(hits), trust=trust, page_held=held, tenant=tenant, stranger=stranger)
+        rules=tuple(hits), trust=trust, page_held=held, tenant=tenant, stranger=stranger, spam=spam)
 
 
 def _deadline(calendar: SupportCalendar, start: datetime, within: timedelta, working_time: bool) -> datetime:

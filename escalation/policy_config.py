@@ -10,6 +10,7 @@ from typing import Any
 from escalation.hours import SupportCalendar, Window
 from escalation.policy import NOT_AN_INCIDENT, SEVERITIES, URGENCIES, ZENDESK_PRIORITIES, Policy, Route
 from escalation.regex_prefilter import GuardedRegex, guarded
+from escalation.rspamd import parse_spam_table
 from escalation.rules import FIELDS, Rule, phrase_text
 from escalation.trust import DEFAULT_TRUSTED_RELAYS, StrangerAction, TrustPolicy
 
@@ -28,10 +29,15 @@ class PolicyError(ValueError):
     """A policy config problem, naming the key."""
 
 
-def parse_policy(table: dict[str, Any] | None, trust: dict[str, Any] | None = None) -> Policy:
+def parse_policy(table: dict[str, Any] | None, trust: dict[str, Any] | None = None,
+                 spam: dict[str, Any] | None = None) -> Policy:
     """Without a [policy] table every mail is a P1, as the mailing list it replaces behaved.
-    `trust` is the [trust] table: sender trust is policy too, reloaded with it."""
-    return replace(_parse_policy(table), trust=parse_trust(trust))
+    `trust` is the [trust] table, `spam` the [spam] one: policy too, reloaded with it."""
+    try:
+        spam_check = parse_spam_table(spam)
+    except ValueError as exc:
+        raise PolicyError(str(exc)) from None
+    return replace(_parse_policy(table), trust=parse_trust(trust), spam=spam_check)
 
 
 def _parse_policy(table: dict[str, Any] | None) -> Policy:

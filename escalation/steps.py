@@ -43,8 +43,10 @@ from escalation.records import (
     STEP_FAILED, STEP_PENDING, TICKET, TICKET_NOTE, EscalationRecord, StepRecord,
 )
 from escalation.retry import RetrySchedule
+from escalation.rspamd import CheckResult, ask_rspamd
 from escalation.retry import classify as classify_failure
 from parsers.auth_results import SenderTrust
+from parsers.spam_headers import SpamVerdict
 from parsers.message import ParsedMessage
 
 log = logging.getLogger("emergencyd.escalation")
@@ -72,6 +74,7 @@ class Observer(Protocol):
     def related(self, kind: str) -> None: ...
     def page_deferred(self) -> None: ...
     def fallback_alert(self, outcome: str) -> None: ...
+    def spam_checked(self, outcome: str) -> None: ...
     failing_since: dict[str, float]
 
 
@@ -156,29 +159,51 @@ class Escalator:
         return (FALLBACK_ALERT,)
 
     async def decide(self, record: EscalationRecord, parsed: ParsedMessage,
-                     trust: SenderTrust | None = None) -> Verdict:
+                     trust: SenderTrust | None = None, spam: SpamVerdict | None = None) -> Verdict:
         """The policy's verdict, from the time the message was received (not its Date header)."""
         env = record.envelope
         return await self._cpu.classify(parsed, received_at=datetime.fromtimestamp(env.received_at, timezone.utc),
-                                        mail_from=env.mail_from if env.source == "smtp" else None, trust=trust)
+                                        mail_from=env.mail_from if env.source == "smtp" else None, trust=trust,
+                                        spam=spam)
 
     async def _decide_and_plan(self, record: EscalationRecord) -> ParsedMessage:
         """In the sender's turn: parse, the sender's trust (a DKIM check may wait on DNS, bounded),
         classify, then relate and plan in one store transaction."""
         self._decided.deciding(record.message_pk)
+        asking = self._ask_spam_filter(record)     # meanwhile: rspamd is never waited on past its timeout
         try:
             await self._wait_for_earlier_mail(record)
             async with self._turns.turn(record.fair_key):
                 parsed = await self._cpu.parse(await self._store.raw(record.message_pk), Priority.DECIDE)
                 trust = await decide_trust(record.envelope, parsed, self.policy.trust,
                                            lambda: self._store.raw(record.message_pk))
-                verdict = await self.decide(record, parsed, trust)
+                verdict = await self.decide(record, parsed, trust, await self._spam_verdict(asking))
                 relation = await self._store.call(self._relate_and_plan, record, parsed, verdict)
         finally:
             self._decided.decided(record.message_pk)
+            if asking is not None and not asking.done():
+                asking.cancel()
         if relation is not None:
             self._log_decision(record, verdict, relation)
         return parsed
+
+    def _ask_spam_filter(self, record: EscalationRecord) -> asyncio.Task | None:
+        check = self.policy.spam
+        if not check.enabled:
+            return None
+
+        async def ask() -> CheckResult:
+            return await ask_rspamd(await self._store.raw(record.message_pk), check)
+        return asyncio.create_task(ask(), name=f"rspamd-{record.message_pk}")
+
+    async def _spam_verdict(self, asking: asyncio.Task | None) -> SpamVerdict | None:
+        if asking is None:
+            return None
+        result = await asking
+        self._observer.spam_checked(result.outcome)
+        if result.verdict is None:
+            log.warning("decided without rspamd", extra={"outcome": result.outcome, "detail": result.detail})
+        return result.verdict
 
     async def _wait_for_earlier_mail(self, record: EscalationRecord) -> None:
         """Overtake only a storm. A mail waits (without a turn) for the mail it replies to, and for

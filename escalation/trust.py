@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from parsers.auth_results import DkimCheck, SenderTrust, sender_trust
+from parsers.spam_headers import SpamVerdict
 
 DEFAULT_TRUSTED_RELAYS = ("127.0.0.0/8", "::1/128")
 
@@ -111,6 +112,17 @@ def stranger_demotion(sender: str | None, policy: TrustPolicy) -> str | None:
             '([trust] stranger_unclassified = "ticket")')
 
 
+def verified_tenant(trust: SenderTrust | None, policy: TrustPolicy, sender: str | None) -> bool:
+    """DMARC or aligned DKIM passed, and the From address is in the tenant directory."""
+    return trust is not None and bool(trust.verified) and tenant_of(sender, policy) is not None
+
+
+def spam_to_suppress(spam: SpamVerdict | None, trust: SenderTrust | None, sender: str | None,
+                     policy: TrustPolicy) -> bool:
+    """rspamd's reject suppresses the mail as spam (it stays in the store), unless a verified tenant's."""
+    return spam is not None and spam.action == "reject" and not verified_tenant(trust, policy, sender)
+
+
 def peer_trusted(source: str, peer: str, trusted_relays: tuple[str, ...]) -> bool:
     """Header fields count for mail from our relay over SMTP, from the mailbox (its provider stamped
     it) and from `inject` (the operator's file); an SMTP client elsewhere could have written them all."""
@@ -134,14 +146,15 @@ def assess(headers: tuple[tuple[str, str], ...], policy: TrustPolicy, *, headers
                         spam_headers=policy.relay_spam_headers and headers_count)
 
 
-def page_hold(trust: SenderTrust | None, policy: TrustPolicy, sender: str | None) -> str | None:
+def page_hold(trust: SenderTrust | None, policy: TrustPolicy, sender: str | None,
+              spam: SpamVerdict | None = None) -> str | None:
     """Why a page the routing table asks for is held back; None: page. `sender` is the From address:
-    a tenant is one by the whole directory, its domains and its addresses."""
+    a tenant is one by the whole directory, its domains and its addresses. `spam`: the spam filter's say."""
+    if spam is not None and spam.spam and not verified_tenant(trust, policy, sender):
+        return f"not paged: suspected spam, {spam.reason} (a verified tenant's mail would page)"
     if trust is None:
         return None
     tenant = tenant_of(sender, policy)
-    if trust.relay_spam is not None and trust.relay_spam.spam and not (trust.verified and tenant):
-        return f"not paged: suspected spam, {trust.relay_spam.reason} (a verified tenant's mail would page)"
     if trust.verified is False and tenant and not policy.page_dmarc_fail and trust.dmarc_policy != "none":
         return f"not paged: DMARC fail for {tenant}, a likely forgery ([trust] page_dmarc_fail = false)"
     if not policy.page_unverified and not (trust.verified and tenant):

@@ -37,18 +37,23 @@ class SpamVerdict:
     score: float | None = None
     required: float | None = None
     symbols: tuple[str, ...] = ()     # rspamd's symbols or SpamAssassin's tests, highest first when scored
+    action: str | None = None         # rspamd's action, when rspamd was asked directly
 
     @property
     def reason(self) -> str:
         said = "spam" if self.spam else "not spam"
+        if self.action is not None:
+            said = f"{self.action!r}"
         score = "" if self.score is None else f", score {self.score:g}" + (
             "" if self.required is None else f" of {self.required:g}")
         symbols = f" ({', '.join(self.symbols[:5])})" if self.symbols else ""
+        if self.action is not None:
+            return f"rspamd says {said}{score}{symbols}"
         return f"the relay's spam filter says {said} in {self.field}{score}{symbols}"
 
     def as_dict(self) -> dict[str, object]:
         return {"field": self.field, "spam": self.spam, "score": self.score, "required": self.required,
-                "symbols": list(self.symbols), "reason": self.reason}
+                "symbols": list(self.symbols), "action": self.action, "reason": self.reason}
 
 
 def relay_spam_verdict(headers: Sequence[tuple[str, str]], *, own_received_fields: int = 0) -> SpamVerdict | None:

@@ -74,3 +74,14 @@ def dovecot(ca):
         server.stop()
         print(server.log_tail())   # pytest shows a test's captured output only when it fails
         server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def rspamd():
+    """A real throwaway rspamd scanner on 127.0.0.1 (tests/rspamd.py), one per session: it takes 10-30 s to start."""
+    from tests.rspamd import Rspamd
+    server = Rspamd()
+    try:
+        yield server.start()
+    finally:
+        server.stop()

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Self
 
 from tests.fakes.tls import TestCA
+from tests.harness import free_port
 
 HOST = "127.0.0.1"
 USERNAME = "alerts@example.com"
@@ -44,16 +45,10 @@ MAILBOXES = ("INBOX", "Processed")
 _BIND_FAILED = re.compile(r"bind\(.*\) failed|Address already in use")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
 def _two_free_ports() -> tuple[int, int]:
-    first = _free_port()
+    first = free_port()
     while True:
-        second = _free_port()
+        second = free_port()
         if second != first:
             return first, second
 

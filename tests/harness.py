@@ -231,6 +231,14 @@ def live_env() -> dict[str, str]:
                     EMERGENCYD_PAGERDUTY_API_TOKEN=API_TOKEN)
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def require_tool(name: str) -> str:
     """A missing system tool fails the test in CI and skips it elsewhere, saying why."""
     import pytest
