@@ -16,6 +16,7 @@ import aioimaplib
 import pytest
 
 from tests.dovecot import Dovecot, dovecot_binary
+from tests.harness import free_port
 
 MESSAGE = (b"From: Tenant <tenant@example.net>\r\nTo: alerts@example.com\r\nSubject: Apps down\r\n"
            b"Message-ID: <imap-1@example.net>\r\n\r\nOur production app returns 502.\r\n")
@@ -245,7 +246,7 @@ def test_start_retries_when_a_picked_port_is_taken(ca, monkeypatch):
     squatter.bind(("127.0.0.1", 0))
     squatter.listen()
     taken = squatter.getsockname()[1]
-    picks = iter([(taken, module._free_port())])
+    picks = iter([(taken, free_port())])
     real = module._two_free_ports
     monkeypatch.setattr(module, "_two_free_ports", lambda: next(picks, None) or real())
     try:

@@ -71,6 +71,15 @@ def test_rspamds_add_header_holds_the_page_of_a_rule_match(rspamd):
     assert "suspected-spam" in ticket_tags(verdict.as_dict())
 
 
+def test_forged_tenant_mail_that_rspamd_flags_is_not_paged(rspamd):
+    # From a tenant domain, but nothing verifies it: the directory alone does not lift the hold.
+    forged = FLAGGED.replace(b"win@prizes.example", b"ops@tenant.example")
+    verdict = classify_with_rspamd(rspamd, forged, {"tenant_domains": ["tenant.example"]})
+    assert verdict.tenant == "a tenant (the tenant domain tenant.example)"
+    assert (verdict.severity, verdict.page, verdict.urgency) == ("P1", False, None)
+    assert verdict.page_held.startswith("not paged: suspected spam, rspamd says 'add header'")
+
+
 def test_a_clean_answer_changes_nothing(rspamd):
     verdict = classify_with_rspamd(rspamd, OUTAGE)
     assert (verdict.severity, verdict.page, verdict.urgency, verdict.page_held) == ("P1", True, "high", None)
