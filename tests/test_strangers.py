@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from escalation.content import describe_verdict, ticket_tags
 from escalation.policy import classify
@@ -111,3 +113,24 @@ def test_through_the_daemon_a_strangers_newsletter_is_a_ticket_and_a_tenants_unm
     assert daemon.metric("emergencyd_stranger_mail_ticketed_total") == 1
     text = daemon.cli("status").stdout
     assert "tenant directory: 1 domain(s), 0 address(es)" in text
+
+
+def _tenant_domain_by_scan(domain: str | None, tenant_domains: tuple[str, ...]) -> str | None:
+    """The directory's domain look-up as a scan of the list: the reference for the indexed one."""
+    if not domain:
+        return None
+    return next((t for t in tenant_domains if domain == t or domain.endswith("." + t)), None)
+
+
+_LABELS = ["tenant", "gov", "example", "apps", "x", "xtenant", "ample", "e", "-", "a.b"]
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None)
+@given(domains=st.lists(st.lists(st.sampled_from(_LABELS), min_size=1, max_size=3).map(".".join), max_size=6),
+       asked=st.lists(st.sampled_from(_LABELS + [""]), max_size=4).map(".".join))
+@example(domains=["gov.example", "tenant.gov.example"], asked="apps.tenant.gov.example")   # the first listed wins
+@example(domains=["example"], asked="ample")                                              # a label, not a suffix
+def test_the_directorys_domain_look_up_is_the_scan_of_the_list(domains, asked):
+    from escalation.trust import TrustPolicy, tenant_domain_of
+    assert tenant_domain_of(asked, TrustPolicy(tenant_domains=tuple(domains))) == \
+        _tenant_domain_by_scan(asked, tuple(domains))
