@@ -129,6 +129,12 @@ def summary(times: list[float]) -> dict[str, float]:
     return {"n": len(ms), "p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99), "max_ms": max(ms)}
 
 
+def synthetic_mails(count: int) -> dict[int, list[bytes]]:
+    """`count` tenant mails of each size in SIZES_KB, the same for every run (fixed seed)."""
+    rng = random.Random(SEED)
+    return {kb: [tenant_mail(rng, i, kb) for i in range(count)] for kb in SIZES_KB}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mails", type=int, default=200, help="mails per size (default 200)")
@@ -136,8 +142,7 @@ def main() -> int:
     parser.add_argument("--baseline-mails", type=int, default=20, help="mails per size for the baseline (default 20)")
     parser.add_argument("--json", type=Path, help="also write the figures to FILE")
     args = parser.parse_args()
-    rng = random.Random(SEED)
-    raws = {kb: [tenant_mail(rng, i, kb) for i in range(args.mails)] for kb in SIZES_KB}
+    raws = synthetic_mails(args.mails)
     rows: list[tuple[str, dict]] = []
     parsed = {}
     for kb in SIZES_KB:

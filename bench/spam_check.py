@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.classify import SEED, SIZES_KB, tenant_mail  # noqa: E402
+from bench.classify import SEED, SIZES_KB, synthetic_mails  # noqa: E402
 from bench.smtp_ingest import percentile  # noqa: E402
 from escalation.rspamd import SpamCheck, ask_rspamd_now  # noqa: E402
 from escalation.trust import TrustPolicy, sender_standing  # noqa: E402
@@ -54,8 +54,8 @@ def main() -> int:
     parser.add_argument("--directory", type=int, default=1000, help="tenant domains and as many addresses (1000)")
     parser.add_argument("--json", type=Path, help="also write the figures to FILE")
     args = parser.parse_args()
+    raws = synthetic_mails(args.mails)
     rng = random.Random(SEED)
-    raws = {kb: [tenant_mail(rng, i, kb) for i in range(args.mails)] for kb in SIZES_KB}
     directory = TrustPolicy(tenant_domains=tuple(f"tenant{i}.gov.example" for i in range(args.directory)),
                             tenant_addresses=tuple(f"lead{i}@personal.example" for i in range(args.directory)))
     senders = [f"dev{i}@tenant{rng.randrange(args.directory * 2)}.gov.example" for i in range(2000)] + \
