@@ -37,9 +37,6 @@ class PhraseIndex:
         # Sent to the worker processes by pickle: the phrases travel, each side builds its own automaton.
         return PhraseIndex.of, (sorted(self.phrases),)
 
-    def covers(self, phrases: Iterable[str]) -> bool:
-        return self.phrases.issuperset(phrases)
-
     def found_in(self, text: str) -> frozenset[str]:
         """The phrases that occur in `text` as whole words."""
         if self.automaton is None:

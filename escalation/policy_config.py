@@ -10,7 +10,7 @@ from typing import Any
 from escalation.hours import SupportCalendar, Window
 from escalation.policy import NOT_AN_INCIDENT, SEVERITIES, URGENCIES, ZENDESK_PRIORITIES, Policy, Route
 from escalation.regex_prefilter import GuardedRegex, guarded
-from escalation.rspamd import parse_spam_table
+from escalation.rspamd import SpamCheck
 from escalation.rules import FIELDS, Rule, phrase_text
 from escalation.trust import DEFAULT_TRUSTED_RELAYS, StrangerAction, TrustPolicy
 
@@ -33,11 +33,7 @@ def parse_policy(table: dict[str, Any] | None, trust: dict[str, Any] | None = No
                  spam: dict[str, Any] | None = None) -> Policy:
     """Without a [policy] table every mail is a P1, as the mailing list it replaces behaved.
     `trust` is the [trust] table, `spam` the [spam] one: policy too, reloaded with it."""
-    try:
-        spam_check = parse_spam_table(spam)
-    except ValueError as exc:
-        raise PolicyError(str(exc)) from None
-    return replace(_parse_policy(table), trust=parse_trust(trust), spam=spam_check)
+    return replace(_parse_policy(table), trust=parse_trust(trust), spam=parse_spam(spam))
 
 
 def _parse_policy(table: dict[str, Any] | None) -> Policy:
@@ -55,6 +51,21 @@ def _parse_policy(table: dict[str, Any] | None) -> Policy:
         noise_gets_ticket=_bool(table, "noise_gets_ticket", False, "policy"),
         generic_subjects=tuple(_strings(table, "generic_subjects", "policy")),
     )
+
+
+def parse_spam(table: Any) -> SpamCheck:
+    """[spam]: rspamd asked directly (escalation/rspamd.py)."""
+    if table is None:
+        return SpamCheck()
+    if not isinstance(table, dict):
+        raise PolicyError("spam: expected a table")
+    _reject_unknown("spam", table, {"rspamd_url", "timeout_seconds"})
+    url, timeout = table.get("rspamd_url", ""), table.get("timeout_seconds", 2.0)
+    if not isinstance(url, str) or (url and not url.startswith(("http://", "https://"))):
+        raise PolicyError("spam.rspamd_url: expected an http:// or https:// URL, e.g. http://127.0.0.1:11333")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0.05 <= timeout <= 30:
+        raise PolicyError("spam.timeout_seconds: expected a number of seconds from 0.05 to 30")
+    return SpamCheck(url, float(timeout))
 
 
 def parse_trust(table: Any) -> TrustPolicy:

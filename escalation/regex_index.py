@@ -63,9 +63,6 @@ class RegexIndex:
         # Sent to the worker processes by pickle: the regexes travel, each side builds its own RE2 objects.
         return RegexIndex.of, (self.regexes,)
 
-    def covers(self, regexes: Iterable[GuardedRegex]) -> bool:
-        return set(self.regexes).issuperset(regexes)
-
     def scan(self, text: str) -> RegexScan:
         if self.twin_set is None or not text.isascii() or "\n" in text:
             return RegexScan(self, text, None)

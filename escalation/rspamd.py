@@ -83,21 +83,3 @@ def verdict_of(answer: dict) -> SpamVerdict:
     scored = sorted(((float(s.get("score", 0)), name) for name, s in symbols.items()), key=lambda item: -item[0])
     return SpamVerdict("rspamd", action in SPAM_ACTIONS, float(answer["score"]), float(answer["required_score"]),
                        tuple(name for _, name in scored[:MAX_SYMBOLS]), action=action)
-
-
-def parse_spam_table(table: object) -> SpamCheck:
-    """[spam] in config.toml; ValueError naming the key."""
-    if table is None:
-        return SpamCheck()
-    if not isinstance(table, dict):
-        raise ValueError("spam: expected a table")
-    unknown = set(table) - {"rspamd_url", "timeout_seconds"}
-    if unknown:
-        raise ValueError(f"spam: unknown key(s) {', '.join(sorted(unknown))}")
-    url, timeout = table.get("rspamd_url", ""), table.get("timeout_seconds", 2.0)
-    if not isinstance(url, str) or (url and not url.startswith(("http://", "https://"))):
-        raise ValueError("spam.rspamd_url: expected an http:// or https:// URL, e.g. http://127.0.0.1:11333")
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0.05 <= timeout <= 30:
-        raise ValueError("spam.timeout_seconds: expected a number of seconds from 0.05 to 30")
-    return SpamCheck(url, float(timeout))
-

@@ -86,8 +86,7 @@ class SenderTrust:
         return {"verified": self.verified, "outcome": self.outcome, "reason": self.reason,
                 "from_domain": self.from_domain, "authserv_id": self.authserv_id, "spf": self.spf,
                 "dkim": self.dkim, "dmarc": self.dmarc, "dmarc_policy": self.dmarc_policy,
-                "dkim_domains": list(self.dkim_domains), "dkim_checked": self.dkim_checked,
-                "relay_spam": self.relay_spam.as_dict() if self.relay_spam else None}
+                "dkim_domains": list(self.dkim_domains), "dkim_checked": self.dkim_checked}
 
 
 # ---------------------------------------------------------------------------

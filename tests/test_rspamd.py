@@ -138,7 +138,7 @@ def test_a_slow_or_absent_scanner_is_given_up_on(fake_scanner):
 @pytest.mark.parametrize("spam, message", [
     ({"rspamd_url": "127.0.0.1:11333"}, "spam.rspamd_url: expected an http:// or https:// URL"),
     ({"rspamd_url": "http://127.0.0.1:11333", "timeout_seconds": 0}, "spam.timeout_seconds"),
-    ({"rspamd": "x"}, "spam: unknown key(s) rspamd"),
+    ({"rspamd": "x"}, "spam.rspamd: unknown key"),
 ])
 def test_the_spam_table_is_validated(spam, message):
     with pytest.raises(PolicyError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -89,7 +89,7 @@ def test_a_strangers_outage_report_flagged_as_spam_is_a_ticket_and_no_page():
     assert verdict.page_held.startswith("not paged: suspected spam, the relay's spam filter says spam in X-Spamd-Result")
     document = verdict.as_dict()
     assert {"suspected-spam", "page-held"} <= set(ticket_tags(document))
-    assert document["sender_trust"]["relay_spam"]["symbols"][0] == "FUZZY_DENIED"
+    assert document["spam"]["symbols"][0] == "FUZZY_DENIED"
     assert "suspected spam" in describe_verdict(document)
 
 
