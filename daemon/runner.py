@@ -20,6 +20,7 @@ log = logging.getLogger("emergencyd.runner")
 DUE_BATCH = 200
 ROUND_SPACING_SECONDS = 0.02   # a first mail starts within this of its commit, however busy the intake
 STORE_GAUGES_SECONDS = 1.0   # how often a round reads the backlog gauges from the store (scrapes are 15 s apart)
+FULL_LOOK_SECONDS = 1.0   # how often a round reads all undecided mail, not only what arrived since the last look
 
 
 def _store_context(urgent: bool) -> contextvars.Context:
@@ -50,6 +51,10 @@ class Runner:
         self.last_loop_at = 0.0   # proof of life for health checks and the watchdog
         self._store_gauges_at = float("-inf")
         self._round_at = float("-inf")
+        # Undecided mail up to this id is in flight or was: a round asks only for newer mail, and
+        # reads it all again every FULL_LOOK_SECONDS (mail another process committed late, say).
+        self._new_after = 0
+        self._full_look_at = float("-inf")
 
     def wake(self) -> None:
         self._wake.set()
@@ -72,19 +77,26 @@ class Runner:
 
     async def _start_due(self) -> int:
         started = 0
+        full_look = time.monotonic() - self._full_look_at >= FULL_LOOK_SECONDS
+        if full_look:
+            self._full_look_at = time.monotonic()
         # Escalations in flight (waiting on Zendesk's pace, say) may still be due: ask for
         # enough that they cannot crowd out the rest.
-        due = [(pk, urgent) for pk, urgent in await self._store.due_turns(time.time(), DUE_BATCH + len(self._in_flight))
-               if pk not in self._in_flight]
-        sizes = await self._store.message_sizes([pk for pk, _ in due]) if due else {}
-        for pk, urgent in due:
+        limit = DUE_BATCH + len(self._in_flight)
+        found = await self._store.due_turns(time.time(), limit, new_after=0 if full_look else self._new_after)
+        due = [work for work in found if work.message_pk not in self._in_flight]
+        sizes = await self._store.message_sizes([work.message_pk for work in due]) if due else {}
+        for work in due:
+            pk = work.message_pk
             held = sum(self._in_flight_bytes.values())
             if self._in_flight and held + sizes.get(pk, 0) > self._max_in_flight_bytes:
-                break   # in order: the rest start as those in flight finish
+                return started   # in order: the rest start as those in flight finish, and are asked for again
             self._in_flight_bytes[pk] = sizes.get(pk, 0)
             self._in_flight[pk] = asyncio.create_task(self._advance(pk), name=f"escalation-{pk}",
-                                                      context=_store_context(urgent))
+                                                      context=_store_context(work.urgent))
             started += 1
+        if len(found) < limit:   # every undecided mail past the mark was seen, and is in flight now
+            self._new_after = max([self._new_after, *(w.message_pk for w in found if w.undecided)])
         return started
 
     async def _advance(self, pk: int) -> None:
@@ -94,6 +106,7 @@ class Runner:
             raise
         except Exception:
             log.exception("escalation round failed", extra={"message_pk": pk})
+            self._full_look_at = float("-inf")   # it may still be undecided: the next round finds it
         finally:
             self._in_flight.pop(pk, None)
             self._in_flight_bytes.pop(pk, None)

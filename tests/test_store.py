@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from daemon.store import MIGRATIONS, AsyncStore, Store, StoreError
-from daemon.store_thread import BACKGROUND, StoreThread, store_priority
+from daemon.store_thread import BACKGROUND, BACKGROUND_SHARE, INTAKE_BUSY_SECONDS, StoreThread, store_priority
 from escalation.records import DONE, FAILED, NEW, PENDING, Envelope, dedup_key_of
 from tests.harness import make_message
 
@@ -168,10 +168,15 @@ def test_each_senders_first_new_mail_and_a_due_page_are_marked_urgent_for_the_st
     store.plan(commenting, subject="Still down", sender="ops@third.example", steps=("comment",))
     paging = mail("ops@fourth.example", 11)
     store.plan(paging, subject="Apps down", sender="ops@fourth.example", steps=("ticket", "page"))
-    turns = dict(store.due_turns(time.time()))
+    turns = {work.message_pk: work.urgent for work in store.due_turns(time.time())}
     assert turns == {loop[0]: True, other: True, loop[1]: False, loop[2]: False,   # a storm's later mail waits
                      paging: True, commenting: False}                             # a page due again does not
     assert store.due(time.time()) == [loop[0], other, loop[1], loop[2], paging, commenting]
+    # Asked only for what arrived since: a loop's next mail is still no sender's first.
+    later = [mail("alerts@loop.example", 12), mail("ops@fifth.example", 13)]
+    since = [(w.message_pk, w.urgent, w.undecided) for w in store.due_turns(time.time(), new_after=paging)]
+    assert since == [(later[1], True, True), (later[0], False, True), (paging, True, False),
+                     (commenting, False, False)]
 
 
 def test_an_urgent_store_call_goes_ahead_of_the_queue_and_each_priority_keeps_its_order():
@@ -193,6 +198,44 @@ def test_an_urgent_store_call_goes_ahead_of_the_queue_and_each_priority_keeps_it
     for future in [first, *queued]:
         future.result(timeout=10)
     assert ran == ["urgent 1", "urgent 2", "a", "b", "c"]
+    thread.shutdown()
+
+
+def test_while_mail_arrives_background_calls_get_only_their_share_of_the_store_thread():
+    now = [1000.0]                                      # the thread's clock, moved by hand
+    thread = StoreThread("test-store", clock=lambda: now[0])
+    ran = []
+
+    def background(name, takes=0.0):
+        def call():
+            ran.append(name)
+            now[0] += takes
+        token = store_priority.set(BACKGROUND)
+        try:
+            return thread.submit(call)
+        finally:
+            store_priority.reset(token)
+
+    background("long", takes=1.0).result(timeout=10)   # before any mail: at once
+    thread.note_intake()                               # mail arrives
+    waiting = background("next")
+    thread.submit(lambda: ran.append("urgent")).result(timeout=10)
+    assert ran == ["long", "urgent"] and not waiting.done()   # the share after a 1 s call is not yet there
+    now[0] += (1 / BACKGROUND_SHARE - 1) * 1.0 - 0.05
+    thread.note_intake()
+    thread.submit(lambda: ran.append("urgent again")).result(timeout=10)
+    assert not waiting.done()
+    now[0] += 0.05                                     # its share has come, mail still arriving
+    thread.note_intake()
+    waiting.result(timeout=10)
+    background("another long", takes=1.0).result(timeout=10)
+    thread.note_intake()
+    last = background("last")
+    thread.submit(lambda: None).result(timeout=10)
+    assert not last.done()
+    now[0] += INTAKE_BUSY_SECONDS + 0.01               # intake quiet: the background goes on at once
+    last.result(timeout=10)
+    assert ran == ["long", "urgent", "urgent again", "next", "another long", "last"]
     thread.shutdown()
 
 
