@@ -150,7 +150,8 @@ class Daemon:
                 raise StartupError(f"cannot listen for SMTP on {self.config.smtp.listen}: {exc.strerror}") from None
             self._servers.append(self._smtp)
         try:
-            http = await start_http(self.config.metrics.listen, self.metrics, self.readiness)
+            http = await start_http(self.config.metrics.listen, self.metrics, self.readiness,
+                                    self.runner.read_store_gauges)
         except OSError as exc:
             for server in self._servers:
                 server.close()

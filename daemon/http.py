@@ -18,15 +18,18 @@ from daemon.metrics import Metrics
 log = logging.getLogger("emergencyd.http")
 
 ReadyCheck = Callable[[], Awaitable[dict[str, str]]]   # check name -> "ok" or why not
+GaugeRefresh = Callable[[], Awaitable[None]]            # reads what the gauges show from the store
 REQUEST_TIMEOUT_SECONDS = 5.0
+REFRESH_TIMEOUT_SECONDS = 2.0   # a wedged store must not hang the scrape: its gauges keep their last values
 MAX_HEADER_BYTES = 8192
 
 
-async def start_http(listen: HostPort, metrics: Metrics, readiness: ReadyCheck) -> asyncio.Server:
+async def start_http(listen: HostPort, metrics: Metrics, readiness: ReadyCheck,
+                     refresh: GaugeRefresh) -> asyncio.Server:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             method, path = await asyncio.wait_for(_read_request(reader), REQUEST_TIMEOUT_SECONDS)
-            status, content_type, body = await _route(method, path, metrics, readiness)
+            status, content_type, body = await _route(method, path, metrics, readiness, refresh)
         except (asyncio.TimeoutError, ValueError, asyncio.LimitOverrunError, asyncio.IncompleteReadError):
             status, content_type, body = 400, "text/plain", b"bad request\n"
         try:
@@ -56,12 +59,14 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str]:
     return parts[0], parts[1].split("?", 1)[0]
 
 
-async def _route(method: str, path: str, metrics: Metrics, readiness: ReadyCheck) -> tuple[int, str, bytes]:
+async def _route(method: str, path: str, metrics: Metrics, readiness: ReadyCheck,
+                 refresh: GaugeRefresh) -> tuple[int, str, bytes]:
     if path not in ("/metrics", "/healthz", "/readyz"):
         return 404, "text/plain", b"not found\n"
     if method not in ("GET", "HEAD"):
         return 405, "text/plain", b"method not allowed\n"
     if path == "/metrics":
+        await _refreshed(refresh)
         return 200, CONTENT_TYPE_LATEST, generate_latest(metrics.registry)
     if path == "/healthz":
         return 200, "text/plain", b"ok\n"
@@ -69,6 +74,13 @@ async def _route(method: str, path: str, metrics: Metrics, readiness: ReadyCheck
     ready = all(v == "ok" for v in checks.values())
     body = json.dumps({"ready": ready, "checks": checks}, sort_keys=True).encode() + b"\n"
     return (200 if ready else 503), "application/json", body
+
+
+async def _refreshed(refresh: GaugeRefresh) -> None:
+    try:
+        await asyncio.wait_for(refresh(), REFRESH_TIMEOUT_SECONDS)
+    except Exception as exc:   # the scrape still answers; the store's own checks say what is wrong
+        log.warning("metrics served with the store's gauges as last read", extra={"error": repr(exc)})
 
 
 def _response(status: int, content_type: str, body: bytes) -> bytes:

@@ -19,7 +19,6 @@ log = logging.getLogger("emergencyd.runner")
 
 DUE_BATCH = 200
 ROUND_SPACING_SECONDS = 0.02   # a first mail starts within this of its commit, however busy the intake
-STORE_GAUGES_SECONDS = 1.0   # how often a round reads the backlog gauges from the store (scrapes are 15 s apart)
 FULL_LOOK_SECONDS = 1.0   # how often a round reads all undecided mail, not only what arrived since the last look
 
 
@@ -49,7 +48,6 @@ class Runner:
         self._page_deadline_seconds = page_deadline_seconds   # the fallback's; None without [fallback]
         self._stopping = False
         self.last_loop_at = 0.0   # proof of life for health checks and the watchdog
-        self._store_gauges_at = float("-inf")
         self._round_at = float("-inf")
         # Undecided mail up to this id is in flight or was: a round asks only for newer mail, and
         # reads it all again every FULL_LOOK_SECONDS (mail another process committed late, say).
@@ -69,7 +67,7 @@ class Runner:
             self._round_at = time.monotonic()
             try:
                 started = await self._start_due()
-                await self._update_gauges()
+                self._update_gauges()
             except Exception:   # a store hiccup must not kill the runner; it retries next round
                 log.exception("runner round failed")
                 started = 0
@@ -112,13 +110,13 @@ class Runner:
             self._in_flight_bytes.pop(pk, None)
             self._wake.set()   # its next steps may be due at once
 
-    async def _update_gauges(self) -> None:
+    def _update_gauges(self) -> None:
         self._metrics.in_flight.set(len(self._in_flight))
         self._metrics.in_flight_bytes.set(sum(self._in_flight_bytes.values()))
-        # A round runs on every ingest: in a burst, the store's counts would cost more than the work.
-        if time.monotonic() - self._store_gauges_at < STORE_GAUGES_SECONDS:
-            return
-        self._store_gauges_at = time.monotonic()
+
+    async def read_store_gauges(self) -> None:
+        """The backlog gauges, read from the store when Prometheus scrapes (daemon/http.py): exact
+        whenever they are seen, and never a cost to the rounds of a burst."""
         counts = await self._store.counts_by_state()
         self._metrics.pending.set(counts.get("pending", 0) + counts.get("new", 0))
         oldest = await self._store.oldest_unfinished_received_at()
