@@ -32,6 +32,7 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope as SmtpEnvelope, L
 
 from daemon.config import SmtpConfig
 from daemon.metrics import Metrics
+from daemon.smtp_address import Address, plain_address
 from daemon.smtp_auth import Authenticator
 from daemon.smtp_limits import (
     AUTH_THROTTLED, IDLE_TIMEOUT, LINE_TOO_LONG, PEER_RATE, PROXY_INVALID, PROXY_UNTRUSTED, SENDER_RATE, SESSION_TOO_LONG,
@@ -211,6 +212,11 @@ class Smtp(SMTP):
             elif status.startswith("530 5.7.0"):
                 self._metrics.rejected.labels("auth_required").inc()
         await super().push(status)
+
+    def _getaddr(self, arg: str) -> Address:
+        # Not a public hook: the one place aiosmtpd reads the addresses of MAIL and RCPT
+        # (daemon/smtp_address.py says why, and tests/test_smtp.py holds it to aiosmtpd's answers).
+        return plain_address(arg, self.local_part_limit, super()._getaddr)
 
     # aiosmtpd's PLAIN and LOGIN read the credentials; _checked then checks them.
     async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:

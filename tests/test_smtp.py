@@ -4,8 +4,12 @@ import sqlite3
 import subprocess
 
 import pytest
+from aiosmtpd.smtp import SMTP
+from hypothesis import given, settings, strategies as st
 
+from daemon.smtp_address import plain_address
 from tests.harness import RECIPIENT, make_message, require_tool
+from tests.raw_smtp import RawSmtp, code
 
 
 def test_accepted_mail_is_stored_and_shown_in_status(start_daemon):
@@ -96,3 +100,29 @@ def test_sigterm_stops_cleanly(start_daemon):
     daemon.wait_settled(1)
     assert daemon.stop() == 0
     assert "stopped" in daemon.log_text()
+
+
+_ADDRESS_BITS = st.sampled_from([*"ab.@<>() \t\r\n-_+=\"\\[]:;,é\u00a0\u2028", "a@b.example", "x.y@z", "<", ">",
+                                 " SIZE=10", "(comment)", "..", "@@", "#!$%&'*/=?^`{|}~"])
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(_ADDRESS_BITS, max_size=12).map("".join), st.sampled_from([0, 3, 64]))
+def test_mail_and_rcpt_addresses_are_read_as_aiosmtpd_reads_them(arg, local_part_limit):
+    library = SMTP(handler=object())
+    library.local_part_limit = local_part_limit
+    try:
+        expected = library._getaddr(arg)
+    except Exception:    # aiosmtpd's parser trips over some inputs: a malformed address all the same
+        expected = (None, None)
+    assert plain_address(arg, local_part_limit, library._getaddr) == expected
+
+
+def test_an_address_that_trips_the_header_parser_is_answered_as_malformed(start_daemon):
+    daemon = start_daemon()
+    with RawSmtp(daemon.smtp_port) as client:
+        assert code(client.command(b"EHLO client.example\r\n")) == 250
+        refused = client.command(b'MAIL FROM:"\r\n')          # aiosmtpd alone: 500 Error: (IndexError) ...
+        assert refused == ["553 5.1.3 Error: malformed address"]
+        assert code(client.command(b"MAIL FROM:<ops@tenant.example> (a comment) SIZE=100\r\n")) == 250
+        assert code(client.command(b"RCPT TO:<" + RECIPIENT.encode() + b">\r\n")) == 250
