@@ -126,6 +126,13 @@ class Daemon:
         self.metrics.checked(checks)
         return checks
 
+    def readiness_details(self) -> dict[str, str]:
+        """What /readyz shows beside its checks: parts the daemon works without, so never a reason for a 503."""
+        details = {}
+        if self.escalator.policy.spam.enabled:
+            details["rspamd"] = self.metrics.spam_check_health()
+        return details
+
     def _integration_health(self, integration: str) -> str:
         since = self.metrics.failing_since.get(integration)
         if since is None or time.time() - since < self.config.metrics.integration_failing_seconds:
@@ -151,7 +158,7 @@ class Daemon:
             self._servers.append(self._smtp)
         try:
             http = await start_http(self.config.metrics.listen, self.metrics, self.readiness,
-                                    self.runner.read_store_gauges)
+                                    self.runner.read_store_gauges, self.readiness_details)
         except OSError as exc:
             for server in self._servers:
                 server.close()

@@ -19,17 +19,18 @@ log = logging.getLogger("emergencyd.http")
 
 ReadyCheck = Callable[[], Awaitable[dict[str, str]]]   # check name -> "ok" or why not
 GaugeRefresh = Callable[[], Awaitable[None]]            # reads what the gauges show from the store
+Details = Callable[[], dict[str, str]]                  # what /readyz also shows, never making it fail
 REQUEST_TIMEOUT_SECONDS = 5.0
 REFRESH_TIMEOUT_SECONDS = 2.0   # a wedged store must not hang the scrape: its gauges keep their last values
 MAX_HEADER_BYTES = 8192
 
 
 async def start_http(listen: HostPort, metrics: Metrics, readiness: ReadyCheck,
-                     refresh: GaugeRefresh) -> asyncio.Server:
+                     refresh: GaugeRefresh, details: Details) -> asyncio.Server:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             method, path = await asyncio.wait_for(_read_request(reader), REQUEST_TIMEOUT_SECONDS)
-            status, content_type, body = await _route(method, path, metrics, readiness, refresh)
+            status, content_type, body = await _route(method, path, metrics, readiness, refresh, details)
         except (asyncio.TimeoutError, ValueError, asyncio.LimitOverrunError, asyncio.IncompleteReadError):
             status, content_type, body = 400, "text/plain", b"bad request\n"
         try:
@@ -60,7 +61,7 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str]:
 
 
 async def _route(method: str, path: str, metrics: Metrics, readiness: ReadyCheck,
-                 refresh: GaugeRefresh) -> tuple[int, str, bytes]:
+                 refresh: GaugeRefresh, details: Details) -> tuple[int, str, bytes]:
     if path not in ("/metrics", "/healthz", "/readyz"):
         return 404, "text/plain", b"not found\n"
     if method not in ("GET", "HEAD"):
@@ -72,7 +73,7 @@ async def _route(method: str, path: str, metrics: Metrics, readiness: ReadyCheck
         return 200, "text/plain", b"ok\n"
     checks = await readiness()
     ready = all(v == "ok" for v in checks.values())
-    body = json.dumps({"ready": ready, "checks": checks}, sort_keys=True).encode() + b"\n"
+    body = json.dumps({"ready": ready, "checks": checks, "details": details()}, sort_keys=True).encode() + b"\n"
     return (200 if ready else 503), "application/json", body
 
 

@@ -145,6 +145,8 @@ class Metrics:
                                 "Unix time the first certificate in each TLS file in use expires.",
                                 ["role", "file"], registry=r)
         self.failing_since: dict[str, float] = {}
+        self._spam_last: tuple[str, float] | None = None       # the last rspamd check's outcome, and when
+        self._spam_failing_since: float | None = None
         self.last_page_at = 0.0
         self.info = Info("emergencyd_build", "Build information.", registry=r)
         self.info.info({"version": _version()})
@@ -220,6 +222,23 @@ class Metrics:
 
     def spam_checked(self, outcome: str) -> None:
         self.spam_checks.labels(outcome).inc()
+        now = time.time()
+        self._spam_last = (outcome, now)
+        if outcome == "answered":
+            self._spam_failing_since = None
+        elif self._spam_failing_since is None:
+            self._spam_failing_since = now
+
+    def spam_check_health(self) -> str:
+        """rspamd as the last checks found it, in words: "ok (...)" or since when it has not answered."""
+        if self._spam_last is None:
+            return "not asked yet"
+        outcome, at = self._spam_last
+        ago = f"{time.time() - at:.0f}s ago"
+        if self._spam_failing_since is None:
+            return f"ok (answered {ago})"
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._spam_failing_since))
+        return f"{outcome} since {since} (last check {ago}): mail is decided without it"
 
     def page_deferred(self) -> None:
         self.pages_deferred.inc()

@@ -1,6 +1,7 @@
 """`emergencyd status`: counts by state and the recent messages, as data or as text."""
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from daemon.store import Store
@@ -9,6 +10,7 @@ from escalation.records import EscalationRecord
 
 
 def status_document(store: Store, *, limit: int, dry_run: bool, tenant_directory: str = "") -> dict[str, Any]:
+    recent = store.recent(limit)
     return {
         "dry_run": dry_run,
         "tenant_directory": tenant_directory,
@@ -16,8 +18,16 @@ def status_document(store: Store, *, limit: int, dry_run: bool, tenant_directory
         "imap_mailboxes": [{**m, "updated_at": iso(m["updated_at"])} for m in store.imap_positions()],
         "groups": [{**g, "opened_at": iso(g["opened_at"]), "last_report_at": iso(g["last_report_at"])}
                    for g in store.groups(limit)],
-        "messages": [_message(r) for r in store.recent(limit)],
+        "spam_checks": _spam_checks(recent),
+        "messages": [_message(r) for r in recent],
     }
+
+
+def _spam_checks(records: list[EscalationRecord]) -> dict[str, int]:
+    """How asking rspamd went for the recent mail that was asked: {"answered": 18, "timeout": 2}."""
+    outcomes = Counter((r.verdict or {}).get("spam_check") for r in records)
+    outcomes.pop(None, None)
+    return dict(sorted(outcomes.items()))
 
 
 def _message(record: EscalationRecord) -> dict[str, Any]:
@@ -60,6 +70,9 @@ def render_status(document: dict[str, Any]) -> str:
              "by state: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no messages yet")]
     if document.get("tenant_directory"):
         lines.append(f"tenant directory: {document['tenant_directory']}")
+    if document.get("spam_checks"):
+        lines.append("rspamd, for the mail below: " + ", ".join(f"{outcome} {count}"
+                                                             for outcome, count in document["spam_checks"].items()))
     for mailbox in document["imap_mailboxes"]:
         lines.append(f"imap {mailbox['account']}: uidvalidity {mailbox['uidvalidity']}, last UID handled "
                      f"{mailbox['last_uid']} at {mailbox['updated_at']}")
@@ -82,6 +95,12 @@ def render_status(document: dict[str, Any]) -> str:
                      f"{m['severity'] or '-':<4} {ticket:>8}  {m['dedup_key']:<51} {(m['subject'] or '')[:60]}")
         if m["decision"]:
             lines.append(f"{'':>7}{m['decision'][:200]}")
+        spam = (m["verdict"] or {}).get("spam")
+        if spam:
+            lines.append(f"{'':>7}spam check: {spam['reason'][:200]}")
+        spam_check = (m["verdict"] or {}).get("spam_check")
+        if spam_check not in (None, "answered"):
+            lines.append(f"{'':>7}rspamd: {spam_check}: decided without it")
         if m["relation"] not in (None, "first", "alone"):
             lines.append(f"{'':>7}{m['relation']}: {(m['relation_reason'] or '')[:150]}"
                          + (f" (message {m['parent_id']})" if m["parent_id"] else ""))

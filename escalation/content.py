@@ -212,6 +212,8 @@ def verdict_lines(verdict: dict[str, Any]) -> list[str]:
     if trust:
         lines.append(f"Sender trust: {trust['outcome']}: {trust['reason']} (spf={trust['spf'] or '-'}, "
                      f"dkim={trust['dkim'] or '-'}, dmarc={trust['dmarc'] or '-'})")
+    if verdict.get("spam"):
+        lines.append(f"Spam check: {verdict['spam']['reason']}")
     return lines
 
 

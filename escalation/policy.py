@@ -80,6 +80,7 @@ class Verdict:
     tenant: str | None = None          # what the tenant directory says of the sender; None: the directory is empty
     stranger: str | None = None        # why a stranger's unmatched mail gets a ticket and no page
     spam: SpamVerdict | None = None    # the spam filter's say: rspamd asked directly, else the relay's fields
+    spam_check: str | None = None      # how asking rspamd went (escalation/rspamd.py CheckOutcome); None: not asked
 
     @property
     def untrusted(self) -> bool:
@@ -98,6 +99,7 @@ class Verdict:
                        "severity": h.severity} for h in self.rules],
             "sender_trust": self.trust.as_dict() if self.trust else None, "page_held": self.page_held,
             "tenant": self.tenant, "stranger": self.stranger, "spam": self.spam.as_dict() if self.spam else None,
+            "spam_check": self.spam_check,
         }
 
 

@@ -24,7 +24,7 @@ import logging
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import Callable, Protocol
 
@@ -177,7 +177,10 @@ class Escalator:
                 parsed = await self._cpu.parse(await self._store.raw(record.message_pk), Priority.DECIDE)
                 trust = await decide_trust(record.envelope, parsed, self.policy.trust,
                                            lambda: self._store.raw(record.message_pk))
-                verdict = await self.decide(record, parsed, trust, await self._spam_verdict(asking))
+                asked = await self._spam_answer(asking)
+                verdict = await self.decide(record, parsed, trust, asked.verdict if asked else None)
+                if asked is not None:
+                    verdict = replace(verdict, spam_check=str(asked.outcome))
                 relation = await self._store.call(self._relate_and_plan, record, parsed, verdict)
         finally:
             self._decided.decided(record.message_pk)
@@ -196,14 +199,14 @@ class Escalator:
             return await ask_rspamd(await self._store.raw(record.message_pk), check)
         return asyncio.create_task(ask(), name=f"rspamd-{record.message_pk}")
 
-    async def _spam_verdict(self, asking: asyncio.Task | None) -> SpamVerdict | None:
+    async def _spam_answer(self, asking: asyncio.Task | None) -> CheckResult | None:
         if asking is None:
             return None
         result = await asking
         self._observer.spam_checked(result.outcome)
         if result.verdict is None:
             log.warning("decided without rspamd", extra={"outcome": result.outcome, "detail": result.detail})
-        return result.verdict
+        return result
 
     async def _wait_for_earlier_mail(self, record: EscalationRecord) -> None:
         """Overtake only a storm. A mail waits (without a turn) for the mail it replies to, and for

@@ -4,6 +4,7 @@ down, slow or garbled never holds a decision. Each decision with its pair."""
 from __future__ import annotations
 
 import asyncio
+import json
 import http.server
 import threading
 import time
@@ -160,13 +161,23 @@ def test_through_the_daemon_rspamd_rejects_spam_and_the_outage_pages(live_daemon
     daemon = live_daemon(policy=True, extra=f'[spam]\nrspamd_url = "{rspamd.url}"\ntimeout_seconds = 10\n')
     daemon.send(REJECTED)
     daemon.send(OUTAGE)
-    messages = {m["sender"]: m for m in daemon.wait_settled(2)["messages"]}
-    rejected, outage = messages["bulk@prizes.example"], messages["ops@tenant.example"]
+    daemon.send(FLAGGED, sender="win@prizes.example")
+    messages = {m["sender"]: m for m in daemon.wait_settled(3)["messages"]}
+    rejected, outage, flagged = (messages[s] for s in ("bulk@prizes.example", "ops@tenant.example",
+                                                       "win@prizes.example"))
     assert rejected["state"] == "suppressed" and not rejected["steps"]
     assert outage["steps"]["page"]["state"] == "done"
     assert [i["dedup_key"] for i in pagerduty.incidents()] == [outage["page_key"]]
     assert daemon.metric("emergencyd_messages_suppressed_total", kind="spam") == 1
-    assert daemon.metric("emergencyd_spam_checks_total", outcome="answered") == 2
+    assert daemon.metric("emergencyd_spam_checks_total", outcome="answered") == 3
+    # The held page's ticket, its note, status and the readiness details all say what rspamd said.
+    assert "page" not in flagged["steps"] and "suspected-spam" in zendesk.ticket(flagged["ticket_id"])["tags"]
+    notes = [c["body"] for c in zendesk.comments(flagged["ticket_id"]) if not c["public"]]
+    assert any("Spam check: rspamd says 'add header'" in note for note in notes), notes
+    text = daemon.cli("status").stdout
+    assert "rspamd, for the mail below: answered 3" in text and "spam check: rspamd says 'reject'" in text
+    status, body = daemon.http_get("/readyz")
+    assert status == 200 and json.loads(body)["details"]["rspamd"].startswith("ok (answered")
 
 
 def test_through_the_daemon_an_absent_rspamd_holds_nothing(live_daemon, zendesk, pagerduty):
@@ -175,3 +186,7 @@ def test_through_the_daemon_an_absent_rspamd_holds_nothing(live_daemon, zendesk,
     (outage,) = daemon.wait_settled(1)["messages"]
     assert outage["steps"]["page"]["state"] == "done"
     assert daemon.metric("emergencyd_spam_checks_total", outcome="unreachable") == 1
+    assert "rspamd: unreachable: decided without it" in daemon.cli("status").stdout
+    status, body = daemon.http_get("/readyz")      # the daemon works without it: still ready, and says so
+    ready = json.loads(body)
+    assert status == 200 and ready["ready"] and "unreachable since" in ready["details"]["rspamd"]
