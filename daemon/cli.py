@@ -13,7 +13,7 @@ from daemon.config import Config, ConfigError, load_config
 from daemon.logs import configure_logging
 from daemon.status import render_status, status_document
 from daemon.store import Store, StoreError
-from escalation.records import Envelope
+from escalation.records import Envelope, ReleaseOutcome
 from escalation.trust import directory_summary
 
 DEFAULT_CONFIG = "config.toml"
@@ -64,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--at", help="receive time, ISO-8601 (default: now; no offset means the policy's zone)")
     explain.add_argument("--text", action="store_true", help="human-readable output")
     explain.add_argument("--offline", action="store_true", help="do not ask the configured rspamd ([spam])")
+    release = command("release", cmd_release,
+                      "Decide a suppressed or demoted message again without its demotion (noise, spam, a "
+                      "stranger's unmatched mail, a held page): its rules say whether it pages. The running "
+                      "daemon takes it within a second.")
+    release.add_argument("id", type=int, metavar="ID", help="the message's id, as `status` shows it")
     status = command("status", cmd_status, "Show escalations by state and the recent messages.")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--limit", type=int, default=20, help="how many recent messages (default 20)")
@@ -140,6 +145,23 @@ def cmd_inject(config: Config, args: argparse.Namespace) -> int:
 def cmd_classify(config: Config, args: argparse.Namespace) -> int:
     from daemon.explain import run_classify
     return run_classify(config, args.files, args.at, args.text, offline=args.offline)
+
+
+def cmd_release(config: Config, args: argparse.Namespace) -> int:
+    if not config.store.path.exists():
+        print(f"emergencyd: no store at {config.store.path} yet", file=sys.stderr)
+        return 3
+    store = Store.open(config.store.path, busy_timeout_ms=max(config.store.busy_timeout_ms, INJECT_BUSY_TIMEOUT_MS))
+    try:
+        outcome = store.release(args.id)
+    finally:
+        store.close()
+    if outcome is not ReleaseOutcome.RELEASED:
+        print(f"emergencyd: message {args.id}: {outcome}; nothing changed", file=sys.stderr)
+        return 1
+    print(f"message {args.id}: released; the daemon decides it again without its demotion "
+          f"(`emergencyd status` shows the new decision)")
+    return 0
 
 
 def cmd_status(config: Config, args: argparse.Namespace) -> int:

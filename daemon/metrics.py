@@ -106,6 +106,10 @@ class Metrics:
         self.strangers_ticketed = Counter(
             "emergencyd_stranger_mail_ticketed_total",
             "Mail from senders outside the tenant directory that no rule matched: a ticket, no page.", registry=r)
+        self.released = Counter(
+            "emergencyd_released_total",
+            "Suppressed or demoted mail handed back by `emergencyd release` and decided again without its demotion.",
+            registry=r)
         self.suspected_spam = Counter(
             "emergencyd_suspected_spam_total",
             "Decided mail that the spam filter (rspamd asked, or the relay's fields) called spam, not suppressed.",
@@ -204,6 +208,8 @@ class Metrics:
             self.ready.labels(check).set(int(result == "ok"))
 
     def decided(self, verdict: Verdict) -> None:
+        if verdict.released:
+            self.released.inc()
         if verdict.trust is not None:
             self.sender_trust.labels(verdict.trust.outcome).inc()
         if verdict.page_held:

@@ -114,4 +114,8 @@ MIGRATIONS: tuple[str, ...] = (
                                        FROM messages m WHERE m.id = escalations.message_pk);
     CREATE INDEX escalations_state_fair_key ON escalations(state, fair_key)
     """,
+    # 9: `emergencyd release`: when a suppressed or demoted mail was handed back to be decided without its demotion.
+    """
+    ALTER TABLE escalations ADD COLUMN released_at REAL
+    """,
 )

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 from escalation.records import (
     DONE, FAILED, FALLBACK_ALERT, NEW, PAGE, PENDING, SUPPRESSED, STEP_DONE, STEP_FAILED, STEP_PENDING, STEP_ORDER,
-    EscalationRecord, Envelope, FollowUp, StepRecord, dedup_key_of, identity_of,
+    EscalationRecord, Envelope, FollowUp, ReleaseOutcome, StepRecord, dedup_key_of, identity_of,
 )
 from daemon.migrations import MIGRATIONS
 from daemon.store_grouping import GroupingQueries
@@ -253,6 +253,27 @@ class Store(GroupingQueries):
                         "INSERT INTO steps (message_pk, name, state, attempts, next_attempt_at, result, updated_at)"
                         " VALUES (?, ?, ?, 0, ?, '{}', ?)", (pk, name, STEP_PENDING, now, now))
 
+    def release(self, pk: int) -> ReleaseOutcome:
+        """Hand a suppressed or demoted mail back to be decided again, without the demotion: new again,
+        with its time of release. Steps already done stay done (a stranger's ticket is not made twice);
+        the new decision adds what is missing, a page above all. Only once its steps are finished."""
+        with self._transaction():
+            row = self._conn.execute("SELECT state, verdict, released_at FROM escalations WHERE message_pk = ?",
+                                     (pk,)).fetchone()
+            if row is None:
+                return ReleaseOutcome.UNKNOWN
+            state, verdict, released_at = row[0], json.loads(row[1] or "{}"), row[2]
+            if released_at is not None:
+                return ReleaseOutcome.ALREADY
+            if not any(verdict.get(demotion) for demotion in ("suppressed", "page_held", "stranger")):
+                return ReleaseOutcome.NOT_DEMOTED
+            if state not in (SUPPRESSED, DONE, FAILED):
+                return ReleaseOutcome.BUSY
+            now = time.time()
+            self._conn.execute("UPDATE escalations SET state = ?, released_at = ?, updated_at = ? WHERE message_pk = ?",
+                               (NEW, now, now, pk))
+        return ReleaseOutcome.RELEASED
+
     def begin_attempt(self, pk: int, step: str) -> int:
         """Count an attempt before the external call; returns how many came before it.
 
@@ -394,7 +415,7 @@ class Store(GroupingQueries):
     def _to_record(self, row: sqlite3.Row | tuple) -> EscalationRecord:
         (pk, identity, message_id, sha, size, source, mail_from, rcpt_to, peer, helo, tls, received_at,
          deliveries, dedup_key, state, subject, sender, ticket_id, incident_url, paged_at, verdict,
-         relation, relation_reason, parent_pk, target_ticket_id, group_id, page_key, fair_key) = row
+         relation, relation_reason, parent_pk, target_ticket_id, group_id, page_key, fair_key, released_at) = row
         steps = [StepRecord(name=n, state=s, attempts=a, next_attempt_at=t, last_error=e,
                             result=json.loads(r), updated_at=u)
                  for n, s, a, t, e, r, u in self._conn.execute(
@@ -409,14 +430,14 @@ class Store(GroupingQueries):
             sender=sender, ticket_id=ticket_id, incident_url=incident_url, paged_at=paged_at,
             verdict=json.loads(verdict) if verdict else None, steps=tuple(steps), relation=relation,
             relation_reason=relation_reason, parent_pk=parent_pk, target_ticket_id=target_ticket_id,
-            group_id=group_id, page_key=page_key, fair_key=fair_key)
+            group_id=group_id, page_key=page_key, fair_key=fair_key, released_at=released_at)
 
 
 _RECORD_SQL = (
     "SELECT m.id, m.identity, m.message_id, m.sha256, m.size, m.source, m.mail_from, m.rcpt_to, m.peer,"
     " m.helo, m.tls, m.received_at, m.deliveries, e.dedup_key, e.state, e.subject, e.sender, e.ticket_id,"
     " e.incident_url, e.paged_at, e.verdict, e.relation, e.relation_reason, e.parent_pk, e.target_ticket_id,"
-    " e.group_id, e.page_key, e.fair_key FROM messages m JOIN escalations e ON e.message_pk = m.id"
+    " e.group_id, e.page_key, e.fair_key, e.released_at FROM messages m JOIN escalations e ON e.message_pk = m.id"
 )
 
 

@@ -151,6 +151,8 @@ def ticket_tags(verdict: dict[str, Any]) -> tuple[str, ...]:
         tags.append("suspected-spam")
     if verdict.get("stranger"):
         tags.append("unknown-sender")
+    if verdict.get("released"):
+        tags.append("released")
     return tuple(tags)
 
 
@@ -184,6 +186,8 @@ def describe_verdict(verdict: dict[str, Any]) -> str:
         paging = verdict.get("page_held") or verdict["stranger"]
     if (verdict.get("sender_trust") or {}).get("verified") is False:
         paging += "; unverified sender"
+    if verdict.get("released"):
+        paging += "; released by hand (`emergencyd release`)"
     return f"{head}: {', '.join(parts + [paging])}"
 
 

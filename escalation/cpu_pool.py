@@ -101,8 +101,9 @@ class CpuPool:
             return last_resort(raw, f"the parser {exc}")
 
     async def classify(self, parsed: ParsedMessage, *, received_at: datetime, mail_from: str | None,
-                       trust: SenderTrust | None, spam: SpamVerdict | None = None) -> Verdict:
-        kwargs = {"received_at": received_at, "mail_from": mail_from, "trust": trust, "spam": spam}
+                       trust: SenderTrust | None, spam: SpamVerdict | None = None, released: bool = False) -> Verdict:
+        kwargs = {"received_at": received_at, "mail_from": mail_from, "trust": trust, "spam": spam,
+                  "released": released}
         try:
             return await self._run(Priority.DECIDE, _classify, (parsed,), kwargs)
         except WorkerFailed as exc:
@@ -178,8 +179,9 @@ class WorkerFailed(RuntimeError):
 
 
 def classify_with(context: ClassifyContext, parsed: ParsedMessage, *, received_at: datetime,
-                  mail_from: str | None, trust: SenderTrust | None, spam: SpamVerdict | None = None) -> Verdict:
-    return classify(parsed, received_at=received_at, mail_from=mail_from, trust=trust, spam=spam,
+                  mail_from: str | None, trust: SenderTrust | None, spam: SpamVerdict | None = None,
+                  released: bool = False) -> Verdict:
+    return classify(parsed, received_at=received_at, mail_from=mail_from, trust=trust, spam=spam, released=released,
                     own_addresses=context.own_addresses, own_hostnames=context.own_hostnames,
                     policy=context.policy)
 

@@ -81,6 +81,7 @@ class Verdict:
     stranger: str | None = None        # why a stranger's unmatched mail gets a ticket and no page
     spam: SpamVerdict | None = None    # the spam filter's say: rspamd asked directly, else the relay's fields
     spam_check: str | None = None      # how asking rspamd went (escalation/rspamd.py CheckOutcome); None: not asked
+    released: bool = False             # `emergencyd release`: decided without noise, spam, stranger or trust demotions
 
     @property
     def untrusted(self) -> bool:
@@ -99,15 +100,17 @@ class Verdict:
                        "severity": h.severity} for h in self.rules],
             "sender_trust": self.trust.as_dict() if self.trust else None, "page_held": self.page_held,
             "tenant": self.tenant, "stranger": self.stranger, "spam": self.spam.as_dict() if self.spam else None,
-            "spam_check": self.spam_check,
+            "spam_check": self.spam_check, "released": self.released,
         }
 
 
 def classify(parsed: ParsedMessage, *, received_at: datetime, mail_from: str | None,
              own_addresses: tuple[str, ...], policy: Policy, own_hostnames: tuple[str, ...] = (),
-             trust: SenderTrust | None = None, spam: SpamVerdict | None = None) -> Verdict:
+             trust: SenderTrust | None = None, spam: SpamVerdict | None = None, released: bool = False) -> Verdict:
     """`trust` comes from the decide step (envelope and DKIM aware); without it, from the headers alone.
-    `spam` is rspamd's verdict when it was asked; without it, the relay's fields count when trusted."""
+    `spam` is rspamd's verdict when it was asked; without it, the relay's fields count when trusted.
+    `released`: a human handed the mail back (`emergencyd release`): its rules decide, and nothing demotes it
+    (noise, spam, a stranger's unmatched mail, a held page); what was found is still shown."""
     window = policy.calendar.window_at(received_at)
     trust = trust or assess(parsed.headers, policy.trust)
     spam = spam or (trust.relay_spam if trust is not None else None)
@@ -116,7 +119,7 @@ def classify(parsed: ParsedMessage, *, received_at: datetime, mail_from: str | N
     noise = detect_noise(parsed, mail_from=mail_from, own_addresses=own_addresses, own_hostnames=own_hostnames)
     if noise is None and spam_to_suppress(spam, trust, sender, policy.trust):
         noise = Noise(kind="spam", reason=spam.reason)
-    if noise is not None:
+    if noise is not None and not released:
         return Verdict(suppressed=True, reason=f"{noise.kind}: {noise.reason}", category=f"noise:{noise.kind}",
                        severity=None, window=window, page=False, urgency=None, zendesk_priority="low",
                        respond_by=None, update_every=None, ticket=policy.noise_gets_ticket, ticket_subject=subject,
@@ -127,7 +130,7 @@ def classify(parsed: ParsedMessage, *, received_at: datetime, mail_from: str | N
         decisive = hits[0]
         category, severity = decisive.category, decisive.severity
         reason = f"rule {decisive.rule} matched {decisive.matched!r} in the {decisive.field}"
-    elif (stranger := stranger_demotion(sender, policy.trust)) is not None:
+    elif not released and (stranger := stranger_demotion(sender, policy.trust)) is not None:
         category, severity = policy.unclassified_category, None
         reason = f"no rule matched, and {sender or 'the sender'} is not in the tenant directory: a ticket, no page"
     else:
@@ -135,14 +138,14 @@ def classify(parsed: ParsedMessage, *, received_at: datetime, mail_from: str | N
         reason = (f"no rule matched: treated as {severity or 'not an incident'} "
                   "(on an emergency address a missed P1 costs more than a false page)")
     route = policy.route(severity, window)
-    held = page_hold(trust, policy.trust, sender, spam) if route.urgency is not None else None
+    held = page_hold(trust, policy.trust, sender, spam) if route.urgency is not None and not released else None
     page = route.urgency is not None and held is None
     return Verdict(
         suppressed=False, reason=reason, category=category, severity=severity, window=window,
         page=page, urgency=route.urgency if page else None, zendesk_priority=route.zendesk_priority,
         respond_by=_deadline(policy.calendar, received_at, route.respond_within, route.working_time),
         update_every=route.update_every, ticket=True, ticket_subject=subject, working_time=route.working_time,
-        rules=tuple(hits), trust=trust, page_held=held, tenant=tenant, stranger=stranger, spam=spam)
+        rules=tuple(hits), trust=trust, page_held=held, tenant=tenant, stranger=stranger, spam=spam, released=released)
 
 
 def _deadline(calendar: SupportCalendar, start: datetime, within: timedelta, working_time: bool) -> datetime:

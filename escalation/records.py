@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 # Escalation states.
@@ -16,6 +17,15 @@ PENDING = "pending"    # planned; some steps still to do
 DONE = "done"          # every step done
 FAILED = "failed"      # a step failed permanently; a human must look
 SUPPRESSED = "suppressed"  # noise, recorded with its reason; nothing sent
+
+
+class ReleaseOutcome(StrEnum):
+    """What `emergencyd release ID` did (daemon/store.py Store.release)."""
+    RELEASED = "released"            # new again: the daemon decides it again, without the demotion
+    UNKNOWN = "unknown"              # no such message
+    NOT_DEMOTED = "not demoted"      # its rules already had their way: nothing to release
+    ALREADY = "already released"
+    BUSY = "still being escalated"   # released once its steps are done, not under them
 
 # Step states.
 STEP_PENDING = "pending"
@@ -111,6 +121,7 @@ class EscalationRecord:
     group_id: int | None = None
     page_key: str | None = None             # the dedup_key of the incident this mail shares
     fair_key: str = ""                      # whose mail, before parsing: decisions take turns by it
+    released_at: float | None = None        # `emergencyd release`: decided again without its demotion
 
     @property
     def comments_only(self) -> bool:

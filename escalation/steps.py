@@ -164,7 +164,7 @@ class Escalator:
         env = record.envelope
         return await self._cpu.classify(parsed, received_at=datetime.fromtimestamp(env.received_at, timezone.utc),
                                         mail_from=env.mail_from if env.source == "smtp" else None, trust=trust,
-                                        spam=spam)
+                                        spam=spam, released=record.released_at is not None)
 
     async def _decide_and_plan(self, record: EscalationRecord) -> ParsedMessage:
         """In the sender's turn: parse, the sender's trust (a DKIM check may wait on DNS, bounded),
@@ -238,6 +238,8 @@ class Escalator:
         store = self._store.sync
         if store.record(record.message_pk).state != NEW:
             return None
+        if record.released_at is not None and record.relation is not None:
+            return self._plan_released(record, parsed, verdict)
         sender_key = (content.requester_of(record, parsed) or "").lower() or None
         if sender_key and verdict.untrusted:   # forgeries fold among themselves, never the real sender's mail
             sender_key = f"unverified:{sender_key}"
@@ -258,6 +260,15 @@ class Escalator:
                    relation={**asdict(relation), "fingerprint": print_, "sender_key": sender_key,
                              "category": verdict.category, "severity": verdict.severity,
                              "encoded_ids": encoded_ids(parsed.text)})
+        return relation
+
+    def _plan_released(self, record: EscalationRecord, parsed: ParsedMessage, verdict: Verdict) -> Relation:
+        """A released mail keeps how it relates to other mail (its group, its page key): only its verdict
+        and the steps it lacked are new. Steps already done (its ticket) stay done."""
+        relation = Relation(record.relation, f"{record.relation_reason}; released by hand", record.parent_pk,
+                            record.target_ticket_id, record.group_id)
+        self._store.sync.plan(record.message_pk, subject=parsed.subject, sender=content.requester_of(record, parsed),
+                              steps=self.planned_steps(verdict, relation), verdict=verdict.as_dict())
         return relation
 
     # -- running ---------------------------------------------------------------------
