@@ -23,7 +23,9 @@ from escalation.fallback import SmtpRelay
 from escalation.records import Envelope
 from escalation.grouping import GroupingSettings
 from escalation.retry import RetrySchedule
-from escalation.trust import directory_summary
+from daemon.directory_keeper import DirectoryKeeper
+from escalation.directory import DirectoryCopy, directory_line, with_directory
+from escalation.policy import Policy
 from escalation.cpu_pool import CpuPool
 from escalation.steps import EscalationSettings, Escalator, classify_context
 
@@ -96,6 +98,24 @@ class Daemon:
         self._smtp_tls: ssl.SSLContext | None = None
         self._servers: list[asyncio.Server] = []
         self._background: list[asyncio.Task] = []
+        trust = config.policy.trust
+        self.directory = DirectoryKeeper(
+            self.store, self.escalator.read_tenant_directory, self._put_directory_in_force, self.metrics,
+            refresh_seconds=trust.directory_refresh_seconds) if trust.directory_from_zendesk and not config.dry_run \
+            else None
+
+    def _with_directory(self, policy: Policy) -> Policy:
+        copy = self.directory.copy if self.directory is not None else None
+        return replace(policy, trust=with_directory(policy.trust, copy))
+
+    def _put_directory_in_force(self, copy: DirectoryCopy) -> None:
+        self.escalator.policy = self._with_directory(self.config.policy)
+        self._count_directory()
+
+    def _count_directory(self) -> None:
+        trust = self.escalator.policy.trust
+        self.metrics.directory_entries.labels("domain").set(len(trust.tenant_domains))
+        self.metrics.directory_entries.labels("address").set(len(trust.tenant_addresses))
 
     async def ingest(self, raw: bytes, envelope: Envelope) -> IngestResult:
         """The one durable path in: SMTP and IMAP come through here."""
@@ -142,6 +162,11 @@ class Daemon:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.directory is not None:   # in force before any mail is decided
+            await self.directory.load_kept()
+        elif self.config.policy.trust.directory_from_zendesk:
+            log.warning("[trust] directory_from_zendesk: Zendesk is not read in dry run; only the config's entries count")
+        self._count_directory()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
@@ -168,6 +193,8 @@ class Daemon:
         # The workers start beside the listeners: READY does not wait for them, a first mail may.
         self._background = [asyncio.create_task(watch_loop_lag(self.metrics.loop_lag), name="loop-lag"),
                             asyncio.create_task(self.escalator.warm(), name="cpu-warm")]
+        if self.directory is not None:
+            self._background.append(asyncio.create_task(self.directory.run(), name="directory"))
         if self.imap is not None:
             tasks.append(asyncio.create_task(self.imap.run(), name="imap"))
             # READY waits for the first login, but not for long: an unreachable mailbox must
@@ -245,7 +272,8 @@ class Daemon:
                 load_certificate(self._smtp_tls, self.config.smtp)
             except (OSError, ssl.SSLError) as exc:
                 log.error("reload kept the previous SMTP certificate", extra={"error": str(exc)})
-        self.escalator.policy = new.policy
+        self.escalator.policy = self._with_directory(new.policy)
+        self._count_directory()
         self.smtp_handler.recipients = frozenset(new.smtp.recipients)
         needs_restart = [name for name in ("dry_run", "store", "zendesk", "pagerduty", "escalation", "dedup",
                                            "metrics", "imap", "fallback")
@@ -260,8 +288,9 @@ class Daemon:
 
     def _log_tenant_directory(self) -> None:
         trust = self.config.policy.trust
-        (log.info if trust.knows_tenants else log.warning)(
-            "tenant directory", extra={"directory": directory_summary(trust)})
+        copy = self.directory.copy if self.directory is not None else None
+        (log.info if trust.knows_tenants or copy else log.warning)(
+            "tenant directory", extra={"directory": directory_line(trust, copy)})
 
     async def _shutdown(self, tasks: list[asyncio.Task]) -> None:
         log.info("shutting down")

@@ -14,7 +14,7 @@ from daemon.logs import configure_logging
 from daemon.status import render_status, status_document
 from daemon.store import Store, StoreError
 from escalation.records import Envelope, ReleaseOutcome
-from escalation.trust import directory_summary
+from escalation.directory import ZENDESK, DirectoryCopy, directory_line
 
 DEFAULT_CONFIG = "config.toml"
 INJECT_BUSY_TIMEOUT_MS = 30_000
@@ -109,7 +109,7 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
     mode = "dry run" if config.dry_run else "live"
     print(f"{config.source}: valid ({mode}; SMTP {config.smtp.listen}, "
           f"{len(config.smtp.recipients)} recipient(s); store {config.store.path})")
-    print(f"tenant directory: {directory_summary(config.policy.trust)}")
+    print(f"tenant directory: {directory_line(config.policy.trust, None)}")
     return 0
 
 
@@ -170,8 +170,9 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
         return 3
     store = Store.open(config.store.path, busy_timeout_ms=config.store.busy_timeout_ms)
     try:
-        document = status_document(store, limit=args.limit, dry_run=config.dry_run,
-                                   tenant_directory=directory_summary(config.policy.trust))
+        kept = store.kept_directory(ZENDESK) if config.policy.trust.directory_from_zendesk else None
+        document = status_document(store, limit=args.limit, dry_run=config.dry_run, tenant_directory=directory_line(
+            config.policy.trust, DirectoryCopy.from_json(kept) if kept else None))
     finally:
         store.close()
     print(json.dumps(document, indent=2) if args.json else render_status(document))

@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
 from daemon.config import Config
+from daemon.store import Store
+from escalation.directory import ZENDESK, DirectoryCopy, with_directory
 from escalation.content import describe_verdict
 from escalation.policy import classify
 from escalation.rspamd import ask_rspamd_now
+from escalation.trust import TrustPolicy
 from parsers.message import parse_message
 
 KEYS = ("file", "suppressed", "reason", "category", "severity", "window", "page", "urgency", "zendesk_priority",
@@ -50,6 +54,22 @@ def explain_file(path: Path, config: Config, received_at: datetime, *, offline: 
     return result
 
 
+def kept_directory_in_force(config: Config) -> TrustPolicy:
+    """The directory as the daemon decides with it: the config's, and the copy of Zendesk's kept in the store."""
+    return with_directory(config.policy.trust, kept_directory_copy(config))
+
+
+def kept_directory_copy(config: Config) -> DirectoryCopy | None:
+    if not config.policy.trust.directory_from_zendesk or not config.store.path.exists():
+        return None
+    store = Store.open(config.store.path, busy_timeout_ms=config.store.busy_timeout_ms)
+    try:
+        kept = store.kept_directory(ZENDESK)
+    finally:
+        store.close()
+    return DirectoryCopy.from_json(kept) if kept else None
+
+
 def write_text(result: dict[str, Any], out: TextIO) -> None:
     if "error" in result:
         out.write(f"{result['file']}: error: {result['error']}\n")
@@ -69,6 +89,7 @@ def run_classify(config: Config, files: list[Path], at: str | None, text: bool, 
     except ValueError:
         print(f"emergencyd: --at {at!r} is not an ISO-8601 time", file=sys.stderr)
         return 2
+    config = replace(config, policy=replace(config.policy, trust=kept_directory_in_force(config)))
     errors = 0
     for path in files:
         result = explain_file(path, config, received_at, offline=offline)

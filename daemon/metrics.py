@@ -106,6 +106,14 @@ class Metrics:
         self.strangers_ticketed = Counter(
             "emergencyd_stranger_mail_ticketed_total",
             "Mail from senders outside the tenant directory that no rule matched: a ticket, no page.", registry=r)
+        self.directory_refreshes = Counter(
+            "emergencyd_directory_refreshes_total",
+            "Reads of the tenant directory from Zendesk ([trust] directory_from_zendesk), by outcome (ok, failed).",
+            ["outcome"], registry=r)
+        self.directory_entries = Gauge(
+            "emergencyd_directory_entries",
+            "Entries of the tenant directory in force (config and Zendesk), by kind (domain, address).",
+            ["kind"], registry=r)
         self.released = Counter(
             "emergencyd_released_total",
             "Suppressed or demoted mail handed back by `emergencyd release` and decided again without its demotion.",

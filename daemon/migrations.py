@@ -118,4 +118,13 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE escalations ADD COLUMN released_at REAL
     """,
+    # 10: the last good copy of the tenant directory read from Zendesk ([trust] directory_from_zendesk), so that
+    # a restart during a Zendesk outage decides as before it.
+    """
+    CREATE TABLE tenant_directory (
+        source TEXT PRIMARY KEY,
+        fetched_at REAL NOT NULL,
+        copy TEXT NOT NULL
+    )
+    """,
 )

@@ -274,6 +274,17 @@ class Store(GroupingQueries):
                                (NEW, now, now, pk))
         return ReleaseOutcome.RELEASED
 
+    def save_directory(self, source: str, fetched_at: float, copy: str) -> None:
+        """Keep the last good copy of a tenant directory read from elsewhere (escalation/directory.py)."""
+        with self._transaction():
+            self._conn.execute("INSERT INTO tenant_directory (source, fetched_at, copy) VALUES (?, ?, ?)"
+                               " ON CONFLICT (source) DO UPDATE SET fetched_at = excluded.fetched_at,"
+                               " copy = excluded.copy", (source, fetched_at, copy))
+
+    def kept_directory(self, source: str) -> str | None:
+        row = self._conn.execute("SELECT copy FROM tenant_directory WHERE source = ?", (source,)).fetchone()
+        return row[0] if row else None
+
     def begin_attempt(self, pk: int, step: str) -> int:
         """Count an attempt before the external call; returns how many came before it.
 

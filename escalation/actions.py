@@ -58,6 +58,11 @@ class Actions:
         }
 
     @property
+    def desk(self):
+        """The Zendesk client; None in dry run."""
+        return self._desk
+
+    @property
     def has_rest_api(self) -> bool:
         return self._pager is not None and self._pager.has_rest_api
 

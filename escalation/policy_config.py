@@ -20,7 +20,8 @@ POLICY_KEYS = {"timezone", "extra_closures", "unclassified_severity", "unclassif
                "noise_gets_ticket", "generic_subjects", "rules", "routing"}
 TRUST_KEYS = {"trusted_authserv_ids", "trusted_relays", "own_received_fields", "verify_dkim",
               "dkim_timeout_seconds", "dkim_dns_server", "tenant_domains", "tenant_addresses", "page_unverified",
-              "page_dmarc_fail", "stranger_unclassified", "relay_spam_headers"}
+              "page_dmarc_fail", "stranger_unclassified", "relay_spam_headers", "directory_from_zendesk",
+              "directory_refresh_seconds"}
 _DURATION = re.compile(r"^\s*(\d+)\s*(m|min|h|d)\s*$")
 _UNITS = {"m": 60, "min": 60, "h": 3600, "d": 86400}
 
@@ -79,6 +80,9 @@ def parse_trust(table: Any) -> TrustPolicy:
         raise PolicyError("trust.own_received_fields: expected an integer from 0 to 10")
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0.1 <= timeout <= 30:
         raise PolicyError("trust.dkim_timeout_seconds: expected a number of seconds from 0.1 to 30")
+    refresh = table.get("directory_refresh_seconds", 3600.0)
+    if isinstance(refresh, bool) or not isinstance(refresh, (int, float)) or not 1 <= refresh <= 86400:
+        raise PolicyError("trust.directory_refresh_seconds: expected a number of seconds from 1 to 86400")
     policy = TrustPolicy(
         trusted_authserv_ids=tuple(i.strip().lower() for i in _strings(table, "trusted_authserv_ids", "trust")),
         trusted_relays=_relays(table), own_received_fields=received,
@@ -89,8 +93,11 @@ def parse_trust(table: Any) -> TrustPolicy:
         page_unverified=_bool(table, "page_unverified", True, "trust"),
         page_dmarc_fail=_bool(table, "page_dmarc_fail", False, "trust"),
         stranger_unclassified=_stranger_action(table.get("stranger_unclassified", StrangerAction.TICKET.value)),
-        relay_spam_headers=_bool(table, "relay_spam_headers", False, "trust"))
-    if not policy.page_unverified and not (policy.knows_tenants and (policy.trusted_authserv_ids or policy.verify_dkim)):
+        relay_spam_headers=_bool(table, "relay_spam_headers", False, "trust"),
+        directory_from_zendesk=_bool(table, "directory_from_zendesk", False, "trust"),
+        directory_refresh_seconds=float(refresh))
+    knows = policy.knows_tenants or policy.directory_from_zendesk
+    if not policy.page_unverified and not (knows and (policy.trusted_authserv_ids or policy.verify_dkim)):
         raise PolicyError("trust.page_unverified: false would page no one; it needs tenant_domains or "
                           "tenant_addresses, and trusted_authserv_ids or verify_dkim")
     if policy.verify_dkim:

@@ -43,6 +43,7 @@ from escalation.records import (
     STEP_FAILED, STEP_PENDING, TICKET, TICKET_NOTE, EscalationRecord, StepRecord,
 )
 from escalation.retry import RetrySchedule
+from escalation.directory import DirectoryCopy
 from escalation.rspamd import CheckResult, ask_rspamd
 from escalation.retry import classify as classify_failure
 from parsers.auth_results import SenderTrust
@@ -116,6 +117,13 @@ class Escalator:
         self._threads = {name: ThreadPoolExecutor(FALLBACK_THREADS if name == "fallback" else settings.concurrency,
                                                   thread_name_prefix=name)
                          for name in INTEGRATIONS}
+
+    async def read_tenant_directory(self) -> DirectoryCopy:
+        """Zendesk's organizations and end users, on the Zendesk threads and through its pacing."""
+        if self._actions.desk is None:
+            raise RuntimeError("dry run: Zendesk is not called")
+        return await asyncio.get_running_loop().run_in_executor(self._threads["zendesk"],
+                                                                self._actions.desk.directory)
 
     async def warm(self) -> None:
         await self._cpu.warm()

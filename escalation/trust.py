@@ -49,9 +49,14 @@ class TrustPolicy:
     page_dmarc_fail: bool = False
     stranger_unclassified: StrangerAction = StrangerAction.TICKET
     relay_spam_headers: bool = False               # the relay's X-Spam* fields count (parsers/spam_headers.py)
+    directory_from_zendesk: bool = False           # Zendesk's organizations and end users join the directory
+    directory_refresh_seconds: float = 3600.0
+    # Entries read from Zendesk, with their organization's name: (domain or address, organization).
+    tenant_organizations: tuple[tuple[str, str], ...] = ()
     # The directory as the look-ups read it: a directory of thousands is asked three times per mail.
     _address_set: frozenset[str] = field(init=False, repr=False, compare=False)
     _domain_rank: dict[str, int] = field(init=False, repr=False, compare=False)
+    _organization_of: dict[str, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_address_set", frozenset(self.tenant_addresses))
@@ -59,6 +64,7 @@ class TrustPolicy:
         for rank, domain in enumerate(self.tenant_domains):
             ranks.setdefault(domain, rank)
         object.__setattr__(self, "_domain_rank", ranks)
+        object.__setattr__(self, "_organization_of", dict(self.tenant_organizations))
 
     @property
     def enabled(self) -> bool:
@@ -87,9 +93,14 @@ def tenant_of(address: str | None, policy: TrustPolicy) -> str | None:
     if not address:
         return None
     if address in policy._address_set:
-        return f"the tenant address {address}"
+        return f"the tenant address {address}{_organization(address, policy)}"
     domain = tenant_domain_of(address.rpartition("@")[2], policy)
-    return f"the tenant domain {domain}" if domain else None
+    return f"the tenant domain {domain}{_organization(domain, policy)}" if domain else None
+
+
+def _organization(entry: str, policy: TrustPolicy) -> str:
+    organization = policy._organization_of.get(entry)
+    return f", organization {organization} in Zendesk" if organization else ""
 
 
 def directory_summary(policy: TrustPolicy) -> str:

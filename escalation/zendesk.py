@@ -9,6 +9,7 @@ never crashes on an HTTP-date Retry-After: our retry schedule decides.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit
@@ -20,6 +21,7 @@ from zenpy.lib.api_objects import Comment, Ticket, User
 
 from daemon.config import ZendeskConfig
 from escalation.content import CommentRequest, NoteRequest, TicketRequest
+from escalation.directory import DirectoryCopy, directory_from
 from escalation.pacing import Lane, Pacer
 from escalation.retry import HttpStatusError, RetryAfterGate, parse_retry_after, require_json
 from escalation.tls import trust_bundle
@@ -95,6 +97,10 @@ class ZendeskDesk:
 
     def ticket_url(self, ticket_id: int) -> str:
         return f"{self._agent_url_base}{ticket_id}"
+
+    def directory(self) -> DirectoryCopy:
+        """The tenant directory as Zendesk keeps it: organizations' domain names, and their end users."""
+        return directory_from(self._client.organizations(), self._client.users(role="end-user"), time.time())
 
     def find_ticket(self, external_id: str) -> int | None:
         """external_id is not unique on Zendesk's side: take the oldest, which is ours."""

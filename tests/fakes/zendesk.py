@@ -126,6 +126,8 @@ class FakeZendesk(FakeHTTPSServer):
         self._indexed_at: dict[int, float] = {}  # monotonic creation time, for search lag
         self._comments: dict[int, list[dict[str, Any]]] = {}
         self._users: dict[int, dict[str, Any]] = {}
+        self._organizations: dict[int, dict[str, Any]] = {}
+        self._next_organization_id = 360001
         self._next_ticket_id = 1
         self._next_user_id = 10001
         self._next_event_id = 50001  # comments, audits and audit events share one sequence
@@ -142,6 +144,8 @@ class FakeZendesk(FakeHTTPSServer):
             ("POST", re.compile(r"/api/v2/users/create_or_update\.json"), self._create_or_update_user),
             ("GET", re.compile(r"/api/v2/users/show_many\.json"), self._show_many_users),
             ("GET", re.compile(r"/api/v2/users/(\d+)\.json"), self._show_user),
+            ("GET", re.compile(r"/api/v2/users\.json"), self._list_users),
+            ("GET", re.compile(r"/api/v2/organizations\.json"), self._list_organizations),
         ]
 
     # --- helpers for tests ---------------------------------------------------
@@ -175,6 +179,28 @@ class FakeZendesk(FakeHTTPSServer):
     def user_by_email(self, email: str) -> dict[str, Any] | None:
         with self.state_lock:
             user = self._find_user(email)
+            return copy.deepcopy(user)
+
+    def add_organization(self, name: str, domain_names: list[str]) -> dict[str, Any]:
+        """An organization as Zendesk's API shows it (GET /api/v2/organizations.json)."""
+        with self.state_lock:
+            org_id = self._next_organization_id
+            self._next_organization_id += 1
+            now = _now()
+            organization = {
+                "id": org_id, "url": self._link(f"organizations/{org_id}.json"), "name": name,
+                "shared_tickets": False, "shared_comments": False, "external_id": None, "created_at": now,
+                "updated_at": now, "domain_names": list(domain_names), "details": "", "notes": "",
+                "group_id": None, "tags": [], "organization_fields": {},
+            }
+            self._organizations[org_id] = organization
+            return copy.deepcopy(organization)
+
+    def add_end_user(self, email: str, name: str, organization_id: int | None = None) -> dict[str, Any]:
+        """An end user, a member of the organization when one is given."""
+        with self.state_lock:
+            user = self._add_user(email, name, role="end-user")
+            user["organization_id"] = organization_id
             return copy.deepcopy(user)
 
     def seed_ticket(self, **fields: Any) -> dict[str, Any]:
@@ -490,6 +516,15 @@ class FakeZendesk(FakeHTTPSServer):
 
     def _show_me(self, req: RecordedRequest) -> Response:
         return json_response(200, {"user": self._users[self.agent_id]})
+
+    def _list_users(self, req: RecordedRequest) -> Response:
+        """GET /api/v2/users.json, filtered by role (role=end-user, or role[]=... for several) as Zendesk does."""
+        roles = set(req.query_lists.get("role[]", [])) or set(req.query_lists.get("role", []))
+        users = [u for _, u in sorted(self._users.items()) if not roles or u["role"] in roles]
+        return self._paginate(req, "users", users)
+
+    def _list_organizations(self, req: RecordedRequest) -> Response:
+        return self._paginate(req, "organizations", [o for _, o in sorted(self._organizations.items())])
 
     def _show_many_users(self, req: RecordedRequest) -> Response:
         ids = [int(i) for i in req.query.get("ids", "").split(",") if i.strip()]

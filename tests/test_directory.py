@@ -1,0 +1,81 @@
+"""The tenant directory from Zendesk ([trust] directory_from_zendesk): organizations' domain names and
+their end users, read through zenpy from the Zendesk fake, refreshed, kept in the store, and still in
+force after a restart while Zendesk is down. Each decision with its pair."""
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+from escalation.directory import DirectoryCopy, directory_from, with_directory
+from escalation.trust import TrustPolicy, sender_standing, tenant_of
+from tests.harness import make_message
+from tests.test_strangers import NEWSLETTER
+
+FROM_ZENDESK = '[trust]\ndirectory_from_zendesk = true\ndirectory_refresh_seconds = 1\n'
+
+
+def wait_for(predicate, timeout: float = 20.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+def test_organizations_domains_and_their_end_users_make_the_directory_beside_the_configs():
+    orgs = [SimpleNamespace(id=1, name="Acme Hosting", domain_names=["Acme.example", "acme-ops.example"]),
+            SimpleNamespace(id=2, name="", domain_names=[])]
+    users = [SimpleNamespace(email="Boss@Personal.example", organization_id=1, role="end-user"),
+             SimpleNamespace(email="drifter@elsewhere.example", organization_id=None, role="end-user"),
+             SimpleNamespace(email="agent@support.example", organization_id=1, role="agent"),
+             SimpleNamespace(email="dev@two.example", organization_id=2, role="end-user")]
+    copy = directory_from(orgs, users, fetched_at=100.0)
+    assert copy.domains == (("acme-ops.example", "Acme Hosting"), ("acme.example", "Acme Hosting"))
+    assert copy.addresses == (("boss@personal.example", "Acme Hosting"), ("dev@two.example", "organization 2"))
+    assert DirectoryCopy.from_json(copy.to_json()) == copy
+    trust = with_directory(TrustPolicy(tenant_domains=("tenant.gov.example",)), copy)
+    assert tenant_of("dev@ops.acme.example", trust) == \
+        "the tenant domain acme.example, organization Acme Hosting in Zendesk"
+    assert tenant_of("boss@personal.example", trust) == \
+        "the tenant address boss@personal.example, organization Acme Hosting in Zendesk"
+    assert tenant_of("ops@tenant.gov.example", trust) == "the tenant domain tenant.gov.example"
+    assert sender_standing("drifter@elsewhere.example", trust).startswith("not a tenant")
+    assert sender_standing("agent@support.example", trust).startswith("not a tenant")   # an agent is no tenant
+
+
+def test_the_directory_is_read_from_zendesk_refreshed_and_kept_across_a_restart_with_zendesk_down(
+        live_daemon, zendesk, pagerduty):
+    acme = zendesk.add_organization("Acme Hosting", ["acme.example"])
+    zendesk.add_end_user("boss@personal.example", "Boss", organization_id=acme["id"])
+    zendesk.add_end_user("drifter@elsewhere.example", "Drifter")            # no organization: a stranger
+    daemon = live_daemon(policy=True, extra=FROM_ZENDESK)
+    wait_for(lambda: "Zendesk: 1 organization(s)" in daemon.cli("status").stdout, what="the first fetch")
+    mails = {"dev@ops.acme.example": "<d@acme>", "boss@personal.example": "<b@personal>",
+             "drifter@elsewhere.example": "<x@elsewhere>"}
+    for sender, message_id in mails.items():
+        daemon.send(make_message(sender=sender, message_id=message_id, **NEWSLETTER))
+    messages = {m["sender"]: m for m in daemon.wait_settled(3)["messages"]}
+    assert messages["dev@ops.acme.example"]["steps"]["page"]["state"] == "done"
+    assert messages["boss@personal.example"]["steps"]["page"]["state"] == "done"
+    assert "page" not in messages["drifter@elsewhere.example"]["steps"]
+    assert messages["dev@ops.acme.example"]["verdict"]["tenant"] == \
+        "a tenant (the tenant domain acme.example, organization Acme Hosting in Zendesk)"
+
+    zendesk.add_organization("Beta Cloud", ["beta.example"])              # refreshed while running
+    wait_for(lambda: "Zendesk: 2 organization(s)" in daemon.cli("status").stdout, what="the refresh")
+    assert daemon.stop() == 0
+
+    zendesk.set_down(True)                                                 # a restart during an outage
+    daemon.start()
+    daemon.send(make_message(sender="ops@beta.example", message_id="<o@beta>", **NEWSLETTER))
+
+    def decided():
+        return next((m for m in daemon.status()["messages"] if m["sender"] == "ops@beta.example" and m["verdict"]),
+                    None)
+    wait_for(decided, what="the mail decided with Zendesk down")
+    beta = decided()
+    assert beta["verdict"]["tenant"] == "a tenant (the tenant domain beta.example, organization Beta Cloud in Zendesk)"
+    wait_for(lambda: daemon.metric("emergencyd_directory_refreshes_total", outcome="failed") >= 1,
+             what="a failed refresh counted")
+    assert "Zendesk: 2 organization(s)" in daemon.cli("status").stdout
