@@ -75,6 +75,8 @@ def test_the_directory_is_read_from_zendesk_refreshed_and_kept_across_a_restart_
                     None)
     wait_for(decided, what="the mail decided with Zendesk down")
     beta = decided()
+    wait_for(lambda: decided()["steps"].get("page", {}).get("state") == "done",
+             what="paged while Zendesk is down: paging never waits on it")
     assert beta["verdict"]["tenant"] == "a tenant (the tenant domain beta.example, organization Beta Cloud in Zendesk)"
     wait_for(lambda: daemon.metric("emergencyd_directory_refreshes_total", outcome="failed") >= 1,
              what="a failed refresh counted")
