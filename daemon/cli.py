@@ -13,7 +13,7 @@ from daemon.config import Config, ConfigError, load_config
 from daemon.logs import configure_logging
 from daemon.status import render_status, status_document
 from daemon.store import Store, StoreError
-from escalation.records import Envelope, ReleaseOutcome
+from escalation.records import Envelope, RearmOutcome, ReleaseOutcome
 from escalation.directory import ZENDESK, DirectoryCopy, directory_line
 
 DEFAULT_CONFIG = "config.toml"
@@ -69,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
                       "stranger's unmatched mail, a held page): its rules say whether it pages. The running "
                       "daemon takes it within a second.")
     release.add_argument("id", type=int, metavar="ID", help="the message's id, as `status` shows it")
+    rearm = command("rearm", cmd_rearm, "Decide a stuck message again, its failed attempts forgotten (once the "
+                    "cause in `status` is fixed). The running daemon takes it within a second.")
+    rearm.add_argument("id", type=int, metavar="ID", help="the message's id, as `status` shows it")
     status = command("status", cmd_status, "Show escalations by state and the recent messages.")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--limit", type=int, default=20, help="how many recent messages (default 20)")
@@ -161,6 +164,22 @@ def cmd_release(config: Config, args: argparse.Namespace) -> int:
         return 1
     print(f"message {args.id}: released; the daemon decides it again without its demotion "
           f"(`emergencyd status` shows the new decision)")
+    return 0
+
+
+def cmd_rearm(config: Config, args: argparse.Namespace) -> int:
+    if not config.store.path.exists():
+        print(f"emergencyd: no store at {config.store.path} yet", file=sys.stderr)
+        return 3
+    store = Store.open(config.store.path, busy_timeout_ms=max(config.store.busy_timeout_ms, INJECT_BUSY_TIMEOUT_MS))
+    try:
+        outcome = store.rearm(args.id)
+    finally:
+        store.close()
+    if outcome is not RearmOutcome.REARMED:
+        print(f"emergencyd: message {args.id}: {outcome}; nothing changed", file=sys.stderr)
+        return 1
+    print(f"message {args.id}: rearmed; the daemon tries to decide it again")
     return 0
 
 

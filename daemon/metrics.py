@@ -75,6 +75,11 @@ class Metrics:
                                   buckets=LOOP_LAG_BUCKETS, registry=r)
         self.pending = Gauge("emergencyd_escalations_pending",
                              "Escalations with steps still to do.", registry=r)
+        self.stuck = Gauge("emergencyd_escalations_stuck",
+                           "Mail that could not be decided after a few tries, waiting for `emergencyd rearm`.",
+                           registry=r)
+        self.stuck_total = Counter("emergencyd_escalations_became_stuck_total",
+                                   "Mail that became stuck: deciding it failed every time.", registry=r)
         self.in_flight = Gauge("emergencyd_escalations_in_flight",
                                "Escalations being worked on now (each holds its parsed message).", registry=r)
         self.in_flight_bytes = Gauge("emergencyd_escalations_in_flight_bytes",

@@ -127,4 +127,9 @@ MIGRATIONS: tuple[str, ...] = (
         copy TEXT NOT NULL
     )
     """,
+    # 11: a mail whose deciding keeps failing is stuck after a few tries, not retried for ever (a poison message).
+    """
+    ALTER TABLE escalations ADD COLUMN decide_failures INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE escalations ADD COLUMN decide_error TEXT
+    """,
 )

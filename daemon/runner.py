@@ -102,13 +102,24 @@ class Runner:
             await self._escalator.advance(pk)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
             log.exception("escalation round failed", extra={"message_pk": pk})
+            await self._count_failure(pk, exc)
             self._full_look_at = float("-inf")   # it may still be undecided: the next round finds it
         finally:
             self._in_flight.pop(pk, None)
             self._in_flight_bytes.pop(pk, None)
             self._wake.set()   # its next steps may be due at once
+
+    async def _count_failure(self, pk: int, exc: Exception) -> None:
+        """A mail that could not be decided is tried again, a few times: then it is stuck, not a loop for ever."""
+        try:
+            if await self._store.decide_failed(pk, f"{type(exc).__name__}: {exc}"):
+                self._metrics.stuck_total.inc()
+                log.error("escalation stuck: deciding it failed every time; `emergencyd rearm ID` once fixed",
+                          extra={"message_pk": pk, "error": f"{type(exc).__name__}: {exc}"[:300]})
+        except Exception:   # the store itself failing: the next round tries again
+            log.exception("could not count a failed escalation round", extra={"message_pk": pk})
 
     def _update_gauges(self) -> None:
         self._metrics.in_flight.set(len(self._in_flight))
@@ -119,6 +130,7 @@ class Runner:
         whenever they are seen, and never a cost to the rounds of a burst."""
         counts = await self._store.counts_by_state()
         self._metrics.pending.set(counts.get("pending", 0) + counts.get("new", 0))
+        self._metrics.stuck.set(counts.get("stuck", 0))
         oldest = await self._store.oldest_unfinished_received_at()
         self._metrics.oldest_pending_age.set(0 if oldest is None else max(time.time() - oldest, 0))
         if self._page_deadline_seconds is not None:

@@ -57,6 +57,8 @@ def _message(record: EscalationRecord) -> dict[str, Any]:
         "paged_at": iso(record.paged_at),
         "incident_url": record.incident_url,
         "last_error": record.last_error(),
+        "decide_failures": record.decide_failures,
+        "decide_error": record.decide_error,
         "steps": {s.name: {"state": s.state, "attempts": s.attempts, "last_error": s.last_error,
                            "next_attempt_at": iso(s.next_attempt_at) if s.state == "pending" else None,
                            "result": s.result}
@@ -106,6 +108,9 @@ def render_status(document: dict[str, Any]) -> str:
                          + (f" (message {m['parent_id']})" if m["parent_id"] else ""))
         if m["last_error"]:
             lines.append(f"{'':>7}last error: {m['last_error'][:200]}")
+        if m["state"] == "stuck":
+            lines.append(f"{'':>7}stuck after {m['decide_failures']} failed tries to decide it: "
+                         f"{(m['decide_error'] or '')[:200]} (`emergencyd rearm {m['id']}` once fixed)")
     return "\n".join(lines)
 
 

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 from escalation.records import (
-    DONE, FAILED, FALLBACK_ALERT, NEW, PAGE, PENDING, SUPPRESSED, STEP_DONE, STEP_FAILED, STEP_PENDING, STEP_ORDER,
-    EscalationRecord, Envelope, FollowUp, ReleaseOutcome, StepRecord, dedup_key_of, identity_of,
+    DONE, FAILED, FALLBACK_ALERT, MAX_DECIDE_ATTEMPTS, NEW, PAGE, PENDING, STEP_DONE, STEP_FAILED, STEP_ORDER,
+    STEP_PENDING, STUCK, SUPPRESSED, EscalationRecord, Envelope, FollowUp, RearmOutcome, ReleaseOutcome, StepRecord,
+    dedup_key_of, identity_of,
 )
 from daemon.migrations import MIGRATIONS
 from daemon.store_grouping import GroupingQueries
@@ -274,6 +275,28 @@ class Store(GroupingQueries):
                                (NEW, now, now, pk))
         return ReleaseOutcome.RELEASED
 
+    def decide_failed(self, pk: int, error: str) -> bool:
+        """Count a failed attempt to decide and plan a mail that is still new; True when it is now stuck."""
+        with self._transaction():
+            self._conn.execute(
+                "UPDATE escalations SET decide_failures = decide_failures + 1, decide_error = ?, updated_at = ?,"
+                " state = CASE WHEN decide_failures + 1 >= ? THEN ? ELSE state END WHERE message_pk = ? AND state = ?",
+                (error[:1000], time.time(), MAX_DECIDE_ATTEMPTS, STUCK, pk, NEW))
+            row = self._conn.execute("SELECT state FROM escalations WHERE message_pk = ?", (pk,)).fetchone()
+        return row is not None and row[0] == STUCK
+
+    def rearm(self, pk: int) -> RearmOutcome:
+        """A stuck mail, new again with its failures forgotten (after its cause was fixed)."""
+        with self._transaction():
+            row = self._conn.execute("SELECT state FROM escalations WHERE message_pk = ?", (pk,)).fetchone()
+            if row is None:
+                return RearmOutcome.UNKNOWN
+            if row[0] != STUCK:
+                return RearmOutcome.NOT_STUCK
+            self._conn.execute("UPDATE escalations SET state = ?, decide_failures = 0, updated_at = ?"
+                               " WHERE message_pk = ?", (NEW, time.time(), pk))
+        return RearmOutcome.REARMED
+
     def save_directory(self, source: str, fetched_at: float, copy: str) -> None:
         """Keep the last good copy of a tenant directory read from elsewhere (escalation/directory.py)."""
         with self._transaction():
@@ -426,7 +449,8 @@ class Store(GroupingQueries):
     def _to_record(self, row: sqlite3.Row | tuple) -> EscalationRecord:
         (pk, identity, message_id, sha, size, source, mail_from, rcpt_to, peer, helo, tls, received_at,
          deliveries, dedup_key, state, subject, sender, ticket_id, incident_url, paged_at, verdict,
-         relation, relation_reason, parent_pk, target_ticket_id, group_id, page_key, fair_key, released_at) = row
+         relation, relation_reason, parent_pk, target_ticket_id, group_id, page_key, fair_key, released_at,
+         decide_failures, decide_error) = row
         steps = [StepRecord(name=n, state=s, attempts=a, next_attempt_at=t, last_error=e,
                             result=json.loads(r), updated_at=u)
                  for n, s, a, t, e, r, u in self._conn.execute(
@@ -441,14 +465,16 @@ class Store(GroupingQueries):
             sender=sender, ticket_id=ticket_id, incident_url=incident_url, paged_at=paged_at,
             verdict=json.loads(verdict) if verdict else None, steps=tuple(steps), relation=relation,
             relation_reason=relation_reason, parent_pk=parent_pk, target_ticket_id=target_ticket_id,
-            group_id=group_id, page_key=page_key, fair_key=fair_key, released_at=released_at)
+            group_id=group_id, page_key=page_key, fair_key=fair_key, released_at=released_at,
+            decide_failures=decide_failures, decide_error=decide_error)
 
 
 _RECORD_SQL = (
     "SELECT m.id, m.identity, m.message_id, m.sha256, m.size, m.source, m.mail_from, m.rcpt_to, m.peer,"
     " m.helo, m.tls, m.received_at, m.deliveries, e.dedup_key, e.state, e.subject, e.sender, e.ticket_id,"
     " e.incident_url, e.paged_at, e.verdict, e.relation, e.relation_reason, e.parent_pk, e.target_ticket_id,"
-    " e.group_id, e.page_key, e.fair_key, e.released_at FROM messages m JOIN escalations e ON e.message_pk = m.id"
+    " e.group_id, e.page_key, e.fair_key, e.released_at, e.decide_failures, e.decide_error"
+    " FROM messages m JOIN escalations e ON e.message_pk = m.id"
 )
 
 

@@ -17,6 +17,8 @@ PENDING = "pending"    # planned; some steps still to do
 DONE = "done"          # every step done
 FAILED = "failed"      # a step failed permanently; a human must look
 SUPPRESSED = "suppressed"  # noise, recorded with its reason; nothing sent
+STUCK = "stuck"        # deciding it failed MAX_DECIDE_ATTEMPTS times: a human must look (`emergencyd rearm ID`)
+MAX_DECIDE_ATTEMPTS = 3
 
 
 class ReleaseOutcome(StrEnum):
@@ -26,6 +28,13 @@ class ReleaseOutcome(StrEnum):
     NOT_DEMOTED = "not demoted"      # its rules already had their way: nothing to release
     ALREADY = "already released"
     BUSY = "still being escalated"   # released once its steps are done, not under them
+
+
+class RearmOutcome(StrEnum):
+    """What `emergencyd rearm ID` did (daemon/store.py Store.rearm)."""
+    REARMED = "rearmed"              # new again, its failures forgotten: the daemon tries to decide it again
+    UNKNOWN = "unknown"
+    NOT_STUCK = "not stuck"
 
 # Step states.
 STEP_PENDING = "pending"
@@ -122,6 +131,8 @@ class EscalationRecord:
     page_key: str | None = None             # the dedup_key of the incident this mail shares
     fair_key: str = ""                      # whose mail, before parsing: decisions take turns by it
     released_at: float | None = None        # `emergencyd release`: decided again without its demotion
+    decide_failures: int = 0                # failed attempts to decide and plan it (STUCK at MAX_DECIDE_ATTEMPTS)
+    decide_error: str | None = None         # the last one's error
 
     @property
     def comments_only(self) -> bool:
