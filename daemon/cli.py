@@ -7,7 +7,9 @@ import logging
 import sqlite3
 import sys
 import time
+from enum import StrEnum
 from pathlib import Path
+from typing import Callable
 
 from daemon.config import Config, ConfigError, load_config
 from daemon.logs import configure_logging
@@ -151,35 +153,30 @@ def cmd_classify(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_release(config: Config, args: argparse.Namespace) -> int:
-    if not config.store.path.exists():
-        print(f"emergencyd: no store at {config.store.path} yet", file=sys.stderr)
-        return 3
-    store = Store.open(config.store.path, busy_timeout_ms=max(config.store.busy_timeout_ms, INJECT_BUSY_TIMEOUT_MS))
-    try:
-        outcome = store.release(args.id)
-    finally:
-        store.close()
-    if outcome is not ReleaseOutcome.RELEASED:
-        print(f"emergencyd: message {args.id}: {outcome}; nothing changed", file=sys.stderr)
-        return 1
-    print(f"message {args.id}: released; the daemon decides it again without its demotion "
-          f"(`emergencyd status` shows the new decision)")
-    return 0
+    return _hand_back(config, args.id, Store.release, ReleaseOutcome.RELEASED,
+                      "released; the daemon decides it again without its demotion "
+                      "(`emergencyd status` shows the new decision)")
 
 
 def cmd_rearm(config: Config, args: argparse.Namespace) -> int:
+    return _hand_back(config, args.id, Store.rearm, RearmOutcome.REARMED,
+                      "rearmed; the daemon tries to decide it again")
+
+
+def _hand_back(config: Config, pk: int, change: Callable[[Store, int], StrEnum], done: StrEnum, said: str) -> int:
+    """A store change that makes a message new again for the running daemon (release, rearm), or why not."""
     if not config.store.path.exists():
         print(f"emergencyd: no store at {config.store.path} yet", file=sys.stderr)
         return 3
     store = Store.open(config.store.path, busy_timeout_ms=max(config.store.busy_timeout_ms, INJECT_BUSY_TIMEOUT_MS))
     try:
-        outcome = store.rearm(args.id)
+        outcome = change(store, pk)
     finally:
         store.close()
-    if outcome is not RearmOutcome.REARMED:
-        print(f"emergencyd: message {args.id}: {outcome}; nothing changed", file=sys.stderr)
+    if outcome is not done:
+        print(f"emergencyd: message {pk}: {outcome}; nothing changed", file=sys.stderr)
         return 1
-    print(f"message {args.id}: rearmed; the daemon tries to decide it again")
+    print(f"message {pk}: {said}")
     return 0
 
 
