@@ -59,10 +59,7 @@ def build_escalator(config: Config, store: AsyncStore, metrics: Metrics) -> Esca
             sender_limit=config.dedup.sender_limit,
             sender_window_seconds=config.dedup.sender_window_seconds),
         max_new_pages_per_minute=config.dedup.max_new_pages_per_minute,
-        own_addresses=config.smtp.recipients + ((config.imap.username.lower(),)
-                                                if config.imap.enabled and "@" in config.imap.username else ())
-        # The fallback alert's sender: a copy that loops back to the emergency address is noise.
-        + ((config.fallback.from_address.lower(),) if config.fallback.enabled else ()),
+        own_addresses=config.own_addresses,
         own_hostnames=(config.smtp.hostname,),
         fallback_after_seconds=config.fallback.after_seconds if config.fallback.enabled else None,
         # Enough to keep every worker busy while others wait on the store or DNS; few enough that a

@@ -158,6 +158,14 @@ class Config:
     policy: Policy
     fallback: FallbackConfig
 
+    @property
+    def own_addresses(self) -> tuple[str, ...]:
+        """Our own addresses: mail from one of them is a loop. The daemon and `classify` both decide with these."""
+        imap_user = (self.imap.username.lower(),) if self.imap.enabled and "@" in self.imap.username else ()
+        # The fallback alert's sender: a copy that loops back to the emergency address is noise.
+        fallback = (self.fallback.from_address.lower(),) if self.fallback.enabled else ()
+        return self.smtp.recipients + imap_user + fallback
+
 
 def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) -> Config:
     """Read and validate a config file. Raises ConfigError naming the key."""

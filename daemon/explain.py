@@ -42,7 +42,7 @@ def explain_file(path: Path, config: Config, received_at: datetime, *, offline: 
     asked = ask_rspamd_now(raw, config.policy.spam) if config.policy.spam.enabled and not offline else None
     try:
         verdict = classify(parse_message(raw), received_at=received_at, mail_from=None,
-                           own_addresses=config.smtp.recipients, own_hostnames=(config.smtp.hostname,),
+                           own_addresses=config.own_addresses, own_hostnames=(config.smtp.hostname,),
                            policy=config.policy, spam=asked.verdict if asked else None).as_dict()
     except Exception as exc:   # a broken file gets an answer, never a traceback
         return {"file": str(path), "error": f"{type(exc).__name__}: {exc}"}

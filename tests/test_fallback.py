@@ -3,6 +3,7 @@
 End to end through the daemon subprocess, the HTTPS fakes and a recording relay on loopback
 (tests/fakes/smtp_relay.py). The page itself still goes out once when PagerDuty returns.
 """
+import json
 import re
 import smtplib
 
@@ -11,7 +12,7 @@ import pytest
 from daemon.config import ConfigError, load_config
 from escalation.retry import classify
 from tests.fakes.smtp_relay import FakeRelay
-from tests.harness import live_env, make_message
+from tests.harness import live_env, make_message, run_cli, write_config
 
 FROM = "emergencyd@example.org"
 TO = "oncall-fallback@example.org"
@@ -182,3 +183,19 @@ def test_the_fallback_config_is_off_by_default_and_validated(tmp_path):
             load_with(tmp_path, bad)
     plain = full.replace("smtp.example.org", "127.0.0.1").replace('username = "e"', "starttls = false")
     assert load_with(tmp_path, plain).fallback.starttls is False
+
+
+def test_classify_knows_the_daemons_own_addresses_the_fallback_sender_included(tmp_path):
+    """`classify` decides with the daemon's own addresses: the fallback alert's copy coming back is a loop."""
+    config = write_config(tmp_path, dry_run=True, policy=True, extra=(
+        '[fallback]\nenabled = true\nrelay = "127.0.0.1:2526"\nstarttls = false\n'
+        'from_address = "emergencyd@example.org"\nto = ["oncall@example.org"]\n'))
+    back = tmp_path / "back.eml"
+    back.write_bytes(make_message(sender="emergencyd@example.org", subject="EMERGENCY: all our apps are down",
+                                  body="All our apps are down since 02:10."))
+    verdict = json.loads(run_cli(config, "classify", "--offline", str(back)).stdout)
+    assert verdict["suppressed"] is True and verdict["category"] == "noise:loop", verdict
+    other = tmp_path / "other.eml"
+    other.write_bytes(make_message(sender="ops@tenant.example", subject="EMERGENCY: all our apps are down",
+                                   body="All our apps are down since 02:10."))
+    assert json.loads(run_cli(config, "classify", "--offline", str(other)).stdout)["page"] is True
