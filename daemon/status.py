@@ -10,14 +10,16 @@ from escalation.records import EscalationRecord
 
 
 def status_document(store: Store, *, limit: int, dry_run: bool, tenant_directory: str = "") -> dict[str, Any]:
-    recent = store.recent(limit)
+    with store.snapshot():   # the counts and the messages of one moment, however busy the daemon is
+        counts, recent = store.counts_by_state(), store.recent(limit)
+        mailboxes, groups = store.imap_positions(), store.groups(limit)
     return {
         "dry_run": dry_run,
         "tenant_directory": tenant_directory,
-        "counts": store.counts_by_state(),
-        "imap_mailboxes": [{**m, "updated_at": iso(m["updated_at"])} for m in store.imap_positions()],
+        "counts": counts,
+        "imap_mailboxes": [{**m, "updated_at": iso(m["updated_at"])} for m in mailboxes],
         "groups": [{**g, "opened_at": iso(g["opened_at"]), "last_report_at": iso(g["last_report_at"])}
-                   for g in store.groups(limit)],
+                   for g in groups],
         "spam_checks": _spam_checks(recent),
         "messages": [_message(r) for r in recent],
     }

@@ -158,6 +158,16 @@ class Store(GroupingQueries):
         with self._gate.hold(priority=self._priority), _Transaction(self._conn, rollback=rollback):
             yield
 
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads that see one moment of the store (WAL: a read transaction), e.g. `status`'s counts and
+        messages, which must agree while the daemon writes."""
+        self._conn.execute("BEGIN DEFERRED")
+        try:
+            yield
+        finally:
+            self._conn.execute("COMMIT")
+
     # -- ingest -----------------------------------------------------------------
 
     def ingest(self, raw: bytes, envelope: Envelope) -> IngestResult:
