@@ -106,7 +106,7 @@ _ADDRESS_BITS = st.sampled_from([*"ab.@<>() \t\r\n-_+=\"\\[]:;,é\u00a0\u2028", 
                                  " SIZE=10", "(comment)", "..", "@@", "#!$%&'*/=?^`{|}~"])
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=1500, deadline=None)
 @given(st.lists(_ADDRESS_BITS, max_size=12).map("".join), st.sampled_from([0, 3, 64]))
 def test_mail_and_rcpt_addresses_are_read_as_aiosmtpd_reads_them(arg, local_part_limit):
     library = SMTP(handler=object())
