@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from daemon.store import MIGRATIONS, AsyncStore, Store, StoreError
 from daemon.store_thread import BACKGROUND, BACKGROUND_SHARE, INTAKE_BUSY_SECONDS, StoreThread, store_priority
-from escalation.records import DONE, FAILED, NEW, PENDING, Envelope, dedup_key_of
+from escalation.records import DONE, FAILED, NEW, PENDING, Envelope, dedup_key_of, identity_of
 from tests.harness import make_message
 
 
@@ -314,3 +314,11 @@ def test_the_fair_key_moves_to_the_escalation_and_old_rows_get_it(tmp_path):
     later = store.ingest(make_message(sender="x@y.example", message_id="<later@y.example>"), envelope()).message_pk
     assert store.record(later).fair_key == "x@y.example"
     store.close()
+
+
+def test_the_identity_keys_are_pinned():
+    """Zendesk's external_id and PagerDuty's dedup_key of a mail must not change across releases: a
+    changed derivation would page and ticket again every mail still being escalated after an upgrade."""
+    assert dedup_key_of(identity_of("abc@tenant.example", "f" * 64)) == \
+        "emergencyd-18f8b9c8c6c0a38286b793a1b1e669f41842c6cc"
+    assert dedup_key_of(identity_of(None, "ab" * 32)) == "emergencyd-7b28e61bc1d292234192478f2c9d3b56c10ca6a3"
