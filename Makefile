@@ -9,8 +9,9 @@ CONFIG ?= config.toml
 run: setup
 	$(BIN)/emergencyd run --config $(CONFIG)
 
+# Two tests at a time (pytest-xdist): each starts its own daemons, fakes and servers on free ports.
 test: system-packages setup
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q -n 2 $(PYTEST_ARGS)
 
 setup: $(VENV)/.installed
 
