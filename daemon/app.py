@@ -20,7 +20,7 @@ from daemon.certificates import soonest_expiry, tls_files
 from daemon.smtp import IngestHandler, load_certificate, start_smtp, starttls_context
 from daemon.store import AsyncStore, IngestResult
 from escalation.fallback import SmtpRelay
-from escalation.records import Envelope
+from escalation.records import NEW, PENDING, Envelope
 from escalation.grouping import GroupingSettings
 from escalation.retry import RetrySchedule
 from daemon.directory_keeper import DirectoryKeeper
@@ -250,7 +250,7 @@ class Daemon:
     async def _status_line(self) -> str:
         counts = await self.store.counts_by_state()
         last_page = self.metrics.last_page_at
-        parts = [f"{counts.get('new', 0) + counts.get('pending', 0)} escalations pending",
+        parts = [f"{counts.get(NEW, 0) + counts.get(PENDING, 0)} escalations pending",
                  "last page " + (time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(last_page)) if last_page
                                  else "none since start")]
         if self.imap is not None:

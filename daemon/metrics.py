@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, disable_created_metrics, Counte
 
 from escalation.hours import Window
 from escalation.policy import SEVERITIES, Verdict
-from escalation.records import STEP_ORDER
+from escalation.records import STEP_ORDER, RelationKind
 from escalation.rspamd import CheckOutcome
 from parsers.noise import NOISE_KINDS
 from escalation.steps import integration_of
@@ -170,7 +170,7 @@ class Metrics:
         self._precreate()
 
     def _precreate(self) -> None:
-        for relation in ("first", "incident", "thread", "repeat", "storm", "alone"):
+        for relation in RelationKind:
             self.relations.labels(relation)
         for result in TRUST_RESULTS:
             self.sender_trust.labels(result)

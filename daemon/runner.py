@@ -13,6 +13,7 @@ import time
 
 from daemon.metrics import Metrics
 from daemon.store_thread import BACKGROUND, store_priority
+from escalation.records import NEW, PENDING, STUCK
 from escalation.steps import Escalator
 
 log = logging.getLogger("emergencyd.runner")
@@ -129,8 +130,8 @@ class Runner:
         """The backlog gauges, read from the store when Prometheus scrapes (daemon/http.py): exact
         whenever they are seen, and never a cost to the rounds of a burst."""
         counts = await self._store.counts_by_state()
-        self._metrics.pending.set(counts.get("pending", 0) + counts.get("new", 0))
-        self._metrics.stuck.set(counts.get("stuck", 0))
+        self._metrics.pending.set(counts.get(PENDING, 0) + counts.get(NEW, 0))
+        self._metrics.stuck.set(counts.get(STUCK, 0))
         oldest = await self._store.oldest_unfinished_received_at()
         self._metrics.oldest_pending_age.set(0 if oldest is None else max(time.time() - oldest, 0))
         if self._page_deadline_seconds is not None:

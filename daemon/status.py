@@ -6,7 +6,7 @@ from typing import Any
 
 from daemon.store import Store
 from escalation.content import describe_verdict, iso
-from escalation.records import EscalationRecord
+from escalation.records import TICKET, EscalationRecord, EscalationState, RelationKind, StepState
 
 
 def status_document(store: Store, *, limit: int, dry_run: bool, tenant_directory: str = "") -> dict[str, Any]:
@@ -62,7 +62,7 @@ def _message(record: EscalationRecord) -> dict[str, Any]:
         "decide_failures": record.decide_failures,
         "decide_error": record.decide_error,
         "steps": {s.name: {"state": s.state, "attempts": s.attempts, "last_error": s.last_error,
-                           "next_attempt_at": iso(s.next_attempt_at) if s.state == "pending" else None,
+                           "next_attempt_at": iso(s.next_attempt_at) if s.state == StepState.PENDING else None,
                            "result": s.result}
                   for s in record.steps},
     }
@@ -105,17 +105,17 @@ def render_status(document: dict[str, Any]) -> str:
         spam_check = (m["verdict"] or {}).get("spam_check")
         if spam_check not in (None, "answered"):
             lines.append(f"{'':>7}rspamd: {spam_check}: decided without it")
-        if m["relation"] not in (None, "first", "alone"):
+        if m["relation"] not in (None, RelationKind.FIRST, RelationKind.ALONE):
             lines.append(f"{'':>7}{m['relation']}: {(m['relation_reason'] or '')[:150]}"
                          + (f" (message {m['parent_id']})" if m["parent_id"] else ""))
         if m["last_error"]:
             lines.append(f"{'':>7}last error: {m['last_error'][:200]}")
-        if m["state"] == "stuck":
+        if m["state"] == EscalationState.STUCK:
             lines.append(f"{'':>7}stuck after {m['decide_failures']} failed tries to decide it: "
                          f"{(m['decide_error'] or '')[:200]} (`emergencyd rearm {m['id']}` once fixed)")
     return "\n".join(lines)
 
 
 def _dry_or_dash(message: dict[str, Any]) -> str:
-    ticket_step = message["steps"].get("ticket", {})
+    ticket_step = message["steps"].get(TICKET, {})
     return "(dry)" if ticket_step.get("result", {}).get("dry_run") else "-"

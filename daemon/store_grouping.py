@@ -9,9 +9,9 @@ import sqlite3
 from typing import Any
 
 from escalation.grouping import (
-    FIRST, INCIDENT, REPEAT, GroupingFacts, GroupingSettings, OpenGroup, Related, loop_key,
+    ALONE, FIRST, INCIDENT, REPEAT, STORM, THREAD, GroupingFacts, GroupingSettings, OpenGroup, Related, loop_key,
 )
-from escalation.records import FollowUp
+from escalation.records import COMMENT, NEW, STEP_DONE, STEP_PENDING, SUPPRESSED, TICKET, FollowUp
 from parsers.identity import thread_ids_of
 
 # Enough of the raw mail for its header block; a reply's ids are near the top.
@@ -22,7 +22,7 @@ MAX_THREAD_IDS = 50
 QUIET_QUEUE = 3
 STORM_WINDOW = 500
 # Relations whose escalation has no ticket of its own: a comment on another one.
-COMMENTING = ("thread", "storm", "repeat")
+COMMENTING = (THREAD, STORM, REPEAT)
 MAX_THREAD_HOPS = 20
 
 
@@ -73,14 +73,14 @@ class GroupingQueries:
             row = self._conn.execute(
                 "SELECT relation, parent_pk, severity, ticket_id, state FROM escalations WHERE message_pk = ?",
                 (pk,)).fetchone()
-            if row is None or row[4] == "suppressed":
+            if row is None or row[4] == SUPPRESSED:
                 return None
             relation, parent_pk, severity, ticket_id, _ = row
             if relation in COMMENTING and parent_pk is not None:
                 pk = parent_pk
                 continue
             has_ticket = self._conn.execute(
-                "SELECT 1 FROM steps WHERE message_pk = ? AND name = 'ticket'", (pk,)).fetchone()
+                "SELECT 1 FROM steps WHERE message_pk = ? AND name = ?", (pk, TICKET)).fetchone()
             return Related(pk, severity, ticket_id) if has_ticket else None
         return None
 
@@ -95,16 +95,16 @@ class GroupingQueries:
             return 0
         return self._conn.execute(
             "SELECT COUNT(*) FROM escalations WHERE sender_key = ? AND created_at BETWEEN ? AND ?"
-            " AND message_pk < ? AND state != 'suppressed'", (sender_key, since, until, pk)).fetchone()[0]
+            " AND message_pk < ? AND state != ?", (sender_key, since, until, pk, SUPPRESSED)).fetchone()[0]
 
     def _sender_latest(self, pk: int, sender_key: str | None) -> Related | None:
         if not sender_key:
             return None
         row = self._conn.execute(
             "SELECT e.message_pk, e.severity, e.ticket_id FROM escalations e"
-            " JOIN steps s ON s.message_pk = e.message_pk AND s.name = 'ticket'"
+            " JOIN steps s ON s.message_pk = e.message_pk AND s.name = ?"
             " WHERE e.sender_key = ? AND e.message_pk < ? ORDER BY e.message_pk DESC LIMIT 1",
-            (sender_key, pk)).fetchone()
+            (TICKET, sender_key, pk)).fetchone()
         return Related(*row) if row else None
 
     def _open_group(self, fingerprint: str | None, sender_key: str | None, since: float,
@@ -151,12 +151,12 @@ class GroupingQueries:
                                " reports = reports + 1 WHERE id = ?", (now, group_id))
             page_key = self._conn.execute("SELECT dedup_key FROM incident_groups WHERE id = ?",
                                           (group_id,)).fetchone()[0]
-        if relation.get("repage") or relation["kind"] == "alone":
+        if relation.get("repage") or relation["kind"] == ALONE:
             page_key = dedup_key
-        elif relation["kind"] == "thread" and relation.get("parent_pk") is not None:
+        elif relation["kind"] == THREAD and relation.get("parent_pk") is not None:
             page_key = self._conn.execute("SELECT page_key FROM escalations WHERE message_pk = ?",
                                           (relation["parent_pk"],)).fetchone()[0]
-        holder = relation.get("parent_pk") if relation["kind"] == "thread" else pk
+        holder = relation.get("parent_pk") if relation["kind"] == THREAD else pk
         for encoded in relation.get("encoded_ids") or ():
             if holder is not None:
                 self._conn.execute("INSERT OR IGNORE INTO encoded_ids (encoded_id, message_pk) VALUES (?, ?)",
@@ -175,8 +175,8 @@ class GroupingQueries:
         if not ids:
             return None
         row = self._conn.execute(
-            f"SELECT m.id FROM messages m JOIN escalations e ON e.message_pk = m.id WHERE e.state = 'new'"
-            f" AND m.id < ? AND m.message_id IN ({','.join('?' * len(ids))}) LIMIT 1", (pk, *ids)).fetchone()
+            f"SELECT m.id FROM messages m JOIN escalations e ON e.message_pk = m.id WHERE e.state = ?"
+            f" AND m.id < ? AND m.message_id IN ({','.join('?' * len(ids))}) LIMIT 1", (NEW, pk, *ids)).fetchone()
         return row[0] if row else None
 
     def undecided_quiet_sender_before(self, pk: int, fair_key: str) -> int | None:
@@ -192,9 +192,9 @@ class GroupingQueries:
         passed = [fair_key]
         while True:
             row = self._conn.execute(
-                f"SELECT message_pk, fair_key FROM escalations WHERE state = 'new' AND message_pk < ?"
+                f"SELECT message_pk, fair_key FROM escalations WHERE state = ? AND message_pk < ?"
                 f" AND fair_key NOT IN ({','.join('?' * len(passed))}) ORDER BY message_pk DESC LIMIT 1",
-                (below, *passed)).fetchone()
+                (NEW, below, *passed)).fetchone()
             if row is None:
                 return None
             if self._undecided_in_window(row[1], window_end) <= QUIET_QUEUE:
@@ -203,30 +203,30 @@ class GroupingQueries:
 
     def _storm_window_end(self) -> int | None:
         """The last of the STORM_WINDOW oldest undecided mails, or None when there are fewer."""
-        row = self._conn.execute("SELECT message_pk FROM escalations WHERE state = 'new'"
-                                 " ORDER BY message_pk LIMIT 1 OFFSET ?", (STORM_WINDOW - 1,)).fetchone()
+        row = self._conn.execute("SELECT message_pk FROM escalations WHERE state = ?"
+                                 " ORDER BY message_pk LIMIT 1 OFFSET ?", (NEW, STORM_WINDOW - 1)).fetchone()
         return row[0] if row else None
 
     def _undecided_in_window(self, fair_key: str, window_end: int | None) -> int:
         """How many of the sender's undecided mails are among the oldest (counted up to one past quiet)."""
         return self._conn.execute(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM escalations WHERE state = 'new' AND fair_key = ?"
+            "SELECT COUNT(*) FROM (SELECT 1 FROM escalations WHERE state = ? AND fair_key = ?"
             " AND message_pk <= ? LIMIT ?)",
-            (fair_key, window_end if window_end is not None else 2 ** 62, QUIET_QUEUE + 1)).fetchone()[0]
+            (NEW, fair_key, window_end if window_end is not None else 2 ** 62, QUIET_QUEUE + 1)).fetchone()[0]
 
     def undecided_before(self, pk: int) -> int | None:
         """The latest earlier mail not decided yet (it may be an earlier comment on the same ticket), or None."""
-        return self._conn.execute("SELECT MAX(message_pk) FROM escalations WHERE state = 'new' AND message_pk < ?",
-                                  (pk,)).fetchone()[0]
+        return self._conn.execute("SELECT MAX(message_pk) FROM escalations WHERE state = ? AND message_pk < ?",
+                                  (NEW, pk)).fetchone()[0]
 
     def earlier_pending_comment(self, pk: int, parent_pk: int | None,
                                 target_ticket_id: int | None) -> tuple[int, float] | None:
         """An earlier mail's comment on the same ticket that is still to go: comments keep arrival order."""
         row = self._conn.execute(
             "SELECT s.message_pk, s.next_attempt_at FROM steps s JOIN escalations e ON e.message_pk = s.message_pk"
-            " WHERE s.name = 'comment' AND s.state = 'pending' AND s.message_pk < ?"
+            " WHERE s.name = ? AND s.state = ? AND s.message_pk < ?"
             " AND (e.parent_pk = ? OR e.target_ticket_id = ?) ORDER BY s.message_pk LIMIT 1",
-            (pk, parent_pk, target_ticket_id)).fetchone()
+            (COMMENT, STEP_PENDING, pk, parent_pk, target_ticket_id)).fetchone()
         return (row[0], row[1]) if row else None
 
     def claim_follow_ups(self, pk: int, limit: int) -> tuple[FollowUp, ...]:
@@ -237,25 +237,25 @@ class GroupingQueries:
         another sender's comment in between ends the run, so the ticket keeps the mails' order."""
         with self._transaction():
             claimed = json.loads(self._conn.execute(
-                "SELECT result FROM steps WHERE message_pk = ? AND name = 'comment'", (pk,)).fetchone()[0])
+                "SELECT result FROM steps WHERE message_pk = ? AND name = ?", (pk, COMMENT)).fetchone()[0])
             if "follow_ups" not in claimed:
                 claimed = {"follow_ups": self._queued_follow_ups(pk, limit)}
-                self._conn.execute("UPDATE steps SET result = ? WHERE message_pk = ? AND name = 'comment'",
-                                   (json.dumps(claimed), pk))
+                self._conn.execute("UPDATE steps SET result = ? WHERE message_pk = ? AND name = ?",
+                                   (json.dumps(claimed), pk, COMMENT))
         return tuple(FollowUp(*row) for row in claimed["follow_ups"])
 
     def _queued_follow_ups(self, pk: int, limit: int) -> list[list[Any]]:
         parent_pk, target, sender = self._conn.execute(
             "SELECT parent_pk, target_ticket_id, sender FROM escalations WHERE message_pk = ?", (pk,)).fetchone()
         # Mail not yet decided may be another sender's comment on this ticket: the run stops before it.
-        undecided = self._conn.execute("SELECT MIN(message_pk) FROM escalations WHERE state = 'new'"
-                                       " AND message_pk > ?", (pk,)).fetchone()[0]
+        undecided = self._conn.execute("SELECT MIN(message_pk) FROM escalations WHERE state = ?"
+                                       " AND message_pk > ?", (NEW, pk)).fetchone()[0]
         rows = self._conn.execute(
             "SELECT e.message_pk, e.dedup_key, e.subject, m.received_at, e.sender, s.attempts"
             " FROM steps s JOIN escalations e ON e.message_pk = s.message_pk JOIN messages m ON m.id = e.message_pk"
-            " WHERE s.name = 'comment' AND s.state = 'pending' AND s.message_pk > ? AND s.message_pk < ?"
+            " WHERE s.name = ? AND s.state = ? AND s.message_pk > ? AND s.message_pk < ?"
             " AND (e.parent_pk = ? OR e.target_ticket_id = ?) ORDER BY s.message_pk LIMIT ?",
-            (pk, undecided if undecided is not None else 2**62, parent_pk, target, limit)).fetchall()
+            (COMMENT, STEP_PENDING, pk, undecided if undecided is not None else 2**62, parent_pk, target, limit)).fetchall()
         run = []
         for follower_pk, dedup_key, subject, received_at, follower_sender, attempts in rows:
             if follower_sender != sender or attempts:
@@ -269,9 +269,9 @@ class GroupingQueries:
         result = json.dumps({"ticket_id": ticket_id, "merged_into": lead_pk})
         for follower in follow_ups:
             self._conn.execute(
-                "UPDATE steps SET state = 'done', result = ?, last_error = NULL, updated_at = ?"
-                " WHERE message_pk = ? AND name = 'comment' AND state = 'pending'",
-                (result, now, follower.message_pk))
+                "UPDATE steps SET state = ?, result = ?, last_error = NULL, updated_at = ?"
+                " WHERE message_pk = ? AND name = ? AND state = ?",
+                (STEP_DONE, result, now, follower.message_pk, COMMENT, STEP_PENDING))
             if ticket_id is not None:
                 self._conn.execute("UPDATE escalations SET ticket_id = ?, updated_at = ? WHERE message_pk = ?",
                                    (ticket_id, now, follower.message_pk))

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from escalation import content, fallback
 from escalation.records import (
-    COMMENT, FALLBACK_ALERT, LINK_PAGE, LINK_TICKET, PAGE, TICKET, TICKET_NOTE, EscalationRecord, FollowUp,
+    COMMENT, FALLBACK_ALERT, LINK_PAGE, LINK_TICKET, PAGE, TICKET, TICKET_NOTE, EscalationRecord, FollowUp, RelationKind,
 )
 from escalation.retry import TransientError
 from parsers.message import ParsedMessage
@@ -116,7 +116,7 @@ class Actions:
 
     def _resolved_incident(self, record: EscalationRecord):
         """With a REST token: the incident this follow-up belongs to, when PagerDuty already resolved it."""
-        if not self.has_rest_api or record.relation in ("first", "alone") or not record.page_key:
+        if not self.has_rest_api or record.relation in (RelationKind.FIRST, RelationKind.ALONE) or not record.page_key:
             return None
         incident = self._pager.find_incident(record.page_key)
         return incident if incident is not None and incident.status == "resolved" else None

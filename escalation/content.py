@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from escalation.rules import own_words
-from escalation.records import EscalationRecord, FollowUp
+from escalation.records import EscalationRecord, FollowUp, RelationKind
 from parsers.message import ParsedMessage
 
 TICKET_TAG = "emergency-email"
@@ -95,15 +95,15 @@ def ticket_request(record: EscalationRecord, parsed: ParsedMessage, *,
         tags=ticket_tags(verdict),
         priority=verdict.get("zendesk_priority"),
         type=_ticket_type(record, problem_id),
-        problem_id=problem_id if record.relation == "incident" else None,
+        problem_id=problem_id if record.relation == RelationKind.INCIDENT else None,
     )
 
 
 def _ticket_type(record: EscalationRecord, problem_id: int | None) -> str | None:
     """The first ticket of an incident is its problem; other tenants' tickets are its incidents."""
-    if record.relation == "first":
+    if record.relation == RelationKind.FIRST:
         return "problem"
-    if record.relation == "incident" and problem_id is not None:
+    if record.relation == RelationKind.INCIDENT and problem_id is not None:
         return "incident"
     return None
 
@@ -111,7 +111,7 @@ def _ticket_type(record: EscalationRecord, problem_id: int | None) -> str | None
 def follow_up_comment(record: EscalationRecord, parsed: ParsedMessage, ticket_id: int) -> CommentRequest:
     marker = f"[ref {record.dedup_key}]"
     words = own_words(parsed.text).strip() or "(no new text)"
-    head = f"{subject_of(parsed)}\n\n" if record.relation != "thread" else ""
+    head = f"{subject_of(parsed)}\n\n" if record.relation != RelationKind.THREAD else ""
     why = f"(by email to the emergency address at {iso(record.envelope.received_at)}; {record.relation_reason})"
     warning = trust_warning(record.verdict or {})
     head = f"{warning}\n\n{head}" if warning else head
@@ -289,7 +289,8 @@ def page_request(record: EscalationRecord, parsed: ParsedMessage, ticket_url: st
         details.update({"reports": group["reports"], "tenants": group["tenants"][:50]})
     links: tuple[dict[str, str], ...] = ()
     if problem_url:
-        label = "Zendesk problem ticket" if record.relation == "incident" else "Zendesk ticket of the conversation"
+        label = "Zendesk problem ticket" if record.relation == RelationKind.INCIDENT \
+            else "Zendesk ticket of the conversation"
         links += ({"href": problem_url, "text": label},)
     if ticket_url:
         links += ({"href": ticket_url, "text": f"Zendesk ticket #{record.ticket_id}"},)
@@ -307,9 +308,9 @@ def page_request(record: EscalationRecord, parsed: ParsedMessage, ticket_url: st
 def incident_note(record: EscalationRecord, ticket_url: str, *,
                   group: dict[str, Any] | None = None) -> IncidentNoteRequest:
     marker = f"[emergencyd:ticket:{record.dedup_key}]"
-    kind = "Problem ticket" if record.relation == "first" else "Zendesk ticket"
+    kind = "Problem ticket" if record.relation == RelationKind.FIRST else "Zendesk ticket"
     head = f"{kind} #{record.ticket_id}: {ticket_url}"
-    if group and record.relation == "incident":
+    if group and record.relation == RelationKind.INCIDENT:
         head = f"Report {group['reports']} of this incident, from {record.sender}. {head}"
     return IncidentNoteRequest(record.page_key or record.dedup_key, f"{head}\n{marker}", marker)
 

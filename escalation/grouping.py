@@ -19,9 +19,11 @@ from dataclasses import dataclass
 
 from escalation.policy import SEVERITIES, Verdict
 from parsers.message import ParsedMessage
+from escalation.records import RelationKind
 from parsers.subject import bare_subject, loop_subject
 
-FIRST, THREAD, STORM, REPEAT, INCIDENT, ALONE = "first", "thread", "storm", "repeat", "incident", "alone"
+FIRST, THREAD, STORM, REPEAT, INCIDENT, ALONE = RelationKind   # the names relate() has always used
+
 # Zendesk writes "[#1234]" or "Ticket #1234" in its notification subjects; people write "(#1234)".
 _TICKET_REF = re.compile(r"(?:\[#(\d{1,12})\]|\bticket\s*#\s*(\d{1,12})\b|\(#(\d{1,12})\))", re.IGNORECASE)
 # Zendesk's encoded id in notification bodies, e.g. "[7ZVQ3M-J7K4]".

@@ -11,13 +11,34 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-# Escalation states.
-NEW = "new"            # stored, not yet parsed and planned
-PENDING = "pending"    # planned; some steps still to do
-DONE = "done"          # every step done
-FAILED = "failed"      # a step failed permanently; a human must look
-SUPPRESSED = "suppressed"  # noise, recorded with its reason; nothing sent
-STUCK = "stuck"        # deciding it failed MAX_DECIDE_ATTEMPTS times: a human must look (`emergencyd rearm ID`)
+class EscalationState(StrEnum):
+    NEW = "new"                # stored, not yet parsed and planned
+    PENDING = "pending"        # planned; some steps still to do
+    DONE = "done"              # every step done
+    FAILED = "failed"          # a step failed permanently; a human must look
+    SUPPRESSED = "suppressed"  # noise, recorded with its reason; nothing sent
+    STUCK = "stuck"            # deciding it failed MAX_DECIDE_ATTEMPTS times: a human must look (`emergencyd rearm`)
+
+
+class RelationKind(StrEnum):
+    """How a mail relates to earlier mail (relate() below decides)."""
+    FIRST = "first"          # opens an incident
+    THREAD = "thread"        # a reply, or a mail naming a ticket: a comment on that ticket
+    STORM = "storm"          # a sender's mail past sender_limit: a comment on its open ticket
+    REPEAT = "repeat"        # the same sender's report of an open incident: a comment
+    INCIDENT = "incident"    # another tenant's report of an open incident: its own ticket, the same page
+    ALONE = "alone"          # outside incident grouping: not an incident, noise, an unverified sender
+
+
+class StepState(StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+
+
+# The names the code has always used: the enum members themselves (str subclasses, so SQL takes them as is).
+NEW, PENDING, DONE, FAILED, SUPPRESSED, STUCK = EscalationState
+STEP_PENDING, STEP_DONE, STEP_FAILED = StepState
 MAX_DECIDE_ATTEMPTS = 3
 
 
@@ -35,11 +56,6 @@ class RearmOutcome(StrEnum):
     REARMED = "rearmed"              # new again, its failures forgotten: the daemon tries to decide it again
     UNKNOWN = "unknown"
     NOT_STUCK = "not stuck"
-
-# Step states.
-STEP_PENDING = "pending"
-STEP_DONE = "done"
-STEP_FAILED = "failed"
 
 # Step names, in the order a human reads them.
 TICKET = "ticket"            # create the Zendesk ticket (looked up by external_id on retry)
@@ -136,7 +152,7 @@ class EscalationRecord:
 
     @property
     def comments_only(self) -> bool:
-        return self.relation in ("thread", "storm", "repeat")
+        return self.relation in (RelationKind.THREAD, RelationKind.STORM, RelationKind.REPEAT)
 
     @property
     def pages_on_its_own(self) -> bool:

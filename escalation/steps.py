@@ -35,7 +35,8 @@ from escalation.dkim_check import decide_trust
 from escalation.decided import DecidedSignals
 from escalation.fair_turns import FairTurns
 from escalation.grouping import (
-    ALONE, FIRST, INCIDENT, GroupingSettings, Relation, encoded_ids, fingerprint, relate, ticket_reference,
+    ALONE, FIRST, INCIDENT, REPEAT, STORM, THREAD, GroupingSettings, Relation, encoded_ids, fingerprint, relate,
+    ticket_reference,
 )
 from escalation.policy import Policy, Verdict
 from escalation.records import (
@@ -145,10 +146,10 @@ class Escalator:
     # -- deciding ------------------------------------------------------------------
 
     def planned_steps(self, verdict: Verdict, relation: Relation) -> tuple[str, ...]:
-        if relation.kind in ("thread", "storm", "repeat"):
+        if relation.kind in (THREAD, STORM, REPEAT):
             if relation.repage:
                 return (COMMENT, PAGE) + self._fallback_steps(relation)
-            if relation.kind != "storm" and self._actions.has_rest_api:
+            if relation.kind != STORM and self._actions.has_rest_api:
                 # A follow-up to an incident PagerDuty already resolved opens a new one (page checks first).
                 return (COMMENT, PAGE, LINK_TICKET)
             return (COMMENT,)
