@@ -16,7 +16,7 @@ from daemon.logs import configure_logging
 from daemon.status import render_status, status_document
 from daemon.store import Store, StoreError
 from escalation.records import Envelope, RearmOutcome, ReleaseOutcome
-from escalation.directory import ZENDESK, DirectoryCopy, directory_line
+from escalation.directory import directory_line, kept_copy
 
 DEFAULT_CONFIG = "config.toml"
 INJECT_BUSY_TIMEOUT_MS = 30_000
@@ -186,9 +186,8 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
         return 3
     store = Store.open(config.store.path, busy_timeout_ms=config.store.busy_timeout_ms)
     try:
-        kept = store.kept_directory(ZENDESK) if config.policy.trust.directory_from_zendesk else None
         document = status_document(store, limit=args.limit, dry_run=config.dry_run, tenant_directory=directory_line(
-            config.policy.trust, DirectoryCopy.from_json(kept) if kept else None))
+            config.policy.trust, kept_copy(store, config.policy.trust)))
     finally:
         store.close()
     print(json.dumps(document, indent=2) if args.json else render_status(document))

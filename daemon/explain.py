@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 from daemon.config import Config
 from daemon.store import Store
-from escalation.directory import ZENDESK, DirectoryCopy, with_directory
+from escalation.directory import kept_copy, with_directory
 from escalation.content import describe_verdict
 from escalation.policy import classify
 from escalation.rspamd import ask_rspamd_now
@@ -56,18 +56,13 @@ def explain_file(path: Path, config: Config, received_at: datetime, *, offline: 
 
 def kept_directory_in_force(config: Config) -> TrustPolicy:
     """The directory as the daemon decides with it: the config's, and the copy of Zendesk's kept in the store."""
-    return with_directory(config.policy.trust, kept_directory_copy(config))
-
-
-def kept_directory_copy(config: Config) -> DirectoryCopy | None:
     if not config.policy.trust.directory_from_zendesk or not config.store.path.exists():
-        return None
+        return config.policy.trust
     store = Store.open(config.store.path, busy_timeout_ms=config.store.busy_timeout_ms)
     try:
-        kept = store.kept_directory(ZENDESK)
+        return with_directory(config.policy.trust, kept_copy(store, config.policy.trust))
     finally:
         store.close()
-    return DirectoryCopy.from_json(kept) if kept else None
 
 
 def write_text(result: dict[str, Any], out: TextIO) -> None:

@@ -41,6 +41,14 @@ class DirectoryCopy:
         return other is not None and (self.domains, self.addresses) == (other.domains, other.addresses)
 
 
+def kept_copy(store: Any, trust: TrustPolicy) -> DirectoryCopy | None:
+    """The copy of Zendesk's directory kept in a (synchronous) store, when the config reads Zendesk."""
+    if not trust.directory_from_zendesk:
+        return None
+    kept = store.kept_directory(ZENDESK)
+    return DirectoryCopy.from_json(kept) if kept else None
+
+
 def directory_from(organizations: Iterable[Any], users: Iterable[Any], fetched_at: float) -> DirectoryCopy:
     """Zendesk's organizations and end users (zenpy objects, or anything with the same attributes)."""
     names: dict[int, str] = {}
