@@ -28,12 +28,13 @@ import time
 from typing import Any, Awaitable, Callable
 
 from aiosmtpd.proxy_protocol import ProxyData
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope as SmtpEnvelope, LoginPassword, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope as SmtpEnvelope, LoginPassword, Session, syntax
 
 from daemon.config import SmtpConfig
 from daemon.metrics import Metrics
 from daemon.smtp_address import Address, plain_address
 from daemon.smtp_auth import Authenticator
+from daemon.smtp_data import BodyFault, read_body
 from daemon.smtp_limits import (
     AUTH_THROTTLED, IDLE_TIMEOUT, LINE_TOO_LONG, PEER_RATE, PROXY_INVALID, PROXY_UNTRUSTED, SENDER_RATE, SESSION_TOO_LONG,
     SHUTTING_DOWN, TOO_MANY_RECIPIENTS, ConnectionLimits, Networks, RateLimit, Refusal,
@@ -203,15 +204,40 @@ class Smtp(SMTP):
             if self._refusal is not None and status.startswith("220 "):   # the greeting of a refused connection
                 self.close_with(self._refusal)
                 return
-            if status.startswith("500 Line too long"):     # aiosmtpd's words, after the whole DATA was read
-                log.info("smtp refused", extra={"reason": LINE_TOO_LONG.reason, "peer": _peer(self.session),
-                                                "max_line_bytes": self.line_length_limit})
-                status = counted(self._metrics, LINE_TOO_LONG)
-            elif status.startswith("552"):
+            if status.startswith("552"):
                 self._metrics.rejected.labels("too_large").inc()
             elif status.startswith("530 5.7.0"):
                 self._metrics.rejected.labels("auth_required").inc()
         await super().push(status)
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, with its checks and answers, reading the body in pieces (daemon/smtp_data.py)."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            body = await read_body(self._reader, max_line_bytes=self.line_length_limit, max_bytes=self.data_size_limit)
+        except asyncio.CancelledError:     # the client went away mid-DATA
+            self._writer.close()
+            raise
+        if body.fault is BodyFault.LINE_TOO_LONG:
+            log.info("smtp refused", extra={"reason": LINE_TOO_LONG.reason, "peer": _peer(self.session),
+                                            "max_line_bytes": self.line_length_limit})
+            status = counted(self._metrics, LINE_TOO_LONG)
+        elif body.fault is BodyFault.TOO_LARGE:
+            status = "552 Error: Too much mail data"
+        else:
+            self.envelope.content = self.envelope.original_content = body.content
+            status = await self._ingest_handler.handle_DATA(self, self.session, self.envelope)
+        self._set_post_data_state()
+        await self.push(status)
 
     def _getaddr(self, arg: str) -> Address:
         # Not a public hook: the one place aiosmtpd reads the addresses of MAIL and RCPT
