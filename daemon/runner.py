@@ -12,7 +12,8 @@ import logging
 import time
 
 from daemon.metrics import Metrics
-from daemon.store_thread import BACKGROUND, store_priority
+from daemon.store import DueWork
+from daemon.store_thread import BACKGROUND, INTAKE_BUSY_SECONDS, store_priority
 from escalation.records import NEW, PENDING, STUCK
 from escalation.steps import Escalator
 
@@ -21,6 +22,9 @@ log = logging.getLogger("emergencyd.runner")
 DUE_BATCH = 200
 ROUND_SPACING_SECONDS = 0.02   # a first mail starts within this of its commit, however busy the intake
 FULL_LOOK_SECONDS = 1.0   # how often a round reads all undecided mail, not only what arrived since the last look
+# While mail is arriving, the store's thread gives background work only a small share (store_thread.py):
+# more background escalations than this in flight would only wait there, each a task on the event loop.
+BACKGROUND_IN_FLIGHT_DURING_INTAKE = 8
 
 
 def _store_context(urgent: bool) -> contextvars.Context:
@@ -54,6 +58,8 @@ class Runner:
         # reads it all again every FULL_LOOK_SECONDS (mail another process committed late, say).
         self._new_after = 0
         self._full_look_at = float("-inf")
+        self._background: set[int] = set()   # escalations in flight as background work
+        self._held_back = False               # background work was left for when intake is quiet
 
     def wake(self) -> None:
         self._wake.set()
@@ -76,7 +82,8 @@ class Runner:
 
     async def _start_due(self) -> int:
         started = 0
-        full_look = time.monotonic() - self._full_look_at >= FULL_LOOK_SECONDS
+        full_look = time.monotonic() - self._full_look_at >= FULL_LOOK_SECONDS or (
+            self._held_back and not self._store.intake_busy())   # what was held back, now that intake is quiet
         if full_look:
             self._full_look_at = time.monotonic()
         # Escalations in flight (waiting on Zendesk's pace, say) may still be due: ask for
@@ -84,6 +91,9 @@ class Runner:
         limit = DUE_BATCH + len(self._in_flight)
         found = await self._store.due_turns(time.time(), limit, new_after=0 if full_look else self._new_after)
         due = [work for work in found if work.message_pk not in self._in_flight]
+        due, held_back = self._while_intake_busy(due)
+        # Held back mail past the mark is found again by full looks, until one finds less than it asked for.
+        self._held_back = bool(held_back) or (self._held_back and (not full_look or len(found) >= limit))
         sizes = await self._store.message_sizes([work.message_pk for work in due]) if due else {}
         for work in due:
             pk = work.message_pk
@@ -91,12 +101,28 @@ class Runner:
             if self._in_flight and held + sizes.get(pk, 0) > self._max_in_flight_bytes:
                 return started   # in order: the rest start as those in flight finish, and are asked for again
             self._in_flight_bytes[pk] = sizes.get(pk, 0)
+            if not work.urgent:
+                self._background.add(pk)
             self._in_flight[pk] = asyncio.create_task(self._advance(pk), name=f"escalation-{pk}",
                                                       context=_store_context(work.urgent))
             started += 1
-        if len(found) < limit:   # every undecided mail past the mark was seen, and is in flight now
+        if len(found) < limit:   # every undecided mail past the mark was seen, and is in flight or held back
             self._new_after = max([self._new_after, *(w.message_pk for w in found if w.undecided)])
         return started
+
+    def _while_intake_busy(self, due: list[DueWork]) -> tuple[list[DueWork], list[DueWork]]:
+        """What to start now, and the background work held back while mail is arriving."""
+        if not self._store.intake_busy():
+            return due, []
+        room = max(BACKGROUND_IN_FLIGHT_DURING_INTAKE - len(self._background), 0)
+        start, held_back = [], []
+        for work in due:
+            if work.urgent or room:
+                room -= not work.urgent
+                start.append(work)
+            else:
+                held_back.append(work)
+        return start, held_back
 
     async def _advance(self, pk: int) -> None:
         try:
@@ -110,6 +136,7 @@ class Runner:
         finally:
             self._in_flight.pop(pk, None)
             self._in_flight_bytes.pop(pk, None)
+            self._background.discard(pk)
             self._wake.set()   # its next steps may be due at once
 
     async def _count_failure(self, pk: int, exc: Exception) -> None:
@@ -147,6 +174,8 @@ class Runner:
         # business: waiting for it is the wake event's job, not a busy loop's.
         if next_due is not None and (started or next_due > time.time()):
             timeout = min(timeout, max(next_due - time.time(), 0.01))
+        if self._held_back:       # look again soon: intake may be quiet by then
+            timeout = min(timeout, INTAKE_BUSY_SECONDS)
         try:
             await asyncio.wait_for(self._wake.wait(), timeout)
         except asyncio.TimeoutError:

@@ -581,6 +581,10 @@ class AsyncStore:
             self._committer = asyncio.create_task(self._commit_waiting(), name="group-commit")
         return await committed
 
+    def intake_busy(self) -> bool:
+        """Mail is arriving: background work on the store's thread gets only its share (daemon/store_thread.py)."""
+        return self._thread.intake_busy()
+
     async def _commit_waiting(self) -> None:
         while self._to_commit:
             group = self._take_group()

@@ -65,6 +65,10 @@ class StoreThread:
         """A mail arrived: background calls yield to intake for the next INTAKE_BUSY_SECONDS."""
         self._intake_at = self._clock()
 
+    def intake_busy(self) -> bool:
+        """A mail arrived within INTAKE_BUSY_SECONDS."""
+        return self._clock() - self._intake_at <= INTAKE_BUSY_SECONDS
+
     def _put(self, priority: int, fn: Callable[[], Any] | None, future: Future | None) -> None:
         with self._lock:
             heapq.heappush(self._heap, (priority, next(self._order), fn, future))

@@ -1,11 +1,12 @@
 """An emergency never waits behind noise: through the real daemon, decisions take fair turns."""
 import os
+import smtplib
 from pathlib import Path
 
 import pytest
 
 from tests.harness import (
-    DaemonProcess, base_env, log_records, make_message, require_tool, run_cli, write_config,
+    RECIPIENT, DaemonProcess, base_env, log_records, make_message, require_tool, run_cli, write_config,
 )
 
 
@@ -66,3 +67,27 @@ def test_without_worker_processes_mail_is_still_decided_on_threads(tmp_path):
         daemon.stop()
     assert message["severity"] == "P1" and message["state"] == "done"
     assert "worker processes unavailable; parsing and classifying on threads instead" in log
+
+
+def test_a_storm_over_smtp_is_all_decided_after_it_and_a_new_sender_is_not_held_back(start_daemon):
+    """While mail arrives, the runner holds a storm's later mail back (daemon/runner.py); none of it is
+    forgotten once the storm ends, and another sender's first mail is never among what is held."""
+    daemon = start_daemon(policy=True)
+    loop_mail = 240
+    with smtplib.SMTP("127.0.0.1", daemon.smtp_port, timeout=30) as client:
+        for number in range(loop_mail):
+            if number == loop_mail // 2:
+                client.sendmail("ops@other-tenant.example", [RECIPIENT], make_message(
+                    subject="All our apps are down", sender="ops@other-tenant.example",
+                    body="All our production apps return 502.", message_id="<p1@other>"))
+            client.sendmail("monitoring@loop.example", [RECIPIENT], make_message(
+                subject=f"ALERT #{number} disk usage", sender="monitoring@loop.example",
+                body="disk usage 91% " * 100, message_id=f"<loop-{number}@loop.example>"))
+    doc = daemon.wait_settled(loop_mail + 1, timeout=120)
+    decided = [r["message_pk"] for r in log_records(daemon.log_text()) if r.get("event") == "decided"]
+    assert sorted(decided) == list(range(1, loop_mail + 2))
+    p1_pk = next(m["id"] for m in doc["messages"] if m["subject"] == "All our apps are down")
+    loop = [pk for pk in decided if pk != p1_pk]
+    assert loop == sorted(loop)
+    # The loop's mail stored before the P1 was still (mostly) undecided when the P1 was decided.
+    assert decided.index(p1_pk) < p1_pk - 1, (decided.index(p1_pk), p1_pk)
