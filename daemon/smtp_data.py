@@ -46,7 +46,7 @@ async def read_body(reader: asyncio.StreamReader, *, max_line_bytes: int, max_by
         ends_data = piece.endswith(DOT_LINE_END) and (piece if len(piece) >= 5 else tail + piece)[-5:-3] == CRLF
         if ends_data:
             piece = piece[:-3]
-        longest, line_bytes = _line_lengths(piece, line_bytes, after_cr=tail.endswith(b"\r"))
+        longest, line_bytes = _line_lengths(piece, line_bytes, after_cr=tail.endswith(b"\r"), limit=max_line_bytes)
         if max(longest, line_bytes) > max_line_bytes and fault is None:
             fault = BodyFault.LINE_TOO_LONG
         size += len(piece)
@@ -62,12 +62,15 @@ async def read_body(reader: asyncio.StreamReader, *, max_line_bytes: int, max_by
             tail = (tail + piece[-2:])[-2:]
 
 
-def _line_lengths(piece: bytes, carried: int, *, after_cr: bool) -> tuple[int, int]:
-    """The longest line that ended in `piece` (with its CRLF), and how much is read of the line
-    under way after it. `carried`: what was read of that line before `piece`, a final CR included;
-    `after_cr`: that CR may pair with an LF at the start of `piece`."""
+def _line_lengths(piece: bytes, carried: int, *, after_cr: bool, limit: int) -> tuple[int, int]:
+    """The longest line that ended in `piece` (with its CRLF; 0 when none can be over `limit`), and
+    how much is read of the line under way after it. `carried`: what was read of that line before
+    `piece`, a final CR included; `after_cr`: that CR may pair with an LF at the start of `piece`."""
     if after_cr:                          # a CRLF split between two pieces
         piece, carried = b"\r" + piece, carried - 1
+    if carried + len(piece) + 2 <= limit:  # no line in it can be too long: the usual piece, no split needed
+        end = piece.rfind(CRLF)
+        return 0, carried + len(piece) if end < 0 else len(piece) - end - 2
     lines = piece.split(CRLF)
     if len(lines) == 1:
         return 0, carried + len(piece)

@@ -59,12 +59,20 @@ async def _aiosmtpd_answer(body: bytes, pieces: list[bytes]) -> DataBodyLike:
 
 
 async def _our_answer(pieces: list[bytes]) -> tuple[DataBodyLike, bytes]:
+    """read_body on a reader fed piece by piece, as the socket would: where the reader's limit cuts
+    the body then depends on the pieces, so lines and CRLFs split between reads are met too."""
     reader = asyncio.StreamReader(limit=LINE_LIMIT)
-    for piece in pieces:
-        reader.feed_data(piece)
-    reader.feed_data(b"QUIT\r\n")           # a pipelined command: left for the next read
-    reader.feed_eof()
+
+    async def feed():
+        for piece in pieces:
+            reader.feed_data(piece)
+            await asyncio.sleep(0)
+        reader.feed_data(b"QUIT\r\n")           # a pipelined command: left for the next read
+        reader.feed_eof()
+
+    feeding = asyncio.create_task(feed())
     body = await read_body(reader, max_line_bytes=LINE_LIMIT, max_bytes=SIZE_LIMIT)
+    await feeding
     return (body.content, body.fault), await reader.read()
 
 
@@ -73,7 +81,7 @@ def _cut(stream: bytes, cuts: list[int]) -> list[bytes]:
     return [stream[a:b] for a, b in zip(points, points[1:]) if b > a]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(st.lists(BITS, max_size=40).map(b"".join), st.lists(st.integers(min_value=0), max_size=6))
 def test_the_body_is_read_as_aiosmtpd_reads_it(body, cuts):
     stream = body + END
@@ -101,8 +109,11 @@ def test_end_of_data_and_dot_stuffing(stream, content):
 
 def test_a_long_line_split_across_reads_is_refused_and_nothing_is_kept():
     line = b"z" * (LINE_LIMIT - 1) + b"\r\n"                  # one byte over, its CRLF counted
-    (ours, fault), left = asyncio.run(_our_answer([line[:10], line[10:-1], line[-1:], b"ok\r\n.\r\n"]))
+    (ours, fault), left = asyncio.run(_our_answer([b"a\r\n" + line[:10], line[10:-1], line[-1:], b"ok\r\n.\r\n"]))
     assert (ours, fault, left) == (b"", BodyFault.LINE_TOO_LONG, b"QUIT\r\n")
-    fits = b"z" * (LINE_LIMIT - 2) + b"\r\n"
-    (ours, fault), _ = asyncio.run(_our_answer([fits[:-1], fits[-1:], b".\r\n"]))
-    assert (ours, fault) == (fits, None)
+    fits = b"z" * (LINE_LIMIT - 2) + b"\r\n"                  # exactly the limit
+    for cut in range(1, len(fits)):
+        (ours, fault), _ = asyncio.run(_our_answer([b"a\r\n" + fits[:cut], fits[cut:] + fits, b".\r\n"]))
+        assert (ours, fault) == (b"a\r\n" + fits + fits, None), cut
+    (ours, fault), _ = asyncio.run(_our_answer([b"end of a sentence.\r\n" + fits + b".\r\n"]))
+    assert (ours, fault) == (b"end of a sentence.\r\n" + fits, None)
