@@ -28,11 +28,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import escalation.policy as policy_module  # noqa: E402
+import emergencyd.escalation.policy as policy_module  # noqa: E402
 from bench.smtp_ingest import percentile  # noqa: E402
-from escalation.policy import classify  # noqa: E402
-from escalation.policy_config import parse_policy  # noqa: E402
-from parsers.message import parse_message  # noqa: E402
+from emergencyd.escalation.policy import classify  # noqa: E402
+from emergencyd.escalation.policy_config import parse_policy  # noqa: E402
+from emergencyd.parsers.message import parse_message  # noqa: E402
 from tests.regex_matcher import regex_evaluate, regex_rules  # noqa: E402
 
 SEED = 20261127

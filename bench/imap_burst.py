@@ -20,7 +20,7 @@ from bench.imap_pickup import (
 )
 from bench.smtp_ingest import Cleanup, _fmt, build_message, start_emergencyd, stop_daemon
 from bench.storm import max_in_window
-from escalation.pacing import Pacer
+from emergencyd.escalation.pacing import Pacer
 from tests.harness import live_env
 
 BURST_BASE = 700_000   # build_message indexes of its own (see imap_pickup's *_BASE)

@@ -48,7 +48,7 @@ from bench.smtp_ingest import (  # noqa: E402
     header, percentile, run_benchmark, start_emergencyd, stop_daemon,
 )
 from bench.storm import log_problems, proc_status_kb  # noqa: E402
-from escalation.records import dedup_key_of  # noqa: E402
+from emergencyd.escalation.records import dedup_key_of  # noqa: E402
 from tests.harness import API_TOKEN, ZENDESK_EMAIL, ZENDESK_TOKEN, base_env, live_env, log_records  # noqa: E402
 
 IMAP_TIMEOUT = 30.0

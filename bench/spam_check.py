@@ -23,10 +23,10 @@ if str(ROOT) not in sys.path:
 
 from bench.classify import SEED, SIZES_KB, synthetic_mails  # noqa: E402
 from bench.smtp_ingest import percentile  # noqa: E402
-from escalation.rspamd import SpamCheck, ask_rspamd_now  # noqa: E402
-from escalation.trust import TrustPolicy, sender_standing  # noqa: E402
-from parsers.message import parse_message  # noqa: E402
-from parsers.spam_headers import relay_spam_verdict  # noqa: E402
+from emergencyd.escalation.rspamd import SpamCheck, ask_rspamd_now  # noqa: E402
+from emergencyd.escalation.trust import TrustPolicy, sender_standing  # noqa: E402
+from emergencyd.parsers.message import parse_message  # noqa: E402
+from emergencyd.parsers.spam_headers import relay_spam_verdict  # noqa: E402
 from tests.rspamd import Rspamd  # noqa: E402
 
 RELAY_FIELDS = ("X-Spamd-Result: default: False [2.10 / 15.00]; MIME_GOOD(-0.10)[text/plain]; DATE_IN_PAST(1.00)[3]\r\n"

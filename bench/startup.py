@@ -31,7 +31,7 @@ if str(ROOT) not in sys.path:
 from bench.smtp_ingest import percentile  # noqa: E402
 from tests.harness import base_env, live_env, make_message, run_cli, write_config  # noqa: E402
 
-IMPORTS = "import daemon.app, daemon.cli, escalation.zendesk, escalation.pagerduty"
+IMPORTS = "import emergencyd.daemon.app, emergencyd.daemon.cli, emergencyd.escalation.zendesk, emergencyd.escalation.pagerduty"
 
 
 def time_command(args: list[str], runs: int) -> list[float]:
@@ -54,7 +54,7 @@ def time_to_ready(config: Path, runs: int, workdir: Path, *, fresh_store: bool,
             sock.bind(str(path))
             sock.settimeout(30)
             began = time.perf_counter()
-            proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--config", str(config)], cwd=ROOT,
+            proc = subprocess.Popen([sys.executable, "-m", "emergencyd.daemon.cli", "run", "--config", str(config)], cwd=ROOT,
                                     env={**(env or base_env()), "NOTIFY_SOCKET": str(path)}, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)
             try:

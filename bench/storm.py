@@ -37,7 +37,7 @@ from bench.smtp_ingest import (  # noqa: E402
     SMTP_TIMEOUT, Cleanup, _escalation_backlog, add_session_args, _fmt, _send_one, bench_session, header, cpu_seconds, percentile, run_load,
     run_benchmark, start_emergencyd, stop_daemon,
 )
-from escalation.pacing import Pacer  # noqa: E402
+from emergencyd.escalation.pacing import Pacer  # noqa: E402
 from tests.harness import (  # noqa: E402
     API_TOKEN, ZENDESK_EMAIL, ZENDESK_TOKEN, live_env, log_records, make_message, run_cli,
 )

@@ -9,25 +9,25 @@ import time
 
 from dataclasses import replace
 
-from daemon.config import Config, ConfigError, load_config
-from daemon.http import start_http
-from daemon.imap import ImapIngress
-from daemon.loop_lag import watch_loop_lag
-from daemon.metrics import Metrics
-from daemon.notify import SystemdNotifier
-from daemon.runner import Runner
-from daemon.certificates import soonest_expiry, tls_files
-from daemon.smtp import IngestHandler, load_certificate, start_smtp, starttls_context
-from daemon.store import AsyncStore, IngestResult
-from escalation.fallback import SmtpRelay
-from escalation.records import NEW, PENDING, Envelope
-from escalation.grouping import GroupingSettings
-from escalation.retry import RetrySchedule
-from daemon.directory_keeper import DirectoryKeeper
-from escalation.directory import DirectoryCopy, directory_line, with_directory
-from escalation.policy import Policy
-from escalation.cpu_pool import CpuPool
-from escalation.steps import EscalationSettings, Escalator, classify_context
+from emergencyd.daemon.config.model import Config, ConfigError, load_config
+from emergencyd.daemon.ops.http import start_http
+from emergencyd.daemon.ingest.imap import ImapIngress
+from emergencyd.daemon.ops.loop_lag import watch_loop_lag
+from emergencyd.daemon.ops.metrics import Metrics
+from emergencyd.daemon.ops.notify import SystemdNotifier
+from emergencyd.daemon.runner import Runner
+from emergencyd.daemon.ops.certificates import soonest_expiry, tls_files
+from emergencyd.daemon.ingest.smtp import IngestHandler, load_certificate, start_smtp, starttls_context
+from emergencyd.daemon.store.sqlite import AsyncStore, IngestResult
+from emergencyd.escalation.fallback import SmtpRelay
+from emergencyd.escalation.records import NEW, PENDING, Envelope
+from emergencyd.escalation.grouping import GroupingSettings
+from emergencyd.escalation.retry import RetrySchedule
+from emergencyd.daemon.directory_keeper import DirectoryKeeper
+from emergencyd.escalation.directory import DirectoryCopy, directory_line, with_directory
+from emergencyd.escalation.policy import Policy
+from emergencyd.escalation.cpu_pool import CpuPool
+from emergencyd.escalation.steps import EscalationSettings, Escalator, classify_context
 
 log = logging.getLogger("emergencyd")
 
@@ -40,8 +40,8 @@ def build_integrations(config: Config):
     """None for both in dry_run: nothing can be called by mistake."""
     if config.dry_run:
         return None, None
-    from escalation.pagerduty import PagerDutyPager
-    from escalation.zendesk import ZendeskDesk
+    from emergencyd.escalation.pagerduty import PagerDutyPager
+    from emergencyd.escalation.zendesk import ZendeskDesk
     return ZendeskDesk(config.zendesk), PagerDutyPager(config.pagerduty)
 
 

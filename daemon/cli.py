@@ -11,12 +11,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Callable
 
-from daemon.config import Config, ConfigError, load_config
-from daemon.logs import configure_logging
-from daemon.status import render_status, status_document
-from daemon.store import Store, StoreError
-from escalation.records import Envelope, RearmOutcome, ReleaseOutcome
-from escalation.directory import directory_line, kept_copy
+from emergencyd.daemon.config.model import Config, ConfigError, load_config
+from emergencyd.daemon.ops.logs import configure_logging
+from emergencyd.daemon.ops.status import render_status, status_document
+from emergencyd.daemon.store.sqlite import Store, StoreError
+from emergencyd.escalation.records import Envelope, RearmOutcome, ReleaseOutcome
+from emergencyd.escalation.directory import directory_line, kept_copy
 
 DEFAULT_CONFIG = "config.toml"
 INJECT_BUSY_TIMEOUT_MS = 30_000
@@ -88,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_hash_password(args: argparse.Namespace) -> int:
     import getpass
 
-    from daemon.smtp_auth import hash_password
+    from emergencyd.daemon.ingest.smtp_auth import hash_password
     if not args.user or ":" in args.user or any(c.isspace() for c in args.user):
         print("emergencyd: the user name must be non-empty, without ':' or spaces", file=sys.stderr)
         return 2
@@ -101,7 +101,7 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
 
 
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
-    from daemon.app import StartupError, run_daemon
+    from emergencyd.daemon.app import StartupError, run_daemon
     try:
         run_daemon(config)
     except StartupError as exc:
@@ -119,7 +119,7 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_inject(config: Config, args: argparse.Namespace) -> int:
-    from daemon.explain import receive_time
+    from emergencyd.daemon.ops.explain import receive_time
     try:
         received_at = receive_time(args.received_at, config).timestamp() if args.received_at else None
     except ValueError:
@@ -148,7 +148,7 @@ def cmd_inject(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_classify(config: Config, args: argparse.Namespace) -> int:
-    from daemon.explain import run_classify
+    from emergencyd.daemon.ops.explain import run_classify
     return run_classify(config, args.files, args.at, args.text, offline=args.offline)
 
 

@@ -11,8 +11,8 @@ import asyncio
 import logging
 from typing import Awaitable, Callable
 
-from daemon.metrics import Metrics
-from escalation.directory import ZENDESK, DirectoryCopy
+from emergencyd.daemon.ops.metrics import Metrics
+from emergencyd.escalation.directory import ZENDESK, DirectoryCopy
 
 log = logging.getLogger("emergencyd.directory")
 

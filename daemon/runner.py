@@ -11,11 +11,11 @@ import contextvars
 import logging
 import time
 
-from daemon.metrics import Metrics
-from daemon.store import DueWork
-from daemon.store_thread import BACKGROUND, INTAKE_BUSY_SECONDS, store_priority
-from escalation.records import NEW, PENDING, STUCK
-from escalation.steps import Escalator
+from emergencyd.daemon.ops.metrics import Metrics
+from emergencyd.daemon.store.sqlite import DueWork
+from emergencyd.daemon.store.thread import BACKGROUND, INTAKE_BUSY_SECONDS, store_priority
+from emergencyd.escalation.records import NEW, PENDING, STUCK
+from emergencyd.escalation.steps import Escalator
 
 log = logging.getLogger("emergencyd.runner")
 
@@ -30,7 +30,7 @@ BACKGROUND_IN_FLIGHT_DURING_INTAKE = 8
 def _store_context(urgent: bool) -> contextvars.Context:
     """A sender's later mail and pending steps other than a page are background work on the
     store's thread: a storm's queue never holds up another sender's first mail, nor a page's retry
-    (daemon/store_thread.py)."""
+    (daemon/store/thread.py)."""
     context = contextvars.copy_context()
     if not urgent:
         context.run(store_priority.set, BACKGROUND)
@@ -154,7 +154,7 @@ class Runner:
         self._metrics.in_flight_bytes.set(sum(self._in_flight_bytes.values()))
 
     async def read_store_gauges(self) -> None:
-        """The backlog gauges, read from the store when Prometheus scrapes (daemon/http.py): exact
+        """The backlog gauges, read from the store when Prometheus scrapes (daemon/ops/http.py): exact
         whenever they are seen, and never a cost to the rounds of a burst."""
         counts = await self._store.counts_by_state()
         self._metrics.pending.set(counts.get(PENDING, 0) + counts.get(NEW, 0))

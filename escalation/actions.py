@@ -20,12 +20,12 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
-from escalation import content, fallback
-from escalation.records import (
+from emergencyd.escalation import content, fallback
+from emergencyd.escalation.records import (
     COMMENT, FALLBACK_ALERT, LINK_PAGE, LINK_TICKET, PAGE, TICKET, TICKET_NOTE, EscalationRecord, FollowUp, RelationKind,
 )
-from escalation.retry import TransientError
-from parsers.message import ParsedMessage
+from emergencyd.escalation.retry import TransientError
+from emergencyd.parsers.message import ParsedMessage
 
 # PagerDuty shows a triggered incident after a short delay; look it up this many times
 # before the ticket's link note goes out with the dedup_key alone.

@@ -5,9 +5,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
-from escalation.rules import own_words
-from escalation.records import EscalationRecord, FollowUp, RelationKind
-from parsers.message import ParsedMessage
+from emergencyd.escalation.rules import own_words
+from emergencyd.escalation.records import EscalationRecord, FollowUp, RelationKind
+from emergencyd.parsers.message import ParsedMessage
 
 TICKET_TAG = "emergency-email"
 # Zendesk rejects comments above 64 KB; keep well inside it.

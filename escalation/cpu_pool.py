@@ -30,10 +30,10 @@ from typing import Any, Callable
 
 from pebble import ProcessExpired, ProcessPool
 
-from escalation.policy import Policy, Verdict, classify
-from parsers.auth_results import SenderTrust
-from parsers.spam_headers import SpamVerdict
-from parsers.message import ParsedMessage, last_resort, parse_message
+from emergencyd.escalation.policy import Policy, Verdict, classify
+from emergencyd.parsers.auth_results import SenderTrust
+from emergencyd.parsers.spam_headers import SpamVerdict
+from emergencyd.parsers.message import ParsedMessage, last_resort, parse_message
 
 log = logging.getLogger("emergencyd.cpu")
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
-from escalation.trust import TrustPolicy, directory_summary
+from emergencyd.escalation.trust import TrustPolicy, directory_summary
 
 ZENDESK = "zendesk"   # the source's name in the store
 

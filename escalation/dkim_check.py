@@ -16,10 +16,10 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-from escalation.records import Envelope
-from escalation.trust import TrustPolicy, assess, peer_trusted
-from parsers.auth_results import DkimCheck, SenderTrust
-from parsers.message import ParsedMessage
+from emergencyd.escalation.records import Envelope
+from emergencyd.escalation.trust import TrustPolicy, assess, peer_trusted
+from emergencyd.parsers.auth_results import DkimCheck, SenderTrust
+from emergencyd.parsers.message import ParsedMessage
 
 log = logging.getLogger("emergencyd.trust")
 # dkimpy logs every failed signature at ERROR; the result is recorded on the verdict instead.

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate
 
-from daemon.config_fallback import FallbackConfig
-from escalation.content import iso, subject_of
-from escalation.records import FALLBACK_ALERT, PAGE, STEP_FAILED, EscalationRecord
-from escalation.tls import ssl_context
-from parsers.message import ParsedMessage
+from emergencyd.daemon.config.fallback import FallbackConfig
+from emergencyd.escalation.content import iso, subject_of
+from emergencyd.escalation.records import FALLBACK_ALERT, PAGE, STEP_FAILED, EscalationRecord
+from emergencyd.escalation.tls import ssl_context
+from emergencyd.parsers.message import ParsedMessage
 
 SUBJECT_PREFIX = "[emergencyd] PAGE NOT DELIVERED: "
 MAX_SUBJECT_CHARS = 200

@@ -17,10 +17,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from escalation.policy import SEVERITIES, Verdict
-from parsers.message import ParsedMessage
-from escalation.records import RelationKind
-from parsers.subject import bare_subject, loop_subject
+from emergencyd.escalation.policy import SEVERITIES, Verdict
+from emergencyd.parsers.message import ParsedMessage
+from emergencyd.escalation.records import RelationKind
+from emergencyd.parsers.subject import bare_subject, loop_subject
 
 FIRST, THREAD, STORM, REPEAT, INCIDENT, ALONE = RelationKind   # the names relate() has always used
 

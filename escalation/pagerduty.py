@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import httpx2
 import pagerduty
 
-from daemon.config import PagerDutyConfig
-from escalation.content import IncidentNoteRequest, PageRequest
-from escalation.retry import HttpStatusError, RetryAfterGate, parse_retry_after, require_json
-from escalation.tls import ssl_context
+from emergencyd.daemon.config.model import PagerDutyConfig
+from emergencyd.escalation.content import IncidentNoteRequest, PageRequest
+from emergencyd.escalation.retry import HttpStatusError, RetryAfterGate, parse_retry_after, require_json
+from emergencyd.escalation.tls import ssl_context
 
 
 @dataclass(frozen=True)

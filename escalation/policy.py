@@ -9,17 +9,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Mapping
 
-from escalation.hours import SupportCalendar, Window
-from escalation.rspamd import SpamCheck
-from escalation.rules import Rule, RuleHit, RuleMatcher, evaluate_rules
-from escalation.trust import (
+from emergencyd.escalation.hours import SupportCalendar, Window
+from emergencyd.escalation.rspamd import SpamCheck
+from emergencyd.escalation.rules import Rule, RuleHit, RuleMatcher, evaluate_rules
+from emergencyd.escalation.trust import (
     TrustPolicy, assess, page_hold, sender_standing, spam_to_suppress, stranger_demotion,
 )
-from parsers.auth_results import SenderTrust
-from parsers.spam_headers import SpamVerdict
-from parsers.message import ParsedMessage
-from parsers.noise import Noise, detect_noise
-from parsers.subject import descriptive_subject
+from emergencyd.parsers.auth_results import SenderTrust
+from emergencyd.parsers.spam_headers import SpamVerdict
+from emergencyd.parsers.message import ParsedMessage
+from emergencyd.parsers.noise import Noise, detect_noise
+from emergencyd.parsers.subject import descriptive_subject
 
 SEVERITIES = ("P1", "P2", "P3", "P4")
 NOT_AN_INCIDENT = "none"           # the routing table's row for questions and requests

@@ -18,8 +18,8 @@ from typing import Any, Iterable, Mapping
 
 import re2
 
-from escalation.re2_twin import ascii_twin
-from escalation.regex_prefilter import GuardedRegex
+from emergencyd.escalation.re2_twin import ascii_twin
+from emergencyd.escalation.regex_prefilter import GuardedRegex
 
 _AT_THE_END = 0   # the Set's first pattern, \z: found in every text the Set scanned to its end
 

@@ -16,7 +16,7 @@ from enum import StrEnum
 
 import requests
 
-from parsers.spam_headers import MAX_SYMBOLS, SpamVerdict
+from emergencyd.parsers.spam_headers import MAX_SYMBOLS, SpamVerdict
 
 SPAM_ACTIONS = frozenset({"reject", "add header", "rewrite subject", "soft reject"})
 KNOWN_ACTIONS = SPAM_ACTIONS | {"no action", "greylist"}

@@ -16,14 +16,14 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
-from escalation.matcher import PhraseIndex
-from escalation.regex_index import RegexIndex
-from escalation.regex_prefilter import GuardedRegex
-from parsers.message import ParsedMessage
-from parsers.text import one_space
+from emergencyd.escalation.matcher import PhraseIndex
+from emergencyd.escalation.regex_index import RegexIndex
+from emergencyd.escalation.regex_prefilter import GuardedRegex
+from emergencyd.parsers.message import ParsedMessage
+from emergencyd.parsers.text import one_space
 
 if TYPE_CHECKING:
-    from escalation.policy import Policy
+    from emergencyd.escalation.policy import Policy
 
 FIELDS = ("subject", "body", "sender", "headers")
 # Rules read the tenant's own words: quoted history and huge bodies add only noise and time.

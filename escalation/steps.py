@@ -28,28 +28,28 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import Callable, Protocol
 
-from escalation import content, fallback
-from escalation.actions import Actions, StepContext
-from escalation.cpu_pool import ClassifyContext, CpuPool, Priority
-from escalation.dkim_check import decide_trust
-from escalation.decided import DecidedSignals
-from escalation.fair_turns import FairTurns
-from escalation.grouping import (
+from emergencyd.escalation import content, fallback
+from emergencyd.escalation.actions import Actions, StepContext
+from emergencyd.escalation.cpu_pool import ClassifyContext, CpuPool, Priority
+from emergencyd.escalation.dkim_check import decide_trust
+from emergencyd.escalation.decided import DecidedSignals
+from emergencyd.escalation.fair_turns import FairTurns
+from emergencyd.escalation.grouping import (
     ALONE, FIRST, INCIDENT, REPEAT, STORM, THREAD, GroupingSettings, Relation, encoded_ids, fingerprint, relate,
     ticket_reference,
 )
-from escalation.policy import Policy, Verdict
-from escalation.records import (
+from emergencyd.escalation.policy import Policy, Verdict
+from emergencyd.escalation.records import (
     COMMENT, FALLBACK_ALERT, FALLBACK_STEPS, LINK_PAGE, LINK_TICKET, NEW, PAGE, PAGERDUTY_STEPS, PENDING,
     STEP_FAILED, STEP_PENDING, TICKET, TICKET_NOTE, EscalationRecord, StepRecord,
 )
-from escalation.retry import RetrySchedule
-from escalation.directory import DirectoryCopy
-from escalation.rspamd import CheckResult, ask_rspamd
-from escalation.retry import classify as classify_failure
-from parsers.auth_results import SenderTrust
-from parsers.spam_headers import SpamVerdict
-from parsers.message import ParsedMessage
+from emergencyd.escalation.retry import RetrySchedule
+from emergencyd.escalation.directory import DirectoryCopy
+from emergencyd.escalation.rspamd import CheckResult, ask_rspamd
+from emergencyd.escalation.retry import classify as classify_failure
+from emergencyd.parsers.auth_results import SenderTrust
+from emergencyd.parsers.spam_headers import SpamVerdict
+from emergencyd.parsers.message import ParsedMessage
 
 log = logging.getLogger("emergencyd.escalation")
 

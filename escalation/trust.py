@@ -23,8 +23,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from parsers.auth_results import DkimCheck, SenderTrust, sender_trust
-from parsers.spam_headers import SpamVerdict
+from emergencyd.parsers.auth_results import DkimCheck, SenderTrust, sender_trust
+from emergencyd.parsers.spam_headers import SpamVerdict
 
 DEFAULT_TRUSTED_RELAYS = ("127.0.0.0/8", "::1/128")
 

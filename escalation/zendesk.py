@@ -19,12 +19,12 @@ import requests.adapters
 from zenpy import Zenpy
 from zenpy.lib.api_objects import Comment, Ticket, User
 
-from daemon.config import ZendeskConfig
-from escalation.content import CommentRequest, NoteRequest, TicketRequest
-from escalation.directory import DirectoryCopy, directory_from
-from escalation.pacing import Lane, Pacer
-from escalation.retry import HttpStatusError, RetryAfterGate, parse_retry_after, require_json
-from escalation.tls import trust_bundle
+from emergencyd.daemon.config.model import ZendeskConfig
+from emergencyd.escalation.content import CommentRequest, NoteRequest, TicketRequest
+from emergencyd.escalation.directory import DirectoryCopy, directory_from
+from emergencyd.escalation.pacing import Lane, Pacer
+from emergencyd.escalation.retry import HttpStatusError, RetryAfterGate, parse_retry_after, require_json
+from emergencyd.escalation.tls import trust_bundle
 
 
 # zenpy sends the request from deep inside its own calls, on the calling thread, with no way to

@@ -7,9 +7,9 @@ import email.utils
 
 import mailparser
 
-from parsers.header_fields import HeaderIndex, decode_value
-from parsers.limits import MAX_RECIPIENTS, MAX_SUBJECT_CHARS
-from parsers.text import header_text, single_line
+from emergencyd.parsers.header_fields import HeaderIndex, decode_value
+from emergencyd.parsers.limits import MAX_RECIPIENTS, MAX_SUBJECT_CHARS
+from emergencyd.parsers.text import header_text, single_line
 
 Address = tuple[str, str]  # (display name, addr-spec)
 

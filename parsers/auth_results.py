@@ -26,8 +26,8 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from parsers.relay_block import relay_block
-from parsers.spam_headers import SpamVerdict, relay_spam_verdict
+from emergencyd.parsers.relay_block import relay_block
+from emergencyd.parsers.spam_headers import SpamVerdict, relay_spam_verdict
 
 __all__ = ["AuthResults", "DkimCheck", "MethodResult", "SenderTrust", "from_domain", "parse_authentication_results",
            "sender_trust", "trusted_fields"]

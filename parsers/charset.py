@@ -11,7 +11,7 @@ import codecs
 import re
 from typing import NamedTuple
 
-from parsers.cleaning import utf8_safe
+from emergencyd.parsers.cleaning import utf8_safe
 
 __all__ = ["Decoded", "decode_bytes", "decode_header_bytes", "from_surrogateescape", "header_text", "text_codec"]
 

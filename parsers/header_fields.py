@@ -10,8 +10,8 @@ from email.message import Message
 
 import mailparser
 
-from parsers.identity import header_block_end
-from parsers.limits import (
+from emergencyd.parsers.identity import header_block_end
+from emergencyd.parsers.limits import (
     MAX_HEADER_VALUE_CHARS,
     MAX_HEADERS,
     MAX_RAW_HEADER_BYTES,
@@ -20,7 +20,7 @@ from parsers.limits import (
     MAX_REPEATED_HEADERS,
     MAX_SUBJECT_CHARS,
 )
-from parsers.text import (
+from emergencyd.parsers.text import (
     bounded,
     clean_text,
     decode_header_bytes,

@@ -10,7 +10,7 @@ from email import policy
 from email.parser import BytesHeaderParser
 from email.utils import getaddresses
 
-from parsers.text import header_text
+from emergencyd.parsers.text import header_text
 
 __all__ = [
     "MAX_MESSAGE_ID_CHARS",

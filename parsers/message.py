@@ -29,8 +29,8 @@ from email.parser import BytesHeaderParser
 
 import mailparser
 
-from parsers.addresses import recipients_of, sender_of
-from parsers.header_fields import (
+from emergencyd.parsers.addresses import recipients_of, sender_of
+from emergencyd.parsers.header_fields import (
     HeaderIndex,
     decode_headers,
     decode_subject,
@@ -39,26 +39,26 @@ from parsers.header_fields import (
     parse_date,
     raw_header_block,
 )
-from parsers.identity import (
+from emergencyd.parsers.identity import (
     header_block_end,
     message_ids_in,
     normalize_message_id,
     skip_preamble,
 )
-from parsers.limits import (
+from emergencyd.parsers.limits import (
     MAX_DEFECT_CHARS,
     MAX_DEFECTS,
     MAX_ERROR_CHARS,
     MAX_HEADER_ONLY_BYTES,
     MAX_MESSAGE_BYTES,
 )
-from parsers.mime_body import Attachment, bounded_text, scan_body
-from parsers.parse_cost import (
+from emergencyd.parsers.mime_body import Attachment, bounded_text, scan_body
+from emergencyd.parsers.parse_cost import (
     BOUNDED_COMPAT32,
     limit_parse_cost,
     too_costly_for_mail_parser,
 )
-from parsers.text import bounded, single_line
+from emergencyd.parsers.text import bounded, single_line
 
 __all__ = ["Attachment", "ParsedMessage", "UNPARSEABLE_MARKER", "parse_message"]
 

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import Message
 
-from parsers.header_fields import decode_value, raw_str
-from parsers.limits import (
+from emergencyd.parsers.header_fields import decode_value, raw_str
+from emergencyd.parsers.limits import (
     MAX_ATTACHMENTS,
     MAX_DEPTH,
     MAX_HTML_INPUT_CHARS,
@@ -21,8 +21,8 @@ from parsers.limits import (
     MAX_TEXT_CHARS,
     MAX_WALKED_PARTS,
 )
-from parsers.parse_cost import was_cut
-from parsers.text import (
+from emergencyd.parsers.parse_cost import was_cut
+from emergencyd.parsers.text import (
     TRUNCATION_MARKER,
     bounded,
     clean_text,

@@ -85,14 +85,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from parsers.message import ParsedMessage
-from parsers.noise_auto_replies import (
+from emergencyd.parsers.message import ParsedMessage
+from emergencyd.parsers.noise_auto_replies import (
     auto_reply_subject,
     auto_submitted_header,
     precedence_header,
     x_autoreply_header,
 )
-from parsers.noise_bounces import (
+from emergencyd.parsers.noise_bounces import (
     bounce_subject,
     delivery_status_part,
     delivery_status_report,
@@ -102,13 +102,13 @@ from parsers.noise_bounces import (
     null_reverse_path,
     ses_bounce_notification,
 )
-from parsers.noise_facts import Facts
-from parsers.noise_loops import (
+from emergencyd.parsers.noise_facts import Facts
+from emergencyd.parsers.noise_loops import (
     received_by_own_host,
     sent_from_own_address,
     x_loop_names_own_address,
 )
-from parsers.noise_reports import (
+from emergencyd.parsers.noise_reports import (
     disposition_notification,
     feedback_report,
     read_receipt_subject,

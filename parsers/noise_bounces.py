@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from parsers.noise_facts import (
+from emergencyd.parsers.noise_facts import (
     Facts,
     fold,
     quote,

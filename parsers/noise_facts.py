@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from parsers.message import ParsedMessage
+from emergencyd.parsers.message import ParsedMessage
 
 # Bounds for what the rules look at: subjects and header values are already
 # bounded by the parser; the body is only sampled for corroboration.

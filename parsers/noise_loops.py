@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from parsers.noise_facts import Facts
+from emergencyd.parsers.noise_facts import Facts
 
 _ADDRESS = re.compile(r"[^\s<>()\"',;:@\[\]]+@[A-Za-z0-9.\-\[\]:]+")
 

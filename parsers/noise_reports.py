@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from parsers.noise_facts import (
+from emergencyd.parsers.noise_facts import (
     Facts,
     quote,
     ses_notification_type,

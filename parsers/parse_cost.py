@@ -8,8 +8,8 @@ import re
 from email import policy
 from email.message import Message
 
-from parsers.header_fields import raw_str
-from parsers.limits import (
+from emergencyd.parsers.header_fields import raw_str
+from emergencyd.parsers.limits import (
     LINE_CHECK_BUDGET,
     MAX_EPILOGUE_CHARS_FOR_MAIL_PARSER,
     MAX_HEADER_CHARS_FOR_MAIL_PARSER,

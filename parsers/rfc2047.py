@@ -7,7 +7,7 @@ from __future__ import annotations
 import binascii
 import re
 
-from parsers.charset import decode_bytes, text_codec
+from emergencyd.parsers.charset import decode_bytes, text_codec
 
 __all__ = ["decode_rfc2047"]
 

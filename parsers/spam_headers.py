@@ -16,7 +16,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from parsers.relay_block import relay_block
+from emergencyd.parsers.relay_block import relay_block
 
 __all__ = ["SpamVerdict", "relay_spam_verdict"]
 

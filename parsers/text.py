@@ -13,7 +13,7 @@ marker, never an exception.
 
 from __future__ import annotations
 
-from parsers.charset import (
+from emergencyd.parsers.charset import (
     Decoded,
     decode_bytes,
     decode_header_bytes,
@@ -21,7 +21,7 @@ from parsers.charset import (
     header_text,
     text_codec,
 )
-from parsers.cleaning import (
+from emergencyd.parsers.cleaning import (
     DEFAULT_TEXT_LIMIT,
     TRUNCATION_MARKER,
     bounded,
@@ -30,8 +30,8 @@ from parsers.cleaning import (
     single_line,
     utf8_safe,
 )
-from parsers.html_text import MAX_HTML_CHARS, html_to_text
-from parsers.rfc2047 import decode_rfc2047
+from emergencyd.parsers.html_text import MAX_HTML_CHARS, html_to_text
+from emergencyd.parsers.rfc2047 import decode_rfc2047
 
 __all__ = [
     "DEFAULT_TEXT_LIMIT",

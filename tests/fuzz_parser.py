@@ -28,12 +28,12 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports(include=["parsers", "escalation", "mailparser"]):
-    import escalation.policy  # noqa: F401
-    import parsers.identity  # noqa: F401
-    import parsers.message  # noqa: F401
-    import parsers.noise  # noqa: F401
-    import parsers.subject  # noqa: F401
-    import parsers.text  # noqa: F401
+    import emergencyd.escalation.policy  # noqa: F401
+    import emergencyd.parsers.identity  # noqa: F401
+    import emergencyd.parsers.message  # noqa: F401
+    import emergencyd.parsers.noise  # noqa: F401
+    import emergencyd.parsers.subject  # noqa: F401
+    import emergencyd.parsers.text  # noqa: F401
 
 # Imported after the instrumented modules, so the checks themselves stay uninstrumented.
 from tests.test_properties import run_pipeline  # noqa: E402

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.logs import parse_line
+from emergencyd.daemon.ops.logs import parse_line
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPIENT = "emergency@example.org"
@@ -114,7 +114,7 @@ class DaemonProcess:
         log = open(self.log_path, "ab")
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self.proc = subprocess.Popen(
-            [*self.wrapper, sys.executable, "-m", "daemon.cli", "run", "--config", str(self.config)],
+            [*self.wrapper, sys.executable, "-m", "emergencyd.daemon.cli", "run", "--config", str(self.config)],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             preexec_fn=self.preexec_fn)
         log.close()
@@ -212,7 +212,7 @@ def log_records(text: str) -> list[dict]:
 
 def run_cli(config: Path, *args: str, env: dict[str, str] | None = None,
             check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "daemon.cli", *args, "--config", str(config)],
+    result = subprocess.run([sys.executable, "-m", "emergencyd.daemon.cli", *args, "--config", str(config)],
                             cwd=ROOT, env=env or base_env(), capture_output=True, text=True, timeout=60)
     if check and result.returncode != 0:
         raise AssertionError(f"emergencyd {' '.join(args)} exited {result.returncode}:\n"

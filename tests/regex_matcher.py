@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from escalation.rules import MAX_BODY_CHARS_FOR_RULES, RuleHit, normalize, own_words
-from parsers.message import ParsedMessage
+from emergencyd.escalation.rules import MAX_BODY_CHARS_FOR_RULES, RuleHit, normalize, own_words
+from emergencyd.parsers.message import ParsedMessage
 
 
 def phrase_pattern(phrase: str) -> re.Pattern[str]:

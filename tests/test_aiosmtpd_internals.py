@@ -1,4 +1,4 @@
-"""The private parts of aiosmtpd that daemon/smtp.py relies on, each with why. aiosmtpd offers no public
+"""The private parts of aiosmtpd that daemon/ingest/smtp.py relies on, each with why. aiosmtpd offers no public
 hook for them; pyproject.toml bounds it below 1.5, and this fails first, with the name, if a release
 moves one of them, before any end-to-end test meets the change as a hang or a wrong reply code."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ SOURCE = inspect.getsource(aiosmtpd.smtp)
 
 
 def test_the_methods_daemon_smtp_overrides_exist_and_are_called_by_aiosmtpd():
-    # _getaddr: MAIL and RCPT addresses, read by daemon/smtp_address.py's fast path.
+    # _getaddr: MAIL and RCPT addresses, read by daemon/ingest/smtp_address.py's fast path.
     assert callable(SMTP._getaddr) and "self._getaddr(arg)" in SOURCE
     assert list(inspect.signature(SMTP._getaddr).parameters) == ["self", "arg"]
     # _timeout_cb: an idle client is told 421 and closed by our override.
@@ -31,7 +31,7 @@ def test_the_attributes_daemon_smtp_sets_are_read_by_aiosmtpd():
 
 
 def test_what_our_data_command_takes_from_aiosmtpd_is_still_there():
-    # Smtp.smtp_DATA replaces aiosmtpd's (daemon/smtp_data.py says why) and keeps its checks and answers:
+    # Smtp.smtp_DATA replaces aiosmtpd's (daemon/ingest/smtp_data.py says why) and keeps its checks and answers:
     # it reads the body from _reader, closes _writer if the client goes, and resets the envelope as aiosmtpd does.
     original = inspect.getsource(SMTP.smtp_DATA)
     for name in ("check_helo_needed()", 'check_auth_needed("DATA")', "self._reader.readuntil",

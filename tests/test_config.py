@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import ConfigError, Secret, load_config
+from emergencyd.daemon.config.model import ConfigError, Secret, load_config
 from tests.harness import ROOT, run_cli, base_env
 
 

@@ -7,9 +7,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from escalation.cpu_pool import ClassifyContext, CpuPool, Priority, WorkerFailed
-from escalation.policy_config import parse_policy
-from parsers.message import parse_message
+from emergencyd.escalation.cpu_pool import ClassifyContext, CpuPool, Priority, WorkerFailed
+from emergencyd.escalation.policy_config import parse_policy
+from emergencyd.parsers.message import parse_message
 from tests.harness import ROOT, make_message
 
 SHIPPED = tomllib.loads((ROOT / "config.toml").read_text())["policy"]

@@ -26,7 +26,7 @@ from typing import Callable
 
 import pytest
 
-from escalation.records import STEP_ORDER
+from emergencyd.escalation.records import STEP_ORDER
 from tests.harness import make_message
 from tests.raw_smtp import done_steps
 from tests.test_crash import TICKET_UPDATE, assert_one_of_everything

@@ -1,7 +1,7 @@
 """Fair turns for deciding: who goes next when a storm fills the line (order only, never timings)."""
 import asyncio
 
-from escalation.fair_turns import FairTurns
+from emergencyd.escalation.fair_turns import FairTurns
 
 
 async def _decide_all(turns: FairTurns, senders: list[str], *, order: list[str], gate: asyncio.Event) -> None:

@@ -9,8 +9,8 @@ import smtplib
 
 import pytest
 
-from daemon.config import ConfigError, load_config
-from escalation.retry import classify
+from emergencyd.daemon.config.model import ConfigError, load_config
+from emergencyd.escalation.retry import classify
 from tests.fakes.smtp_relay import FakeRelay
 from tests.harness import live_env, make_message, run_cli, write_config
 

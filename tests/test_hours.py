@@ -5,7 +5,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pytest
 
-from escalation.hours import SupportCalendar, Window
+from emergencyd.escalation.hours import SupportCalendar, Window
 
 LONDON = ZoneInfo("Europe/London")
 CAL = SupportCalendar()

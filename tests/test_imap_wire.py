@@ -3,7 +3,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from daemon.imap_wire import (
+from emergencyd.daemon.ingest.imap_wire import (
     MessageMeta, batches, exists_of, has_exists, mailbox_name, parse_bodies, parse_internaldate, parse_metadata,
     parse_search,
     return_path_of, uid_set, uidvalidity_of,

@@ -5,7 +5,7 @@ import io
 import json
 import logging
 
-from daemon.logs import MAX_FIELD_CHARS, MAX_TRACEBACK_CHARS, formatter
+from emergencyd.daemon.ops.logs import MAX_FIELD_CHARS, MAX_TRACEBACK_CHARS, formatter
 from tests.harness import SECRETS, log_records, make_message
 
 BODY_MARKER = "body-marker-7c41: our production app returns 502"

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import load_config
-from daemon.store import Store
-from escalation.grouping import (
+from emergencyd.daemon.config.model import load_config
+from emergencyd.daemon.store.sqlite import Store
+from emergencyd.escalation.grouping import (
     FIRST, INCIDENT, REPEAT, GroupingFacts, GroupingSettings, OpenGroup, Related, fingerprint, loop_key, relate,
 )
-from escalation.policy import Verdict, classify
-from escalation.records import Envelope
-from parsers.message import parse_message
-from parsers.subject import loop_subject
+from emergencyd.escalation.policy import Verdict, classify
+from emergencyd.escalation.records import Envelope
+from emergencyd.parsers.message import parse_message
+from emergencyd.parsers.subject import loop_subject
 from tests.harness import make_message
 
 ROOT = Path(__file__).resolve().parent.parent

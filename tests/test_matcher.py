@@ -13,12 +13,12 @@ from datetime import datetime, timezone
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from escalation.matcher import PhraseIndex
-from escalation.policy import Policy, classify
-from escalation.rules import RuleHit, evaluate_rules, normalize
-from escalation.policy_config import parse_policy
-from escalation.regex_prefilter import guarded
-from parsers.message import ParsedMessage
+from emergencyd.escalation.matcher import PhraseIndex
+from emergencyd.escalation.policy import Policy, classify
+from emergencyd.escalation.rules import RuleHit, evaluate_rules, normalize
+from emergencyd.escalation.policy_config import parse_policy
+from emergencyd.escalation.regex_prefilter import guarded
+from emergencyd.parsers.message import ParsedMessage
 from tests.harness import ROOT
 from tests.regex_matcher import regex_evaluate, regex_rules
 
@@ -235,7 +235,7 @@ def test_a_guarded_regex_finds_what_the_plain_search_finds(pattern, text):
 
 def _own_words_reference(text: str) -> str:
     """own_words as a loop over every line, without the shortcut for a body with nothing quoted."""
-    from escalation.rules import _REPLY_HEADER
+    from emergencyd.escalation.rules import _REPLY_HEADER
     kept = []
     for line in text.splitlines():
         if _REPLY_HEADER.match(line.strip()):
@@ -255,7 +255,7 @@ _REPLY_PIECES = ["On Mon, 1 Dec 2026, Dev wrote:", "ON 1 DEC 2026 A B WROTE:", "
                  st.sampled_from(["\n", "\r\n", "\x85", "\x0c"])).map(lambda t: t[1].join(t[0])))
 @example("text\n-- orıgınal meſſage --\nhistory")   # IGNORECASE's non-ASCII pairs: the loop must run
 def test_own_words_is_the_loop_over_every_line(text):
-    from escalation.rules import own_words
+    from emergencyd.escalation.rules import own_words
     assert own_words(text) == _own_words_reference(text)
 
 
@@ -281,7 +281,7 @@ def ascii_texts() -> st.SearchStrategy[str]:
 
 def _scan_search(pattern: str, text: str):
     import warnings
-    from escalation.regex_index import RegexIndex
+    from emergencyd.escalation.regex_index import RegexIndex
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)    # "[[:a]]" is a possible nested set to Python
         regex = re.compile(pattern, re.IGNORECASE)
@@ -314,7 +314,7 @@ def test_every_shipped_regex_has_a_twin_and_ascii_text_is_answered_by_the_set():
 
 
 def test_a_twin_reads_python_s_own_answer_for_each_character():
-    from escalation.re2_twin import ascii_twin
+    from emergencyd.escalation.re2_twin import ascii_twin
     assert ascii_twin(re.compile(r"\s", re.IGNORECASE)) == r"[\x{09}-\x{0d}\x{1c}-\x{20}]"
     assert ascii_twin(re.compile(r"k$", re.IGNORECASE)) == r"[\x{4b}\x{6b}]\z"
     assert ascii_twin(re.compile(r"x{,2}")) == r"(?:[\x{78}]){0,2}"

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-import parsers.noise as noise
-from parsers.message import parse_message
-from parsers.noise import NOISE_KINDS, RULES, Noise, detect_noise
+import emergencyd.parsers.noise as noise
+from emergencyd.parsers.message import parse_message
+from emergencyd.parsers.noise import NOISE_KINDS, RULES, Noise, detect_noise
 
 FIXTURES = Path(__file__).parent / "fixtures" / "noise"
 OWN = ("emergency@example.org",)

@@ -12,11 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from daemon.config import ZendeskConfig
-from daemon.config_reader import Secret
-from escalation.content import CommentRequest, TicketRequest
-from escalation.pacing import Lane, Pacer
-from escalation.zendesk import ZendeskDesk, lane_of
+from emergencyd.daemon.config.model import ZendeskConfig
+from emergencyd.daemon.config.reader import Secret
+from emergencyd.escalation.content import CommentRequest, TicketRequest
+from emergencyd.escalation.pacing import Lane, Pacer
+from emergencyd.escalation.zendesk import ZendeskDesk, lane_of
 from tests.harness import ZENDESK_EMAIL, ZENDESK_TOKEN
 
 PATIENCE_SECONDS = 10     # how long a condition may take to come true before the test gives up

@@ -14,16 +14,16 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from parsers.identity import MAX_MESSAGE_ID_VALUE_CHARS, message_id_of, message_ids_in, normalize_message_id
-from parsers.limits import (
+from emergencyd.parsers.identity import MAX_MESSAGE_ID_VALUE_CHARS, message_id_of, message_ids_in, normalize_message_id
+from emergencyd.parsers.limits import (
     MAX_HEADER_VALUE_CHARS,
     MAX_HEADERS,
     MAX_RAW_VALUE_CHARS,
     MAX_SUBJECT_CHARS,
     MAX_TEXT_CHARS,
 )
-from parsers.message import UNPARSEABLE_MARKER, Attachment, ParsedMessage, parse_message
-from parsers.text import (
+from emergencyd.parsers.message import UNPARSEABLE_MARKER, Attachment, ParsedMessage, parse_message
+from emergencyd.parsers.text import (
     TRUNCATION_MARKER,
     bounded,
     decode_bytes,
@@ -678,7 +678,7 @@ def test_headers_after_a_received_flood_are_still_seen():
 
 # most_specific_error_line skips a line without any error word's stem; the reference scores every line.
 def _error_line_reference(text: str) -> str | None:
-    from parsers.subject import _ERROR_WORDS, _SPECIFIC, MAX_LINES_EXAMINED
+    from emergencyd.parsers.subject import _ERROR_WORDS, _SPECIFIC, MAX_LINES_EXAMINED
     best, best_score = None, 0
     for line in text.splitlines()[:MAX_LINES_EXAMINED]:
         line = line.strip()
@@ -708,7 +708,7 @@ _LINE_WORDS = ["ERROR", "Errors", "failed", "FAILURE", "timed out", "Time out", 
 @example("a request for an ınvalid token")        # IGNORECASE matches "i" with the dotless "ı"
 @example("worker \u212ailled by the kernel")        # and "k" with the Kelvin sign
 def test_the_error_line_is_the_one_every_line_scored_would_give(text):
-    from parsers.subject import most_specific_error_line
+    from emergencyd.parsers.subject import most_specific_error_line
     assert most_specific_error_line(text) == _error_line_reference(text)
 
 

@@ -4,11 +4,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from daemon.config import ConfigError, load_config
-from escalation.hours import Window
-from escalation.policy import classify
-from escalation.policy_config import PolicyError, parse_policy
-from parsers.message import parse_message
+from emergencyd.daemon.config.model import ConfigError, load_config
+from emergencyd.escalation.hours import Window
+from emergencyd.escalation.policy import classify
+from emergencyd.escalation.policy_config import PolicyError, parse_policy
+from emergencyd.parsers.message import parse_message
 from tests.harness import ROOT
 
 LONDON = ZoneInfo("Europe/London")

@@ -5,7 +5,7 @@ import httpx2
 import pytest
 import requests
 
-from escalation.retry import (
+from emergencyd.escalation.retry import (
     MAX_RETRY_AFTER_SECONDS, Failure, HttpStatusError, RetrySchedule, TransientError, classify, parse_retry_after,
 )
 

@@ -13,11 +13,11 @@ from datetime import datetime, timezone
 import pytest
 import tomllib
 
-from escalation.content import ticket_tags
-from escalation.policy import classify
-from escalation.policy_config import PolicyError, parse_policy
-from escalation.rspamd import CheckOutcome, SpamCheck, ask_rspamd, ask_rspamd_now
-from parsers.message import parse_message
+from emergencyd.escalation.content import ticket_tags
+from emergencyd.escalation.policy import classify
+from emergencyd.escalation.policy_config import PolicyError, parse_policy
+from emergencyd.escalation.rspamd import CheckOutcome, SpamCheck, ask_rspamd, ask_rspamd_now
+from emergencyd.parsers.message import parse_message
 from tests.harness import ROOT, free_port, make_message, run_cli, write_config
 
 SHIPPED = tomllib.loads((ROOT / "config.toml").read_text())["policy"]

@@ -22,7 +22,7 @@ IMAP_WRONG = "imap-wrong-51c9d0"
 
 
 def users_file(tmp_path):
-    made = subprocess.run([sys.executable, "-m", "daemon.cli", "hash-password", SMTP_USER],
+    made = subprocess.run([sys.executable, "-m", "emergencyd.daemon.cli", "hash-password", SMTP_USER],
                           input=SMTP_PASSWORD + "\n", cwd=ROOT, capture_output=True, text=True, timeout=30,
                           check=True)
     path = tmp_path / "smtp-users"

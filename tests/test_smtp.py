@@ -7,7 +7,7 @@ import pytest
 from aiosmtpd.smtp import SMTP
 from hypothesis import given, settings, strategies as st
 
-from daemon.smtp_address import plain_address
+from emergencyd.daemon.ingest.smtp_address import plain_address
 from tests.harness import RECIPIENT, make_message, require_tool
 from tests.raw_smtp import RawSmtp, code
 

@@ -7,7 +7,7 @@ import pytest
 from aiosmtpd.smtp import SMTP
 from hypothesis import assume, given, settings, strategies as st
 
-from daemon.smtp_data import BodyFault, read_body
+from emergencyd.daemon.ingest.smtp_data import BodyFault, read_body
 
 LINE_LIMIT = 64
 SIZE_LIMIT = 400

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from daemon.smtp_limits import ConnectionLimits, RateLimit
+from emergencyd.daemon.ingest.smtp_limits import ConnectionLimits, RateLimit
 from tests.harness import RECIPIENT, log_records, make_message
 
 

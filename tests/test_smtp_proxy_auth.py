@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from daemon.config import ConfigError, load_config
+from emergencyd.daemon.config.model import ConfigError, load_config
 from tests.harness import RECIPIENT, ROOT, log_records, make_message, require_tool, write_config
 from tests.raw_smtp import RawSmtp, code, proxy_v1, proxy_v2, stored_envelopes
 
@@ -24,7 +24,7 @@ WRONG = "wr0ng-guess-7d1e"
 @pytest.fixture(scope="module")
 def users_file(tmp_path_factory):
     """A users file made the way the docs say: `emergencyd hash-password USER`, password on stdin."""
-    made = subprocess.run([sys.executable, "-m", "daemon.cli", "hash-password", USER], input=PASSWORD + "\n",
+    made = subprocess.run([sys.executable, "-m", "emergencyd.daemon.cli", "hash-password", USER], input=PASSWORD + "\n",
                           cwd=ROOT, capture_output=True, text=True, timeout=30, check=True)
     assert PASSWORD not in made.stdout and made.stdout.startswith(f"{USER}:$scrypt$")
     path = tmp_path_factory.mktemp("auth") / "smtp-users"

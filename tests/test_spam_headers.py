@@ -9,11 +9,11 @@ from datetime import datetime, timezone
 import pytest
 import tomllib
 
-from escalation.content import describe_verdict, ticket_tags
-from escalation.policy import classify
-from escalation.policy_config import parse_policy
-from parsers.message import parse_message
-from parsers.spam_headers import SpamVerdict, relay_spam_verdict
+from emergencyd.escalation.content import describe_verdict, ticket_tags
+from emergencyd.escalation.policy import classify
+from emergencyd.escalation.policy_config import parse_policy
+from emergencyd.parsers.message import parse_message
+from emergencyd.parsers.spam_headers import SpamVerdict, relay_spam_verdict
 from tests.harness import ROOT, make_message
 
 SHIPPED = tomllib.loads((ROOT / "config.toml").read_text())["policy"]

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon.store import MIGRATIONS, AsyncStore, Store, StoreError
-from daemon.store_thread import BACKGROUND, BACKGROUND_SHARE, INTAKE_BUSY_SECONDS, StoreThread, store_priority
-from escalation.records import DONE, FAILED, NEW, PENDING, Envelope, dedup_key_of, identity_of
+from emergencyd.daemon.store.sqlite import MIGRATIONS, AsyncStore, Store, StoreError
+from emergencyd.daemon.store.thread import BACKGROUND, BACKGROUND_SHARE, INTAKE_BUSY_SECONDS, StoreThread, store_priority
+from emergencyd.escalation.records import DONE, FAILED, NEW, PENDING, Envelope, dedup_key_of, identity_of
 from tests.harness import make_message
 
 
@@ -258,7 +258,7 @@ def test_the_store_thread_hands_back_errors_and_runs_its_queue_before_it_stops()
 # The latest earlier undecided mail of a quiet sender, as one query: the reference for the store's
 # look-ups through the indexes (Store.undecided_quiet_sender_before).
 def _quiet_sender_before_reference(store, pk: int, fair_key: str) -> int | None:
-    from daemon.store_grouping import QUIET_QUEUE, STORM_WINDOW
+    from emergencyd.daemon.store.grouping import QUIET_QUEUE, STORM_WINDOW
     return store._conn.execute(
         "WITH early AS (SELECT message_pk, fair_key FROM escalations WHERE state = 'new'"
         " ORDER BY message_pk LIMIT ?)"

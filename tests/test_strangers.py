@@ -9,10 +9,10 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from escalation.content import describe_verdict, ticket_tags
-from escalation.policy import classify
-from escalation.policy_config import PolicyError, parse_policy
-from parsers.message import parse_message
+from emergencyd.escalation.content import describe_verdict, ticket_tags
+from emergencyd.escalation.policy import classify
+from emergencyd.escalation.policy_config import PolicyError, parse_policy
+from emergencyd.parsers.message import parse_message
 from tests.harness import ROOT, make_message, run_cli, write_config
 
 import tomllib
@@ -131,6 +131,6 @@ _LABELS = ["tenant", "gov", "example", "apps", "x", "xtenant", "ample", "e", "-"
 @example(domains=["gov.example", "tenant.gov.example"], asked="apps.tenant.gov.example")   # the first listed wins
 @example(domains=["example"], asked="ample")                                              # a label, not a suffix
 def test_the_directorys_domain_look_up_is_the_scan_of_the_list(domains, asked):
-    from escalation.trust import TrustPolicy, tenant_domain_of
+    from emergencyd.escalation.trust import TrustPolicy, tenant_domain_of
     assert tenant_domain_of(asked, TrustPolicy(tenant_domains=tuple(domains))) == \
         _tenant_domain_by_scan(asked, tuple(domains))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from escalation.records import MAX_DECIDE_ATTEMPTS
+from emergencyd.escalation.records import MAX_DECIDE_ATTEMPTS
 from tests.harness import make_message
 from tests.test_strangers import OUTAGE
 

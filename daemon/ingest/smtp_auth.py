@@ -14,7 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from daemon.smtp_limits import RateLimit
+from emergencyd.daemon.ingest.smtp_limits import RateLimit
 
 SCRYPT_LN, SCRYPT_R, SCRYPT_P = 14, 8, 1   # 16 MiB and some 50 ms a check, as Django hashes with scrypt
 SALT_BYTES, KEY_BYTES = 16, 32

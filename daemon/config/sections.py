@@ -1,6 +1,6 @@
-"""The sections of config.toml read into daemon/config.py's dataclasses, and the keys each may hold.
+"""The sections of config.toml read into daemon/config/model.py's dataclasses, and the keys each may hold.
 
-daemon/config.py imports this module inside load_config, since this one imports its dataclasses.
+daemon/config/model.py imports this module inside load_config, since this one imports its dataclasses.
 [fallback] and the [smtp] AUTH and PROXY settings have modules of their own (config_fallback, smtp_settings).
 """
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 from zoneinfo import ZoneInfoNotFoundError
 
-from daemon.config import (
+from emergencyd.daemon.config.model import (
     DedupConfig,
     EscalationConfig,
     ImapConfig,
@@ -18,11 +18,11 @@ from daemon.config import (
     StoreConfig,
     ZendeskConfig,
 )
-from daemon.config_fallback import FALLBACK_KEYS
-from daemon.config_reader import ConfigError, ConfigReader, is_loopback, read_networks
-from daemon.smtp_settings import read_auth, read_proxy
-from escalation.policy import Policy
-from escalation.policy_config import PolicyError, parse_policy
+from emergencyd.daemon.config.fallback import FALLBACK_KEYS
+from emergencyd.daemon.config.reader import ConfigError, ConfigReader, is_loopback, read_networks
+from emergencyd.daemon.ingest.smtp_settings import read_auth, read_proxy
+from emergencyd.escalation.policy import Policy
+from emergencyd.escalation.policy_config import PolicyError, parse_policy
 
 
 def read_smtp(r: ConfigReader) -> SmtpConfig:

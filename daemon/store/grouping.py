@@ -8,11 +8,11 @@ import json
 import sqlite3
 from typing import Any
 
-from escalation.grouping import (
+from emergencyd.escalation.grouping import (
     ALONE, FIRST, INCIDENT, REPEAT, STORM, THREAD, GroupingFacts, GroupingSettings, OpenGroup, Related, loop_key,
 )
-from escalation.records import COMMENT, NEW, STEP_DONE, STEP_PENDING, SUPPRESSED, TICKET, FollowUp
-from parsers.identity import thread_ids_of
+from emergencyd.escalation.records import COMMENT, NEW, STEP_DONE, STEP_PENDING, SUPPRESSED, TICKET, FollowUp
+from emergencyd.parsers.identity import thread_ids_of
 
 # Enough of the raw mail for its header block; a reply's ids are near the top.
 HEADER_READ_BYTES = 256 * 1024

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from daemon.config import Config
+from emergencyd.daemon.config.model import Config
 
 log = logging.getLogger("emergencyd.certificates")
 

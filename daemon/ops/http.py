@@ -12,8 +12,8 @@ from typing import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from daemon.config import HostPort
-from daemon.metrics import Metrics
+from emergencyd.daemon.config.model import HostPort
+from emergencyd.daemon.ops.metrics import Metrics
 
 log = logging.getLogger("emergencyd.http")
 

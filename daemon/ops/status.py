@@ -4,9 +4,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from daemon.store import Store
-from escalation.content import describe_verdict, iso
-from escalation.records import TICKET, EscalationRecord, EscalationState, RelationKind, StepState
+from emergencyd.daemon.store.sqlite import Store
+from emergencyd.escalation.content import describe_verdict, iso
+from emergencyd.escalation.records import TICKET, EscalationRecord, EscalationState, RelationKind, StepState
 
 
 def status_document(store: Store, *, limit: int, dry_run: bool, tenant_directory: str = "") -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The [fallback] section: mail through an SMTP relay when a page is overdue.
 
-Kept apart from daemon/config.py, which reads it through `read_fallback`.
+Kept apart from daemon/config/model.py, which reads it through `read_fallback`.
 """
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from daemon.config_reader import ConfigError, is_loopback
+from emergencyd.daemon.config.reader import ConfigError, is_loopback
 
 if TYPE_CHECKING:
-    from daemon.config_reader import ConfigReader, HostPort, Secret
+    from emergencyd.daemon.config.reader import ConfigReader, HostPort, Secret
 
 FALLBACK_KEYS = {"enabled", "relay", "starttls", "ca_file", "username", "password_file", "from_address", "to",
                  "after_seconds", "timeout_seconds"}

@@ -12,14 +12,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from daemon.config import Config
-from daemon.store import Store
-from escalation.directory import kept_copy, with_directory
-from escalation.content import describe_verdict
-from escalation.policy import classify
-from escalation.rspamd import ask_rspamd_now
-from escalation.trust import TrustPolicy
-from parsers.message import parse_message
+from emergencyd.daemon.config.model import Config
+from emergencyd.daemon.store.sqlite import Store
+from emergencyd.escalation.directory import kept_copy, with_directory
+from emergencyd.escalation.content import describe_verdict
+from emergencyd.escalation.policy import classify
+from emergencyd.escalation.rspamd import ask_rspamd_now
+from emergencyd.escalation.trust import TrustPolicy
+from emergencyd.parsers.message import parse_message
 
 KEYS = ("file", "suppressed", "reason", "category", "severity", "window", "page", "urgency", "zendesk_priority",
         "respond_by", "rules", "sender_trust", "page_held", "tenant", "stranger")

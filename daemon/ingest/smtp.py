@@ -30,17 +30,17 @@ from typing import Any, Awaitable, Callable
 from aiosmtpd.proxy_protocol import ProxyData
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope as SmtpEnvelope, LoginPassword, Session, syntax
 
-from daemon.config import SmtpConfig
-from daemon.metrics import Metrics
-from daemon.smtp_address import Address, plain_address
-from daemon.smtp_auth import Authenticator
-from daemon.smtp_data import BodyFault, read_body
-from daemon.smtp_limits import (
+from emergencyd.daemon.config.model import SmtpConfig
+from emergencyd.daemon.ops.metrics import Metrics
+from emergencyd.daemon.ingest.smtp_address import Address, plain_address
+from emergencyd.daemon.ingest.smtp_auth import Authenticator
+from emergencyd.daemon.ingest.smtp_data import BodyFault, read_body
+from emergencyd.daemon.ingest.smtp_limits import (
     AUTH_THROTTLED, IDLE_TIMEOUT, LINE_TOO_LONG, PEER_RATE, PROXY_INVALID, PROXY_UNTRUSTED, SENDER_RATE, SESSION_TOO_LONG,
     SHUTTING_DOWN, TOO_MANY_RECIPIENTS, ConnectionLimits, Networks, RateLimit, Refusal,
 )
-from daemon.store import IngestResult, StoreError
-from escalation.records import Envelope
+from emergencyd.daemon.store.sqlite import IngestResult, StoreError
+from emergencyd.escalation.records import Envelope
 
 log = logging.getLogger("emergencyd.smtp")
 # aiosmtpd sets its own deprecated Session.login_data after every successful AUTH, and logs a warning
@@ -212,7 +212,7 @@ class Smtp(SMTP):
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
-        """aiosmtpd's DATA, with its checks and answers, reading the body in pieces (daemon/smtp_data.py)."""
+        """aiosmtpd's DATA, with its checks and answers, reading the body in pieces (daemon/ingest/smtp_data.py)."""
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
         if not self.envelope.rcpt_tos:
@@ -241,7 +241,7 @@ class Smtp(SMTP):
 
     def _getaddr(self, arg: str) -> Address:
         # Not a public hook: the one place aiosmtpd reads the addresses of MAIL and RCPT
-        # (daemon/smtp_address.py says why, and tests/test_smtp.py holds it to aiosmtpd's answers).
+        # (daemon/ingest/smtp_address.py says why, and tests/test_smtp.py holds it to aiosmtpd's answers).
         return plain_address(arg, self.local_part_limit, super()._getaddr)
 
     # aiosmtpd's PLAIN and LOGIN read the credentials; _checked then checks them.

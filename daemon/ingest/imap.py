@@ -15,12 +15,12 @@ import asyncio
 import logging
 import time
 
-from daemon.config import ImapConfig
-from daemon.imap_session import ImapFailure, MailboxSession
-from daemon.metrics import Metrics
-from daemon.smtp import Ingest
-from daemon.store import AsyncStore
-from escalation.retry import RetrySchedule
+from emergencyd.daemon.config.model import ImapConfig
+from emergencyd.daemon.ingest.imap_session import ImapFailure, MailboxSession
+from emergencyd.daemon.ops.metrics import Metrics
+from emergencyd.daemon.ingest.smtp import Ingest
+from emergencyd.daemon.store.sqlite import AsyncStore
+from emergencyd.escalation.retry import RetrySchedule
 
 log = logging.getLogger("emergencyd.imap")
 

@@ -1,4 +1,4 @@
-"""One IMAP connection to the mailbox, from login to logout (see daemon/imap.py for the whole story).
+"""One IMAP connection to the mailbox, from login to logout (see daemon/ingest/imap.py for the whole story).
 
 Each command is bounded in time and raced against a lost connection: aioimaplib would
 otherwise wait for an answer that can never come.
@@ -14,16 +14,16 @@ from typing import Any, Awaitable
 
 import aioimaplib
 
-from daemon.config import ImapConfig
-from daemon.imap_wire import (
+from emergencyd.daemon.config.model import ImapConfig
+from emergencyd.daemon.ingest.imap_wire import (
     MessageMeta, batches, has_exists, mailbox_name, parse_bodies, parse_metadata, parse_search, return_path_of,
     uid_set, uidvalidity_of,
 )
-from daemon.metrics import Metrics
-from daemon.smtp import Ingest
-from daemon.store import AsyncStore, StoreError
-from escalation.records import Envelope
-from escalation.tls import ssl_context
+from emergencyd.daemon.ops.metrics import Metrics
+from emergencyd.daemon.ingest.smtp import Ingest
+from emergencyd.daemon.store.sqlite import AsyncStore, StoreError
+from emergencyd.escalation.records import Envelope
+from emergencyd.escalation.tls import ssl_context
 
 log = logging.getLogger("emergencyd.imap")
 

@@ -4,8 +4,8 @@ Secrets never live in config.toml itself: they come from the environment or from
 `*_file` keys (systemd credentials), and are wrapped in `Secret` so that no repr,
 log line or traceback can show them.
 
-Typed reading of keys (and ConfigError, Secret, HostPort) lives in daemon/config_reader.py, the reading of
-each section in daemon/config_sections.py, daemon/config_fallback.py and daemon/smtp_settings.py.
+Typed reading of keys (and ConfigError, Secret, HostPort) lives in daemon/config/reader.py, the reading of
+each section in daemon/config/sections.py, daemon/config/fallback.py and daemon/ingest/smtp_settings.py.
 """
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon.config_fallback import FallbackConfig, read_fallback
-from daemon.config_reader import ConfigError, ConfigReader, HostPort, Secret
-from daemon.smtp_settings import ProxyConfig, SmtpAuthConfig
-from escalation.policy import Policy
+from emergencyd.daemon.config.fallback import FallbackConfig, read_fallback
+from emergencyd.daemon.config.reader import ConfigError, ConfigReader, HostPort, Secret
+from emergencyd.daemon.ingest.smtp_settings import ProxyConfig, SmtpAuthConfig
+from emergencyd.escalation.policy import Policy
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class SmtpConfig:
     limit_exempt_networks: tuple[str, ...]   # per-address limits skip these (the relay in front)
     command_timeout_seconds: float      # idle between commands (and DATA lines) before 421 4.4.2
     session_max_seconds: float          # a whole connection, so a slow client cannot hold a slot
-    auth: SmtpAuthConfig                # AUTH for a relay in front (daemon/smtp_settings.py)
+    auth: SmtpAuthConfig                # AUTH for a relay in front (daemon/ingest/smtp_settings.py)
     proxy: ProxyConfig                  # the PROXY protocol behind a load balancer
 
 
@@ -170,7 +170,7 @@ class Config:
 def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) -> Config:
     """Read and validate a config file. Raises ConfigError naming the key."""
     # Imported here: config_sections imports this module's dataclasses.
-    from daemon import config_sections as sections
+    from emergencyd.daemon.config import sections
     path = Path(path)
     environ = dict(os.environ if environ is None else environ)
     data = _read_toml(path)

@@ -20,15 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
-from escalation.records import (
+from emergencyd.escalation.records import (
     DONE, FAILED, FALLBACK_ALERT, MAX_DECIDE_ATTEMPTS, NEW, PAGE, PENDING, STEP_DONE, STEP_FAILED, STEP_ORDER,
     STEP_PENDING, STUCK, SUPPRESSED, EscalationRecord, Envelope, FollowUp, RearmOutcome, ReleaseOutcome, StepRecord,
     dedup_key_of, identity_of,
 )
-from daemon.migrations import MIGRATIONS
-from daemon.store_grouping import GroupingQueries
-from daemon.store_thread import StoreThread
-from parsers.identity import HeaderIdentity, header_identity
+from emergencyd.daemon.store.migrations import MIGRATIONS
+from emergencyd.daemon.store.grouping import GroupingQueries
+from emergencyd.daemon.store.thread import StoreThread
+from emergencyd.parsers.identity import HeaderIdentity, header_identity
 
 log = logging.getLogger("emergencyd.store")
 
@@ -582,7 +582,7 @@ class AsyncStore:
         return await committed
 
     def intake_busy(self) -> bool:
-        """Mail is arriving: background work on the store's thread gets only its share (daemon/store_thread.py)."""
+        """Mail is arriving: background work on the store's thread gets only its share (daemon/store/thread.py)."""
         return self._thread.intake_busy()
 
     async def _commit_waiting(self) -> None:

@@ -1,4 +1,4 @@
-"""Typed, validated reading of config.toml keys, for daemon/config.py and the modules that read its sections.
+"""Typed, validated reading of config.toml keys, for daemon/config/model.py and the modules that read its sections.
 
 It depends on no other config module, so every section reader can import it without a cycle.
 """

@@ -9,12 +9,12 @@ from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import CollectorRegistry, disable_created_metrics, Counter, Gauge, Histogram, Info
 
-from escalation.hours import Window
-from escalation.policy import SEVERITIES, Verdict
-from escalation.records import STEP_ORDER, RelationKind
-from escalation.rspamd import CheckOutcome
-from parsers.noise import NOISE_KINDS
-from escalation.steps import integration_of
+from emergencyd.escalation.hours import Window
+from emergencyd.escalation.policy import SEVERITIES, Verdict
+from emergencyd.escalation.records import STEP_ORDER, RelationKind
+from emergencyd.escalation.rspamd import CheckOutcome
+from emergencyd.parsers.noise import NOISE_KINDS
+from emergencyd.escalation.steps import integration_of
 
 SOURCES = ("smtp", "imap", "inject")
 INTEGRATIONS = ("zendesk", "pagerduty", "fallback")   # fallback: the SMTP relay of the fallback alert

@@ -1,14 +1,14 @@
-"""The [smtp] settings for AUTH and the PROXY protocol, read and validated for daemon/config.py."""
+"""The [smtp] settings for AUTH and the PROXY protocol, read and validated for daemon/config/model.py."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from daemon.config_reader import ConfigError, Secret, is_loopback, read_networks
-from daemon.smtp_auth import UsersFileError, load_users
+from emergencyd.daemon.config.reader import ConfigError, Secret, is_loopback, read_networks
+from emergencyd.daemon.ingest.smtp_auth import UsersFileError, load_users
 
 if TYPE_CHECKING:
-    from daemon.config_reader import ConfigReader, HostPort
+    from emergencyd.daemon.config.reader import ConfigReader, HostPort
 
 @dataclass(frozen=True)
 class SmtpAuthConfig:

@@ -1,0 +1,1 @@
+"""Operations: metrics, health and HTTP, logs, systemd notify, certificates, status and explain."""
