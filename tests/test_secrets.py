@@ -7,13 +7,22 @@ an outage that sends the fallback alert, a config error. Then everything it prin
 for each secret, and for the encodings a careless log line would use.
 """
 import base64
+import json
 import smtplib
 import subprocess
 import sys
 from urllib.parse import quote
 
 from tests.fakes.smtp_relay import FakeRelay
-from tests.harness import API_TOKEN, ROOT, ROUTING_KEY, ZENDESK_TOKEN, live_env, make_message, run_cli
+from tests.harness import (
+    API_TOKEN,
+    ROOT,
+    ROUTING_KEY,
+    ZENDESK_TOKEN,
+    live_env,
+    make_message,
+    run_cli,
+)
 from tests.test_imap import imap_table
 
 SMTP_USER, SMTP_PASSWORD, SMTP_WRONG = "relay", "smtp-pass-4b8c1e", "smtp-wrong-90aa3f"
@@ -93,6 +102,20 @@ def test_a_whole_run_prints_no_secret(tmp_path, live_daemon, zendesk, pagerduty,
     # The search would find a leak: the run did reach each place a secret could be printed.
     for sign in ("smtp authentication failed", "fallback alert sent", "HTTP 401", "HTTP 400", "imap login refused"):
         assert sign in output, sign
+
+    # What went out: every body sent to Zendesk and PagerDuty (the routing key belongs in an event's
+    # routing_key field, and nowhere else), the fallback mail, and the store's own bytes.
+    outbound = [r.body for r in zendesk.requests] + [
+        json.dumps({k: v for k, v in r.json.items() if k != "routing_key"}).encode() if isinstance(r.json, dict)
+        else r.body for r in pagerduty.requests]
+    outbound += [mail.content for mail in relay.accepted()]
+    store = daemon.config.parent / "var" / "store.sqlite3"
+    outbound += [path.read_bytes() for path in (store, store.with_name(store.name + "-wal")) if path.exists()]
+    assert zendesk.requests and pagerduty.requests and relay.accepted() and store.exists()
+    assert any(b"Apps down" in body for body in outbound)      # the search reads what the run sent and kept
+    for secret in secrets:
+        for form in leaked_forms(secret):
+            assert not [body[:80] for body in outbound if form.encode() in body], f"{secret!r} went out as {form!r}"
 
 
 def write_mail(tmp_path):
