@@ -4,14 +4,20 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config.toml
 
-.PHONY: run test setup system-packages bench bench-classify bench-postfix bench-storm-loop bench-imap bench-imap-burst bench-startup soak corpus-check corpus-check-strangers fuzz clean
+.PHONY: run test lint setup system-packages bench bench-classify bench-postfix bench-storm-loop bench-imap bench-imap-burst bench-startup soak corpus-check corpus-check-strangers fuzz clean
 
 run: setup
 	$(BIN)/emergencyd run --config $(CONFIG)
 
 # Two tests at a time (pytest-xdist): each starts its own daemons, fakes and servers on free ports.
-test: system-packages setup
+test: system-packages setup lint
 	$(BIN)/pytest -q -n 2 $(PYTEST_ARGS)
+
+# Style and import order (ruff), the dependency rule (import-linter, pyproject.toml), types (mypy).
+lint: setup
+	$(BIN)/ruff check
+	$(BIN)/lint-imports
+	$(BIN)/python scripts/typecheck
 
 setup: $(VENV)/.installed
 

@@ -20,8 +20,8 @@ import os
 import random
 import sys
 import time
-from datetime import datetime
 import tomllib
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,10 +15,25 @@ import time
 from pathlib import Path
 
 from bench.imap_pickup import (
-    PAGE_TIMEOUT, Appender, Probe, Route, Triggers, attach_stored, daemon_log_summary, imap_table, route_row,
-    settle, with_password,
+    PAGE_TIMEOUT,
+    Appender,
+    Probe,
+    Route,
+    Triggers,
+    attach_stored,
+    daemon_log_summary,
+    imap_table,
+    route_row,
+    settle,
+    with_password,
 )
-from bench.smtp_ingest import Cleanup, _fmt, build_message, start_emergencyd, stop_daemon
+from bench.smtp_ingest import (
+    Cleanup,
+    _fmt,
+    build_message,
+    start_emergencyd,
+    stop_daemon,
+)
 from bench.storm import max_in_window
 from emergencyd.escalation.pacing import Pacer
 from tests.harness import live_env

@@ -44,12 +44,32 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.smtp_ingest import (  # noqa: E402
-    SMTP_TIMEOUT, Cleanup, _escalation_backlog, add_session_args, _fmt, _ms, _send_one, bench_session, build_message, cpu_seconds,
-    header, percentile, run_benchmark, start_emergencyd, stop_daemon,
+    SMTP_TIMEOUT,
+    Cleanup,
+    _escalation_backlog,
+    _fmt,
+    _ms,
+    _send_one,
+    add_session_args,
+    bench_session,
+    build_message,
+    cpu_seconds,
+    header,
+    percentile,
+    run_benchmark,
+    start_emergencyd,
+    stop_daemon,
 )
 from bench.storm import log_problems, proc_status_kb  # noqa: E402
 from emergencyd.escalation.records import dedup_key_of  # noqa: E402
-from tests.harness import API_TOKEN, ZENDESK_EMAIL, ZENDESK_TOKEN, base_env, live_env, log_records  # noqa: E402
+from tests.harness import (  # noqa: E402
+    API_TOKEN,
+    ZENDESK_EMAIL,
+    ZENDESK_TOKEN,
+    base_env,
+    live_env,
+    log_records,
+)
 
 IMAP_TIMEOUT = 30.0
 PAGE_TIMEOUT = 15.0        # seconds to wait for one message's page before counting it missing

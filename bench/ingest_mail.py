@@ -21,7 +21,10 @@ def log_dump(size: int, host: str) -> str:
 def mail_for(run: str, index: int, *, body_kb: float | None, senders: str) -> tuple[str, bytes, str]:
     """(dedup_key, bytes, envelope sender): from one address throughout (`one`, a looping monitoring
     system) or from an address of its own per mail (`many`), in the envelope and in From: alike."""
-    from bench.smtp_ingest import SENDER, build_message   # it pads with log_dump from here
+    from bench.smtp_ingest import (  # it pads with log_dump from here
+        SENDER,
+        build_message,
+    )
     sender = SENDER if senders == "one" else f"noc{index}@tenant{index % 1000:03d}.example.net"
     key, raw = build_message(run, index, body_kb=body_kb, sender=sender)
     return key, raw, sender

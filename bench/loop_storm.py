@@ -28,10 +28,25 @@ if str(ROOT) not in sys.path:
 
 from bench import histogram  # noqa: E402
 from bench.smtp_ingest import (  # noqa: E402
-    Cleanup, _fmt, _ms, add_session_args, bench_session, header, percentile, run_benchmark, run_load, stop_daemon,
+    Cleanup,
+    _fmt,
+    _ms,
+    add_session_args,
+    bench_session,
+    header,
+    percentile,
+    run_benchmark,
+    run_load,
+    stop_daemon,
 )
 from bench.storm import (  # noqa: E402
-    drain, log_problems, pagerduty_figures, relations_of, send_canary, start_live_with_fakes, zendesk_figures,
+    drain,
+    log_problems,
+    pagerduty_figures,
+    relations_of,
+    send_canary,
+    start_live_with_fakes,
+    zendesk_figures,
 )
 from tests.harness import make_message  # noqa: E402
 
@@ -258,7 +273,7 @@ def report(info: dict, f: dict) -> str:
         f"{zd['private_notes']}; calls {zd['calls']}: {', '.join(f'{k} {v}' for k, v in zd['calls_by_kind'].items())}",
         f"          max {zd['calls_per_minute_max_60s_window']} calls in a 60 s window (configured "
         f"{zd['configured_rpm']}/min + bucket {zd['bucket_burst']})",
-        f"drain     " + (f"drained {_s(drained['drained_s'])} after the burst began "
+        "drain     " + (f"drained {_s(drained['drained_s'])} after the burst began "
                          f"({_s(drained['drained_s'] - smtp['last_250_s'])} after the last 250)"
                          if drained.get("drained_s") is not None else
                          f"NOT DRAINED: {drained.get('reason')}; {drained.get('counts')}"),

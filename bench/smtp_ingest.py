@@ -46,7 +46,14 @@ from bench.ingest_mail import SENDERS_TEXT, log_dump, mail_for  # noqa: E402
 from bench.postfix_peer import peer_lines  # noqa: E402
 from emergencyd.escalation.records import NEW, PENDING, dedup_key_of  # noqa: E402
 from tests.harness import (  # noqa: E402
-    API_TOKEN, RECIPIENT, ZENDESK_EMAIL, ZENDESK_TOKEN, DaemonProcess, base_env, live_env, make_message,
+    API_TOKEN,
+    RECIPIENT,
+    ZENDESK_EMAIL,
+    ZENDESK_TOKEN,
+    DaemonProcess,
+    base_env,
+    live_env,
+    make_message,
     write_config,
 )
 

@@ -24,7 +24,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.smtp_ingest import _fmt, add_session_args, bench_session, header, run_benchmark  # noqa: E402
+from bench.smtp_ingest import (  # noqa: E402
+    _fmt,
+    add_session_args,
+    bench_session,
+    header,
+    run_benchmark,
+)
 from tests.fakes.pagerduty import FakePagerDuty  # noqa: E402
 from tests.fakes.tls import TestCA  # noqa: E402
 from tests.fakes.zendesk import FakeZendesk  # noqa: E402

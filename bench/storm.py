@@ -34,12 +34,30 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.smtp_ingest import (  # noqa: E402
-    SMTP_TIMEOUT, Cleanup, _escalation_backlog, add_session_args, _fmt, _send_one, bench_session, header, cpu_seconds, percentile, run_load,
-    run_benchmark, start_emergencyd, stop_daemon,
+    SMTP_TIMEOUT,
+    Cleanup,
+    _escalation_backlog,
+    _fmt,
+    _send_one,
+    add_session_args,
+    bench_session,
+    cpu_seconds,
+    header,
+    percentile,
+    run_benchmark,
+    run_load,
+    start_emergencyd,
+    stop_daemon,
 )
 from emergencyd.escalation.pacing import Pacer  # noqa: E402
 from tests.harness import (  # noqa: E402
-    API_TOKEN, ZENDESK_EMAIL, ZENDESK_TOKEN, live_env, log_records, make_message, run_cli,
+    API_TOKEN,
+    ZENDESK_EMAIL,
+    ZENDESK_TOKEN,
+    live_env,
+    log_records,
+    make_message,
+    run_cli,
 )
 
 PROGRESS_EVERY = 30.0     # seconds between progress lines while draining

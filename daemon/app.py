@@ -6,34 +6,42 @@ import logging
 import signal
 import ssl
 import time
-
 from dataclasses import replace
 
 from emergencyd.daemon.config.model import Config, ConfigError, load_config
+from emergencyd.daemon.directory_keeper import DirectoryKeeper
+from emergencyd.daemon.ingest.imap import CONNECTED, ImapIngress
+from emergencyd.daemon.ingest.smtp import (
+    IngestHandler,
+    load_certificate,
+    start_smtp,
+    starttls_context,
+)
+from emergencyd.daemon.ops.certificates import soonest_expiry, tls_files
 from emergencyd.daemon.ops.http import start_http
-from emergencyd.daemon.ingest.imap import ImapIngress
 from emergencyd.daemon.ops.loop_lag import watch_loop_lag
 from emergencyd.daemon.ops.metrics import Metrics
 from emergencyd.daemon.ops.notify import SystemdNotifier
 from emergencyd.daemon.runner import Runner
-from emergencyd.daemon.ops.certificates import soonest_expiry, tls_files
-from emergencyd.daemon.ingest.smtp import IngestHandler, load_certificate, start_smtp, starttls_context
 from emergencyd.daemon.store.sqlite import AsyncStore, IngestResult
-from emergencyd.escalation.fallback import SmtpRelay
-from emergencyd.escalation.records import NEW, PENDING, Envelope
-from emergencyd.escalation.grouping import GroupingSettings
-from emergencyd.escalation.retry import RetrySchedule
-from emergencyd.daemon.directory_keeper import DirectoryKeeper
-from emergencyd.escalation.directory import DirectoryCopy, directory_line, with_directory
-from emergencyd.escalation.policy import Policy
 from emergencyd.escalation.cpu_pool import CpuPool
+from emergencyd.escalation.directory import (
+    DirectoryCopy,
+    directory_line,
+    with_directory,
+)
+from emergencyd.escalation.fallback import SmtpRelay
+from emergencyd.escalation.grouping import GroupingSettings
+from emergencyd.escalation.policy import Policy
+from emergencyd.escalation.records import NEW, PENDING, Envelope
+from emergencyd.escalation.retry import RetrySchedule
 from emergencyd.escalation.steps import EscalationSettings, Escalator, classify_context
 
 log = logging.getLogger("emergencyd")
 
 RUNNER_STALL_SECONDS = 60.0
-STATUS_INTERVAL_SECONDS = 10.0
-IMAP_READY_WAIT_SECONDS = 10.0      # at most this long between the listeners being up and READY=1      # how often systemd's STATUS= is refreshed without a watchdog
+STATUS_INTERVAL_SECONDS = 10.0      # how often systemd's STATUS= is refreshed without a watchdog
+IMAP_READY_WAIT_SECONDS = 10.0      # at most this long between the listeners being up and READY=1
 
 
 def build_integrations(config: Config):
@@ -162,7 +170,8 @@ class Daemon:
         if self.directory is not None:   # in force before any mail is decided
             await self.directory.load_kept()
         elif self.config.policy.trust.directory_from_zendesk:
-            log.warning("[trust] directory_from_zendesk: Zendesk is not read in dry run; only the config's entries count")
+            log.warning("[trust] directory_from_zendesk: Zendesk is not read in dry run; "
+                        "only the config's entries count")
         self._count_directory()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -199,7 +208,8 @@ class Daemon:
             try:
                 await asyncio.wait_for(self.imap.first_attempt_done.wait(), IMAP_READY_WAIT_SECONDS)
             except asyncio.TimeoutError:
-                log.warning("imap not connected yet; ready without it", extra={"waited_seconds": IMAP_READY_WAIT_SECONDS})
+                log.warning("imap not connected yet; ready without it",
+                            extra={"waited_seconds": IMAP_READY_WAIT_SECONDS})
         log.info("emergencyd ready", extra={
             "smtp": _bound(self._smtp) if self._smtp else "off", "metrics": _bound(http),
             "imap": self.config.imap.account if self.imap else "off", "dry_run": self.config.dry_run,
@@ -225,7 +235,7 @@ class Daemon:
             if problem:
                 log.error("not petting the systemd watchdog", extra={"problem": problem})
                 continue
-            fields = {"STATUS": await self._status_line()}
+            fields: dict[str, str | int] = {"STATUS": await self._status_line()}
             if self.notifier.watchdog_seconds:
                 fields["WATCHDOG"] = 1
             self.notifier.send(**fields)
@@ -237,7 +247,8 @@ class Daemon:
                 self.metrics.tls_expiry.labels(role, str(path)).set(expiry)
 
     async def _liveness_problem(self, *, timeout: float) -> str | None:
-        if time.time() - self.runner.last_loop_at > max(RUNNER_STALL_SECONDS, 3 * self.config.escalation.poll_interval_seconds):
+        stall_after = max(RUNNER_STALL_SECONDS, 3 * self.config.escalation.poll_interval_seconds)
+        if time.time() - self.runner.last_loop_at > stall_after:
             return "the escalation runner has not looped"
         try:
             await asyncio.wait_for(self.store.counts_by_state(), timeout)
@@ -254,7 +265,7 @@ class Daemon:
                  "last page " + (time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(last_page)) if last_page
                                  else "none since start")]
         if self.imap is not None:
-            parts.append("imap " + ("connected" if self.imap.state == "ok" else "not connected"))
+            parts.append("imap " + ("connected" if self.imap.state == CONNECTED else "not connected"))
         return "; ".join(parts)
 
     def reload(self) -> None:
@@ -275,7 +286,8 @@ class Daemon:
         needs_restart = [name for name in ("dry_run", "store", "zendesk", "pagerduty", "escalation", "dedup",
                                            "metrics", "imap", "fallback")
                          if getattr(new, name) != getattr(self.config, name)]
-        needs_restart += ["smtp"] if replace(new.smtp, recipients=()) != replace(self.config.smtp, recipients=()) else []
+        smtp_changed = replace(new.smtp, recipients=()) != replace(self.config.smtp, recipients=())
+        needs_restart += ["smtp"] if smtp_changed else []
         self.config = replace(self.config, policy=new.policy, smtp=replace(self.config.smtp,
                                                                             recipients=new.smtp.recipients))
         log.info("reloaded policy and recipients", extra={

@@ -15,8 +15,8 @@ from emergencyd.daemon.config.model import Config, ConfigError, load_config
 from emergencyd.daemon.ops.logs import configure_logging
 from emergencyd.daemon.ops.status import render_status, status_document
 from emergencyd.daemon.store.sqlite import Store, StoreError
-from emergencyd.escalation.records import Envelope, RearmOutcome, ReleaseOutcome
 from emergencyd.escalation.directory import directory_line, kept_copy
+from emergencyd.escalation.records import Envelope, RearmOutcome, ReleaseOutcome
 
 DEFAULT_CONFIG = "config.toml"
 INJECT_BUSY_TIMEOUT_MS = 30_000

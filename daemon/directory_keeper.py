@@ -32,11 +32,13 @@ class DirectoryKeeper:
     async def load_kept(self) -> None:
         kept = await self._store.kept_directory(ZENDESK)
         if kept is None:
-            log.warning("no copy of the Zendesk tenant directory yet: until the first read, only the config's entries count")
+            log.warning("no copy of the Zendesk tenant directory yet: "
+                        "until the first read, only the config's entries count")
             return
-        self._use(DirectoryCopy.from_json(kept))
+        copy = DirectoryCopy.from_json(kept)
+        self._use(copy)
         log.info("tenant directory: the kept copy of Zendesk's is in force",
-                 extra={"organizations": self.copy.organizations, "fetched_at": self.copy.fetched_at})
+                 extra={"organizations": copy.organizations, "fetched_at": copy.fetched_at})
 
     async def run(self) -> None:
         while True:

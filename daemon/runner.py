@@ -12,8 +12,12 @@ import logging
 import time
 
 from emergencyd.daemon.ops.metrics import Metrics
-from emergencyd.daemon.store.sqlite import DueWork
-from emergencyd.daemon.store.thread import BACKGROUND, INTAKE_BUSY_SECONDS, store_priority
+from emergencyd.daemon.store.sqlite import AsyncStore, DueWork
+from emergencyd.daemon.store.thread import (
+    BACKGROUND,
+    INTAKE_BUSY_SECONDS,
+    store_priority,
+)
 from emergencyd.escalation.records import NEW, PENDING, STUCK
 from emergencyd.escalation.steps import Escalator
 
@@ -38,14 +42,14 @@ def _store_context(urgent: bool) -> contextvars.Context:
 
 
 class Runner:
-    def __init__(self, store, escalator: Escalator, metrics: Metrics, *, poll_interval: float,
+    def __init__(self, store: AsyncStore, escalator: Escalator, metrics: Metrics, *, poll_interval: float,
                  max_in_flight_bytes: int = 64 * 1024 * 1024, page_deadline_seconds: float | None = None):
         self._store = store
         self._escalator = escalator
         self._metrics = metrics
         self._poll_interval = poll_interval
         self._wake = asyncio.Event()
-        self._in_flight: dict[int, asyncio.Task] = {}
+        self._in_flight: dict[int, asyncio.Task[None]] = {}
         # Each escalation in flight holds its parsed message: a backlog of big mail must
         # wait its turn instead of being held in memory all at once.
         self._max_in_flight_bytes = max_in_flight_bytes

@@ -21,8 +21,19 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 from emergencyd.escalation import content, fallback
+from emergencyd.escalation.content import Incident
+from emergencyd.escalation.ports import Desk, Pager, Relay
 from emergencyd.escalation.records import (
-    COMMENT, FALLBACK_ALERT, LINK_PAGE, LINK_TICKET, PAGE, TICKET, TICKET_NOTE, EscalationRecord, FollowUp, RelationKind,
+    COMMENT,
+    FALLBACK_ALERT,
+    LINK_PAGE,
+    LINK_TICKET,
+    PAGE,
+    TICKET,
+    TICKET_NOTE,
+    EscalationRecord,
+    FollowUp,
+    RelationKind,
 )
 from emergencyd.escalation.retry import TransientError
 from emergencyd.parsers.message import ParsedMessage
@@ -47,7 +58,7 @@ class StepContext:
 
 
 class Actions:
-    def __init__(self, desk, pager, *, dry_run: bool, relay: fallback.SmtpRelay | None = None):
+    def __init__(self, desk: Desk | None, pager: Pager | None, *, dry_run: bool, relay: Relay | None = None):
         self._desk = desk
         self._pager = pager
         self._relay = relay
@@ -58,9 +69,21 @@ class Actions:
         }
 
     @property
-    def desk(self):
+    def desk(self) -> Desk | None:
         """The Zendesk client; None in dry run."""
         return self._desk
+
+    @property
+    def _zendesk(self) -> Desk:
+        if self._desk is None:       # dry run has no clients, and its actions never reach one
+            raise RuntimeError("no Zendesk client in dry run")
+        return self._desk
+
+    @property
+    def _pagerduty(self) -> Pager:
+        if self._pager is None:
+            raise RuntimeError("no PagerDuty client in dry run")
+        return self._pager
 
     @property
     def has_rest_api(self) -> bool:
@@ -75,11 +98,12 @@ class Actions:
         if self._dry_run:
             return self._would(request)
         if ctx.prior_attempts:
-            existing = self._desk.find_ticket(request.external_id)
+            existing = self._zendesk.find_ticket(request.external_id)
             if existing is not None:
                 return {"ticket_id": existing, "found_existing": True}, {"ticket_id": existing}
-        ticket_id = self._desk.create_ticket(request, on_queued=ctx.on_queued)
-        return {"ticket_id": ticket_id, "type": request.type, "problem_id": request.problem_id}, {"ticket_id": ticket_id}
+        ticket_id = self._zendesk.create_ticket(request, on_queued=ctx.on_queued)
+        result = {"ticket_id": ticket_id, "type": request.type, "problem_id": request.problem_id}
+        return result, {"ticket_id": ticket_id}
 
     def ticket_note(self, ctx: StepContext) -> StepResult:
         return self._post_note(content.envelope_note(ctx.record, ctx.parsed, ctx.record.ticket_id or 0),
@@ -92,9 +116,9 @@ class Actions:
         if self._dry_run:
             result, _ = self._would(request)
             return {**result, **merged}, {}
-        if ctx.prior_attempts and self._desk.has_comment(ticket_id, request.marker):
+        if ctx.prior_attempts and self._zendesk.has_comment(ticket_id, request.marker):
             return {"ticket_id": ticket_id, "found_existing": True, **merged}, {"ticket_id": ticket_id}
-        self._desk.add_comment(request)
+        self._zendesk.add_comment(request)
         return {"ticket_id": ticket_id, **merged}, {"ticket_id": ticket_id}
 
     def page(self, ctx: StepContext) -> StepResult:
@@ -107,23 +131,24 @@ class Actions:
         resolved = self._resolved_incident(record)
         if record.comments_only and not record.pages_on_its_own and resolved is None:
             return {"skipped": "the incident is still open, or there is none: the comment is enough"}, {}
-        dedup_key = self._pager.trigger(request)
+        dedup_key = self._pagerduty.trigger(request)
         result = {"dedup_key": dedup_key, "carried_ticket_link": ticket_url is not None}
         if resolved is not None:
             # Events act only on an open alert: this trigger opened a new incident.
             result.update({"reopened": True, "resolved_incident": resolved.html_url})
         return result, {"paged_at": time.time()}
 
-    def _resolved_incident(self, record: EscalationRecord):
+    def _resolved_incident(self, record: EscalationRecord) -> Incident | None:
         """With a REST token: the incident this follow-up belongs to, when PagerDuty already resolved it."""
         if not self.has_rest_api or record.relation in (RelationKind.FIRST, RelationKind.ALONE) or not record.page_key:
             return None
-        incident = self._pager.find_incident(record.page_key)
+        incident = self._pagerduty.find_incident(record.page_key)
         return incident if incident is not None and incident.status == "resolved" else None
 
     def link_ticket(self, ctx: StepContext) -> StepResult:
         record = ctx.record
-        page = record.step(PAGE).result if record.step(PAGE) else {}
+        page_step = record.step(PAGE)
+        page = page_step.result if page_step else {}
         if page.get("skipped"):
             return {"skipped": "nothing was paged"}, {}
         if page.get("reopened"):
@@ -131,7 +156,7 @@ class Actions:
                                    ctx.prior_attempts)
         incident_url = record.incident_url
         if not self._dry_run and incident_url is None and self.has_rest_api:
-            incident = self._pager.find_incident(record.page_key or record.dedup_key)
+            incident = self._pagerduty.find_incident(record.page_key or record.dedup_key)
             if incident is None and ctx.prior_attempts + 1 < INCIDENT_LOOKUP_ATTEMPTS:
                 raise TransientError("the incident is not visible in PagerDuty yet")
             incident_url = incident.html_url if incident else None
@@ -144,12 +169,12 @@ class Actions:
         note = content.incident_note(record, self._ticket_url(record.ticket_id) or "", group=ctx.group)
         if self._dry_run:
             return self._would(note)
-        incident = self._pager.find_incident(record.page_key or record.dedup_key)
+        incident = self._pagerduty.find_incident(record.page_key or record.dedup_key)
         if incident is None:
             raise TransientError("the incident is not visible in PagerDuty yet")
-        if ctx.prior_attempts and self._pager.has_note(incident.id, note.marker):
+        if ctx.prior_attempts and self._pagerduty.has_note(incident.id, note.marker):
             return {"incident_id": incident.id, "found_existing": True}, {"incident_url": incident.html_url}
-        self._pager.add_note(incident.id, note)
+        self._pagerduty.add_note(incident.id, note)
         return {"incident_id": incident.id}, {"incident_url": incident.html_url}
 
     def fallback_alert(self, ctx: StepContext) -> StepResult:
@@ -165,12 +190,12 @@ class Actions:
     def _post_note(self, note: content.NoteRequest, prior_attempts: int) -> StepResult:
         if self._dry_run:
             return self._would(note)
-        if prior_attempts and self._desk.has_comment(note.ticket_id, note.marker):
+        if prior_attempts and self._zendesk.has_comment(note.ticket_id, note.marker):
             return {"found_existing": True}, {}
-        self._desk.add_note(note)
+        self._zendesk.add_note(note)
         return {"ticket_id": note.ticket_id}, {}
 
     def _ticket_url(self, ticket_id: int | None) -> str | None:
         if ticket_id is None or self._desk is None:
             return None
-        return self._desk.ticket_url(ticket_id)
+        return self._zendesk.ticket_url(ticket_id)

@@ -5,8 +5,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
-from emergencyd.escalation.rules import own_words
 from emergencyd.escalation.records import EscalationRecord, FollowUp, RelationKind
+from emergencyd.escalation.rules import own_words
 from emergencyd.parsers.message import ParsedMessage
 
 TICKET_TAG = "emergency-email"
@@ -54,6 +54,14 @@ class PageRequest:
     severity: str
     custom_details: dict[str, Any] = field(default_factory=dict)
     links: tuple[dict[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Incident:
+    """A PagerDuty incident, as the REST API names it."""
+    id: str
+    html_url: str
+    status: str
 
 
 @dataclass(frozen=True)
@@ -170,7 +178,8 @@ _WINDOW_WORDS = {"in_hours": "in hours", "out_of_hours_waking": "out of hours (w
 
 
 def describe_verdict(verdict: dict[str, Any]) -> str:
-    """One line a human reads first, e.g. 'P1 (apps not served), out of hours (overnight): respond by 02:40, update hourly'."""
+    """One line a human reads first, e.g.
+    'P1 (apps not served), out of hours (overnight): respond by 02:40, update hourly'."""
     window = _WINDOW_WORDS.get(verdict.get("window", ""), verdict.get("window", ""))
     category = (verdict.get("category") or "").replace("_", " ").replace("noise:", "")
     if verdict.get("suppressed"):

@@ -32,8 +32,8 @@ from pebble import ProcessExpired, ProcessPool
 
 from emergencyd.escalation.policy import Policy, Verdict, classify
 from emergencyd.parsers.auth_results import SenderTrust
-from emergencyd.parsers.spam_headers import SpamVerdict
 from emergencyd.parsers.message import ParsedMessage, last_resort, parse_message
+from emergencyd.parsers.spam_headers import SpamVerdict
 
 log = logging.getLogger("emergencyd.cpu")
 
@@ -102,8 +102,8 @@ class CpuPool:
 
     async def classify(self, parsed: ParsedMessage, *, received_at: datetime, mail_from: str | None,
                        trust: SenderTrust | None, spam: SpamVerdict | None = None, released: bool = False) -> Verdict:
-        kwargs = {"received_at": received_at, "mail_from": mail_from, "trust": trust, "spam": spam,
-                  "released": released}
+        kwargs: dict[str, Any] = {"received_at": received_at, "mail_from": mail_from, "trust": trust, "spam": spam,
+                                  "released": released}
         try:
             return await self._run(Priority.DECIDE, _classify, (parsed,), kwargs)
         except WorkerFailed as exc:

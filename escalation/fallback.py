@@ -19,9 +19,14 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate
 
-from emergencyd.daemon.config.fallback import FallbackConfig
 from emergencyd.escalation.content import iso, subject_of
-from emergencyd.escalation.records import FALLBACK_ALERT, PAGE, STEP_FAILED, EscalationRecord
+from emergencyd.escalation.records import (
+    FALLBACK_ALERT,
+    PAGE,
+    STEP_FAILED,
+    EscalationRecord,
+)
+from emergencyd.escalation.settings import FallbackConfig
 from emergencyd.escalation.tls import ssl_context
 from emergencyd.parsers.message import ParsedMessage
 
@@ -122,8 +127,9 @@ class SmtpRelay:
 
     def send(self, mail: FallbackMail) -> dict[str, str]:
         """The recipients the relay refused (empty when all were taken); raises when none was."""
-        config = self.config
-        client = smtplib.SMTP(config.relay.host, config.relay.port, local_hostname=self._helo_name,
+        config, relay = self.config, self.config.relay
+        assert relay is not None                  # checked when the relay was made
+        client = smtplib.SMTP(relay.host, relay.port, local_hostname=self._helo_name,
                               timeout=config.timeout_seconds)
         try:
             if config.starttls:

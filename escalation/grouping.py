@@ -18,8 +18,8 @@ import re
 from dataclasses import dataclass
 
 from emergencyd.escalation.policy import SEVERITIES, Verdict
-from emergencyd.parsers.message import ParsedMessage
 from emergencyd.escalation.records import RelationKind
+from emergencyd.parsers.message import ParsedMessage
 from emergencyd.parsers.subject import bare_subject, loop_subject
 
 FIRST, THREAD, STORM, REPEAT, INCIDENT, ALONE = RelationKind   # the names relate() has always used

@@ -6,22 +6,20 @@ at once, so our retry schedule, which survives restarts, stays in charge.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
 import httpx2
 import pagerduty
 
-from emergencyd.daemon.config.model import PagerDutyConfig
-from emergencyd.escalation.content import IncidentNoteRequest, PageRequest
-from emergencyd.escalation.retry import HttpStatusError, RetryAfterGate, parse_retry_after, require_json
+from emergencyd.escalation.content import Incident, IncidentNoteRequest, PageRequest
+from emergencyd.escalation.retry import (
+    HttpStatusError,
+    RetryAfterGate,
+    parse_retry_after,
+    require_json,
+)
+from emergencyd.escalation.settings import PagerDutyConfig
 from emergencyd.escalation.tls import ssl_context
-
-
-@dataclass(frozen=True)
-class Incident:
-    id: str
-    html_url: str
-    status: str
 
 
 class _FailFast:
@@ -33,9 +31,9 @@ class _FailFast:
     max_http_attempts = 0
     gate: RetryAfterGate
 
-    def request(self, method: str, url: str, **kwargs) -> httpx2.Response:
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx2.Response:
         self.gate.check()
-        return super().request(method, url, **kwargs)
+        return super().request(method, url, **kwargs)  # type: ignore[misc]  # the client class this is mixed into
 
     def postprocess(self, response: httpx2.Response) -> None:
         if response.status_code >= 300:
@@ -47,11 +45,13 @@ class _FailFast:
         require_json(self.integration, response.status_code, response.text)
 
 
-class _EventsClient(_FailFast, pagerduty.EventsApiV2Client):
+# The library's own request() and postprocess() take more arguments than these overrides pass on; the
+# clients call them only as here.
+class _EventsClient(_FailFast, pagerduty.EventsApiV2Client):  # type: ignore[misc]
     pass
 
 
-class _RestClient(_FailFast, pagerduty.RestApiV2Client):
+class _RestClient(_FailFast, pagerduty.RestApiV2Client):  # type: ignore[misc]
     pass
 
 
@@ -64,14 +64,14 @@ class PagerDutyPager:
         self._events.retry.clear()
         # Events and REST are rate-limited apart: a pause of the REST API must never hold back a page.
         self._events.gate = RetryAfterGate("pagerduty events")
-        self._events.timeout = config.timeout_seconds
+        self._events.timeout = config.timeout_seconds  # type: ignore[assignment]  # httpx takes a float; typed int
         self._rest: _RestClient | None = None
         if config.api_token is not None:
             self._rest = _RestClient(config.api_token.value, default_from=config.from_email,
                                      base_url=config.api_url, verify=verify)
             self._rest.retry.clear()
             self._rest.gate = RetryAfterGate("pagerduty rest")
-            self._rest.timeout = config.timeout_seconds
+            self._rest.timeout = config.timeout_seconds  # type: ignore[assignment]
 
     @property
     def has_rest_api(self) -> bool:

@@ -13,12 +13,17 @@ from emergencyd.escalation.hours import SupportCalendar, Window
 from emergencyd.escalation.rspamd import SpamCheck
 from emergencyd.escalation.rules import Rule, RuleHit, RuleMatcher, evaluate_rules
 from emergencyd.escalation.trust import (
-    TrustPolicy, assess, page_hold, sender_standing, spam_to_suppress, stranger_demotion,
+    TrustPolicy,
+    assess,
+    page_hold,
+    sender_standing,
+    spam_to_suppress,
+    stranger_demotion,
 )
 from emergencyd.parsers.auth_results import SenderTrust
-from emergencyd.parsers.spam_headers import SpamVerdict
 from emergencyd.parsers.message import ParsedMessage
 from emergencyd.parsers.noise import Noise, detect_noise
+from emergencyd.parsers.spam_headers import SpamVerdict
 from emergencyd.parsers.subject import descriptive_subject
 
 SEVERITIES = ("P1", "P2", "P3", "P4")
@@ -117,7 +122,7 @@ def classify(parsed: ParsedMessage, *, received_at: datetime, mail_from: str | N
     subject = descriptive_subject(parsed.subject, parsed.text, policy.generic_subjects)
     sender = parsed.sender or mail_from or None
     noise = detect_noise(parsed, mail_from=mail_from, own_addresses=own_addresses, own_hostnames=own_hostnames)
-    if noise is None and spam_to_suppress(spam, trust, sender, policy.trust):
+    if noise is None and spam is not None and spam_to_suppress(spam, trust, sender, policy.trust):
         noise = Noise(kind="spam", reason=spam.reason)
     if noise is not None and not released:
         return Verdict(suppressed=True, reason=f"{noise.kind}: {noise.reason}", category=f"noise:{noise.kind}",

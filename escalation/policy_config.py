@@ -8,11 +8,22 @@ from datetime import date, timedelta
 from typing import Any
 
 from emergencyd.escalation.hours import SupportCalendar, Window
-from emergencyd.escalation.policy import NOT_AN_INCIDENT, SEVERITIES, URGENCIES, ZENDESK_PRIORITIES, Policy, Route
+from emergencyd.escalation.policy import (
+    NOT_AN_INCIDENT,
+    SEVERITIES,
+    URGENCIES,
+    ZENDESK_PRIORITIES,
+    Policy,
+    Route,
+)
 from emergencyd.escalation.regex_prefilter import GuardedRegex, guarded
 from emergencyd.escalation.rspamd import SpamCheck
 from emergencyd.escalation.rules import FIELDS, Rule, phrase_text
-from emergencyd.escalation.trust import DEFAULT_TRUSTED_RELAYS, StrangerAction, TrustPolicy
+from emergencyd.escalation.trust import (
+    DEFAULT_TRUSTED_RELAYS,
+    StrangerAction,
+    TrustPolicy,
+)
 
 RULE_KEYS = {"name", "category", "severity", "fields", "phrases", "regexes", "unless", "requires", "description"}
 ROUTE_KEYS = {"urgency", "zendesk_priority", "respond_within", "update_every", "working_time"}

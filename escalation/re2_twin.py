@@ -23,9 +23,9 @@ start: Python's regex then matches there, and searches the whole text should it 
 from __future__ import annotations
 
 import re
-from re import _compiler as sre_compile   # noqa: compiles one node, as re.compile does
-from re import _constants as sre           # noqa: the parser's opcodes
-from re import _parser as sre_parse        # noqa: the parser re.compile uses
+from re import _compiler as sre_compile  # type: ignore[attr-defined]  # compiles one node, as re.compile does
+from re import _constants as sre  # type: ignore[attr-defined]  # the parser's opcodes
+from re import _parser as sre_parse  # type: ignore[attr-defined]  # the parser re.compile uses
 
 _ASCII = tuple(chr(code) for code in range(128))
 _ONE_CHARACTER = {sre.LITERAL, sre.NOT_LITERAL, sre.ANY, sre.IN}

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+
 class EscalationState(StrEnum):
     NEW = "new"                # stored, not yet parsed and planned
     PENDING = "pending"        # planned; some steps still to do
@@ -57,17 +58,22 @@ class RearmOutcome(StrEnum):
     UNKNOWN = "unknown"
     NOT_STUCK = "not stuck"
 
-# Step names, in the order a human reads them.
-TICKET = "ticket"            # create the Zendesk ticket (looked up by external_id on retry)
-TICKET_NOTE = "ticket_note"  # internal note: envelope and header summary
-PAGE = "page"                # PagerDuty Events v2 trigger
-LINK_TICKET = "link_ticket"  # internal note on the ticket carrying the dedup_key (and incident URL)
-LINK_PAGE = "link_page"      # note on the incident with the ticket URL
-COMMENT = "comment"          # a public comment, by the sender, on the ticket of an earlier mail
-# Mail through the fallback relay when the page is still not accepted at received_at + the deadline.
-# It never replaces the page, which keeps retrying; it is done as "not needed" once the page is done,
-# so it never holds the escalation open. The escalation is DONE when the page is, not when the mail is.
-FALLBACK_ALERT = "fallback_alert"
+
+class StepName(StrEnum):
+    """The steps of an escalation (escalation/steps.py runs them; STEP_ORDER is how a human reads them)."""
+    TICKET = "ticket"                  # create the Zendesk ticket (looked up by external_id on retry)
+    TICKET_NOTE = "ticket_note"        # internal note: envelope and header summary
+    PAGE = "page"                      # PagerDuty Events v2 trigger
+    LINK_TICKET = "link_ticket"        # internal note on the ticket carrying the dedup_key (and incident URL)
+    LINK_PAGE = "link_page"            # note on the incident with the ticket URL
+    COMMENT = "comment"                # a public comment, by the sender, on the ticket of an earlier mail
+    # Mail through the fallback relay when the page is still not accepted at received_at + the deadline.
+    # It never replaces the page, which keeps retrying; it is done as "not needed" once the page is done,
+    # so it never holds the escalation open. The escalation is DONE when the page is, not when the mail is.
+    FALLBACK_ALERT = "fallback_alert"
+
+
+TICKET, TICKET_NOTE, PAGE, LINK_TICKET, LINK_PAGE, COMMENT, FALLBACK_ALERT = StepName
 
 STEP_ORDER = (TICKET, TICKET_NOTE, COMMENT, PAGE, FALLBACK_ALERT, LINK_TICKET, LINK_PAGE)
 ZENDESK_STEPS = frozenset({TICKET, TICKET_NOTE, LINK_TICKET, COMMENT})
@@ -161,6 +167,13 @@ class EscalationRecord:
 
     def step(self, name: str) -> StepRecord | None:
         return next((s for s in self.steps if s.name == name), None)
+
+    def planned(self, name: str) -> StepRecord:
+        """A step the plan holds (KeyError if it does not)."""
+        step = self.step(name)
+        if step is None:
+            raise KeyError(f"message {self.message_pk} has no {name} step")
+        return step
 
     def last_error(self) -> str | None:
         errors = [s for s in self.steps if s.last_error and s.state != STEP_DONE]

@@ -52,7 +52,7 @@ class RegexIndex:
                 at = twin_set.Add(pattern) if compiled is not None else None
             except re2.error:    # beyond RE2's limits (its program size): the prefilter serves this regex
                 continue
-            if compiled is not None:
+            if compiled is not None and at is not None:
                 twins[regex], set_index[regex] = compiled, at
         if not twins:
             return cls(unique)
@@ -79,7 +79,7 @@ class RegexScan:
 
     def search(self, regex: GuardedRegex) -> re.Match[str] | None:
         at = self.index.set_index.get(regex) if self.twins_matching is not None else None
-        if at is None:
+        if at is None or self.twins_matching is None:
             return regex.search(self.text)
         if at not in self.twins_matching:
             return None

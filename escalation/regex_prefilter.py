@@ -24,9 +24,9 @@ dotless "ı" survives casefolding, and a text containing it always runs the rege
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from re import _constants as sre   # noqa: the parser's opcodes, as re.compile reads them
-from re import _parser as sre_parse  # noqa: the parser re.compile uses
+from dataclasses import dataclass, field
+from re import _constants as sre  # type: ignore[attr-defined]  # the parser's opcodes, as re.compile reads them
+from re import _parser as sre_parse  # type: ignore[attr-defined]  # the parser re.compile uses
 
 Needs = tuple[frozenset[str], ...]   # each: at least one of these strings is in every match
 _REPEATS = {sre.MAX_REPEAT, sre.MIN_REPEAT, getattr(sre, "POSSESSIVE_REPEAT", sre.MAX_REPEAT)}
@@ -39,6 +39,7 @@ class GuardedRegex:
     regex: re.Pattern[str]
     needs: Needs
     widest: int = 0      # the most characters one match can span (huge when unbounded)
+    _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Looked up once per rule and field of every mail (escalation/regex_index.py): hash the fields once.

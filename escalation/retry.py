@@ -137,6 +137,7 @@ def _classify_status(exc: HttpStatusError) -> Failure:
 
 def _classify_smtp(exc: smtplib.SMTPResponseException | smtplib.SMTPRecipientsRefused) -> Failure:
     """4yz is transient, 5yz permanent; all recipients refused counts as the mildest refusal."""
+    message: bytes | str
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         replies = sorted(exc.recipients.values())
         code, message = replies[0] if replies else (0, b"")
@@ -204,6 +205,7 @@ class RetrySchedule:
     def backoff_seconds(self, attempts: int) -> float:
         wait = tenacity.wait_exponential_jitter(initial=self.initial_seconds, max=self.max_seconds,
                                                 jitter=self.initial_seconds)
-        state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})
+        # No Retrying object: only its wait is asked, which reads the attempt number alone.
+        state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
         state.attempt_number = max(attempts, 1)
         return min(wait(state), self.max_seconds)

@@ -130,6 +130,7 @@ def _frozen(table: dict[str, dict[Any, list[int]]]) -> dict[str, dict[Any, Posit
 def evaluate_rules(parsed: ParsedMessage, policy: Policy) -> list[RuleHit]:
     """Every rule that fired, in rule order: the first one decides."""
     matcher = policy.matcher
+    assert matcher is not None                    # a Policy builds its matcher when it is made
     fields = _Fields(parsed, matcher)
     hits = []
     for position in matcher.candidates(fields):

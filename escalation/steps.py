@@ -31,25 +31,49 @@ from typing import Callable, Protocol
 from emergencyd.escalation import content, fallback
 from emergencyd.escalation.actions import Actions, StepContext
 from emergencyd.escalation.cpu_pool import ClassifyContext, CpuPool, Priority
-from emergencyd.escalation.dkim_check import decide_trust
 from emergencyd.escalation.decided import DecidedSignals
+from emergencyd.escalation.directory import DirectoryCopy
+from emergencyd.escalation.dkim_check import decide_trust
 from emergencyd.escalation.fair_turns import FairTurns
 from emergencyd.escalation.grouping import (
-    ALONE, FIRST, INCIDENT, REPEAT, STORM, THREAD, GroupingSettings, Relation, encoded_ids, fingerprint, relate,
+    ALONE,
+    FIRST,
+    INCIDENT,
+    REPEAT,
+    STORM,
+    THREAD,
+    GroupingSettings,
+    Relation,
+    encoded_ids,
+    fingerprint,
+    relate,
     ticket_reference,
 )
 from emergencyd.escalation.policy import Policy, Verdict
+from emergencyd.escalation.ports import Desk, EscalationStore, Pager, Relay
 from emergencyd.escalation.records import (
-    COMMENT, FALLBACK_ALERT, FALLBACK_STEPS, LINK_PAGE, LINK_TICKET, NEW, PAGE, PAGERDUTY_STEPS, PENDING,
-    STEP_FAILED, STEP_PENDING, TICKET, TICKET_NOTE, EscalationRecord, StepRecord,
+    COMMENT,
+    FALLBACK_ALERT,
+    FALLBACK_STEPS,
+    LINK_PAGE,
+    LINK_TICKET,
+    NEW,
+    PAGE,
+    PAGERDUTY_STEPS,
+    PENDING,
+    STEP_FAILED,
+    STEP_PENDING,
+    TICKET,
+    TICKET_NOTE,
+    EscalationRecord,
+    StepRecord,
 )
 from emergencyd.escalation.retry import RetrySchedule
-from emergencyd.escalation.directory import DirectoryCopy
-from emergencyd.escalation.rspamd import CheckResult, ask_rspamd
 from emergencyd.escalation.retry import classify as classify_failure
+from emergencyd.escalation.rspamd import CheckResult, ask_rspamd
 from emergencyd.parsers.auth_results import SenderTrust
-from emergencyd.parsers.spam_headers import SpamVerdict
 from emergencyd.parsers.message import ParsedMessage
+from emergencyd.parsers.spam_headers import SpamVerdict
 
 log = logging.getLogger("emergencyd.escalation")
 
@@ -59,7 +83,7 @@ PREREQUISITES: dict[str, tuple[str, ...]] = {
     TICKET: (), PAGE: (), COMMENT: (), TICKET_NOTE: (TICKET,), LINK_TICKET: (TICKET, COMMENT, PAGE),
     LINK_PAGE: (TICKET, PAGE), FALLBACK_ALERT: (),   # the fallback watches the page; it never waits for it
 }
-INTEGRATIONS = ("zendesk", "pagerduty", "fallback")
+INTEGRATIONS = ("zendesk", "pagerduty", "fallback")   # each with its threads and limit; fallback: the relay
 FALLBACK_THREADS = 2
 # How soon to look again at a step waiting on another escalation's ticket.
 CROSS_WAIT_SECONDS = 0.5
@@ -101,8 +125,8 @@ def integration_of(step: str) -> str:
 
 
 class Escalator:
-    def __init__(self, store, desk, pager, settings: EscalationSettings, observer: Observer, cpu: CpuPool,
-                 relay: fallback.SmtpRelay | None = None):
+    def __init__(self, store: EscalationStore, desk: Desk | None, pager: Pager | None, settings: EscalationSettings,
+                 observer: Observer, cpu: CpuPool, relay: Relay | None = None):
         self._cpu = cpu          # parses and classifies off the event loop, with the policy in force
         self._store = store
         self._settings = settings
@@ -199,7 +223,7 @@ class Escalator:
             self._log_decision(record, verdict, relation)
         return parsed
 
-    def _ask_spam_filter(self, record: EscalationRecord) -> asyncio.Task | None:
+    def _ask_spam_filter(self, record: EscalationRecord) -> asyncio.Task[CheckResult] | None:
         check = self.policy.spam
         if not check.enabled:
             return None
@@ -208,7 +232,7 @@ class Escalator:
             return await ask_rspamd(await self._store.raw(record.message_pk), check)
         return asyncio.create_task(ask(), name=f"rspamd-{record.message_pk}")
 
-    async def _spam_answer(self, asking: asyncio.Task | None) -> CheckResult | None:
+    async def _spam_answer(self, asking: asyncio.Task[CheckResult] | None) -> CheckResult | None:
         if asking is None:
             return None
         result = await asking
@@ -274,6 +298,7 @@ class Escalator:
     def _plan_released(self, record: EscalationRecord, parsed: ParsedMessage, verdict: Verdict) -> Relation:
         """A released mail keeps how it relates to other mail (its group, its page key): only its verdict
         and the steps it lacked are new. Steps already done (its ticket) stay done."""
+        assert record.relation is not None        # the caller plans released mail only when it had a relation
         relation = Relation(record.relation, f"{record.relation_reason}; released by hand", record.parent_pk,
                             record.target_ticket_id, record.group_id)
         self._store.sync.plan(record.message_pk, subject=parsed.subject, sender=content.requester_of(record, parsed),
@@ -290,7 +315,7 @@ class Escalator:
             record = await self._store.record(pk)
         elif record.state == PENDING:
             parsed = await self._cpu.parse(await self._store.raw(pk), Priority.STEP)
-        running: dict[str, asyncio.Task] = {}
+        running: dict[str, asyncio.Task[None]] = {}
         while record.state == PENDING:
             for name in await self._ready_steps(record, running):
                 running[name] = asyncio.create_task(self._start(record, parsed, name, running))
@@ -302,7 +327,7 @@ class Escalator:
                 running.pop(name).result()
             record = await self._store.record(pk)
 
-    async def _ready_steps(self, record: EscalationRecord, running: dict[str, asyncio.Task]) -> list[str]:
+    async def _ready_steps(self, record: EscalationRecord, running: dict[str, asyncio.Task[None]]) -> list[str]:
         now = time.time()
         ready = []
         for step in record.steps:
@@ -332,7 +357,7 @@ class Escalator:
         return True
 
     @staticmethod
-    def _fallback_wake(record: EscalationRecord, running: dict[str, asyncio.Task]) -> float | None:
+    def _fallback_wake(record: EscalationRecord, running: dict[str, asyncio.Task[None]]) -> float | None:
         """A page call hanging on PagerDuty must not hold the fallback back past its deadline."""
         step = record.step(FALLBACK_ALERT)
         if step is None or step.state != STEP_PENDING or FALLBACK_ALERT in running:
@@ -340,7 +365,7 @@ class Escalator:
         return max(step.next_attempt_at - time.time(), CROSS_WAIT_SECONDS / 10)
 
     async def _waits_within(self, record: EscalationRecord, name: str,
-                            running: dict[str, asyncio.Task]) -> str | None:
+                            running: dict[str, asyncio.Task[None]]) -> str | None:
         """A step whose prerequisite is not done waits for it, or fails with it."""
         for prerequisite in PREREQUISITES[name]:
             before = record.step(prerequisite)
@@ -349,7 +374,7 @@ class Escalator:
             if before.state == STEP_FAILED:
                 await self._store.fail_step(record.message_pk, name, error=f"not possible: {prerequisite} failed",
                                             next_attempt_at=None)
-            elif prerequisite not in running and record.step(name).next_attempt_at < before.next_attempt_at:
+            elif prerequisite not in running and record.planned(name).next_attempt_at < before.next_attempt_at:
                 await self._store.defer_step(record.message_pk, name, before.next_attempt_at)
             return prerequisite
         return None
@@ -394,6 +419,7 @@ class Escalator:
             if earlier is None and undecided is None:
                 return True
             if earlier is None:
+                assert undecided is not None
                 if time.monotonic() >= deadline:
                     await self._store.defer_step(record.message_pk, COMMENT, time.time() + CROSS_WAIT_SECONDS)
                     return False
@@ -413,7 +439,7 @@ class Escalator:
                 pass
 
     async def _start(self, record: EscalationRecord, parsed: ParsedMessage, name: str,
-                     running: dict[str, asyncio.Task]) -> None:
+                     running: dict[str, asyncio.Task[None]]) -> None:
         ticket = running.get(TICKET)
         if name == PAGE and ticket is not None:
             await self._ticket_head_start(record.message_pk, ticket)
@@ -429,7 +455,7 @@ class Escalator:
                 if name == TICKET:
                     self._ticket_queued.pop(record.message_pk, None)
             return
-        if (await self._store.record(record.message_pk)).step(COMMENT).done:
+        if (await self._store.record(record.message_pk)).planned(COMMENT).done:
             self._comments_done.pop(record.message_pk, asyncio.Event()).set()
             return                     # folded into an earlier follow-up's comment while it waited
         self._comments_running.add(record.message_pk)
@@ -439,7 +465,7 @@ class Escalator:
             self._comments_running.discard(record.message_pk)
             self._comments_done.pop(record.message_pk, asyncio.Event()).set()
 
-    async def _ticket_head_start(self, pk: int, ticket: asyncio.Task) -> None:
+    async def _ticket_head_start(self, pk: int, ticket: asyncio.Task[None]) -> None:
         """Give the ticket a head start so the page can carry its link, but only while its create is
         on its way to Zendesk: a create queued behind the pacer or the concurrency limit would hold
         the page for nothing. Then page regardless."""
@@ -456,11 +482,14 @@ class Escalator:
         """For the ticket's thread: tell the page, on the loop, that the create waits its turn."""
         loop = asyncio.get_running_loop()
         event = self._ticket_queued.setdefault(pk, asyncio.Event())
-        return lambda: loop.call_soon_threadsafe(event.set)
+
+        def queued() -> None:
+            loop.call_soon_threadsafe(event.set)
+        return queued
 
     async def _page_allowed(self, record: EscalationRecord) -> bool:
         """A cap on new incidents per minute guards the on-call engineer from a loop; pages wait, never drop."""
-        if record.relation == INCIDENT or record.step(PAGE).attempts:
+        if record.relation == INCIDENT or record.planned(PAGE).attempts:
             return True     # joins an open incident, or was already let through once
         if record.comments_only and not record.pages_on_its_own:
             return True     # a follow-up only looks whether its incident was resolved

@@ -19,13 +19,17 @@ import requests.adapters
 from zenpy import Zenpy
 from zenpy.lib.api_objects import Comment, Ticket, User
 
-from emergencyd.daemon.config.model import ZendeskConfig
 from emergencyd.escalation.content import CommentRequest, NoteRequest, TicketRequest
 from emergencyd.escalation.directory import DirectoryCopy, directory_from
 from emergencyd.escalation.pacing import Lane, Pacer
-from emergencyd.escalation.retry import HttpStatusError, RetryAfterGate, parse_retry_after, require_json
+from emergencyd.escalation.retry import (
+    HttpStatusError,
+    RetryAfterGate,
+    parse_retry_after,
+    require_json,
+)
+from emergencyd.escalation.settings import ZendeskConfig
 from emergencyd.escalation.tls import trust_bundle
-
 
 # zenpy sends the request from deep inside its own calls, on the calling thread, with no way to
 # pass anything down: a thread-local is how create_ticket tells the adapter whom to tell when it queues.

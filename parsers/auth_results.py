@@ -76,7 +76,8 @@ class SenderTrust:
     dkim_checked: str | None         # our own DKIM verification's result; None when not run
     verified: bool | None            # True: authenticated; False: DMARC failed; None: cannot tell
     reason: str                      # one line for humans
-    relay_spam: SpamVerdict | None = None   # the relay's spam filter, when its fields count ([trust] relay_spam_headers)
+    relay_spam: SpamVerdict | None = None   # the relay's spam filter, when its fields count
+    #                                         ([trust] relay_spam_headers)
 
     @property
     def outcome(self) -> str:
@@ -146,7 +147,8 @@ def _scan(text: str) -> Iterator[tuple[str, int, str]]:
 
 def _split_outside_quotes(value: str) -> list[str]:
     """Split on ';' outside quoted strings and comments."""
-    parts, current = [], []
+    parts: list[str] = []
+    current: list[str] = []
     for char, depth, kind in _scan(value):
         if kind == "plain" and char == ";" and depth == 0:
             parts.append("".join(current))

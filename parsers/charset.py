@@ -76,7 +76,7 @@ def decode_bytes(data: bytes, charset: str | None) -> Decoded:
 def _lossy_decode(data: bytes, codec: str | None) -> Decoded:
     """Replacement characters for the bytes ``codec`` cannot decode."""
     try:
-        return Decoded(data.decode(codec, "replace"), True)
+        return Decoded(data.decode(codec or "", "replace"), True)   # no codec: LookupError, as an unknown one
     except (UnicodeError, LookupError, ValueError, TypeError):
         return Decoded(data.decode("utf-8", "replace"), True)
 

@@ -5,6 +5,7 @@ the Date (mail-parser's reading first, the stdlib's as fallback)."""
 from __future__ import annotations
 
 import email.utils
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from email.message import Message
 
@@ -89,7 +90,7 @@ def normalize_content_type(value: str | None) -> str:
     return media_type + separator + parameters
 
 
-def decode_headers(items: list[tuple[str, object]]) -> tuple[tuple[str, str], ...]:
+def decode_headers(items: Sequence[tuple[str, object]]) -> tuple[tuple[str, str], ...]:
     return tuple(
         (
             single_line(header_text(name), MAX_HEADER_VALUE_CHARS),
@@ -99,7 +100,7 @@ def decode_headers(items: list[tuple[str, object]]) -> tuple[tuple[str, str], ..
     )
 
 
-def _kept_headers(items: list[tuple[str, object]]) -> list[tuple[str, object]]:
+def _kept_headers(items: Sequence[tuple[str, object]]) -> list[tuple[str, object]]:
     kept, received = [], 0
     for name, value in items:
         if str(name).strip().lower() == "received":

@@ -11,7 +11,12 @@ import html as html_entities
 import re
 from html.parser import HTMLParser
 
-from emergencyd.parsers.cleaning import DEFAULT_TEXT_LIMIT, TRUNCATION_MARKER, bounded, clean_text
+from emergencyd.parsers.cleaning import (
+    DEFAULT_TEXT_LIMIT,
+    TRUNCATION_MARKER,
+    bounded,
+    clean_text,
+)
 
 __all__ = ["MAX_HTML_CHARS", "html_to_text"]
 

@@ -215,7 +215,7 @@ def _filename(part: Message) -> str | None:
 def _decoded_size(part: Message) -> int:
     try:
         if part.is_multipart():  # an attached message: its flattened size
-            return sum(len(child.as_bytes()) for child in part.get_payload())
+            return sum(len(child.as_bytes()) for child in part.get_payload() if isinstance(child, Message))
         payload = part.get_payload(decode=True)
         return len(payload) if isinstance(payload, bytes) else 0
     except Exception:  # best effort: flattening can fail on odd charsets

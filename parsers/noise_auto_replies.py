@@ -3,7 +3,13 @@ family, Precedence, and auto-responder subjects in many languages."""
 
 from __future__ import annotations
 
-from emergencyd.parsers.noise_facts import COMMENT, Facts, quote, subject_evidence, subject_pattern
+from emergencyd.parsers.noise_facts import (
+    COMMENT,
+    Facts,
+    quote,
+    subject_evidence,
+    subject_pattern,
+)
 
 
 def auto_submitted_header(facts: Facts) -> str | None:

@@ -66,7 +66,8 @@ _BOUNCE_LOCAL_PARTS = {"mailer-daemon", "mailer_daemon", "mailerdaemon", "postma
 def mailer_daemon_sender(facts: Facts) -> str | None:
     local = facts.sender_local_part
     if local in _BOUNCE_LOCAL_PARTS:
-        return f"sender {facts.sender} (a {local.upper() if 'daemon' in local else local} sender is treated as a bounce)"
+        kind = local.upper() if "daemon" in local else local
+        return f"sender {facts.sender} (a {kind} sender is treated as a bounce)"
     return None
 
 

@@ -7,7 +7,13 @@ from tests.fakes.pagerduty import FakePagerDuty
 from tests.fakes.tls import TestCA
 from tests.fakes.zendesk import FakeZendesk
 from tests.harness import (
-    API_TOKEN, ZENDESK_EMAIL, ZENDESK_TOKEN, DaemonProcess, base_env, live_env, write_config,
+    API_TOKEN,
+    ZENDESK_EMAIL,
+    ZENDESK_TOKEN,
+    DaemonProcess,
+    base_env,
+    live_env,
+    write_config,
 )
 
 

@@ -6,7 +6,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from emergencyd.escalation.rules import MAX_BODY_CHARS_FOR_RULES, RuleHit, normalize, own_words
+from emergencyd.escalation.rules import (
+    MAX_BODY_CHARS_FOR_RULES,
+    RuleHit,
+    normalize,
+    own_words,
+)
 from emergencyd.parsers.message import ParsedMessage
 
 

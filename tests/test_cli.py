@@ -1,7 +1,7 @@
 """inject and status: the operator's commands, run as subprocesses."""
 import json
 
-from tests.harness import make_message, run_cli, write_config, base_env
+from tests.harness import base_env, make_message, run_cli, write_config
 
 
 def test_inject_takes_the_durable_path_and_status_shows_it(tmp_path, start_daemon):

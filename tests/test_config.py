@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from emergencyd.daemon.config.model import ConfigError, Secret, load_config
-from tests.harness import ROOT, run_cli, base_env
+from tests.harness import ROOT, base_env, run_cli
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -7,7 +7,12 @@ from datetime import datetime, timezone
 
 import pytest
 
-from emergencyd.escalation.cpu_pool import ClassifyContext, CpuPool, Priority, WorkerFailed
+from emergencyd.escalation.cpu_pool import (
+    ClassifyContext,
+    CpuPool,
+    Priority,
+    WorkerFailed,
+)
 from emergencyd.escalation.policy_config import parse_policy
 from emergencyd.parsers.message import parse_message
 from tests.harness import ROOT, make_message

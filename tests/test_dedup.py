@@ -1,10 +1,8 @@
 """Deduplication as incidents really arrive: threads, storms, repeats and loops, through the fakes."""
-from collections import Counter
-from datetime import datetime, timedelta, timezone
-
-
 import re
 import smtplib
+from collections import Counter
+from datetime import datetime, timedelta, timezone
 
 from tests.harness import RECIPIENT, make_message
 

@@ -6,7 +6,11 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
-from emergencyd.escalation.directory import DirectoryCopy, directory_from, with_directory
+from emergencyd.escalation.directory import (
+    DirectoryCopy,
+    directory_from,
+    with_directory,
+)
 from emergencyd.escalation.trust import TrustPolicy, sender_standing, tenant_of
 from tests.harness import make_message
 from tests.test_strangers import NEWSLETTER

@@ -2,8 +2,8 @@
 
 Assertions are on what the fakes received, never on which of our functions ran.
 """
-from email.utils import formatdate
 import time
+from email.utils import formatdate
 
 from tests.harness import API_TOKEN, ROUTING_KEY, ZENDESK_TOKEN, make_message
 

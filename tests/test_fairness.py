@@ -6,7 +6,14 @@ from pathlib import Path
 import pytest
 
 from tests.harness import (
-    RECIPIENT, DaemonProcess, base_env, log_records, make_message, require_tool, run_cli, write_config,
+    RECIPIENT,
+    DaemonProcess,
+    base_env,
+    log_records,
+    make_message,
+    require_tool,
+    run_cli,
+    write_config,
 )
 
 

@@ -4,9 +4,18 @@ from datetime import datetime, timezone
 import pytest
 
 from emergencyd.daemon.ingest.imap_wire import (
-    MessageMeta, batches, exists_of, has_exists, mailbox_name, parse_bodies, parse_internaldate, parse_metadata,
+    MessageMeta,
+    batches,
+    exists_of,
+    has_exists,
+    mailbox_name,
+    parse_bodies,
+    parse_internaldate,
+    parse_metadata,
     parse_search,
-    return_path_of, uid_set, uidvalidity_of,
+    return_path_of,
+    uid_set,
+    uidvalidity_of,
 )
 
 # A Dovecot SELECT answer, as seen from aioimaplib (untagged "* " removed).

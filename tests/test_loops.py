@@ -15,7 +15,16 @@ import pytest
 from emergencyd.daemon.config.model import load_config
 from emergencyd.daemon.store.sqlite import Store
 from emergencyd.escalation.grouping import (
-    FIRST, INCIDENT, REPEAT, GroupingFacts, GroupingSettings, OpenGroup, Related, fingerprint, loop_key, relate,
+    FIRST,
+    INCIDENT,
+    REPEAT,
+    GroupingFacts,
+    GroupingSettings,
+    OpenGroup,
+    Related,
+    fingerprint,
+    loop_key,
+    relate,
 )
 from emergencyd.escalation.policy import Verdict, classify
 from emergencyd.escalation.records import Envelope

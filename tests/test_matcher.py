@@ -7,7 +7,7 @@ import copy
 import pickle
 import re
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 
 from hypothesis import HealthCheck, example, given, settings
@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from emergencyd.escalation.matcher import PhraseIndex
 from emergencyd.escalation.policy import Policy, classify
-from emergencyd.escalation.rules import RuleHit, evaluate_rules, normalize
 from emergencyd.escalation.policy_config import parse_policy
 from emergencyd.escalation.regex_prefilter import guarded
+from emergencyd.escalation.rules import RuleHit, evaluate_rules, normalize
 from emergencyd.parsers.message import ParsedMessage
 from tests.harness import ROOT
 from tests.regex_matcher import regex_evaluate, regex_rules
@@ -281,6 +281,7 @@ def ascii_texts() -> st.SearchStrategy[str]:
 
 def _scan_search(pattern: str, text: str):
     import warnings
+
     from emergencyd.escalation.regex_index import RegexIndex
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)    # "[[:a]]" is a possible nested set to Python

@@ -14,7 +14,12 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from emergencyd.parsers.identity import MAX_MESSAGE_ID_VALUE_CHARS, message_id_of, message_ids_in, normalize_message_id
+from emergencyd.parsers.identity import (
+    MAX_MESSAGE_ID_VALUE_CHARS,
+    message_id_of,
+    message_ids_in,
+    normalize_message_id,
+)
 from emergencyd.parsers.limits import (
     MAX_HEADER_VALUE_CHARS,
     MAX_HEADERS,
@@ -22,7 +27,12 @@ from emergencyd.parsers.limits import (
     MAX_SUBJECT_CHARS,
     MAX_TEXT_CHARS,
 )
-from emergencyd.parsers.message import UNPARSEABLE_MARKER, Attachment, ParsedMessage, parse_message
+from emergencyd.parsers.message import (
+    UNPARSEABLE_MARKER,
+    Attachment,
+    ParsedMessage,
+    parse_message,
+)
 from emergencyd.parsers.text import (
     TRUNCATION_MARKER,
     bounded,

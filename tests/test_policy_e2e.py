@@ -2,7 +2,6 @@
 import json
 import signal
 
-
 from tests.harness import make_message
 
 # Receive times replayed with `inject --received-at`: Wednesday 11:00, Saturday 11:00, Wednesday 23:00.

@@ -31,22 +31,60 @@ from hypothesis import strategies as st
 from emergencyd.daemon.config.model import load_config
 from emergencyd.escalation import content
 from emergencyd.escalation.grouping import (
-    ALONE, FIRST, INCIDENT, REPEAT, STORM, THREAD, GroupingFacts, GroupingSettings, OpenGroup, Related,
-    encoded_ids, fingerprint, relate, ticket_reference,
+    ALONE,
+    FIRST,
+    INCIDENT,
+    REPEAT,
+    STORM,
+    THREAD,
+    GroupingFacts,
+    GroupingSettings,
+    OpenGroup,
+    Related,
+    encoded_ids,
+    fingerprint,
+    relate,
+    ticket_reference,
 )
 from emergencyd.escalation.hours import Window
-from emergencyd.escalation.policy import SEVERITIES, URGENCIES, ZENDESK_PRIORITIES, Verdict, classify
-from emergencyd.escalation.records import NEW, EscalationRecord, Envelope, dedup_key_of, identity_of
+from emergencyd.escalation.policy import (
+    SEVERITIES,
+    URGENCIES,
+    ZENDESK_PRIORITIES,
+    Verdict,
+    classify,
+)
+from emergencyd.escalation.records import (
+    NEW,
+    Envelope,
+    EscalationRecord,
+    dedup_key_of,
+    identity_of,
+)
 from emergencyd.parsers.identity import MAX_IDS, MAX_MESSAGE_ID_CHARS, message_id_of
 from emergencyd.parsers.limits import (
-    MAX_ATTACHMENTS, MAX_DEFECT_CHARS, MAX_DEFECTS, MAX_HEADER_VALUE_CHARS, MAX_HEADERS, MAX_RAW_HEADER_BYTES,
-    MAX_RECIPIENTS, MAX_SUBJECT_CHARS, MAX_TEXT_CHARS,
+    MAX_ATTACHMENTS,
+    MAX_DEFECT_CHARS,
+    MAX_DEFECTS,
+    MAX_HEADER_VALUE_CHARS,
+    MAX_HEADERS,
+    MAX_RAW_HEADER_BYTES,
+    MAX_RECIPIENTS,
+    MAX_SUBJECT_CHARS,
+    MAX_TEXT_CHARS,
 )
 from emergencyd.parsers.message import ParsedMessage, parse_message
 from emergencyd.parsers.noise import NOISE_KINDS, detect_noise
-from emergencyd.parsers.subject import MAX_SUBJECT_CHARS as MAX_DESCRIPTIVE_SUBJECT_CHARS
+from emergencyd.parsers.subject import (
+    MAX_SUBJECT_CHARS as MAX_DESCRIPTIVE_SUBJECT_CHARS,
+)
 from emergencyd.parsers.subject import descriptive_subject
-from emergencyd.parsers.text import decode_bytes, decode_rfc2047, html_to_text, single_line
+from emergencyd.parsers.text import (
+    decode_bytes,
+    decode_rfc2047,
+    html_to_text,
+    single_line,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = load_config(ROOT / "config.toml", environ={})

@@ -6,7 +6,13 @@ import pytest
 import requests
 
 from emergencyd.escalation.retry import (
-    MAX_RETRY_AFTER_SECONDS, Failure, HttpStatusError, RetrySchedule, TransientError, classify, parse_retry_after,
+    MAX_RETRY_AFTER_SECONDS,
+    Failure,
+    HttpStatusError,
+    RetrySchedule,
+    TransientError,
+    classify,
+    parse_retry_after,
 )
 
 RETRIED = [408, 429, 500, 502, 503, 504, 599]

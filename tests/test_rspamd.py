@@ -4,19 +4,24 @@ down, slow or garbled never holds a decision. Each decision with its pair."""
 from __future__ import annotations
 
 import asyncio
-import json
 import http.server
+import json
 import threading
 import time
+import tomllib
 from datetime import datetime, timezone
 
 import pytest
-import tomllib
 
 from emergencyd.escalation.content import ticket_tags
 from emergencyd.escalation.policy import classify
 from emergencyd.escalation.policy_config import PolicyError, parse_policy
-from emergencyd.escalation.rspamd import CheckOutcome, SpamCheck, ask_rspamd, ask_rspamd_now
+from emergencyd.escalation.rspamd import (
+    CheckOutcome,
+    SpamCheck,
+    ask_rspamd,
+    ask_rspamd_now,
+)
 from emergencyd.parsers.message import parse_message
 from tests.harness import ROOT, free_port, make_message, run_cli, write_config
 

@@ -5,7 +5,8 @@ import subprocess
 
 import pytest
 from aiosmtpd.smtp import SMTP
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from emergencyd.daemon.ingest.smtp_address import plain_address
 from tests.harness import RECIPIENT, make_message, require_tool

@@ -5,7 +5,8 @@ import asyncio
 
 import pytest
 from aiosmtpd.smtp import SMTP
-from hypothesis import assume, given, settings, strategies as st
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from emergencyd.daemon.ingest.smtp_data import BodyFault, read_body
 

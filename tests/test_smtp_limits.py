@@ -10,7 +10,6 @@ import pytest
 from emergencyd.daemon.ingest.smtp_limits import ConnectionLimits, RateLimit
 from tests.harness import RECIPIENT, log_records, make_message
 
-
 # The tests connect from 127.0.0.1, which the shipped config exempts from per-address limits.
 NO_EXEMPTION = "limit_exempt_networks = []"
 

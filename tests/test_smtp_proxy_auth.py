@@ -14,7 +14,14 @@ import sys
 import pytest
 
 from emergencyd.daemon.config.model import ConfigError, load_config
-from tests.harness import RECIPIENT, ROOT, log_records, make_message, require_tool, write_config
+from tests.harness import (
+    RECIPIENT,
+    ROOT,
+    log_records,
+    make_message,
+    require_tool,
+    write_config,
+)
 from tests.raw_smtp import RawSmtp, code, proxy_v1, proxy_v2, stored_envelopes
 
 USER, PASSWORD = "relay", "c0rrect-h0rse-battery"

@@ -4,10 +4,10 @@ sender's own never do, and mail it calls spam gets a ticket tagged suspected-spa
 it is a verified tenant's. Each decision with its pair: the same words that must still page."""
 from __future__ import annotations
 
+import tomllib
 from datetime import datetime, timezone
 
 import pytest
-import tomllib
 
 from emergencyd.escalation.content import describe_verdict, ticket_tags
 from emergencyd.escalation.policy import classify

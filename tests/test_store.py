@@ -10,8 +10,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from emergencyd.daemon.store.sqlite import MIGRATIONS, AsyncStore, Store, StoreError
-from emergencyd.daemon.store.thread import BACKGROUND, BACKGROUND_SHARE, INTAKE_BUSY_SECONDS, StoreThread, store_priority
-from emergencyd.escalation.records import DONE, FAILED, NEW, PENDING, Envelope, dedup_key_of, identity_of
+from emergencyd.daemon.store.thread import (
+    BACKGROUND,
+    BACKGROUND_SHARE,
+    INTAKE_BUSY_SECONDS,
+    StoreThread,
+    store_priority,
+)
+from emergencyd.escalation.records import (
+    DONE,
+    FAILED,
+    NEW,
+    PENDING,
+    Envelope,
+    dedup_key_of,
+    identity_of,
+)
 from tests.harness import make_message
 
 

@@ -3,6 +3,7 @@ gets a ticket tagged unknown-sender instead of a page. Each decision comes with 
 kind of mail that must still page."""
 from __future__ import annotations
 
+import tomllib
 from datetime import datetime, timezone
 
 import pytest
@@ -14,8 +15,6 @@ from emergencyd.escalation.policy import classify
 from emergencyd.escalation.policy_config import PolicyError, parse_policy
 from emergencyd.parsers.message import parse_message
 from tests.harness import ROOT, make_message, run_cli, write_config
-
-import tomllib
 
 SHIPPED = tomllib.loads((ROOT / "config.toml").read_text())["policy"]
 NIGHT = datetime(2026, 11, 25, 23, 0, tzinfo=timezone.utc)

@@ -6,7 +6,14 @@ import socket
 import subprocess
 import time
 
-from tests.harness import ROOT, DaemonProcess, live_env, make_message, require_tool, write_config
+from tests.harness import (
+    ROOT,
+    DaemonProcess,
+    live_env,
+    make_message,
+    require_tool,
+    write_config,
+)
 
 UNIT = ROOT / "systemd" / "emergencyd.service"
 MAX_EXPOSURE = 2.0

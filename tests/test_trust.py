@@ -9,17 +9,27 @@ from datetime import datetime, timezone
 
 import dkim
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from emergencyd.escalation.dkim_check import check_dkim, decide_trust, resolver_lookup, verify_signatures
+from emergencyd.escalation.dkim_check import (
+    check_dkim,
+    decide_trust,
+    resolver_lookup,
+    verify_signatures,
+)
 from emergencyd.escalation.policy import classify
 from emergencyd.escalation.policy_config import PolicyError, parse_policy, parse_trust
 from emergencyd.escalation.records import Envelope
 from emergencyd.escalation.trust import TrustPolicy, page_hold, peer_trusted
-from emergencyd.parsers.auth_results import DkimCheck, from_domain, parse_authentication_results, sender_trust
+from emergencyd.parsers.auth_results import (
+    DkimCheck,
+    from_domain,
+    parse_authentication_results,
+    sender_trust,
+)
 from emergencyd.parsers.message import parse_message
 from tests.fakes.dns import FakeDns, Query
 from tests.harness import make_message

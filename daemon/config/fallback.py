@@ -4,34 +4,19 @@ Kept apart from daemon/config/model.py, which reads it through `read_fallback`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from emergencyd.daemon.config.reader import ConfigError, is_loopback
+from emergencyd.escalation.settings import FallbackConfig
 
 if TYPE_CHECKING:
-    from emergencyd.daemon.config.reader import ConfigReader, HostPort, Secret
+    from emergencyd.daemon.config.reader import ConfigReader
 
 FALLBACK_KEYS = {"enabled", "relay", "starttls", "ca_file", "username", "password_file", "from_address", "to",
                  "after_seconds", "timeout_seconds"}
 # A page normally leaves within seconds of receipt. Two minutes is about five failed attempts on the
 # default backoff: long enough to ride out a blip, and it leaves most of a P1's 20-minute response time.
 DEFAULT_AFTER_SECONDS = 120.0
-
-
-@dataclass(frozen=True)
-class FallbackConfig:
-    enabled: bool
-    relay: HostPort | None
-    starttls: bool
-    ca_file: Path | None          # also trusted for the relay's certificate, on top of the public CAs
-    username: str
-    password: Secret | None
-    from_address: str
-    to: tuple[str, ...]
-    after_seconds: float          # from receipt: a page not accepted by then gets the fallback mail
-    timeout_seconds: float
 
 
 def read_fallback(r: ConfigReader) -> FallbackConfig:
@@ -46,7 +31,7 @@ def read_fallback(r: ConfigReader) -> FallbackConfig:
             raise ConfigError(f"{key}: {address!r} is not an email address")
     if enabled and not (relay and from_address and to):
         raise ConfigError("fallback: relay, from_address and to are required when fallback.enabled = true")
-    if enabled and not starttls and not is_loopback(relay.host):
+    if enabled and relay is not None and not starttls and not is_loopback(relay.host):
         raise ConfigError(f"fallback.starttls: false is only allowed for a loopback relay, not {relay.host!r}: "
                           "the relay password and the alert would cross the network in clear")
     username = r.string("fallback.username", "")

@@ -19,6 +19,7 @@ from emergencyd.daemon.config.fallback import FallbackConfig, read_fallback
 from emergencyd.daemon.config.reader import ConfigError, ConfigReader, HostPort, Secret
 from emergencyd.daemon.ingest.smtp_settings import ProxyConfig, SmtpAuthConfig
 from emergencyd.escalation.policy import Policy
+from emergencyd.escalation.settings import PagerDutyConfig, ZendeskConfig
 
 
 @dataclass(frozen=True)
@@ -81,31 +82,6 @@ class ImapConfig:
 class StoreConfig:
     path: Path
     busy_timeout_ms: int
-
-
-@dataclass(frozen=True)
-class ZendeskConfig:
-    url: str
-    email: str
-    ca_file: Path | None
-    token: Secret | None
-    timeout_seconds: float
-    requests_per_minute: int
-
-    @property
-    def agent_url_base(self) -> str:
-        return self.url.rstrip("/") + "/agent/tickets/"
-
-
-@dataclass(frozen=True)
-class PagerDutyConfig:
-    events_url: str
-    api_url: str
-    from_email: str
-    ca_file: Path | None
-    routing_key: Secret | None
-    api_token: Secret | None
-    timeout_seconds: float
 
 
 @dataclass(frozen=True)

@@ -6,35 +6,17 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from emergencyd.escalation.settings import HostPort, Secret
 
 __all__ = ["ConfigError", "ConfigReader", "HostPort", "Secret", "is_loopback", "read_networks"]
 
 
 class ConfigError(ValueError):
     """A config problem, phrased for the operator: which key, what is wrong."""
-
-
-@dataclass(frozen=True)
-class Secret:
-    value: str = field(repr=False)
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
-
-
-@dataclass(frozen=True)
-class HostPort:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
 
 
 class ConfigReader:

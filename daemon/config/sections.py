@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 from zoneinfo import ZoneInfoNotFoundError
 
+from emergencyd.daemon.config.fallback import FALLBACK_KEYS
 from emergencyd.daemon.config.model import (
     DedupConfig,
     EscalationConfig,
@@ -18,8 +19,12 @@ from emergencyd.daemon.config.model import (
     StoreConfig,
     ZendeskConfig,
 )
-from emergencyd.daemon.config.fallback import FALLBACK_KEYS
-from emergencyd.daemon.config.reader import ConfigError, ConfigReader, is_loopback, read_networks
+from emergencyd.daemon.config.reader import (
+    ConfigError,
+    ConfigReader,
+    is_loopback,
+    read_networks,
+)
 from emergencyd.daemon.ingest.smtp_settings import read_auth, read_proxy
 from emergencyd.escalation.policy import Policy
 from emergencyd.escalation.policy_config import PolicyError, parse_policy

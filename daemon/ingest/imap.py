@@ -16,11 +16,17 @@ import logging
 import time
 
 from emergencyd.daemon.config.model import ImapConfig
-from emergencyd.daemon.ingest.imap_session import ImapFailure, MailboxSession
+from emergencyd.daemon.ingest.imap_session import (
+    FailureKind,
+    ImapFailure,
+    MailboxSession,
+)
+from emergencyd.daemon.ingest.intake import Ingest
 from emergencyd.daemon.ops.metrics import Metrics
-from emergencyd.daemon.ingest.smtp import Ingest
 from emergencyd.daemon.store.sqlite import AsyncStore
 from emergencyd.escalation.retry import RetrySchedule
+
+CONNECTED = "ok"           # the state while connected, as /readyz shows it
 
 log = logging.getLogger("emergencyd.imap")
 
@@ -37,7 +43,7 @@ class ImapIngress:
         self._store = store
         self._metrics = metrics
         self._stopping = asyncio.Event()
-        self.state = "connecting"          # for /readyz: "ok" while connected
+        self.state = "connecting"          # for /readyz: CONNECTED while connected, else why not
         self._connected_at: float | None = None
         self.first_attempt_done = asyncio.Event()   # set once the first login has succeeded or failed
         self._reconnect = RetrySchedule(config.reconnect_initial_seconds, config.reconnect_max_seconds, 1 << 30)
@@ -59,8 +65,8 @@ class ImapIngress:
                 stayed_up = self._connected_at is not None and \
                     time.monotonic() - self._connected_at >= STABLE_CONNECTION_SECONDS
                 failures = 1 if stayed_up else failures + 1
-                login_failures = login_failures + 1 if failure.kind == "login" else 0
-                delay = (self._login_retry.backoff_seconds(login_failures) if failure.kind == "login"
+                login_failures = login_failures + 1 if failure.kind is FailureKind.LOGIN else 0
+                delay = (self._login_retry.backoff_seconds(login_failures) if failure.kind is FailureKind.LOGIN
                          else self._reconnect.backoff_seconds(failures))
                 self._failed(failure, delay)
                 await session.close()
@@ -74,7 +80,7 @@ class ImapIngress:
         await session.open()
         self.first_attempt_done.set()
         self._connected_at = time.monotonic()
-        self.state = "ok"
+        self.state = CONNECTED
         self._metrics.imap_connected.set(1)
         self._metrics.imap_idle_active.set(int(session.idle))
         log.info("imap connected", extra={"account": self.config.account, "idle": session.idle,
@@ -90,7 +96,7 @@ class ImapIngress:
         self._metrics.imap_connected.set(0)
         self._metrics.imap_idle_active.set(0)
         self._metrics.imap_errors.labels(exc.kind).inc()
-        message = "imap login refused; check the username and password" if exc.kind == "login" else \
+        message = "imap login refused; check the username and password" if exc.kind is FailureKind.LOGIN else \
             "imap disconnected"
         log.error(message, extra={"account": self.config.account, "kind": exc.kind, "error": exc.detail,
                                   "retry_in_seconds": round(retry_in, 2)})
@@ -109,4 +115,4 @@ class ImapIngress:
 def _unexpected(exc: Exception) -> ImapFailure:
     """A bug, not a server problem: keep its traceback in the log, then treat it like any failure."""
     log.error("imap session failed unexpectedly", exc_info=exc)
-    return ImapFailure("protocol", f"{type(exc).__name__}: {exc}")
+    return ImapFailure(FailureKind.PROTOCOL, f"{type(exc).__name__}: {exc}")

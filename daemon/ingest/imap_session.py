@@ -15,12 +15,21 @@ from typing import Any, Awaitable
 import aioimaplib
 
 from emergencyd.daemon.config.model import ImapConfig
+from emergencyd.daemon.ingest.imap_failure import FailureKind, ImapFailure
 from emergencyd.daemon.ingest.imap_wire import (
-    MessageMeta, batches, has_exists, mailbox_name, parse_bodies, parse_metadata, parse_search, return_path_of,
-    uid_set, uidvalidity_of,
+    MessageMeta,
+    batches,
+    has_exists,
+    mailbox_name,
+    parse_bodies,
+    parse_metadata,
+    parse_search,
+    return_path_of,
+    uid_set,
+    uidvalidity_of,
 )
+from emergencyd.daemon.ingest.intake import Ingest
 from emergencyd.daemon.ops.metrics import Metrics
-from emergencyd.daemon.ingest.smtp import Ingest
 from emergencyd.daemon.store.sqlite import AsyncStore, StoreError
 from emergencyd.escalation.records import Envelope
 from emergencyd.escalation.tls import ssl_context
@@ -33,16 +42,6 @@ _LIST_ENTRY = re.compile(rb"^(LIST )?\(", re.IGNORECASE)
 MAX_BATCH_BYTES = 32 * 1024 * 1024     # memory held by one UID FETCH of bodies
 METADATA_SLICE = 200                   # UIDs per metadata FETCH (see _metadata)
 SECONDS_PER_MEGABYTE = 1.0             # extra time a big FETCH may take beyond the command timeout
-
-
-class ImapFailure(Exception):
-    """A failure of the session, with the kind counted in emergencyd_imap_errors_total."""
-
-    def __init__(self, kind: str, detail: str):
-        super().__init__(f"{kind}: {detail}")
-        self.kind = kind
-        self.detail = detail
-
 
 
 class MailboxSession:
@@ -74,22 +73,30 @@ class MailboxSession:
         if task not in done:
             task.cancel()
             if self._lost.is_set():
-                raise ImapFailure("connection_lost", f"connection lost during {what}")
-            raise ImapFailure("timeout", f"no answer to {what} within {timeout:g}s")
+                raise ImapFailure(FailureKind.CONNECTION_LOST, f"connection lost during {what}")
+            raise ImapFailure(FailureKind.TIMEOUT, f"no answer to {what} within {timeout:g}s")
         try:
             return task.result()
         except (asyncio.TimeoutError, aioimaplib.CommandTimeout):
-            raise ImapFailure("timeout", f"no answer to {what} within {timeout:g}s") from None
+            raise ImapFailure(FailureKind.TIMEOUT, f"no answer to {what} within {timeout:g}s") from None
         except aioimaplib.AioImapException as exc:
-            raise ImapFailure("protocol", f"{what}: {exc}") from None
+            raise ImapFailure(FailureKind.PROTOCOL, f"{what}: {exc}") from None
 
-    async def _ok(self, what: str, call: Awaitable[Any], *, kind: str = "protocol", **kwargs: Any) -> Any:
+    async def _ok(self, what: str, call: Awaitable[Any], *, kind: FailureKind = FailureKind.PROTOCOL,
+                  **kwargs: Any) -> Any:
         response = await self._command(what, call, **kwargs)
         if response.result != "OK":
             raise ImapFailure(kind, f"{what} answered {response.result}: {_text(response.lines)}")
         return response
 
     # -- connect, log in, select ---------------------------------------------------------
+
+    @property
+    def _imap(self) -> aioimaplib.IMAP4:
+        """The connection, once open() made it."""
+        if self._client is None:
+            raise ImapFailure(FailureKind.PROTOCOL, "no connection")
+        return self._client
 
     async def open(self) -> None:
         cfg = self.config
@@ -100,33 +107,35 @@ class MailboxSession:
             else:
                 client = aioimaplib.IMAP4(cfg.host, cfg.port, timeout=cfg.command_timeout_seconds)
         except OSError as exc:
-            raise ImapFailure("connect", str(exc)) from None
+            raise ImapFailure(FailureKind.CONNECT, str(exc)) from None
         client.protocol.conn_lost_cb = lambda exc: self._lost.set()
         self._client = client
         try:
             await self._command("connect", client.wait_hello_from_server())
         except ssl.SSLError as exc:
-            raise ImapFailure("tls", f"{cfg.host}:{cfg.port}: {exc.reason or exc}") from None
+            raise ImapFailure(FailureKind.TLS, f"{cfg.host}:{cfg.port}: {exc.reason or exc}") from None
         except OSError as exc:
-            raise ImapFailure("connect", f"{cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
-        await self._ok("LOGIN", client.login(cfg.username, cfg.password.value), kind="login")
+            raise ImapFailure(FailureKind.CONNECT, f"{cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
+        assert cfg.password is not None          # the config requires one when IMAP is enabled
+        await self._ok("LOGIN", client.login(cfg.username, cfg.password.value), kind=FailureKind.LOGIN)
         await self._ensure_processed_mailbox()
         selected = await self._ok(f"SELECT {cfg.mailbox}", client.select(mailbox_name(cfg.mailbox)),
-                                  kind="mailbox")
+                                  kind=FailureKind.MAILBOX)
         uidvalidity = uidvalidity_of(selected.lines)
         if uidvalidity is None:
-            raise ImapFailure("protocol", f"SELECT {cfg.mailbox} gave no UIDVALIDITY")
+            raise ImapFailure(FailureKind.PROTOCOL, f"SELECT {cfg.mailbox} gave no UIDVALIDITY")
         await self._adopt(uidvalidity)
         self.idle = cfg.idle and client.has_capability("IDLE")
 
     async def _ensure_processed_mailbox(self) -> None:
         name = mailbox_name(self.config.processed_mailbox)
-        listed = await self._ok("LIST", self._client.list('""', name))
+        listed = await self._ok("LIST", self._imap.list('""', name))
         if any(_LIST_ENTRY.match(bytes(line)) for line in listed.lines):
             return
-        created = await self._command(f"CREATE {self.config.processed_mailbox}", self._client.create(name))
+        created = await self._command(f"CREATE {self.config.processed_mailbox}", self._imap.create(name))
         if created.result != "OK" and b"ALREADYEXISTS" not in b" ".join(map(bytes, created.lines)).upper():
-            raise ImapFailure("mailbox", f"cannot create {self.config.processed_mailbox}: {_text(created.lines)}")
+            raise ImapFailure(FailureKind.MAILBOX,
+                              f"cannot create {self.config.processed_mailbox}: {_text(created.lines)}")
         log.info("imap created the processed mailbox", extra={"mailbox": self.config.processed_mailbox})
 
     async def _adopt(self, uidvalidity: int) -> None:
@@ -166,7 +175,7 @@ class MailboxSession:
         # data). NOOP first, so the FETCH below sees it; then fetch again until nothing is
         # new, because mail that arrives during a FETCH or a MOVE is announced by that command
         # and would otherwise wait for the next push, or for the IDLE renewal.
-        await self._ok("NOOP", self._client.noop())
+        await self._ok("NOOP", self._imap.noop())
         first = 1 if catch_up else self.last_uid + 1
         while metas := await self._metadata(first):
             for batch in batches(metas, max_messages=self.config.batch_messages, max_bytes=MAX_BATCH_BYTES):
@@ -182,11 +191,11 @@ class MailboxSession:
         SEARCH answers in one line; the FETCH goes by slices, because aioimaplib handles the
         lines of one read recursively and a read of a thousand FETCH lines overflows its stack.
         """
-        found = await self._ok("UID SEARCH", self._client.uid_search("UID", f"{first}:*", charset=None))
+        found = await self._ok("UID SEARCH", self._imap.uid_search("UID", f"{first}:*", charset=None))
         uids = parse_search(found.lines, first_uid=first)
         metas: list[MessageMeta] = []
         for start in range(0, len(uids), METADATA_SLICE):
-            response = await self._ok("UID FETCH metadata", self._client.uid(
+            response = await self._ok("UID FETCH metadata", self._imap.uid(
                 "fetch", uid_set(uids[start:start + METADATA_SLICE]), "(UID RFC822.SIZE INTERNALDATE)"))
             metas += parse_metadata(response.lines, first_uid=first)
         return metas
@@ -222,7 +231,7 @@ class MailboxSession:
     def _too_large(self, meta: MessageMeta) -> bool:
         if meta.size <= self.config.max_message_bytes:
             return False
-        self._metrics.imap_errors.labels("too_large").inc()
+        self._metrics.imap_errors.labels(FailureKind.TOO_LARGE).inc()
         log.error("imap message too large; left in the mailbox for a human", extra={
             "uid": meta.uid, "bytes": meta.size, "max_message_bytes": self.config.max_message_bytes})
         return True
@@ -231,7 +240,7 @@ class MailboxSession:
         size = sum(m.size for m in metas)
         timeout = self.config.command_timeout_seconds + SECONDS_PER_MEGABYTE * size / 1_000_000
         response = await self._ok("UID FETCH bodies",
-                                  self._client.uid("fetch", uid_set(m.uid for m in metas), "(UID BODY.PEEK[])"),
+                                  self._imap.uid("fetch", uid_set(m.uid for m in metas), "(UID BODY.PEEK[])"),
                                   timeout=timeout)
         return parse_bodies(response.lines)
 
@@ -245,7 +254,7 @@ class MailboxSession:
         try:
             result = await self._ingest(raw, envelope)
         except StoreError as exc:
-            raise ImapFailure("store", str(exc)) from None
+            raise ImapFailure(FailureKind.STORE, str(exc)) from None
         if meta.internaldate is not None:
             self._metrics.imap_pickup_latency.observe(max(time.time() - meta.internaldate, 0.0))
         log.info("imap message %s", "duplicate" if result.duplicate else "stored",
@@ -255,27 +264,28 @@ class MailboxSession:
         try:
             await self._store.save_imap_position(self.config.account, self.uidvalidity, self.last_uid)
         except StoreError as exc:
-            raise ImapFailure("store", str(exc)) from None
+            raise ImapFailure(FailureKind.STORE, str(exc)) from None
 
     async def _move(self, uids: list[int]) -> None:
         """MOVE when offered; else COPY, \\Deleted and UID EXPUNGE of exactly these UIDs."""
         uids_text, target = uid_set(uids), mailbox_name(self.config.processed_mailbox)
-        client = self._client
+        client = self._imap
         try:
             if client.has_capability("MOVE"):
-                await self._ok("UID MOVE", client.uid("move", uids_text, target), kind="move")
+                await self._ok("UID MOVE", client.uid("move", uids_text, target), kind=FailureKind.MOVE)
                 return
-            await self._ok("UID COPY", client.uid("copy", uids_text, target), kind="move")
-            await self._ok("UID STORE", client.uid("store", uids_text, "+FLAGS.SILENT", r"(\Deleted)"), kind="move")
+            await self._ok("UID COPY", client.uid("copy", uids_text, target), kind=FailureKind.MOVE)
+            await self._ok("UID STORE", client.uid("store", uids_text, "+FLAGS.SILENT", r"(\Deleted)"),
+                           kind=FailureKind.MOVE)
             if client.has_capability("UIDPLUS"):
-                await self._ok("UID EXPUNGE", client.uid("expunge", uids_text), kind="move")
+                await self._ok("UID EXPUNGE", client.uid("expunge", uids_text), kind=FailureKind.MOVE)
             else:
-                await self._ok("EXPUNGE", client.expunge(), kind="move")
+                await self._ok("EXPUNGE", client.expunge(), kind=FailureKind.MOVE)
         except ImapFailure as exc:
-            if exc.kind != "move":
+            if exc.kind != FailureKind.MOVE:
                 raise
             # Committed already: nothing is lost. They stay, and the next catch-up moves them.
-            self._metrics.imap_errors.labels("move").inc()
+            self._metrics.imap_errors.labels(FailureKind.MOVE).inc()
             log.error("imap could not move handled mail; it stays in the mailbox until the next catch-up",
                       extra={"uids": uids_text, "error": exc.detail})
 
@@ -288,7 +298,7 @@ class MailboxSession:
                 await self._idle_once()
                 return
             except ImapFailure as exc:
-                if exc.kind != "protocol" or self._lost.is_set():
+                if exc.kind != FailureKind.PROTOCOL or self._lost.is_set():
                     raise
                 self.idle = False
                 self._metrics.imap_idle_active.set(0)
@@ -296,7 +306,7 @@ class MailboxSession:
         await self._pause(self.config.poll_interval_seconds)
 
     async def _idle_once(self) -> None:
-        client = self._client
+        client = self._imap
         renew = self.config.idle_renew_seconds
         idle = await self._command("IDLE", client.idle_start(timeout=renew + 60))
         self._metrics.imap_idle_active.set(1)
@@ -316,7 +326,8 @@ class MailboxSession:
 
     async def _next_push(self, timeout: float) -> list[bytes] | None:
         """The next IDLE push, or None when the wait ended without one (time, or stopping)."""
-        return await self._wait(timeout, "idling", asyncio.ensure_future(self._client.wait_server_push(timeout=timeout)))
+        push = asyncio.ensure_future(self._imap.wait_server_push(timeout=timeout))
+        return await self._wait(timeout, "idling", push)
 
     async def _pause(self, seconds: float) -> None:
         await self._wait(seconds, "waiting to poll")
@@ -329,11 +340,12 @@ class MailboxSession:
         for task in pending:
             task.cancel()
         if lost in done:
-            raise ImapFailure("connection_lost", f"connection lost while {doing}")
+            raise ImapFailure(FailureKind.CONNECTION_LOST, f"connection lost while {doing}")
         if news in done and not news.cancelled() and news.exception() is None:
             return news.result()
         return None
 
 
 def _text(lines: list[Any]) -> str:
-    return " ".join(bytes(line).decode("utf-8", "replace") for line in lines if isinstance(line, (bytes, bytearray)))[:200]
+    text = " ".join(bytes(line).decode("utf-8", "replace") for line in lines if isinstance(line, (bytes, bytearray)))
+    return text[:200]

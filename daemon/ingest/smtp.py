@@ -25,21 +25,35 @@ import ipaddress
 import logging
 import ssl
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, cast
 
 from aiosmtpd.proxy_protocol import ProxyData
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope as SmtpEnvelope, LoginPassword, Session, syntax
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, Session, syntax
+from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from emergencyd.daemon.config.model import SmtpConfig
-from emergencyd.daemon.ops.metrics import Metrics
+from emergencyd.daemon.ingest.intake import Ingest
 from emergencyd.daemon.ingest.smtp_address import Address, plain_address
 from emergencyd.daemon.ingest.smtp_auth import Authenticator
 from emergencyd.daemon.ingest.smtp_data import BodyFault, read_body
 from emergencyd.daemon.ingest.smtp_limits import (
-    AUTH_THROTTLED, IDLE_TIMEOUT, LINE_TOO_LONG, PEER_RATE, PROXY_INVALID, PROXY_UNTRUSTED, SENDER_RATE, SESSION_TOO_LONG,
-    SHUTTING_DOWN, TOO_MANY_RECIPIENTS, ConnectionLimits, Networks, RateLimit, Refusal,
+    AUTH_THROTTLED,
+    IDLE_TIMEOUT,
+    LINE_TOO_LONG,
+    PEER_RATE,
+    PROXY_INVALID,
+    PROXY_UNTRUSTED,
+    SENDER_RATE,
+    SESSION_TOO_LONG,
+    SHUTTING_DOWN,
+    TOO_MANY_RECIPIENTS,
+    ConnectionLimits,
+    Networks,
+    RateLimit,
+    Refusal,
 )
-from emergencyd.daemon.store.sqlite import IngestResult, StoreError
+from emergencyd.daemon.ops.metrics import Metrics
+from emergencyd.daemon.store.sqlite import StoreError
 from emergencyd.escalation.records import Envelope
 
 log = logging.getLogger("emergencyd.smtp")
@@ -47,7 +61,6 @@ log = logging.getLogger("emergencyd.smtp")
 # about it each time: not ours to act on, and noise in the journal.
 logging.getLogger("mail.log").addFilter(lambda record: "login_data is deprecated" not in record.getMessage())
 
-Ingest = Callable[[bytes, Envelope], Awaitable[IngestResult]]
 
 
 class IngestHandler:
@@ -122,6 +135,8 @@ class IngestHandler:
         if not self.accepting:
             return counted(self._metrics, SHUTTING_DOWN)
         raw = envelope.original_content if envelope.original_content is not None else envelope.content
+        if raw is None:         # smtp_DATA always sets both; an empty message is b""
+            raw = b""
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogateescape")
         stored = Envelope(
@@ -162,6 +177,7 @@ class Smtp(SMTP):
         fresh = self.transport is None          # not the switch to TLS after STARTTLS
         super().connection_made(transport)
         if not fresh:
+            assert self.session is not None        # made by aiosmtpd's connection_made
             self.session.proxy_data = self._proxy_data   # STARTTLS starts a new session: keep the client's address
         elif self._proxy_trusted is None:
             self._admit()
@@ -208,14 +224,18 @@ class Smtp(SMTP):
                 self._metrics.rejected.labels("too_large").inc()
             elif status.startswith("530 5.7.0"):
                 self._metrics.rejected.labels("auth_required").inc()
-        await super().push(status)
+            await super().push(status)
+        else:
+            await super().push(status)
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
         """aiosmtpd's DATA, with its checks and answers, reading the body in pieces (daemon/ingest/smtp_data.py)."""
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
-        if not self.envelope.rcpt_tos:
+        envelope, session = self.envelope, self.session
+        assert envelope is not None and session is not None    # aiosmtpd makes both before any command
+        if not envelope.rcpt_tos:
             await self.push("503 Error: need RCPT command")
             return
         if arg:
@@ -234,8 +254,8 @@ class Smtp(SMTP):
         elif body.fault is BodyFault.TOO_LARGE:
             status = "552 Error: Too much mail data"
         else:
-            self.envelope.content = self.envelope.original_content = body.content
-            status = await self._ingest_handler.handle_DATA(self, self.session, self.envelope)
+            envelope.content = envelope.original_content = body.content
+            status = await self._ingest_handler.handle_DATA(self, session, envelope)
         self._set_post_data_state()
         await self.push(status)
 
@@ -276,9 +296,10 @@ class Smtp(SMTP):
             return
         log.info("smtp connection closed", extra={"reason": refusal.reason, "peer": _peer(self.session), **fields})
         reply = counted(self._metrics, refusal)
+        transport = cast(asyncio.WriteTransport, self.transport)
         if reply:
-            self.transport.write(reply.encode("ascii") + b"\r\n")
-        self.transport.close()
+            transport.write(reply.encode("ascii") + b"\r\n")
+        transport.close()
 
 
 def _defer_check(server: SMTP, session: Session, envelope: SmtpEnvelope, mechanism: str,
@@ -295,8 +316,9 @@ class ShuttingDown(asyncio.Protocol):
         self._metrics = metrics
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.write(counted(self._metrics, SHUTTING_DOWN).encode("ascii") + b"\r\n")
-        transport.close()
+        stream = cast(asyncio.WriteTransport, transport)
+        stream.write(counted(self._metrics, SHUTTING_DOWN).encode("ascii") + b"\r\n")
+        stream.close()
 
 
 def counted(metrics: Metrics, refusal: Refusal) -> str:

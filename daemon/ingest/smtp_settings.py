@@ -4,7 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from emergencyd.daemon.config.reader import ConfigError, Secret, is_loopback, read_networks
+from emergencyd.daemon.config.reader import (
+    ConfigError,
+    Secret,
+    is_loopback,
+    read_networks,
+)
 from emergencyd.daemon.ingest.smtp_auth import UsersFileError, load_users
 
 if TYPE_CHECKING:

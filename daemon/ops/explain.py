@@ -14,8 +14,8 @@ from typing import Any, TextIO
 
 from emergencyd.daemon.config.model import Config
 from emergencyd.daemon.store.sqlite import Store
-from emergencyd.escalation.directory import kept_copy, with_directory
 from emergencyd.escalation.content import describe_verdict
+from emergencyd.escalation.directory import kept_copy, with_directory
 from emergencyd.escalation.policy import classify
 from emergencyd.escalation.rspamd import ask_rspamd_now
 from emergencyd.escalation.trust import TrustPolicy

@@ -22,6 +22,7 @@ import sys
 from typing import Any
 
 import structlog
+from structlog.typing import EventDict
 
 MAX_FIELD_CHARS = 1000
 MAX_TRACEBACK_CHARS = 4000
@@ -33,7 +34,7 @@ QUIET_LOGGERS = ("mail", "zenpy", "pagerduty", "httpx2", "urllib3", "mail.log", 
 SILENT_LOGGERS = ("mailparser",)
 
 
-def _bound(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _bound(_logger: Any, _name: str, event: EventDict) -> EventDict:
     for key, value in event.items():
         if isinstance(value, (bool, int, float)) or value is None:
             continue
@@ -43,7 +44,7 @@ def _bound(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
-def _in_order(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _in_order(_logger: Any, _name: str, event: EventDict) -> EventDict:
     """When, how bad, who and what first, so a line reads well in journalctl too."""
     return {**{k: event[k] for k in FIRST_KEYS if k in event}, **event}
 

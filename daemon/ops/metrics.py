@@ -7,17 +7,25 @@ from __future__ import annotations
 import time
 from importlib.metadata import PackageNotFoundError, version
 
-from prometheus_client import CollectorRegistry, disable_created_metrics, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
 
+from emergencyd.daemon.ingest.imap_failure import FailureKind
 from emergencyd.escalation.hours import Window
 from emergencyd.escalation.policy import SEVERITIES, Verdict
 from emergencyd.escalation.records import STEP_ORDER, RelationKind
 from emergencyd.escalation.rspamd import CheckOutcome
+from emergencyd.escalation.steps import INTEGRATIONS, integration_of
 from emergencyd.parsers.noise import NOISE_KINDS
-from emergencyd.escalation.steps import integration_of
 
 SOURCES = ("smtp", "imap", "inject")
-INTEGRATIONS = ("zendesk", "pagerduty", "fallback")   # fallback: the SMTP relay of the fallback alert
+
 FALLBACK_OUTCOMES = ("sent", "failed")
 REJECT_REASONS = ("unknown_recipient", "too_large", "store_failure", "shutting_down", "too_many_connections",
                   "too_many_connections_per_ip", "too_many_recipients", "rate_limited_ip", "rate_limited_sender",
@@ -30,8 +38,7 @@ STATUS_CLASSES = ("2xx", "4xx", "5xx", "network")
 # Receipt to page: an emergency should page within seconds; a Zendesk or PagerDuty
 # outage stretches this into minutes and hours.
 PAGE_LATENCY_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)
-IMAP_ERROR_KINDS = ("connect", "tls", "login", "mailbox", "timeout", "connection_lost", "protocol", "move",
-                    "too_large", "store")
+IMAP_ERROR_KINDS = tuple(FailureKind)
 # The loop should never be held for more than a few milliseconds; 20 ms is already felt by SMTP clients.
 LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 # INTERNALDATE has whole seconds: sub-second buckets would be noise.
@@ -179,8 +186,8 @@ class Metrics:
                 self.verdicts.labels(severity, window.value)
         for kind in (*NOISE_KINDS, "spam"):          # spam: rspamd's reject ([spam] rspamd_url)
             self.suppressed.labels(kind)
-        for outcome in CheckOutcome:
-            self.spam_checks.labels(outcome.value)
+        for check in CheckOutcome:
+            self.spam_checks.labels(check.value)
         for source in SOURCES:
             self.received.labels(source)
             self.last_ingest.labels(source)

@@ -8,12 +8,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Mapping
 
 log = logging.getLogger("emergencyd.notify")
 
 
 class SystemdNotifier:
-    def __init__(self, environ: dict[str, str] | None = None):
+    def __init__(self, environ: Mapping[str, str] | None = None):
         environ = os.environ if environ is None else environ
         address = environ.get("NOTIFY_SOCKET", "")
         self._address = "\0" + address[1:] if address.startswith("@") else address

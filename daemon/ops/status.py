@@ -6,7 +6,13 @@ from typing import Any
 
 from emergencyd.daemon.store.sqlite import Store
 from emergencyd.escalation.content import describe_verdict, iso
-from emergencyd.escalation.records import TICKET, EscalationRecord, EscalationState, RelationKind, StepState
+from emergencyd.escalation.records import (
+    TICKET,
+    EscalationRecord,
+    EscalationState,
+    RelationKind,
+    StepState,
+)
 
 
 def status_document(store: Store, *, limit: int, dry_run: bool, tenant_directory: str = "") -> dict[str, Any]:
@@ -27,8 +33,7 @@ def status_document(store: Store, *, limit: int, dry_run: bool, tenant_directory
 
 def _spam_checks(records: list[EscalationRecord]) -> dict[str, int]:
     """How asking rspamd went for the recent mail that was asked: {"answered": 18, "timeout": 2}."""
-    outcomes = Counter((r.verdict or {}).get("spam_check") for r in records)
-    outcomes.pop(None, None)
+    outcomes = Counter(str(o) for r in records if (o := (r.verdict or {}).get("spam_check")) is not None)
     return dict(sorted(outcomes.items()))
 
 

@@ -6,12 +6,31 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
 
 from emergencyd.escalation.grouping import (
-    ALONE, FIRST, INCIDENT, REPEAT, STORM, THREAD, GroupingFacts, GroupingSettings, OpenGroup, Related, loop_key,
+    ALONE,
+    FIRST,
+    INCIDENT,
+    REPEAT,
+    STORM,
+    THREAD,
+    GroupingFacts,
+    GroupingSettings,
+    OpenGroup,
+    Related,
+    loop_key,
 )
-from emergencyd.escalation.records import COMMENT, NEW, STEP_DONE, STEP_PENDING, SUPPRESSED, TICKET, FollowUp
+from emergencyd.escalation.records import (
+    COMMENT,
+    NEW,
+    STEP_DONE,
+    STEP_PENDING,
+    SUPPRESSED,
+    TICKET,
+    FollowUp,
+)
 from emergencyd.parsers.identity import thread_ids_of
 
 # Enough of the raw mail for its header block; a reply's ids are near the top.
@@ -28,6 +47,9 @@ MAX_THREAD_HOPS = 20
 
 class GroupingQueries:
     _conn: sqlite3.Connection
+    if TYPE_CHECKING:          # Store's, which this is mixed into
+        def _transaction(self, *, rollback: bool = False) -> AbstractContextManager[None]: ...
+        def _settle(self, pk: int, now: float) -> None: ...
 
     def grouping_facts(self, pk: int, *, message_ids: tuple[str, ...], ticket_ref: int | None,
                        sender_key: str | None, fingerprint: str | None, received_at: float,
@@ -255,7 +277,8 @@ class GroupingQueries:
             " FROM steps s JOIN escalations e ON e.message_pk = s.message_pk JOIN messages m ON m.id = e.message_pk"
             " WHERE s.name = ? AND s.state = ? AND s.message_pk > ? AND s.message_pk < ?"
             " AND (e.parent_pk = ? OR e.target_ticket_id = ?) ORDER BY s.message_pk LIMIT ?",
-            (COMMENT, STEP_PENDING, pk, undecided if undecided is not None else 2**62, parent_pk, target, limit)).fetchall()
+            (COMMENT, STEP_PENDING, pk, undecided if undecided is not None else 2**62, parent_pk, target, limit),
+        ).fetchall()
         run = []
         for follower_pk, dedup_key, subject, received_at, follower_sender, attempts in rows:
             if follower_sender != sender or attempts:

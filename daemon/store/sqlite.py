@@ -14,20 +14,38 @@ import os
 import sqlite3
 import threading
 import time
-from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
-from emergencyd.escalation.records import (
-    DONE, FAILED, FALLBACK_ALERT, MAX_DECIDE_ATTEMPTS, NEW, PAGE, PENDING, STEP_DONE, STEP_FAILED, STEP_ORDER,
-    STEP_PENDING, STUCK, SUPPRESSED, EscalationRecord, Envelope, FollowUp, RearmOutcome, ReleaseOutcome, StepRecord,
-    dedup_key_of, identity_of,
-)
-from emergencyd.daemon.store.migrations import MIGRATIONS
 from emergencyd.daemon.store.grouping import GroupingQueries
+from emergencyd.daemon.store.migrations import MIGRATIONS
 from emergencyd.daemon.store.thread import StoreThread
+from emergencyd.escalation.records import (
+    DONE,
+    FAILED,
+    FALLBACK_ALERT,
+    MAX_DECIDE_ATTEMPTS,
+    NEW,
+    PAGE,
+    PENDING,
+    STEP_DONE,
+    STEP_FAILED,
+    STEP_ORDER,
+    STEP_PENDING,
+    STUCK,
+    SUPPRESSED,
+    Envelope,
+    EscalationRecord,
+    FollowUp,
+    RearmOutcome,
+    ReleaseOutcome,
+    StepRecord,
+    dedup_key_of,
+    identity_of,
+)
 from emergencyd.parsers.identity import HeaderIdentity, header_identity
 
 log = logging.getLogger("emergencyd.store")
@@ -204,6 +222,7 @@ class Store(GroupingQueries):
                            " VALUES (?, ?, ?, ?, ?, COALESCE(?, LOWER(?), ''))",
                            (cur.lastrowid, dedup_key_of(identity), NEW, now, now, header.from_address,
                             envelope.mail_from))
+        assert cur.lastrowid is not None       # an INSERT into a rowid table sets it
         return IngestResult(cur.lastrowid, identity, duplicate=False)
 
     # -- IMAP intake position -------------------------------------------------------
@@ -619,12 +638,72 @@ class AsyncStore:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._ingest_executor, fn, *args)
 
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        method = getattr(self.sync, name)
+    # -- the rest, each on the store's thread at the caller's priority (daemon/store/thread.py) ----------
 
-        async def bound(*args: Any, **kwargs: Any) -> Any:
-            return await self.call(method, *args, **kwargs)
-        return bound
+    async def record(self, pk: int) -> EscalationRecord:
+        return await self.call(self.sync.record, pk)
+
+    async def raw(self, pk: int) -> bytes:
+        return await self.call(self.sync.raw, pk)
+
+    async def begin_attempt(self, pk: int, step: str) -> int:
+        return await self.call(self.sync.begin_attempt, pk, step)
+
+    async def defer_step(self, pk: int, step: str, until: float) -> None:
+        await self.call(self.sync.defer_step, pk, step, until)
+
+    async def complete_step(self, pk: int, step: str, result: dict[str, Any], *,
+                            follow_ups: tuple[FollowUp, ...] = (), **escalation: Any) -> None:
+        await self.call(self.sync.complete_step, pk, step, result, follow_ups=follow_ups, **escalation)
+
+    async def fail_step(self, pk: int, step: str, *, error: str, next_attempt_at: float | None) -> None:
+        await self.call(self.sync.fail_step, pk, step, error=error, next_attempt_at=next_attempt_at)
+
+    async def claim_follow_ups(self, pk: int, limit: int) -> tuple[FollowUp, ...]:
+        return await self.call(self.sync.claim_follow_ups, pk, limit)
+
+    async def earlier_pending_comment(self, pk: int, parent_pk: int | None,
+                                      target_ticket_id: int | None) -> tuple[int, float] | None:
+        return await self.call(self.sync.earlier_pending_comment, pk, parent_pk, target_ticket_id)
+
+    async def group(self, group_id: int) -> dict[str, Any] | None:
+        return await self.call(self.sync.group, group_id)
+
+    async def undecided_before(self, pk: int) -> int | None:
+        return await self.call(self.sync.undecided_before, pk)
+
+    async def due_turns(self, now: float, limit: int = 100, *, new_after: int = 0) -> list[DueWork]:
+        return await self.call(self.sync.due_turns, now, limit, new_after=new_after)
+
+    async def message_sizes(self, pks: list[int]) -> dict[int, int]:
+        return await self.call(self.sync.message_sizes, pks)
+
+    async def next_due_at(self) -> float | None:
+        return await self.call(self.sync.next_due_at)
+
+    async def decide_failed(self, pk: int, error: str) -> bool:
+        return await self.call(self.sync.decide_failed, pk, error)
+
+    async def counts_by_state(self) -> dict[str, int]:
+        return await self.call(self.sync.counts_by_state)
+
+    async def oldest_unfinished_received_at(self) -> float | None:
+        return await self.call(self.sync.oldest_unfinished_received_at)
+
+    async def pages_overdue(self, received_before: float) -> int:
+        return await self.call(self.sync.pages_overdue, received_before)
+
+    async def check_writable(self) -> None:
+        await self.call(self.sync.check_writable)
+
+    async def kept_directory(self, source: str) -> str | None:
+        return await self.call(self.sync.kept_directory, source)
+
+    async def save_directory(self, source: str, fetched_at: float, copy: str) -> None:
+        await self.call(self.sync.save_directory, source, fetched_at, copy)
+
+    async def imap_position(self, account: str) -> tuple[int, int] | None:
+        return await self.call(self.sync.imap_position, account)
 
     def close(self) -> None:
         self._thread.shutdown(wait=True)
