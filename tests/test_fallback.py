@@ -43,7 +43,9 @@ def only_message(daemon) -> dict:
 def test_pagerduty_down_past_the_deadline_mails_once_then_pages_once(live_daemon, zendesk, pagerduty, ca, ca_file):
     pagerduty.set_down(True)
     with FakeRelay(ca=ca, username=RELAY_USER, password=RELAY_PASSWORD) as relay:
-        daemon = live_daemon(extra=fallback_table(relay, ca_file=ca_file, username=RELAY_USER),
+        # 3 s: the mail reports the page's last error, so its first attempt must have failed by then, even
+        # with the worker processes still starting on a busy machine.
+        daemon = live_daemon(extra=fallback_table(relay, ca_file=ca_file, username=RELAY_USER, after_seconds=3),
                              env={**live_env(), "EMERGENCYD_FALLBACK_PASSWORD": RELAY_PASSWORD})
         assert daemon.metric(SENT) == 0 and daemon.metric(OVERDUE) == 0
         assert 'role="fallback_ca"' in daemon.http_get("/metrics")[1]   # the relay's CA expires too
