@@ -1,5 +1,7 @@
-"""Shared fixtures: the test CA, the HTTPS fakes, and the daemon as a subprocess."""
+"""Shared fixtures: the test CA, the HTTPS fakes, and the daemon as a subprocess; and the unit / e2e marks."""
 from __future__ import annotations
+
+import inspect
 
 import pytest
 
@@ -91,3 +93,26 @@ def rspamd():
         yield server.start()
     finally:
         server.stop()
+
+
+# A test is end to end when it drives real processes: the daemon, its fakes, Dovecot, rspamd, Postfix, or a
+# CLI run. `pytest -m unit` runs the rest (seconds); `pytest -m e2e` the end-to-end ones.
+E2E_FIXTURES = {"zendesk", "pagerduty", "start_daemon", "live_daemon", "dovecot", "rspamd"}
+E2E_SIGNS = ("DaemonProcess", "run_cli(", "subprocess.", "Popen(", "smtplib.SMTP(", "FakeRelay(", "postfix")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "unit: a test of code in this process only")
+    config.addinivalue_line("markers", "e2e: a test through real processes (the daemon, fakes, servers)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    sources: dict[object, str] = {}
+    for item in items:
+        module = getattr(item, "module", None)
+        if module not in sources:
+            sources[module] = inspect.getsource(module) if module is not None else ""
+        fixtures = set(getattr(item, "fixturenames", ()))
+        end_to_end = bool(fixtures & E2E_FIXTURES) or any(sign in sources[module] for sign in E2E_SIGNS)
+        item.add_marker(pytest.mark.e2e if end_to_end else pytest.mark.unit)
+
