@@ -29,7 +29,7 @@ IN_FLIGHT = 1.0                                       # a call arriving this soo
 POLL = 0.4                                            # seconds between `status` polls
 SETTLE = 45.0                                         # generous: a stuck mail fails the test, it never hangs it
 
-# Fault kinds served over the whole module, per fake: the figures behind the README's robustness table.
+# Fault kinds served over the whole module, per fake: the figures behind docs/testing.md's robustness table.
 SERVED: dict[str, Counter] = {"zendesk": Counter(), "pagerduty": Counter()}
 RETRY_AFTER_FORMS: dict[str, Counter] = {"zendesk": Counter(), "pagerduty": Counter()}   # of the 429s
 
