@@ -15,8 +15,9 @@ from emergencyd.daemon.config.model import Config, ConfigError, load_config
 from emergencyd.daemon.ops.logs import configure_logging
 from emergencyd.daemon.ops.status import render_status, status_document
 from emergencyd.daemon.store.sqlite import Store, StoreError
+from emergencyd.escalation.decider import injected
 from emergencyd.escalation.directory import directory_line, kept_copy
-from emergencyd.escalation.records import Envelope, RearmOutcome, ReleaseOutcome
+from emergencyd.escalation.records import RearmOutcome, ReleaseOutcome
 
 DEFAULT_CONFIG = "config.toml"
 INJECT_BUSY_TIMEOUT_MS = 30_000
@@ -137,8 +138,7 @@ def cmd_inject(config: Config, args: argparse.Namespace) -> int:
                 print(f"{path}: cannot read: {exc.strerror}", file=sys.stderr)
                 failures += 1
                 continue
-            envelope = Envelope(source="inject", mail_from="", rcpt_to=config.smtp.recipients[:1],
-                                peer="local", received_at=received_at or time.time())
+            envelope = injected(config.smtp.recipients, received_at or time.time())
             result = store.ingest(raw, envelope)
             word = "duplicate of message" if result.duplicate else "stored as message"
             print(f"{path}: {word} {result.message_pk}")

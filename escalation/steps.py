@@ -25,15 +25,14 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
 from typing import Callable, Protocol
 
 from emergencyd.escalation import content, fallback
 from emergencyd.escalation.actions import Actions, StepContext
 from emergencyd.escalation.cpu_pool import ClassifyContext, CpuPool, Priority
 from emergencyd.escalation.decided import DecidedSignals
+from emergencyd.escalation.decider import decide_verdict
 from emergencyd.escalation.directory import DirectoryCopy
-from emergencyd.escalation.dkim_check import decide_trust
 from emergencyd.escalation.fair_turns import FairTurns
 from emergencyd.escalation.grouping import (
     ALONE,
@@ -71,7 +70,6 @@ from emergencyd.escalation.records import (
 from emergencyd.escalation.retry import RetrySchedule
 from emergencyd.escalation.retry import classify as classify_failure
 from emergencyd.escalation.rspamd import CheckResult, ask_rspamd
-from emergencyd.parsers.auth_results import SenderTrust
 from emergencyd.parsers.message import ParsedMessage
 from emergencyd.parsers.spam_headers import SpamVerdict
 
@@ -191,13 +189,11 @@ class Escalator:
             return ()
         return (FALLBACK_ALERT,)
 
-    async def decide(self, record: EscalationRecord, parsed: ParsedMessage,
-                     trust: SenderTrust | None = None, spam: SpamVerdict | None = None) -> Verdict:
-        """The policy's verdict, from the time the message was received (not its Date header)."""
-        env = record.envelope
-        return await self._cpu.classify(parsed, received_at=datetime.fromtimestamp(env.received_at, timezone.utc),
-                                        mail_from=env.mail_from if env.source == "smtp" else None, trust=trust,
-                                        spam=spam, released=record.released_at is not None)
+    async def decide(self, record: EscalationRecord, parsed: ParsedMessage, spam: SpamVerdict | None = None) -> Verdict:
+        """The verdict as `emergencyd classify` gives it too (escalation/decider.py), classified off the loop."""
+        return await decide_verdict(record.envelope, parsed, self.policy.trust,
+                                    lambda: self._store.raw(record.message_pk), self._cpu.classify,
+                                    spam=spam, released=record.released_at is not None)
 
     async def _decide_and_plan(self, record: EscalationRecord) -> ParsedMessage:
         """In the sender's turn: parse, the sender's trust (a DKIM check may wait on DNS, bounded),
@@ -208,10 +204,8 @@ class Escalator:
             await self._wait_for_earlier_mail(record)
             async with self._turns.turn(record.fair_key):
                 parsed = await self._cpu.parse(await self._store.raw(record.message_pk), Priority.DECIDE)
-                trust = await decide_trust(record.envelope, parsed, self.policy.trust,
-                                           lambda: self._store.raw(record.message_pk))
                 asked = await self._spam_answer(asking)
-                verdict = await self.decide(record, parsed, trust, asked.verdict if asked else None)
+                verdict = await self.decide(record, parsed, asked.verdict if asked else None)
                 if asked is not None:
                     verdict = replace(verdict, spam_check=str(asked.outcome))
                 relation = await self._store.call(self._relate_and_plan, record, parsed, verdict)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 from datetime import datetime, timezone
 
@@ -468,3 +469,33 @@ def test_own_dkim_check_in_the_daemon_asks_the_configured_resolver_and_a_dns_fau
         assert message["steps"]["page"]["state"] == "done"
         assert len(pagerduty.incidents_with_key(message["dedup_key"])) == 1
     assert [q.transport for q in fake_dns.queries("gone._domainkey.tenant.example")] == ["udp"]
+
+
+def test_classify_decides_as_the_daemon_did_dkim_check_included(start_daemon, fake_dns, signing_key, tmp_path):
+    """One decider (escalation/decider.py): `emergencyd classify` on a file gives what the daemon decided for the
+    same file handed over with `inject`, its own DKIM check included (it once judged the headers alone)."""
+    private, record = signing_key
+    fake_dns.set_txt("sel._domainkey.tenant.example", record)
+    trust = (f'[trust]\nverify_dkim = true\ndkim_dns_server = "{fake_dns.address}"\ndkim_timeout_seconds = 2\n'
+             'tenant_domains = ["tenant.example"]\n')
+    daemon = start_daemon(policy=True, extra=trust)
+    files = {"Signed": signed(private, message=mail("Signed", sender="alice@tenant.example"))}
+    altered = signed(private, message=mail("Altered", sender="bob@tenant.example"))
+    files["Altered"] = altered.replace(b"see the subject line", b"ignore the subject line")
+    paths = []
+    for name, raw in files.items():
+        path = tmp_path / f"{name}.eml"
+        path.write_bytes(raw)
+        paths.append(str(path))
+    at = "2026-11-25T23:00:00+00:00"
+    daemon.cli("inject", "--received-at", at, *paths)
+    stored = by_subject(daemon.wait_settled(2))
+    answers = [json.loads(line) for line in daemon.cli("classify", "--at", at, "--offline", *paths).stdout.splitlines()]
+    assert len(answers) == 2
+    for name, answer in zip(files, answers):
+        verdict = stored[name]["verdict"]
+        assert answer["sender_trust"] == verdict["sender_trust"], name
+        assert (answer["severity"], answer["page"], answer["page_held"]) == \
+            (verdict["severity"], verdict["page"], verdict["page_held"]), name
+    assert answers[0]["sender_trust"]["dkim_checked"] == "pass"
+    assert answers[1]["sender_trust"]["dkim_checked"] == "fail"

@@ -1,10 +1,12 @@
 """`emergencyd classify`: the policy's decision for each file, one JSON object per line.
 
-The same classify() the daemon runs, on files, with an injectable receive time, so
-an operator can ask "what would happen to this mail at 02:00 on Boxing Day?".
+The daemon's own decider (escalation/decider.py) on each file, as if it were handed over with
+`emergencyd inject` (its envelope: no SMTP sender, the operator's own hands), with an injectable
+receive time, so an operator can ask "what would happen to this mail at 02:00 on Boxing Day?".
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from dataclasses import replace
@@ -15,11 +17,13 @@ from typing import Any, TextIO
 from emergencyd.daemon.config.model import Config
 from emergencyd.daemon.store.sqlite import Store
 from emergencyd.escalation.content import describe_verdict
+from emergencyd.escalation.decider import decide_verdict, injected
 from emergencyd.escalation.directory import kept_copy, with_directory
-from emergencyd.escalation.policy import classify
+from emergencyd.escalation.policy import Verdict, classify
 from emergencyd.escalation.rspamd import ask_rspamd_now
 from emergencyd.escalation.trust import TrustPolicy
-from emergencyd.parsers.message import parse_message
+from emergencyd.parsers.message import ParsedMessage, parse_message
+from emergencyd.parsers.spam_headers import SpamVerdict
 
 KEYS = ("file", "suppressed", "reason", "category", "severity", "window", "page", "urgency", "zendesk_priority",
         "respond_by", "rules", "sender_trust", "page_held", "tenant", "stranger")
@@ -41,9 +45,7 @@ def explain_file(path: Path, config: Config, received_at: datetime, *, offline: 
     # As the daemon would: the configured rspamd is asked too, unless --offline.
     asked = ask_rspamd_now(raw, config.policy.spam) if config.policy.spam.enabled and not offline else None
     try:
-        verdict = classify(parse_message(raw), received_at=received_at, mail_from=None,
-                           own_addresses=config.own_addresses, own_hostnames=(config.smtp.hostname,),
-                           policy=config.policy, spam=asked.verdict if asked else None).as_dict()
+        verdict = asyncio.run(_decide(raw, config, received_at, asked.verdict if asked else None)).as_dict()
     except Exception as exc:   # a broken file gets an answer, never a traceback
         return {"file": str(path), "error": f"{type(exc).__name__}: {exc}"}
     result = {"file": str(path), **{k: verdict[k] for k in KEYS[1:]}}
@@ -52,6 +54,19 @@ def explain_file(path: Path, config: Config, received_at: datetime, *, offline: 
     result["ticket_subject"] = verdict["ticket_subject"]
     result["decision"] = describe_verdict(verdict)
     return result
+
+
+async def _decide(raw: bytes, config: Config, received_at: datetime, spam: SpamVerdict | None) -> Verdict:
+    async def classify_here(parsed: ParsedMessage, **kwargs: Any) -> Verdict:
+        return classify(parsed, own_addresses=config.own_addresses, own_hostnames=(config.smtp.hostname,),
+                        policy=config.policy, **kwargs)
+
+    async def read_raw() -> bytes:
+        return raw
+
+    envelope = injected(config.smtp.recipients, received_at.timestamp())
+    return await decide_verdict(envelope, parse_message(raw), config.policy.trust, read_raw, classify_here,
+                                spam=spam)
 
 
 def kept_directory_in_force(config: Config) -> TrustPolicy:
