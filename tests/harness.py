@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 import smtplib
+import socket
 import subprocess
 import sys
 import time
@@ -258,3 +259,80 @@ def make_message(subject: str = "Apps down", body: str = "Our production app ret
     return (f"From: Tenant <{sender}>\r\nTo: {RECIPIENT}\r\nSubject: {subject}\r\n{mid}"
             f"Date: Fri, 27 Nov 2026 02:15:00 +0000\r\n{extra_headers}"
             f"Content-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n").encode()
+
+
+# --- shared by several test modules -------------------------------------------------------
+
+# A tenant's plain outage report, and a newsletter no rule matches: the two sides of every trust test.
+NEWSLETTER = dict(subject="Our November newsletter", body="Ten tips for a calmer inbox, and our winter sale.")
+OUTAGE = dict(subject="Help", body="Hello, all our apps are down since 02:10, users get errors.")
+
+# IMAP settings that make the tests' reconnects quick.
+FAST = {"reconnect_initial_seconds": 0.2, "reconnect_max_seconds": 1.0, "command_timeout_seconds": 10}
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))   # a TOML basic string
+
+
+def imap_table(dovecot, tmp_path: Path, *, tls: bool = True, password: str | None = None, **settings) -> str:
+    """The body of an [imap] table for this Dovecot; a setting given as None is left out."""
+    secret = tmp_path / "imap-password"
+    secret.write_text((dovecot.password if password is None else password) + "\n")
+    secret.chmod(0o600)
+    values: dict[str, object] = {
+        "host": dovecot.host, "port": dovecot.imaps_port if tls else dovecot.imap_port,
+        "username": dovecot.username, "password_file": secret, "tls": tls,
+        **({"ca_file": dovecot.ca_file} if tls else {}), **FAST, **settings}
+    return "\n".join(f"{key} = {_toml(value)}" for key, value in values.items() if value is not None)
+
+
+class NotifySocket:
+    """What systemd does: a datagram socket the service sends its notifications to."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.2)
+        self.received: list[dict[str, str]] = []
+
+    def drain(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except (TimeoutError, socket.timeout):
+                return
+            self.received.append(dict(line.split("=", 1) for line in data.decode().splitlines()))
+
+    def wait_for(self, key: str, timeout: float = 15.0, after: int = 0) -> dict[str, str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for message in self.received[after:]:
+                if key in message:
+                    return message
+            self.drain()
+        raise AssertionError(f"no {key} notification in {timeout}s; got {self.received}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+TICKET_UPDATE = r"/api/v2/tickets/\d+\.json"
+
+
+def assert_one_of_everything(daemon, zendesk, pagerduty):
+    [message] = daemon.wait_settled(1, timeout=30)["messages"]
+    assert message["state"] == "done", message
+    [ticket] = zendesk.tickets()
+    [incident] = pagerduty.incidents()
+    assert ticket["id"] == message["ticket_id"] and incident["dedup_key"] == message["dedup_key"]
+    notes = [c["body"] for c in zendesk.comments(ticket["id"]) if not c["public"]]
+    assert len([n for n in notes if "MAIL FROM:" in n]) == 1
+    assert len([n for n in notes if message["dedup_key"] in n and "PagerDuty" in n]) == 1
+    assert len([n for n in incident["notes"] if f"/agent/tickets/{ticket['id']}" in n["content"]]) == 1
+    return message

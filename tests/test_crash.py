@@ -6,22 +6,7 @@ finish with exactly one ticket, one incident, one link each way.
 """
 import pytest
 
-from tests.harness import make_message
-
-TICKET_UPDATE = r"/api/v2/tickets/\d+\.json"
-
-
-def assert_one_of_everything(daemon, zendesk, pagerduty):
-    [message] = daemon.wait_settled(1, timeout=30)["messages"]
-    assert message["state"] == "done", message
-    [ticket] = zendesk.tickets()
-    [incident] = pagerduty.incidents()
-    assert ticket["id"] == message["ticket_id"] and incident["dedup_key"] == message["dedup_key"]
-    notes = [c["body"] for c in zendesk.comments(ticket["id"]) if not c["public"]]
-    assert len([n for n in notes if "MAIL FROM:" in n]) == 1
-    assert len([n for n in notes if message["dedup_key"] in n and "PagerDuty" in n]) == 1
-    assert len([n for n in incident["notes"] if f"/agent/tickets/{ticket['id']}" in n["content"]]) == 1
-    return message
+from tests.harness import TICKET_UPDATE, assert_one_of_everything, make_message
 
 
 def crash_while_held(daemon, hold):

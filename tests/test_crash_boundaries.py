@@ -27,9 +27,8 @@ from typing import Callable
 import pytest
 
 from emergencyd.escalation.records import STEP_ORDER
-from tests.harness import make_message
+from tests.harness import TICKET_UPDATE, assert_one_of_everything, make_message
 from tests.raw_smtp import done_steps
-from tests.test_crash import TICKET_UPDATE, assert_one_of_everything
 
 INCIDENT_LOOKUP = r"^/incidents(\?|$)"
 INCIDENT_NOTE = r"/incidents/\w+/notes"

@@ -12,8 +12,7 @@ from emergencyd.escalation.directory import (
     with_directory,
 )
 from emergencyd.escalation.trust import TrustPolicy, sender_standing, tenant_of
-from tests.harness import make_message
-from tests.test_strangers import NEWSLETTER
+from tests.harness import NEWSLETTER, make_message
 
 FROM_ZENDESK = '[trust]\ndirectory_from_zendesk = true\ndirectory_refresh_seconds = 1\n'
 

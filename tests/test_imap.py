@@ -13,11 +13,10 @@ import json
 import os
 import sqlite3
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.harness import DaemonProcess, log_records, make_message
+from tests.harness import DaemonProcess, NotifySocket, imap_table, log_records, make_message
 
 CONNECTED = "emergencyd_imap_connected"
 IDLE_ACTIVE = "emergencyd_imap_idle_active"
@@ -31,32 +30,11 @@ ERROR_KINDS = ("connect", "tls", "login", "mailbox", "timeout", "connection_lost
                "too_large", "store")
 
 # Quick reconnects keep the tests short; commands get room for Dovecot's 2 s delay on a failed login.
-FAST = {"reconnect_initial_seconds": 0.2, "reconnect_max_seconds": 1.0, "command_timeout_seconds": 10}
 # Many distinct incidents at once: without this, pages beyond 10 a minute wait (by design).
 NO_PAGE_CAP = "[dedup]\nmax_new_pages_per_minute = 100000\n"
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-def _toml(value: object) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return json.dumps(str(value))   # a TOML basic string
-
-
-def imap_table(dovecot, tmp_path: Path, *, tls: bool = True, password: str | None = None, **settings) -> str:
-    """The body of an [imap] table for this Dovecot; a setting given as None is left out."""
-    secret = tmp_path / "imap-password"
-    secret.write_text((dovecot.password if password is None else password) + "\n")
-    secret.chmod(0o600)
-    values: dict[str, object] = {
-        "host": dovecot.host, "port": dovecot.imaps_port if tls else dovecot.imap_port,
-        "username": dovecot.username, "password_file": secret, "tls": tls,
-        **({"ca_file": dovecot.ca_file} if tls else {}), **FAST, **settings}
-    return "\n".join(f"{key} = {_toml(value)}" for key, value in values.items() if value is not None)
-
 
 def mail(tag: str, *, subject: str | None = None) -> bytes:
     """A P1 under the default policy; its own sender, subject and Message-ID, so its own incident."""
@@ -538,7 +516,6 @@ def test_a_poll_takes_the_mail_that_arrived_before_it(tmp_path, dovecot, start_d
 
 def test_ready_is_sent_once_the_mailbox_is_logged_in(tmp_path, dovecot):
     from tests.harness import base_env, write_config
-    from tests.test_systemd import NotifySocket
     notify = NotifySocket(tmp_path / "notify.sock")
     config = write_config(tmp_path, dry_run=True, imap=imap_table(dovecot, tmp_path))
     daemon = DaemonProcess(config=config, env=base_env(NOTIFY_SOCKET=notify.path), log_path=tmp_path / "daemon.log")

@@ -2,8 +2,7 @@
 the running daemon; what was done stays done (one ticket), the page goes out, and the store says so."""
 from __future__ import annotations
 
-from tests.harness import make_message
-from tests.test_strangers import NEWSLETTER, OUTAGE
+from tests.harness import NEWSLETTER, OUTAGE, make_message
 
 DIRECTORY = '[trust]\ntenant_domains = ["tenant.gov.example"]\n'
 BOUNCE = (b"From: MAILER-DAEMON@mx.tenant.gov.example\r\nTo: emergency@example.org\r\n"

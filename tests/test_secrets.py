@@ -19,11 +19,11 @@ from tests.harness import (
     ROOT,
     ROUTING_KEY,
     ZENDESK_TOKEN,
+    imap_table,
     live_env,
     make_message,
     run_cli,
 )
-from tests.test_imap import imap_table
 
 SMTP_USER, SMTP_PASSWORD, SMTP_WRONG = "relay", "smtp-pass-4b8c1e", "smtp-wrong-90aa3f"
 RELAY_PASSWORD = "relay-pass-e3f7a2"

@@ -14,11 +14,10 @@ from emergencyd.escalation.policy import classify
 from emergencyd.escalation.policy_config import parse_policy
 from emergencyd.parsers.message import parse_message
 from emergencyd.parsers.spam_headers import SpamVerdict, relay_spam_verdict
-from tests.harness import ROOT, make_message
+from tests.harness import OUTAGE, ROOT, make_message
 
 SHIPPED = tomllib.loads((ROOT / "config.toml").read_text())["policy"]
 NIGHT = datetime(2026, 11, 25, 23, 0, tzinfo=timezone.utc)
-OUTAGE = dict(subject="Help", body="Hello, all our apps are down since 02:10, users get errors.")
 FROM_OUTSIDE = "Received: from mail.sender.example (mail.sender.example [192.0.2.7]) by mx.example.org\r\n"
 RSPAMD_SPAM = ("X-Spamd-Result: default: True [9.40 / 15.00]; R_SPF_FAIL(1.00)[-all]; FUZZY_DENIED(5.20)[1:abc:1.0];"
                " MIME_GOOD(-0.10)[text/plain]; BAYES_SPAM(3.30)[99.9%]\r\nX-Spam: Yes\r\n")

@@ -14,13 +14,11 @@ from emergencyd.escalation.content import describe_verdict, ticket_tags
 from emergencyd.escalation.policy import classify
 from emergencyd.escalation.policy_config import PolicyError, parse_policy
 from emergencyd.parsers.message import parse_message
-from tests.harness import ROOT, make_message, run_cli, write_config
+from tests.harness import NEWSLETTER, OUTAGE, ROOT, make_message, run_cli, write_config
 
 SHIPPED = tomllib.loads((ROOT / "config.toml").read_text())["policy"]
 NIGHT = datetime(2026, 11, 25, 23, 0, tzinfo=timezone.utc)
 DIRECTORY = {"tenant_domains": ["tenant.gov.example"], "tenant_addresses": ["Ops.Lead@Personal.example"]}
-NEWSLETTER = dict(subject="Our November newsletter", body="Ten tips for a calmer inbox, and our winter sale.")
-OUTAGE = dict(subject="Help", body="Hello, all our apps are down since 02:10, users get errors.")
 
 
 def verdict_of(trust: dict | None, sender: str, **mail: str):

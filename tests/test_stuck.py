@@ -8,8 +8,7 @@ import sqlite3
 import time
 
 from emergencyd.escalation.records import MAX_DECIDE_ATTEMPTS
-from tests.harness import make_message
-from tests.test_strangers import OUTAGE
+from tests.harness import OUTAGE, make_message
 
 
 def wait_for(predicate, timeout: float = 20.0, what: str = ""):

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import time
 
 from tests.harness import (
     ROOT,
     DaemonProcess,
+    NotifySocket,
     live_env,
     make_message,
     require_tool,
@@ -53,37 +53,6 @@ def test_unit_file_speaks_notify_with_a_watchdog_and_all_credentials():
     credentials = set(re.findall(r"\nLoadCredential=([\w-]+):", text))
     assert credentials == {"zendesk-token", "pagerduty-routing-key", "pagerduty-api-token", "imap-password",
                            "fallback-password", "smtp-users"}
-
-
-class NotifySocket:
-    """What systemd does: a datagram socket the service sends its notifications to."""
-
-    def __init__(self, path):
-        self.path = str(path)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.sock.settimeout(0.2)
-        self.received: list[dict[str, str]] = []
-
-    def drain(self) -> None:
-        while True:
-            try:
-                data = self.sock.recv(4096)
-            except (TimeoutError, socket.timeout):
-                return
-            self.received.append(dict(line.split("=", 1) for line in data.decode().splitlines()))
-
-    def wait_for(self, key: str, timeout: float = 15.0, after: int = 0) -> dict[str, str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for message in self.received[after:]:
-                if key in message:
-                    return message
-            self.drain()
-        raise AssertionError(f"no {key} notification in {timeout}s; got {self.received}")
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def test_ready_watchdog_status_and_stopping(tmp_path, zendesk, pagerduty, ca_file):
