@@ -4,6 +4,7 @@ first, a lenient stdlib reading as fallback."""
 from __future__ import annotations
 
 import email.utils
+from collections.abc import Iterable
 
 import mailparser
 
@@ -64,9 +65,9 @@ def _stdlib_addresses(values: list[str]) -> list[Address]:
     return _clean_addresses(pairs)
 
 
-def _clean_addresses(pairs: object) -> list[Address]:
+def _clean_addresses(pairs: Iterable[tuple[object, object]]) -> list[Address]:
     cleaned = []
-    for name, addr in pairs:  # type: ignore[attr-defined]
+    for name, addr in pairs:
         addr = single_line(header_text(str(addr)), MAX_SUBJECT_CHARS)
         if "@" in addr and " " not in addr:
             cleaned.append((str(name), addr))
