@@ -33,12 +33,14 @@ def ca_file(ca, tmp_path):
 def zendesk(ca):
     with FakeZendesk(ca=ca, email=ZENDESK_EMAIL, token=ZENDESK_TOKEN) as fake:
         yield fake
+    assert fake.errors == [], f"the fake Zendesk failed (a bug in the fake, answered 500): {fake.errors}"
 
 
 @pytest.fixture
 def pagerduty(ca):
     with FakePagerDuty(ca=ca, api_token=API_TOKEN) as fake:
         yield fake
+    assert fake.errors == [], f"the fake PagerDuty failed (a bug in the fake, answered 500): {fake.errors}"
 
 
 @pytest.fixture
