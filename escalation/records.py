@@ -75,10 +75,41 @@ class StepName(StrEnum):
 
 TICKET, TICKET_NOTE, PAGE, LINK_TICKET, LINK_PAGE, COMMENT, FALLBACK_ALERT = StepName
 
-STEP_ORDER = (TICKET, TICKET_NOTE, COMMENT, PAGE, FALLBACK_ALERT, LINK_TICKET, LINK_PAGE)
-ZENDESK_STEPS = frozenset({TICKET, TICKET_NOTE, LINK_TICKET, COMMENT})
-PAGERDUTY_STEPS = frozenset({PAGE, LINK_PAGE})
-FALLBACK_STEPS = frozenset({FALLBACK_ALERT})
+
+
+class Integration(StrEnum):
+    """Who a step calls: each has its own threads and concurrency limit (escalation/steps.py)."""
+    ZENDESK = "zendesk"
+    PAGERDUTY = "pagerduty"
+    FALLBACK = "fallback"      # the SMTP relay of the fallback alert
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    name: StepName
+    integration: Integration
+    needs: tuple[StepName, ...]    # done first, within the same escalation
+
+
+# The plan, one row a step, in the order a human reads them. Which steps a mail gets is the verdict's and
+# relation's business (Escalator.planned_steps); when each may start is the gates' (escalation/steps.py).
+PLAN: tuple[StepPlan, ...] = (
+    StepPlan(TICKET, Integration.ZENDESK, ()),
+    StepPlan(TICKET_NOTE, Integration.ZENDESK, (TICKET,)),
+    StepPlan(COMMENT, Integration.ZENDESK, ()),
+    StepPlan(PAGE, Integration.PAGERDUTY, ()),
+    StepPlan(FALLBACK_ALERT, Integration.FALLBACK, ()),   # watches the page, never waits for it
+    # A follow-up's note goes on the ticket its comment found, so its link waits for the comment too.
+    StepPlan(LINK_TICKET, Integration.ZENDESK, (TICKET, COMMENT, PAGE)),
+    StepPlan(LINK_PAGE, Integration.PAGERDUTY, (TICKET, PAGE)),
+)
+STEP_ORDER = tuple(step.name for step in PLAN)
+PREREQUISITES: dict[str, tuple[StepName, ...]] = {step.name: step.needs for step in PLAN}
+_INTEGRATION = {step.name: step.integration for step in PLAN}
+
+
+def integration_of(step: str) -> Integration:
+    return _INTEGRATION[StepName(step)]
 
 
 def identity_of(message_id: str | None, sha256_hex: str) -> str:

@@ -53,19 +53,20 @@ from emergencyd.escalation.ports import Desk, EscalationStore, Pager, Relay
 from emergencyd.escalation.records import (
     COMMENT,
     FALLBACK_ALERT,
-    FALLBACK_STEPS,
     LINK_PAGE,
     LINK_TICKET,
     NEW,
     PAGE,
-    PAGERDUTY_STEPS,
     PENDING,
+    PREREQUISITES,
     STEP_FAILED,
     STEP_PENDING,
     TICKET,
     TICKET_NOTE,
     EscalationRecord,
+    Integration,
     StepRecord,
+    integration_of,
 )
 from emergencyd.escalation.retry import RetrySchedule
 from emergencyd.escalation.retry import classify as classify_failure
@@ -75,13 +76,6 @@ from emergencyd.parsers.spam_headers import SpamVerdict
 
 log = logging.getLogger("emergencyd.escalation")
 
-# What each step needs done first, within its escalation.
-PREREQUISITES: dict[str, tuple[str, ...]] = {
-    # A follow-up's note goes on the ticket its comment found, so its link waits for the comment too.
-    TICKET: (), PAGE: (), COMMENT: (), TICKET_NOTE: (TICKET,), LINK_TICKET: (TICKET, COMMENT, PAGE),
-    LINK_PAGE: (TICKET, PAGE), FALLBACK_ALERT: (),   # the fallback watches the page; it never waits for it
-}
-INTEGRATIONS = ("zendesk", "pagerduty", "fallback")   # each with its threads and limit; fallback: the relay
 FALLBACK_THREADS = 2
 # How soon to look again at a step waiting on another escalation's ticket.
 CROSS_WAIT_SECONDS = 0.5
@@ -116,12 +110,6 @@ class EscalationSettings:
     decide_concurrency: int = 4                   # mails being decided at once (parse, classify, plan)
 
 
-def integration_of(step: str) -> str:
-    if step in FALLBACK_STEPS:
-        return "fallback"
-    return "pagerduty" if step in PAGERDUTY_STEPS else "zendesk"
-
-
 class Escalator:
     def __init__(self, store: EscalationStore, desk: Desk | None, pager: Pager | None, settings: EscalationSettings,
                  observer: Observer, cpu: CpuPool, relay: Relay | None = None):
@@ -136,16 +124,16 @@ class Escalator:
         self._comments_done: dict[int, asyncio.Event] = {}   # message pk -> its comment went (or failed)
         self._comments_running: set[int] = set()
         self._new_pages: deque[float] = deque()
-        self._limits = {name: asyncio.Semaphore(settings.concurrency) for name in INTEGRATIONS}
-        self._threads = {name: ThreadPoolExecutor(FALLBACK_THREADS if name == "fallback" else settings.concurrency,
-                                                  thread_name_prefix=name)
-                         for name in INTEGRATIONS}
+        self._limits = {name: asyncio.Semaphore(settings.concurrency) for name in Integration}
+        self._threads = {name: ThreadPoolExecutor(FALLBACK_THREADS if name == Integration.FALLBACK
+                                                  else settings.concurrency, thread_name_prefix=name)
+                         for name in Integration}
 
     async def read_tenant_directory(self) -> DirectoryCopy:
         """Zendesk's organizations and end users, on the Zendesk threads and through its pacing."""
         if self._actions.desk is None:
             raise RuntimeError("dry run: Zendesk is not called")
-        return await asyncio.get_running_loop().run_in_executor(self._threads["zendesk"],
+        return await asyncio.get_running_loop().run_in_executor(self._threads[Integration.ZENDESK],
                                                                 self._actions.desk.directory)
 
     async def warm(self) -> None:
@@ -536,7 +524,8 @@ class Escalator:
             if name == COMMENT else ()
         on_queued = self._ticket_queued_signal(record.message_pk) if name == TICKET else None
         return StepContext(record, parsed, prior_attempts, parent=parent, group=group, follow_ups=follow_ups,
-                           on_queued=on_queued, pagerduty_failing_since=self._observer.failing_since.get("pagerduty"))
+                           on_queued=on_queued,
+                           pagerduty_failing_since=self._observer.failing_since.get(Integration.PAGERDUTY))
 
     async def _record_failure(self, record: EscalationRecord, name: str, exc: Exception, attempts: int,
                               seconds: float) -> None:

@@ -19,9 +19,8 @@ from prometheus_client import (
 from emergencyd.daemon.ingest.imap_failure import FailureKind
 from emergencyd.escalation.hours import Window
 from emergencyd.escalation.policy import SEVERITIES, Verdict
-from emergencyd.escalation.records import STEP_ORDER, RelationKind
+from emergencyd.escalation.records import STEP_ORDER, Integration, RelationKind, integration_of
 from emergencyd.escalation.rspamd import CheckOutcome
-from emergencyd.escalation.steps import INTEGRATIONS, integration_of
 from emergencyd.parsers.noise import NOISE_KINDS
 
 SOURCES = ("smtp", "imap", "inject")
@@ -192,7 +191,7 @@ class Metrics:
             self.received.labels(source)
             self.last_ingest.labels(source)
             self.duplicates.labels(source)
-        for integration in INTEGRATIONS:
+        for integration in Integration:
             self.integration_last_success.labels(integration)
             self.integration_failing_since.labels(integration)
         for kind in IMAP_ERROR_KINDS:
