@@ -12,8 +12,6 @@ from emergencyd.escalation.settings import FallbackConfig
 if TYPE_CHECKING:
     from emergencyd.daemon.config.reader import ConfigReader
 
-FALLBACK_KEYS = {"enabled", "relay", "starttls", "ca_file", "username", "password_file", "from_address", "to",
-                 "after_seconds", "timeout_seconds"}
 # A page normally leaves within seconds of receipt. Two minutes is about five failed attempts on the
 # default backoff: long enough to ride out a blip, and it leaves most of a P1's 20-minute response time.
 DEFAULT_AFTER_SECONDS = 120.0

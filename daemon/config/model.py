@@ -165,7 +165,10 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
         policy=sections.read_policy(data.get("policy"), data.get("trust"), data.get("spam")),
         fallback=read_fallback(reader),
     )
-    sections.reject_unknown_keys(data)
+    # A typo in a key must not silently fall back to a default. [policy], [trust] and [spam] check their own.
+    unread = reader.unread_keys(checked_elsewhere=frozenset({"policy", "trust", "spam"}))
+    if unread:
+        raise ConfigError(f"{unread[0]}: unknown key")
     if not (config.smtp.enabled or config.imap.enabled):
         raise ConfigError("smtp.enabled and imap.enabled are both false: no way for mail to come in")
     if not config.dry_run:

@@ -26,8 +26,23 @@ class ConfigReader:
         self._data = data
         self._base_dir = base_dir
         self._environ = environ
+        self._read: set[str] = set()     # every key asked for, present or not
+
+    def unread_keys(self, *, checked_elsewhere: frozenset[str]) -> list[str]:
+        """The keys in the file that no section reader asked for: typos, whose values would silently not count.
+        Derived from what was read, so a new setting is known the moment it is read."""
+        unread = []
+        for name, value in self._data.items():
+            if name in checked_elsewhere:
+                continue
+            if isinstance(value, dict) and any(key.startswith(name + ".") for key in self._read):
+                unread += [f"{name}.{sub}" for sub in value if f"{name}.{sub}" not in self._read]
+            elif name not in self._read:
+                unread.append(name)
+        return unread
 
     def _get(self, key: str, default: Any) -> Any:
+        self._read.add(key)
         node: Any = self._data
         for part in key.split("."):
             if not isinstance(node, dict):
@@ -100,6 +115,7 @@ class ConfigReader:
 
     def secret(self, file_key: str, env_name: str) -> Secret | None:
         """The environment wins over the file, so an operator can override a credential file."""
+        self._read.add(file_key)        # a known key, even when the environment makes it unused
         env_value = self._environ.get(env_name, "").strip()
         if env_value:
             return Secret(env_value)

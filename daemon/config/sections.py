@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 from zoneinfo import ZoneInfoNotFoundError
 
-from emergencyd.daemon.config.fallback import FALLBACK_KEYS
 from emergencyd.daemon.config.model import (
     DedupConfig,
     EscalationConfig,
@@ -175,41 +174,3 @@ def read_policy(table: Any, trust: Any = None, spam: Any = None) -> Policy:
         raise ConfigError(f"policy.timezone: unknown time zone {table.get('timezone')!r}") from None
     except ValueError as exc:   # the calendar refuses impossible settings
         raise ConfigError(f"policy: {exc}") from None
-
-
-KNOWN_SECTIONS = {
-    "smtp": {"enabled", "listen", "recipients", "max_message_bytes", "hostname", "tls_cert_file", "tls_key_file",
-             "require_starttls", "max_connections", "max_connections_per_ip", "max_recipients",
-             "messages_per_ip_per_minute", "messages_per_sender_per_minute", "limit_exempt_networks",
-             "command_timeout_seconds", "session_max_seconds", "max_line_bytes", "auth_users_file", "auth_required",
-             "auth_failures_per_ip_per_hour", "proxy_protocol", "proxy_trusted_networks", "proxy_timeout_seconds"},
-    "imap": {"enabled", "host", "port", "username", "password_file", "mailbox", "processed_mailbox", "tls",
-             "ca_file", "idle", "idle_renew_seconds", "poll_interval_seconds", "command_timeout_seconds",
-             "reconnect_initial_seconds", "reconnect_max_seconds", "login_retry_seconds", "batch_messages",
-             "max_message_bytes"},
-    "store": {"path", "busy_timeout_ms"},
-    "zendesk": {"url", "email", "ca_file", "token_file", "timeout_seconds", "requests_per_minute"},
-    "pagerduty": {"events_url", "api_url", "from_email", "ca_file", "routing_key_file",
-                  "api_token_file", "timeout_seconds"},
-    "escalation": {"ticket_head_start_seconds", "retry_initial_seconds", "retry_max_seconds",
-                   "max_attempts", "concurrency", "poll_interval_seconds", "max_in_flight_bytes",
-                   "shutdown_deadline_seconds", "cpu_workers", "cpu_timeout_seconds"},
-    "metrics": {"listen", "integration_failing_seconds"},
-    "fallback": FALLBACK_KEYS,
-    "dedup": {"incident_window_minutes", "platform_wide_categories", "sender_limit", "sender_window_minutes",
-              "max_new_pages_per_minute"},
-}
-KNOWN_TOP_LEVEL = {"dry_run", "policy", "trust", "spam"}   # [policy], [trust] and [spam] check their own keys
-
-
-def reject_unknown_keys(data: dict[str, Any]) -> None:
-    """A typo in a key must not silently fall back to a default."""
-    for key, value in data.items():
-        if key in KNOWN_SECTIONS:
-            if not isinstance(value, dict):
-                raise ConfigError(f"{key}: expected a table")
-            for sub in value:
-                if sub not in KNOWN_SECTIONS[key]:
-                    raise ConfigError(f"{key}.{sub}: unknown key")
-        elif key not in KNOWN_TOP_LEVEL:
-            raise ConfigError(f"{key}: unknown key")
