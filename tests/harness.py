@@ -325,9 +325,21 @@ class NotifySocket:
 TICKET_UPDATE = r"/api/v2/tickets/\d+\.json"
 
 
+# Long enough for several of the test daemon's runner rounds (poll_interval_seconds = 0.1) and a retry's backoff.
+QUIET_SECONDS = 1.5
+
+
+def assert_quiet(zendesk, pagerduty, seconds: float = QUIET_SECONDS) -> None:
+    """Nothing more reaches Zendesk or PagerDuty for a while: a late repeat would show here."""
+    before = (len(zendesk.requests), len(pagerduty.requests))
+    time.sleep(seconds)
+    assert (len(zendesk.requests), len(pagerduty.requests)) == before, "a call came after the run had settled"
+
+
 def assert_one_of_everything(daemon, zendesk, pagerduty):
     [message] = daemon.wait_settled(1, timeout=30)["messages"]
     assert message["state"] == "done", message
+    assert_quiet(zendesk, pagerduty)
     [ticket] = zendesk.tickets()
     [incident] = pagerduty.incidents()
     assert ticket["id"] == message["ticket_id"] and incident["dedup_key"] == message["dedup_key"]
