@@ -597,28 +597,39 @@ class AsyncStore:
         committed = asyncio.get_running_loop().create_future()
         self._to_commit.append((raw, envelope, committed))
         if self._committer is None or self._committer.done():
-            self._committer = asyncio.create_task(self._commit_waiting(), name="group-commit")
+            # The ingest thread starts on this mail now, not a turn of the loop later when the task runs.
+            self._committer = asyncio.create_task(self._commit_waiting(self._commit_next()), name="group-commit")
         return await committed
 
     def intake_busy(self) -> bool:
         """Mail is arriving: background work on the store's thread gets only its share (daemon/store/thread.py)."""
         return self._thread.intake_busy()
 
-    async def _commit_waiting(self) -> None:
-        while self._to_commit:
-            group = self._take_group()
+    def _commit_next(self) -> tuple[list[tuple[bytes, Envelope, asyncio.Future]], asyncio.Future]:
+        """Hand the waiting mail (one group) to the ingest thread."""
+        group = self._take_group()
+        batch = [(raw, envelope) for raw, envelope, _ in group]
+        return group, asyncio.get_running_loop().run_in_executor(
+            self._ingest_executor, self._ingest_store.ingest_batch, batch)
+
+    async def _commit_waiting(self, first: tuple[list[tuple[bytes, Envelope, asyncio.Future]], asyncio.Future]) -> None:
+        """Answer each group's senders, then commit what arrived meanwhile, until none waits."""
+        group, committing = first
+        while True:
             try:
-                results = await self._on_ingest_thread(self._ingest_store.ingest_batch,
-                                                       [(raw, envelope) for raw, envelope, _ in group])
+                results = await committing
             except Exception as exc:       # every sender of the group is told to try again (451)
                 error = exc if isinstance(exc, StoreError) else StoreError(f"could not commit message: {exc}")
                 for _, _, committed in group:
                     if not committed.done():
                         committed.set_exception(error)
-                continue
-            for (_, _, committed), result in zip(group, results):
-                if not committed.done():
-                    committed.set_result(result)
+            else:
+                for (_, _, committed), result in zip(group, results):
+                    if not committed.done():
+                        committed.set_result(result)
+            if not self._to_commit:
+                return
+            group, committing = self._commit_next()
 
     def _take_group(self) -> list[tuple[bytes, Envelope, asyncio.Future]]:
         """The waiting mail, oldest first, up to GROUP_COMMIT_MESSAGES and GROUP_COMMIT_BYTES (at least one)."""
