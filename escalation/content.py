@@ -5,11 +5,16 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
+from emergencyd.escalation.policy import Verdict
 from emergencyd.escalation.records import EscalationRecord, FollowUp, RelationKind
 from emergencyd.escalation.rules import own_words
 from emergencyd.parsers.message import ParsedMessage
 
 TICKET_TAG = "emergency-email"
+SUPPRESSED_TAG, NOT_AN_INCIDENT_TAG = "suppressed", "not-an-incident"   # the tags of a ticket without severity
+# Zendesk's ticket types for an incident: its first ticket is the problem, other tenants' are its incidents.
+ZENDESK_PROBLEM = "problem"
+ZENDESK_INCIDENT = "incident"
 # Zendesk rejects comments above 64 KB; keep well inside it.
 MAX_COMMENT_CHARS = 60_000
 MAX_SUMMARY_CHARS = 1024
@@ -86,8 +91,8 @@ def subject_of(parsed: ParsedMessage) -> str:
 
 def ticket_request(record: EscalationRecord, parsed: ParsedMessage, *,
                    problem_id: int | None = None) -> TicketRequest:
-    verdict = record.verdict or {}
-    subject = verdict.get("ticket_subject") or subject_of(parsed)
+    verdict = record.verdict
+    subject = (verdict.ticket_subject if verdict else "") or subject_of(parsed)
     body = parsed.text.strip() or "(the message has no text body)"
     if subject != subject_of(parsed):
         body = f"Original subject: {subject_of(parsed)}\n\n{body}"
@@ -101,7 +106,7 @@ def ticket_request(record: EscalationRecord, parsed: ParsedMessage, *,
         requester_email=requester_of(record, parsed),
         requester_name=parsed.sender_name,
         tags=ticket_tags(verdict),
-        priority=verdict.get("zendesk_priority"),
+        priority=verdict.zendesk_priority if verdict else None,
         type=_ticket_type(record, problem_id),
         problem_id=problem_id if record.relation == RelationKind.INCIDENT else None,
     )
@@ -110,9 +115,9 @@ def ticket_request(record: EscalationRecord, parsed: ParsedMessage, *,
 def _ticket_type(record: EscalationRecord, problem_id: int | None) -> str | None:
     """The first ticket of an incident is its problem; other tenants' tickets are its incidents."""
     if record.relation == RelationKind.FIRST:
-        return "problem"
+        return ZENDESK_PROBLEM
     if record.relation == RelationKind.INCIDENT and problem_id is not None:
-        return "incident"
+        return ZENDESK_INCIDENT
     return None
 
 
@@ -121,7 +126,7 @@ def follow_up_comment(record: EscalationRecord, parsed: ParsedMessage, ticket_id
     words = own_words(parsed.text).strip() or "(no new text)"
     head = f"{subject_of(parsed)}\n\n" if record.relation != RelationKind.THREAD else ""
     why = f"(by email to the emergency address at {iso(record.envelope.received_at)}; {record.relation_reason})"
-    warning = trust_warning(record.verdict or {})
+    warning = trust_warning(record.verdict)
     head = f"{warning}\n\n{head}" if warning else head
     body = bounded(f"{head}{words}", MAX_COMMENT_CHARS - 400) + f"\n\n{why} {marker}"
     return CommentRequest(ticket_id, body, requester_of(record, parsed), parsed.sender_name, marker)
@@ -140,68 +145,68 @@ def merged_comment(comment: CommentRequest, followers: tuple[FollowUp, ...]) -> 
     return replace(comment, body=body)
 
 
-def ticket_tags(verdict: dict[str, Any]) -> tuple[str, ...]:
+def ticket_tags(verdict: Verdict | None) -> tuple[str, ...]:
     """Zendesk tags are single words: severity, category and window, lower-case."""
     tags = [TICKET_TAG]
-    if verdict.get("severity"):
-        tags.append(verdict["severity"].lower())
-    elif verdict:
-        tags.append("not-an-incident" if not verdict.get("suppressed") else "suppressed")
-    for key, prefix in (("category", "category"), ("window", "window")):
-        if verdict.get(key):
-            tags.append(f"{prefix}-{verdict[key].replace(':', '-').replace('_', '-')}")
-    verified = (verdict.get("sender_trust") or {}).get("verified")
+    if verdict is None:
+        return tuple(tags)
+    if verdict.severity:
+        tags.append(verdict.severity.lower())
+    else:
+        tags.append(SUPPRESSED_TAG if verdict.suppressed else NOT_AN_INCIDENT_TAG)
+    for value, prefix in ((verdict.category, "category"), (verdict.window, "window")):
+        if value:
+            tags.append(f"{prefix}-{value.replace(':', '-').replace('_', '-')}")
+    verified = verdict.trust.verified if verdict.trust else None
     if verified is not None:
         tags.append("sender-verified" if verified else "unverified-sender")
-    if verdict.get("page_held"):
+    if verdict.page_held:
         tags.append("page-held")
-    if (verdict.get("spam") or {}).get("spam"):
+    if verdict.spam is not None and verdict.spam.spam:
         tags.append("suspected-spam")
-    if verdict.get("stranger"):
+    if verdict.stranger:
         tags.append("unknown-sender")
-    if verdict.get("released"):
+    if verdict.released:
         tags.append("released")
     return tuple(tags)
 
 
-def trust_warning(verdict: dict[str, Any]) -> str | None:
+def trust_warning(verdict: Verdict | None) -> str | None:
     """The line a responder must see before acting on the mail: its sender may be forged."""
-    trust = verdict.get("sender_trust") or {}
-    if trust.get("verified") is not False:
+    if verdict is None or verdict.trust is None or verdict.trust.verified is not False:
         return None
-    held = f" {verdict['page_held'][0].upper()}{verdict['page_held'][1:]}." if verdict.get("page_held") else ""
-    return f"[emergencyd] UNVERIFIED SENDER: {trust.get('reason')}. Confirm with the tenant before acting.{held}"
+    held = f" {verdict.page_held[0].upper()}{verdict.page_held[1:]}." if verdict.page_held else ""
+    return f"[emergencyd] UNVERIFIED SENDER: {verdict.trust.reason}. Confirm with the tenant before acting.{held}"
 
 
 _WINDOW_WORDS = {"in_hours": "in hours", "out_of_hours_waking": "out of hours (waking hours)",
                  "out_of_hours_overnight": "out of hours (overnight)"}
 
 
-def describe_verdict(verdict: dict[str, Any]) -> str:
+def describe_verdict(verdict: Verdict) -> str:
     """One line a human reads first, e.g.
     'P1 (apps not served), out of hours (overnight): respond by 02:40, update hourly'."""
-    window = _WINDOW_WORDS.get(verdict.get("window", ""), verdict.get("window", ""))
-    category = (verdict.get("category") or "").replace("_", " ").replace("noise:", "")
-    if verdict.get("suppressed"):
-        return f"Suppressed as {category}, {window}: {verdict.get('reason')}. Not paged."
-    head = f"{verdict.get('severity') or 'Not an incident'} ({category}), {window}"
+    window = _WINDOW_WORDS.get(verdict.window, verdict.window)
+    category = verdict.category.replace("_", " ").replace("noise:", "")
+    if verdict.suppressed:
+        return f"Suppressed as {category}, {window}: {verdict.reason}. Not paged."
+    head = f"{verdict.severity or 'Not an incident'} ({category}), {window}"
     parts = []
-    if verdict.get("respond_by"):
-        parts.append(f"respond by {_clock(verdict['respond_by'])}")
-    if verdict.get("update_every_seconds"):
-        parts.append(_update_words(verdict["update_every_seconds"], verdict.get("working_time", False)))
-    paging = f"paged at {verdict['urgency']} urgency" if verdict.get("page") else "not paged"
-    if verdict.get("page_held") or verdict.get("stranger"):
-        paging = verdict.get("page_held") or verdict["stranger"]
-    if (verdict.get("sender_trust") or {}).get("verified") is False:
+    if verdict.respond_by:
+        parts.append(f"respond by {_clock(verdict.respond_by)}")
+    if verdict.update_every:
+        parts.append(_update_words(int(verdict.update_every.total_seconds()), verdict.working_time))
+    paging = f"paged at {verdict.urgency} urgency" if verdict.page else "not paged"
+    if verdict.page_held or verdict.stranger:
+        paging = verdict.page_held or verdict.stranger or ""
+    if verdict.trust is not None and verdict.trust.verified is False:
         paging += "; unverified sender"
-    if verdict.get("released"):
+    if verdict.released:
         paging += "; released by hand (`emergencyd release`)"
     return f"{head}: {', '.join(parts + [paging])}"
 
 
-def _clock(iso_time: str) -> str:
-    when = datetime.fromisoformat(iso_time)
+def _clock(when: datetime) -> str:
     return f"{when:%H:%M} ({when:%a %d %b})"   # already in the policy's time zone
 
 
@@ -213,20 +218,20 @@ def _update_words(seconds: int, working_time: bool) -> str:
     return "update hourly" if hours == 1 else f"update every {hours:g} hours"
 
 
-def verdict_lines(verdict: dict[str, Any]) -> list[str]:
+def verdict_lines(verdict: Verdict) -> list[str]:
     """The verdict for the ticket's internal note: the decision, then every rule that fired."""
-    lines = [f"emergencyd: {describe_verdict(verdict)}", f"Decided by: {verdict.get('reason')}"]
-    for hit in verdict.get("rules", []):
-        lines.append(f"  rule {hit['rule']} ({hit['severity'] or 'not an incident'}) matched "
-                     f"{hit['matched']!r} in the {hit['field']}")
-    if verdict.get("tenant"):
-        lines.append(f"Sender: {verdict['tenant']}")
-    trust = verdict.get("sender_trust")
+    lines = [f"emergencyd: {describe_verdict(verdict)}", f"Decided by: {verdict.reason}"]
+    for hit in verdict.rules:
+        lines.append(f"  rule {hit.rule} ({hit.severity or 'not an incident'}) matched "
+                     f"{hit.matched!r} in the {hit.field}")
+    if verdict.tenant:
+        lines.append(f"Sender: {verdict.tenant}")
+    trust = verdict.trust
     if trust:
-        lines.append(f"Sender trust: {trust['outcome']}: {trust['reason']} (spf={trust['spf'] or '-'}, "
-                     f"dkim={trust['dkim'] or '-'}, dmarc={trust['dmarc'] or '-'})")
-    if verdict.get("spam"):
-        lines.append(f"Spam check: {verdict['spam']['reason']}")
+        lines.append(f"Sender trust: {trust.outcome}: {trust.reason} (spf={trust.spf or '-'}, "
+                     f"dkim={trust.dkim or '-'}, dmarc={trust.dmarc or '-'})")
+    if verdict.spam:
+        lines.append(f"Spam check: {verdict.spam.reason}")
     return lines
 
 
@@ -279,7 +284,7 @@ def reopened_note(record: EscalationRecord, ticket_id: int, resolved_url: str) -
 def page_request(record: EscalationRecord, parsed: ParsedMessage, ticket_url: str | None, *,
                  problem_url: str | None = None, group: dict[str, Any] | None = None) -> PageRequest:
     sender = requester_of(record, parsed) or "unknown sender"
-    verdict = record.verdict or {}
+    verdict = record.verdict
     details: dict[str, Any] = {
         "sender": sender,
         "subject": subject_of(parsed),
@@ -288,12 +293,12 @@ def page_request(record: EscalationRecord, parsed: ParsedMessage, ticket_url: st
         "message_id": record.message_id,
     }
     if verdict:
-        details.update({"decision": describe_verdict(verdict), "severity": verdict.get("severity"),
-                        "category": verdict.get("category"), "window": verdict.get("window"),
-                        "respond_by": verdict.get("respond_by"),
-                        "rules": [f"{h['rule']}: {h['matched']}" for h in verdict.get("rules", [])]})
-        if verdict.get("sender_trust"):
-            details["sender_trust"] = verdict["sender_trust"]["reason"]
+        details.update({"decision": describe_verdict(verdict), "severity": verdict.severity,
+                        "category": verdict.category, "window": str(verdict.window),
+                        "respond_by": verdict.respond_by.isoformat() if verdict.respond_by else None,
+                        "rules": [f"{h.rule}: {h.matched}" for h in verdict.rules]})
+        if verdict.trust:
+            details["sender_trust"] = verdict.trust.reason
     if group:
         details.update({"reports": group["reports"], "tenants": group["tenants"][:50]})
     links: tuple[dict[str, str], ...] = ()
@@ -303,12 +308,14 @@ def page_request(record: EscalationRecord, parsed: ParsedMessage, ticket_url: st
         links += ({"href": problem_url, "text": label},)
     if ticket_url:
         links += ({"href": ticket_url, "text": f"Zendesk ticket #{record.ticket_id}"},)
+    severity = (verdict.severity if verdict else None) or "Emergency"
+    subject = (verdict.ticket_subject if verdict else None) or subject_of(parsed)
+    urgency = (verdict.urgency if verdict else None) or "high"
     return PageRequest(
         dedup_key=record.page_key or record.dedup_key,
-        summary=bounded(f"{verdict.get('severity') or 'Emergency'} email from {sender}: "
-                        f"{verdict.get('ticket_subject') or subject_of(parsed)}", MAX_SUMMARY_CHARS),
+        summary=bounded(f"{severity} email from {sender}: {subject}", MAX_SUMMARY_CHARS),
         source=sender,
-        severity=PAGERDUTY_SEVERITY.get(verdict.get("urgency") or "high", "critical"),
+        severity=PAGERDUTY_SEVERITY.get(urgency, "critical"),
         custom_details=details,
         links=links,
     )

@@ -91,8 +91,9 @@ def message_id_of(dedup_key: str, from_address: str) -> str:
 
 def alert_mail(record: EscalationRecord, parsed: ParsedMessage, config: FallbackConfig, *,
                ticket_url: str | None, pagerduty_failing_since: float | None) -> FallbackMail:
-    verdict = record.verdict or {}
-    subject = " ".join((verdict.get("ticket_subject") or subject_of(parsed)).split())
+    verdict = record.verdict
+    subject = " ".join(((verdict.ticket_subject if verdict else None) or subject_of(parsed)).split())
+    severity, category, urgency = (verdict.severity, verdict.category, verdict.urgency) if verdict else (None,) * 3
     page = record.step(PAGE)
     failing = f"PagerDuty calls failing since {iso(pagerduty_failing_since)}; " if pagerduty_failing_since else ""
     state = "failed for good" if page and page.state == STEP_FAILED else "still retrying"
@@ -102,8 +103,7 @@ def alert_mail(record: EscalationRecord, parsed: ParsedMessage, config: Fallback
         "once PagerDuty answers.",
         "",
         f"Subject:   {subject}",
-        f"Severity:  {verdict.get('severity') or '-'} (category {verdict.get('category') or '-'}, "
-        f"urgency {verdict.get('urgency') or '-'})",
+        f"Severity:  {severity or '-'} (category {category or '-'}, urgency {urgency or '-'})",
         f"Sender:    {record.sender or record.envelope.mail_from or '-'}",
         f"Received:  {iso(record.envelope.received_at)}",
         f"Why:       {failing}page {state} after {page.attempts if page else 0} attempt(s); "

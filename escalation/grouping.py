@@ -67,7 +67,7 @@ class GroupingFacts:
 
 @dataclass(frozen=True)
 class Relation:
-    kind: str
+    kind: RelationKind
     reason: str
     parent_pk: int | None = None        # whose ticket gets the comment
     target_ticket_id: int | None = None  # a ticket named in the subject that is not ours

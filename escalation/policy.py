@@ -108,6 +108,27 @@ class Verdict:
             "spam_check": self.spam_check, "released": self.released,
         }
 
+    @classmethod
+    def from_dict(cls, stored: Mapping[str, Any]) -> "Verdict":
+        """As as_dict() wrote it into the store; a field an older version did not write takes its default."""
+        respond_by, every = stored.get("respond_by"), stored.get("update_every_seconds")
+        trust, spam = stored.get("sender_trust"), stored.get("spam")
+        return cls(
+            suppressed=bool(stored.get("suppressed")), reason=stored.get("reason") or "",
+            category=stored.get("category") or "", severity=stored.get("severity"),
+            window=Window(stored["window"]), page=bool(stored.get("page")), urgency=stored.get("urgency"),
+            zendesk_priority=stored.get("zendesk_priority"),
+            respond_by=datetime.fromisoformat(respond_by) if respond_by else None,
+            update_every=timedelta(seconds=every) if every else None,
+            ticket=bool(stored.get("ticket")), ticket_subject=stored.get("ticket_subject") or "",
+            working_time=bool(stored.get("working_time")),
+            rules=tuple(RuleHit(rule=h["rule"], category=h["category"], severity=h["severity"], field=h["field"],
+                                matched=h["matched"]) for h in stored.get("rules") or ()),
+            trust=SenderTrust.from_dict(trust) if trust else None, page_held=stored.get("page_held"),
+            tenant=stored.get("tenant"), stranger=stored.get("stranger"),
+            spam=SpamVerdict.from_dict(spam) if spam else None, spam_check=stored.get("spam_check"),
+            released=bool(stored.get("released")))
+
 
 def classify(parsed: ParsedMessage, *, received_at: datetime, mail_from: str | None,
              own_addresses: tuple[str, ...], policy: Policy, own_hostnames: tuple[str, ...] = (),

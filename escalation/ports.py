@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from emergencyd.escalation.directory import DirectoryCopy
     from emergencyd.escalation.fallback import FallbackMail
     from emergencyd.escalation.grouping import GroupingFacts, GroupingSettings
-    from emergencyd.escalation.records import EscalationRecord, FollowUp
+    from emergencyd.escalation.policy import Verdict
+    from emergencyd.escalation.records import EscalationRecord, FollowUp, PlannedRelation
     from emergencyd.escalation.settings import FallbackConfig
 
 T = TypeVar("T")
@@ -32,7 +33,7 @@ class PlanningStore(Protocol):
     def record(self, pk: int) -> EscalationRecord: ...
 
     def plan(self, pk: int, *, subject: str, sender: str | None, steps: tuple[str, ...],
-             verdict: dict[str, Any] | None = None, relation: dict[str, Any] | None = None) -> None: ...
+             verdict: Verdict | None = None, relation: PlannedRelation | None = None) -> None: ...
 
     def grouping_facts(self, pk: int, *, message_ids: tuple[str, ...], ticket_ref: int | None,
                        sender_key: str | None, fingerprint: str | None, received_at: float,

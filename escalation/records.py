@@ -9,7 +9,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from emergencyd.escalation.policy import Verdict
 
 
 class EscalationState(StrEnum):
@@ -34,6 +37,19 @@ class RelationKind(StrEnum):
 class StepState(StrEnum):
     PENDING = "pending"
     DONE = "done"
+    FAILED = "failed"
+
+
+class StepOutcome(StrEnum):
+    """How one attempt at a step went (the steps metric's outcome label, the step log lines)."""
+    SUCCESS = "success"
+    RETRY = "retry"      # failed, tried again later
+    FAILED = "failed"    # failed for good
+
+
+class FallbackOutcome(StrEnum):
+    """What became of a fallback alert's mail (the fallback metric's label)."""
+    SENT = "sent"
     FAILED = "failed"
 
 
@@ -123,6 +139,22 @@ def dedup_key_of(identity: str) -> str:
 
 
 @dataclass(frozen=True)
+class PlannedRelation:
+    """How a decided mail relates to earlier mail, as the store records it with the plan (Store.plan)."""
+    kind: RelationKind
+    reason: str
+    parent_pk: int | None = None          # whose ticket gets the comment
+    target_ticket_id: int | None = None   # a ticket named in the subject that is not ours
+    group_id: int | None = None           # the incident group it joins
+    repage: bool = False                  # a reply that raised the severity: a page of its own
+    fingerprint: str | None = None        # what an incident group is keyed by (escalation/grouping.py)
+    sender_key: str | None = None
+    category: str | None = None
+    severity: str | None = None
+    encoded_ids: tuple[str, ...] = ()     # Zendesk encoded ids the mail carries
+
+
+@dataclass(frozen=True)
 class Envelope:
     """What the SMTP session (or the IMAP server, or `inject`) told us besides the bytes."""
     source: str                       # smtp | imap | inject
@@ -145,8 +177,8 @@ class FollowUp:
 
 @dataclass(frozen=True)
 class StepRecord:
-    name: str
-    state: str
+    name: StepName
+    state: StepState
     attempts: int
     next_attempt_at: float
     last_error: str | None
@@ -164,7 +196,7 @@ class EscalationRecord:
     identity: str
     message_id: str | None
     dedup_key: str
-    state: str
+    state: EscalationState
     envelope: Envelope
     size: int
     sha256: str
@@ -175,8 +207,8 @@ class EscalationRecord:
     incident_url: str | None
     paged_at: float | None
     steps: tuple[StepRecord, ...]
-    verdict: dict[str, Any] | None = None   # Verdict.as_dict() as decided when planned
-    relation: str | None = None             # escalation.grouping: first, incident, thread, repeat, storm, alone
+    verdict: Verdict | None = None          # as decided when planned (stored as Verdict.as_dict())
+    relation: RelationKind | None = None    # how it relates to earlier mail (escalation/grouping.py)
     relation_reason: str | None = None
     parent_pk: int | None = None            # the escalation whose ticket this one comments on or joins
     target_ticket_id: int | None = None     # a ticket named in the subject that is not ours

@@ -64,7 +64,11 @@ from emergencyd.escalation.records import (
     TICKET,
     TICKET_NOTE,
     EscalationRecord,
+    FallbackOutcome,
     Integration,
+    PlannedRelation,
+    StepName,
+    StepOutcome,
     StepRecord,
     integration_of,
 )
@@ -86,12 +90,12 @@ MAX_FOLLOW_UPS_PER_COMMENT = 100
 
 
 class Observer(Protocol):
-    def step_finished(self, integration: str, step: str, outcome: str, status_class: str) -> None: ...
+    def step_finished(self, integration: str, step: str, outcome: StepOutcome, status_class: str) -> None: ...
     def paged(self, seconds_since_receipt: float) -> None: ...
     def decided(self, verdict: Verdict) -> None: ...
     def related(self, kind: str) -> None: ...
     def page_deferred(self) -> None: ...
-    def fallback_alert(self, outcome: str) -> None: ...
+    def fallback_alert(self, outcome: FallbackOutcome) -> None: ...
     def spam_checked(self, outcome: str) -> None: ...
     failing_since: dict[str, float]
 
@@ -246,7 +250,7 @@ class Escalator:
         self._observer.decided(verdict)
         self._observer.related(relation.kind)
         log.info("decided", extra={"message_pk": record.message_pk, "relation": relation.kind,
-                                   "decision": content.describe_verdict(verdict.as_dict()), "why": relation.reason})
+                                   "decision": content.describe_verdict(verdict), "why": relation.reason})
 
     def _relate_and_plan(self, record: EscalationRecord, parsed: ParsedMessage, verdict: Verdict) -> Relation | None:
         """On the store's thread, in one go: what is known of related mail, then the plan."""
@@ -271,10 +275,10 @@ class Escalator:
             if verdict.untrusted and relation.kind == FIRST:   # opens no incident that real reports would join
                 relation = Relation(ALONE, "an unverified sender: a ticket of its own, outside incident grouping")
         store.plan(record.message_pk, subject=parsed.subject, sender=content.requester_of(record, parsed),
-                   steps=self.planned_steps(verdict, relation), verdict=verdict.as_dict(),
-                   relation={**asdict(relation), "fingerprint": print_, "sender_key": sender_key,
-                             "category": verdict.category, "severity": verdict.severity,
-                             "encoded_ids": encoded_ids(parsed.text)})
+                   steps=self.planned_steps(verdict, relation), verdict=verdict,
+                   relation=PlannedRelation(**asdict(relation), fingerprint=print_, sender_key=sender_key,
+                                            category=verdict.category, severity=verdict.severity,
+                                            encoded_ids=encoded_ids(parsed.text)))
         return relation
 
     def _plan_released(self, record: EscalationRecord, parsed: ParsedMessage, verdict: Verdict) -> Relation:
@@ -284,7 +288,7 @@ class Escalator:
         relation = Relation(record.relation, f"{record.relation_reason}; released by hand", record.parent_pk,
                             record.target_ticket_id, record.group_id)
         self._store.sync.plan(record.message_pk, subject=parsed.subject, sender=content.requester_of(record, parsed),
-                              steps=self.planned_steps(verdict, relation), verdict=verdict.as_dict())
+                              steps=self.planned_steps(verdict, relation), verdict=verdict)
         return relation
 
     # -- running ---------------------------------------------------------------------
@@ -305,11 +309,11 @@ class Escalator:
                 return
             done, _ = await asyncio.wait(running.values(), timeout=self._fallback_wake(record, running),
                                          return_when=asyncio.FIRST_COMPLETED)
-            for name in [n for n, task in running.items() if task in done]:
-                running.pop(name).result()
+            for finished in [n for n, task in running.items() if task in done]:
+                running.pop(finished).result()
             record = await self._store.record(pk)
 
-    async def _ready_steps(self, record: EscalationRecord, running: dict[str, asyncio.Task[None]]) -> list[str]:
+    async def _ready_steps(self, record: EscalationRecord, running: dict[str, asyncio.Task[None]]) -> list[StepName]:
         now = time.time()
         ready = []
         for step in record.steps:
@@ -504,14 +508,14 @@ class Escalator:
                 return
             seconds = round(time.monotonic() - began, 3)
         await self._store.complete_step(pk, name, result, follow_ups=context.follow_ups, **fields)
-        self._observer.step_finished(integration, name, "success", "2xx")
+        self._observer.step_finished(integration, name, StepOutcome.SUCCESS, "2xx")
         log.info("step done", extra={"message_pk": pk, "message_id": record.message_id, "step": name,
-                                     "outcome": "success", "attempt": prior_attempts + 1, "seconds": seconds,
+                                     "outcome": StepOutcome.SUCCESS, "attempt": prior_attempts + 1, "seconds": seconds,
                                      "dedup_key": record.page_key or record.dedup_key})
         if name == PAGE and not result.get("dry_run") and not result.get("skipped"):
             self._observer.paged(time.time() - record.envelope.received_at)
         if name == FALLBACK_ALERT and not result.get("skipped"):
-            self._observer.fallback_alert("sent")
+            self._observer.fallback_alert(FallbackOutcome.SENT)
             log.warning("fallback alert sent: the page is overdue", extra={
                 "message_pk": pk, "dedup_key": record.dedup_key, "to": ",".join(result.get("to", []))})
 
@@ -532,10 +536,10 @@ class Escalator:
         failure = classify_failure(exc)
         next_at = self._settings.schedule.next_attempt_at(failure, attempts)
         await self._store.fail_step(record.message_pk, name, error=failure.reason, next_attempt_at=next_at)
-        outcome = "retry" if next_at is not None else "failed"
+        outcome = StepOutcome.RETRY if next_at is not None else StepOutcome.FAILED
         self._observer.step_finished(integration_of(name), name, outcome, failure.status_class)
         if name == FALLBACK_ALERT and next_at is None:
-            self._observer.fallback_alert("failed")
+            self._observer.fallback_alert(FallbackOutcome.FAILED)
         log.warning("step %s", outcome, extra={
             "message_pk": record.message_pk, "message_id": record.message_id, "step": name, "outcome": outcome,
             "attempt": attempts, "seconds": round(seconds, 3), "error": failure.reason,

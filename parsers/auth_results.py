@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import email.utils
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from emergencyd.parsers.relay_block import relay_block
 from emergencyd.parsers.spam_headers import SpamVerdict, relay_spam_verdict
@@ -88,6 +89,15 @@ class SenderTrust:
                 "from_domain": self.from_domain, "authserv_id": self.authserv_id, "spf": self.spf,
                 "dkim": self.dkim, "dmarc": self.dmarc, "dmarc_policy": self.dmarc_policy,
                 "dkim_domains": list(self.dkim_domains), "dkim_checked": self.dkim_checked}
+
+    @classmethod
+    def from_dict(cls, stored: Mapping[str, Any]) -> "SenderTrust":
+        """As as_dict() wrote it (the relay's spam verdict is kept in the verdict's own field)."""
+        return cls(authserv_id=stored.get("authserv_id"), spf=stored.get("spf"), dkim=stored.get("dkim"),
+                   dmarc=stored.get("dmarc"), dmarc_policy=stored.get("dmarc_policy"),
+                   from_domain=stored.get("from_domain"), dkim_domains=tuple(stored.get("dkim_domains") or ()),
+                   dkim_checked=stored.get("dkim_checked"), verified=stored.get("verified"),
+                   reason=stored.get("reason") or "")
 
 
 # ---------------------------------------------------------------------------

@@ -13,8 +13,9 @@ score. Whether the block counts at all (the SMTP client is our relay) is the cal
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from emergencyd.parsers.relay_block import relay_block
 
@@ -54,6 +55,13 @@ class SpamVerdict:
     def as_dict(self) -> dict[str, object]:
         return {"field": self.field, "spam": self.spam, "score": self.score, "required": self.required,
                 "symbols": list(self.symbols), "action": self.action, "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, stored: Mapping[str, Any]) -> "SpamVerdict":
+        """As as_dict() wrote it (its reason is derived, not read)."""
+        return cls(field=stored.get("field") or "", spam=bool(stored.get("spam")), score=stored.get("score"),
+                   required=stored.get("required"), symbols=tuple(stored.get("symbols") or ()),
+                   action=stored.get("action"))
 
 
 def relay_spam_verdict(headers: Sequence[tuple[str, str]], *, own_received_fields: int = 0) -> SpamVerdict | None:

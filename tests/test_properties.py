@@ -200,7 +200,8 @@ def check_verdict(verdict: Verdict, received_at: datetime) -> None:
         assert all(hit.matched is not None and len(hit.matched) <= 200 for hit in verdict.rules)
         if verdict.rules:
             assert (verdict.category, verdict.severity) == (verdict.rules[0].category, verdict.rules[0].severity)
-    json.dumps(verdict.as_dict(), ensure_ascii=False).encode("utf-8")   # stored as JSON
+    stored = json.dumps(verdict.as_dict(), ensure_ascii=False).encode("utf-8")   # stored as JSON
+    assert Verdict.from_dict(json.loads(stored)).as_dict() == verdict.as_dict()  # and read back as it was
 
 
 def record_for(raw: bytes, message_id: str | None, parsed: ParsedMessage, verdict: Verdict, relation_kind: str,
@@ -213,7 +214,7 @@ def record_for(raw: bytes, message_id: str | None, parsed: ParsedMessage, verdic
                           rcpt_to=OWN_ADDRESSES, received_at=received_at.timestamp()),
         size=len(raw), sha256="0" * 64, deliveries=1, subject=parsed.subject,
         sender=parsed.sender, ticket_id=7,
-        incident_url=None, paged_at=None, steps=(), verdict=verdict.as_dict(), relation=relation_kind,
+        incident_url=None, paged_at=None, steps=(), verdict=verdict, relation=relation_kind,
         relation_reason="a new incident", parent_pk=1 if relation_kind != FIRST else None, page_key=dedup_key)
 
 
@@ -258,8 +259,8 @@ def check_content(raw: bytes, message_id: str | None, parsed: ParsedMessage, ver
         for text in (ticket.subject, ticket.body, note.body, comment.body, page.summary):
             assert utf8_encodable(text)
         json.dumps(page.custom_details, ensure_ascii=False).encode("utf-8")
-        assert content.describe_verdict(verdict.as_dict())
-        assert content.ticket_tags(verdict.as_dict())
+        assert content.describe_verdict(verdict)
+        assert content.ticket_tags(verdict)
 
 
 def run_pipeline(raw: bytes, mail_from: str | None, received_at: datetime) -> tuple[ParsedMessage, Verdict]:

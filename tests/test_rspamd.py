@@ -74,7 +74,7 @@ def test_rspamds_add_header_holds_the_page_of_a_rule_match(rspamd):
     verdict = classify_with_rspamd(rspamd, FLAGGED)
     assert (verdict.severity, verdict.page, verdict.ticket) == ("P1", False, True)   # "all our apps are down"
     assert verdict.page_held.startswith("not paged: suspected spam, rspamd says 'add header'")
-    assert "suspected-spam" in ticket_tags(verdict.as_dict())
+    assert "suspected-spam" in ticket_tags(verdict)
 
 
 def test_forged_tenant_mail_that_rspamd_flags_is_not_paged(rspamd):
@@ -89,7 +89,7 @@ def test_forged_tenant_mail_that_rspamd_flags_is_not_paged(rspamd):
 def test_a_clean_answer_changes_nothing(rspamd):
     verdict = classify_with_rspamd(rspamd, OUTAGE)
     assert (verdict.severity, verdict.page, verdict.urgency, verdict.page_held) == ("P1", True, "high", None)
-    assert "suspected-spam" not in ticket_tags(verdict.as_dict())
+    assert "suspected-spam" not in ticket_tags(verdict)
 
 
 class _Answering(http.server.BaseHTTPRequestHandler):

@@ -87,16 +87,16 @@ def test_a_strangers_outage_report_flagged_as_spam_is_a_ticket_and_no_page():
     assert (verdict.severity, verdict.page, verdict.ticket) == ("P1", False, True)
     assert verdict.page_held.startswith("not paged: suspected spam, the relay's spam filter says spam in X-Spamd-Result")
     document = verdict.as_dict()
-    assert {"suspected-spam", "page-held"} <= set(ticket_tags(document))
+    assert {"suspected-spam", "page-held"} <= set(ticket_tags(verdict))
     assert document["spam"]["symbols"][0] == "FUZZY_DENIED"
-    assert "suspected spam" in describe_verdict(document)
+    assert "suspected spam" in describe_verdict(verdict)
 
 
 def test_the_same_report_without_the_flag_pages():
     raw = ("X-Spam: No\r\n" + FROM_OUTSIDE).encode() + make_message(sender="win@prizes.example", **OUTAGE)
     verdict = verdict_of(raw)
     assert (verdict.severity, verdict.page, verdict.urgency, verdict.page_held) == ("P1", True, "high", None)
-    assert "suspected-spam" not in ticket_tags(verdict.as_dict())
+    assert "suspected-spam" not in ticket_tags(verdict)
 
 
 def test_a_verified_tenants_mail_pages_though_the_filter_calls_it_spam():

@@ -33,8 +33,8 @@ def test_a_strangers_mail_that_no_rule_matches_is_a_ticket_and_no_page():
     document = verdict.as_dict()
     assert document["tenant"] == "not a tenant (news@shop.example is not in the directory)"
     assert 'stranger_unclassified = "ticket"' in document["stranger"]
-    assert "unknown-sender" in ticket_tags(document)
-    assert describe_verdict(document).endswith(document["stranger"])
+    assert "unknown-sender" in ticket_tags(verdict)
+    assert describe_verdict(verdict).endswith(document["stranger"])
     assert verdict.zendesk_priority == parse_policy(SHIPPED).route(None, verdict.window).zendesk_priority
 
 
@@ -42,7 +42,7 @@ def test_a_strangers_real_emergency_still_pages_as_its_rule_says():
     verdict = verdict_of(DIRECTORY, "researcher@security.example", **OUTAGE)
     assert (verdict.page, verdict.urgency, verdict.severity) == (True, "high", "P1")
     assert verdict.stranger is None and verdict.tenant.startswith("not a tenant")
-    assert "unknown-sender" not in ticket_tags(verdict.as_dict())
+    assert "unknown-sender" not in ticket_tags(verdict)
 
 
 @pytest.mark.parametrize("sender, why", [

@@ -45,14 +45,15 @@ def explain_file(path: Path, config: Config, received_at: datetime, *, offline: 
     # As the daemon would: the configured rspamd is asked too, unless --offline.
     asked = ask_rspamd_now(raw, config.policy.spam) if config.policy.spam.enabled and not offline else None
     try:
-        verdict = asyncio.run(_decide(raw, config, received_at, asked.verdict if asked else None)).as_dict()
+        decided = asyncio.run(_decide(raw, config, received_at, asked.verdict if asked else None))
     except Exception as exc:   # a broken file gets an answer, never a traceback
         return {"file": str(path), "error": f"{type(exc).__name__}: {exc}"}
+    verdict = decided.as_dict()
     result = {"file": str(path), **{k: verdict[k] for k in KEYS[1:]}}
     if asked is not None:
         result["rspamd"] = asked.outcome.value if asked.verdict is None else asked.verdict.as_dict()
     result["ticket_subject"] = verdict["ticket_subject"]
-    result["decision"] = describe_verdict(verdict)
+    result["decision"] = describe_verdict(decided)
     return result
 
 

@@ -19,19 +19,24 @@ from prometheus_client import (
 from emergencyd.daemon.ingest.imap_failure import FailureKind
 from emergencyd.escalation.hours import Window
 from emergencyd.escalation.policy import SEVERITIES, Verdict
-from emergencyd.escalation.records import STEP_ORDER, Integration, RelationKind, integration_of
+from emergencyd.escalation.records import (
+    STEP_ORDER,
+    FallbackOutcome,
+    Integration,
+    RelationKind,
+    StepOutcome,
+    integration_of,
+)
 from emergencyd.escalation.rspamd import CheckOutcome
 from emergencyd.parsers.noise import NOISE_KINDS
 
 SOURCES = ("smtp", "imap", "inject")
 
-FALLBACK_OUTCOMES = ("sent", "failed")
 REJECT_REASONS = ("unknown_recipient", "too_large", "store_failure", "shutting_down", "too_many_connections",
                   "too_many_connections_per_ip", "too_many_recipients", "rate_limited_ip", "rate_limited_sender",
                   "timeout", "session_too_long", "auth_required", "auth_throttled", "proxy_untrusted",
                   "proxy_invalid", "line_too_long")
 AUTH_RESULTS = ("success", "failure")
-STEP_OUTCOMES = ("success", "retry", "failed")
 TRUST_RESULTS = ("pass", "fail", "none")
 STATUS_CLASSES = ("2xx", "4xx", "5xx", "network")
 # Receipt to page: an emergency should page within seconds; a Zendesk or PagerDuty
@@ -198,23 +203,23 @@ class Metrics:
             self.imap_errors.labels(kind)
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
-        for outcome in FALLBACK_OUTCOMES:
-            self.fallback_alerts.labels(outcome)
+        for fallback_outcome in FallbackOutcome:
+            self.fallback_alerts.labels(fallback_outcome)
         for result in AUTH_RESULTS:
             self.smtp_auth.labels(result)
         for step in STEP_ORDER:
             integration = integration_of(step)
-            self.steps.labels(integration, step, "success", "2xx")
-            for outcome in ("retry", "failed"):
+            self.steps.labels(integration, step, StepOutcome.SUCCESS, "2xx")
+            for outcome in (StepOutcome.RETRY, StepOutcome.FAILED):
                 for status_class in STATUS_CLASSES[1:]:
                     self.steps.labels(integration, step, outcome, status_class)
 
     # -- the escalation observer --------------------------------------------------
 
-    def step_finished(self, integration: str, step: str, outcome: str, status_class: str) -> None:
+    def step_finished(self, integration: str, step: str, outcome: StepOutcome, status_class: str) -> None:
         self.steps.labels(integration, step, outcome, status_class).inc()
         now = time.time()
-        if outcome == "success":
+        if outcome == StepOutcome.SUCCESS:
             self.failing_since.pop(integration, None)
             self.integration_last_success.labels(integration).set(now)
             self.integration_failing_since.labels(integration).set(0)
@@ -268,7 +273,7 @@ class Metrics:
     def page_deferred(self) -> None:
         self.pages_deferred.inc()
 
-    def fallback_alert(self, outcome: str) -> None:
+    def fallback_alert(self, outcome: FallbackOutcome) -> None:
         self.fallback_alerts.labels(outcome).inc()
 
     def paged(self, seconds_since_receipt: float) -> None:

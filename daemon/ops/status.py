@@ -33,11 +33,12 @@ def status_document(store: Store, *, limit: int, dry_run: bool, tenant_directory
 
 def _spam_checks(records: list[EscalationRecord]) -> dict[str, int]:
     """How asking rspamd went for the recent mail that was asked: {"answered": 18, "timeout": 2}."""
-    outcomes = Counter(str(o) for r in records if (o := (r.verdict or {}).get("spam_check")) is not None)
+    outcomes = Counter(r.verdict.spam_check for r in records if r.verdict and r.verdict.spam_check is not None)
     return dict(sorted(outcomes.items()))
 
 
 def _message(record: EscalationRecord) -> dict[str, Any]:
+    verdict = record.verdict
     return {
         "id": record.message_pk,
         "received_at": iso(record.envelope.received_at),
@@ -49,11 +50,11 @@ def _message(record: EscalationRecord) -> dict[str, Any]:
         "message_id": record.message_id,
         "deliveries": record.deliveries,
         "state": record.state,
-        "decision": describe_verdict(record.verdict) if record.verdict else None,
-        "severity": (record.verdict or {}).get("severity"),
-        "window": (record.verdict or {}).get("window"),
-        "suppressed_reason": (record.verdict or {}).get("reason") if (record.verdict or {}).get("suppressed") else None,
-        "verdict": record.verdict,
+        "decision": describe_verdict(verdict) if verdict else None,
+        "severity": verdict.severity if verdict else None,
+        "window": str(verdict.window) if verdict else None,
+        "suppressed_reason": verdict.reason if verdict and verdict.suppressed else None,
+        "verdict": verdict.as_dict() if verdict else None,
         "relation": record.relation,
         "relation_reason": record.relation_reason,
         "parent_id": record.parent_pk,

@@ -30,6 +30,7 @@ from emergencyd.escalation.records import (
     SUPPRESSED,
     TICKET,
     FollowUp,
+    PlannedRelation,
 )
 from emergencyd.parsers.identity import thread_ids_of
 
@@ -157,37 +158,36 @@ class GroupingQueries:
             " AND relation IN (?, ?) ORDER BY message_pk LIMIT 1", (row[0], sender_key, FIRST, INCIDENT)).fetchone()
         return OpenGroup(row[0], row[1], row[2], row[3], Related(*member) if member else None)
 
-    def _record_relation(self, pk: int, relation: dict[str, Any], dedup_key: str, now: float) -> None:
+    def _record_relation(self, pk: int, relation: PlannedRelation, dedup_key: str, now: float) -> None:
         """Inside plan()'s transaction: open or join an incident group, and remember the relation."""
-        group_id = relation.get("group_id")
+        group_id = relation.group_id
         page_key = None
-        if relation["kind"] == FIRST and relation.get("fingerprint"):
+        if relation.kind == FIRST and relation.fingerprint:
             cur = self._conn.execute(
                 "INSERT INTO incident_groups (fingerprint, dedup_key, problem_pk, category, severity, opened_at,"
                 " last_report_at, reports) VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
-                (relation["fingerprint"], dedup_key, pk, relation.get("category"), relation.get("severity"),
-                 now, now))
+                (relation.fingerprint, dedup_key, pk, relation.category, relation.severity, now, now))
             group_id, page_key = cur.lastrowid, dedup_key
-        elif group_id is not None and relation["kind"] in (INCIDENT, REPEAT):
+        elif group_id is not None and relation.kind in (INCIDENT, REPEAT):
             self._conn.execute("UPDATE incident_groups SET last_report_at = MAX(last_report_at, ?),"
                                " reports = reports + 1 WHERE id = ?", (now, group_id))
             page_key = self._conn.execute("SELECT dedup_key FROM incident_groups WHERE id = ?",
                                           (group_id,)).fetchone()[0]
-        if relation.get("repage") or relation["kind"] == ALONE:
+        if relation.repage or relation.kind == ALONE:
             page_key = dedup_key
-        elif relation["kind"] == THREAD and relation.get("parent_pk") is not None:
+        elif relation.kind == THREAD and relation.parent_pk is not None:
             page_key = self._conn.execute("SELECT page_key FROM escalations WHERE message_pk = ?",
-                                          (relation["parent_pk"],)).fetchone()[0]
-        holder = relation.get("parent_pk") if relation["kind"] == THREAD else pk
-        for encoded in relation.get("encoded_ids") or ():
+                                          (relation.parent_pk,)).fetchone()[0]
+        holder = relation.parent_pk if relation.kind == THREAD else pk
+        for encoded in relation.encoded_ids:
             if holder is not None:
                 self._conn.execute("INSERT OR IGNORE INTO encoded_ids (encoded_id, message_pk) VALUES (?, ?)",
                                    (encoded, holder))
         self._conn.execute(
             "UPDATE escalations SET relation = ?, relation_reason = ?, parent_pk = ?, target_ticket_id = ?,"
             " group_id = ?, page_key = ?, sender_key = ?, loop_key = ? WHERE message_pk = ?",
-            (relation["kind"], relation["reason"], relation.get("parent_pk"), relation.get("target_ticket_id"),
-             group_id, page_key, relation.get("sender_key"), loop_key(relation.get("fingerprint")), pk))
+            (relation.kind, relation.reason, relation.parent_pk, relation.target_ticket_id,
+             group_id, page_key, relation.sender_key, loop_key(relation.fingerprint), pk))
 
     def undecided_thread_parent(self, pk: int) -> int | None:
         """An earlier stored mail that this one replies to and that is not decided yet."""

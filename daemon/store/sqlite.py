@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, TypeVar
 from emergencyd.daemon.store.grouping import GroupingQueries
 from emergencyd.daemon.store.migrations import MIGRATIONS
 from emergencyd.daemon.store.thread import StoreThread
+from emergencyd.escalation.policy import Verdict
 from emergencyd.escalation.records import (
     DONE,
     FAILED,
@@ -39,10 +40,15 @@ from emergencyd.escalation.records import (
     SUPPRESSED,
     Envelope,
     EscalationRecord,
+    EscalationState,
     FollowUp,
+    PlannedRelation,
     RearmOutcome,
+    RelationKind,
     ReleaseOutcome,
+    StepName,
     StepRecord,
+    StepState,
     dedup_key_of,
     identity_of,
 )
@@ -254,21 +260,21 @@ class Store(GroupingQueries):
     # -- escalation state machine -------------------------------------------------
 
     def plan(self, pk: int, *, subject: str, sender: str | None, steps: tuple[str, ...],
-             verdict: dict[str, Any] | None = None, relation: dict[str, Any] | None = None) -> None:
+             verdict: Verdict | None = None, relation: PlannedRelation | None = None) -> None:
         """Record the parse summary, the verdict, how it relates to other mail, and the steps to take.
 
         One transaction, applied once: a crash before it leaves the escalation new, to be
         decided again. With no steps to take (suppressed noise without a ticket) it is final.
         """
         now = time.time()
-        verdict = verdict or {}
         state = PENDING if steps else SUPPRESSED
         with self._transaction():
             updated = self._conn.execute(
                 "UPDATE escalations SET state = ?, subject = ?, sender = ?, verdict = ?, category = ?, severity = ?,"
                 " support_window = ?, suppressed_reason = ?, updated_at = ? WHERE message_pk = ? AND state = ?",
-                (state, subject, sender, json.dumps(verdict), verdict.get("category"), verdict.get("severity"),
-                 verdict.get("window"), verdict.get("reason") if verdict.get("suppressed") else None,
+                (state, subject, sender, json.dumps(verdict.as_dict() if verdict else {}),
+                 verdict.category if verdict else None, verdict.severity if verdict else None,
+                 verdict.window if verdict else None, verdict.reason if verdict and verdict.suppressed else None,
                  now, pk, NEW)).rowcount
             if updated and relation is not None:
                 dedup_key, received_at = self._conn.execute(
@@ -292,10 +298,10 @@ class Store(GroupingQueries):
                                      (pk,)).fetchone()
             if row is None:
                 return ReleaseOutcome.UNKNOWN
-            state, verdict, released_at = row[0], json.loads(row[1] or "{}"), row[2]
+            state, verdict, released_at = row[0], _verdict(row[1]), row[2]
             if released_at is not None:
                 return ReleaseOutcome.ALREADY
-            if not any(verdict.get(demotion) for demotion in ("suppressed", "page_held", "stranger")):
+            if verdict is None or not (verdict.suppressed or verdict.page_held or verdict.stranger):
                 return ReleaseOutcome.NOT_DEMOTED
             if state not in (SUPPRESSED, DONE, FAILED):
                 return ReleaseOutcome.BUSY
@@ -480,7 +486,7 @@ class Store(GroupingQueries):
          deliveries, dedup_key, state, subject, sender, ticket_id, incident_url, paged_at, verdict,
          relation, relation_reason, parent_pk, target_ticket_id, group_id, page_key, fair_key, released_at,
          decide_failures, decide_error) = row
-        steps = [StepRecord(name=n, state=s, attempts=a, next_attempt_at=t, last_error=e,
+        steps = [StepRecord(name=StepName(n), state=StepState(s), attempts=a, next_attempt_at=t, last_error=e,
                             result=json.loads(r), updated_at=u)
                  for n, s, a, t, e, r, u in self._conn.execute(
                      "SELECT name, state, attempts, next_attempt_at, last_error, result, updated_at"
@@ -489,10 +495,11 @@ class Store(GroupingQueries):
         envelope = Envelope(source=source, mail_from=mail_from, rcpt_to=tuple(json.loads(rcpt_to)),
                             peer=peer, helo=helo, tls=bool(tls), received_at=received_at)
         return EscalationRecord(
-            message_pk=pk, identity=identity, message_id=message_id, dedup_key=dedup_key, state=state,
+            message_pk=pk, identity=identity, message_id=message_id, dedup_key=dedup_key,
+            state=EscalationState(state),
             envelope=envelope, size=size, sha256=sha, deliveries=deliveries, subject=subject,
             sender=sender, ticket_id=ticket_id, incident_url=incident_url, paged_at=paged_at,
-            verdict=json.loads(verdict) if verdict else None, steps=tuple(steps), relation=relation,
+            verdict=_verdict(verdict), steps=tuple(steps), relation=RelationKind(relation) if relation else None,
             relation_reason=relation_reason, parent_pk=parent_pk, target_ticket_id=target_ticket_id,
             group_id=group_id, page_key=page_key, fair_key=fair_key, released_at=released_at,
             decide_failures=decide_failures, decide_error=decide_error)
@@ -505,6 +512,12 @@ _RECORD_SQL = (
     " e.group_id, e.page_key, e.fair_key, e.released_at, e.decide_failures, e.decide_error"
     " FROM messages m JOIN escalations e ON e.message_pk = m.id"
 )
+
+
+def _verdict(stored: str | None) -> Verdict | None:
+    """The verdict column as written by plan(): JSON, '{}' when planned without one, NULL before planning."""
+    document = json.loads(stored) if stored else None
+    return Verdict.from_dict(document) if document else None
 
 
 class _Transaction:
