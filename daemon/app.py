@@ -55,8 +55,17 @@ def build_integrations(config: Config):
 
 def build_escalator(config: Config, store: AsyncStore, metrics: Metrics) -> Escalator:
     desk, pager = build_integrations(config)
+    settings = escalation_settings(config)
+    relay = SmtpRelay(config.fallback, helo_name=config.smtp.hostname) \
+        if config.fallback.enabled and not config.dry_run else None
+    cpu = CpuPool(classify_context(config.policy, settings), workers=config.escalation.cpu_workers,
+                  timeout_seconds=config.escalation.cpu_timeout_seconds)
+    return Escalator(store, desk, pager, settings, metrics, cpu, relay=relay)
+
+
+def escalation_settings(config: Config) -> EscalationSettings:
     esc = config.escalation
-    settings = EscalationSettings(
+    return EscalationSettings(
         dry_run=config.dry_run,
         schedule=RetrySchedule(esc.retry_initial_seconds, esc.retry_max_seconds, esc.max_attempts),
         ticket_head_start_seconds=esc.ticket_head_start_seconds,
@@ -74,11 +83,6 @@ def build_escalator(config: Config, store: AsyncStore, metrics: Metrics) -> Esca
         # new sender's mail is never queued behind a long line already handed out.
         decide_concurrency=2 * esc.cpu_workers,
     )
-    relay = SmtpRelay(config.fallback, helo_name=config.smtp.hostname) \
-        if config.fallback.enabled and not config.dry_run else None
-    cpu = CpuPool(classify_context(config.policy, settings), workers=esc.cpu_workers,
-                  timeout_seconds=esc.cpu_timeout_seconds)
-    return Escalator(store, desk, pager, settings, metrics, cpu, relay=relay)
 
 
 class StartupError(RuntimeError):

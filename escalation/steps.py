@@ -116,8 +116,10 @@ class EscalationSettings:
 
 class Escalator:
     def __init__(self, store: EscalationStore, desk: Desk | None, pager: Pager | None, settings: EscalationSettings,
-                 observer: Observer, cpu: CpuPool, relay: Relay | None = None):
+                 observer: Observer, cpu: CpuPool, relay: Relay | None = None, clock: Callable[[], float] = time.time):
         self._cpu = cpu          # parses and classifies off the event loop, with the policy in force
+        # The wall clock of due times, the new-page cap and the fallback deadline (a test can move it on).
+        self._clock = clock
         self._store = store
         self._settings = settings
         self._observer = observer
@@ -314,7 +316,7 @@ class Escalator:
             record = await self._store.record(pk)
 
     async def _ready_steps(self, record: EscalationRecord, running: dict[str, asyncio.Task[None]]) -> list[StepName]:
-        now = time.time()
+        now = self._clock()
         ready = []
         for step in record.steps:
             if step.state != STEP_PENDING or step.name in running:
@@ -342,13 +344,12 @@ class Escalator:
             return False
         return True
 
-    @staticmethod
-    def _fallback_wake(record: EscalationRecord, running: dict[str, asyncio.Task[None]]) -> float | None:
+    def _fallback_wake(self, record: EscalationRecord, running: dict[str, asyncio.Task[None]]) -> float | None:
         """A page call hanging on PagerDuty must not hold the fallback back past its deadline."""
         step = record.step(FALLBACK_ALERT)
         if step is None or step.state != STEP_PENDING or FALLBACK_ALERT in running:
             return None
-        return max(step.next_attempt_at - time.time(), CROSS_WAIT_SECONDS / 10)
+        return max(step.next_attempt_at - self._clock(), CROSS_WAIT_SECONDS / 10)
 
     async def _waits_within(self, record: EscalationRecord, name: str,
                             running: dict[str, asyncio.Task[None]]) -> str | None:
@@ -385,7 +386,7 @@ class Escalator:
                 return "parent ticket"
             return None   # an incident ticket without its problem is still a ticket
         await self._store.defer_step(record.message_pk, name,
-                                     max(parent_ticket.next_attempt_at, time.time() + CROSS_WAIT_SECONDS))
+                                     max(parent_ticket.next_attempt_at, self._clock() + CROSS_WAIT_SECONDS))
         return "parent ticket"
 
     async def _earlier_comments_done(self, record: EscalationRecord) -> bool:
@@ -407,16 +408,16 @@ class Escalator:
             if earlier is None:
                 assert undecided is not None
                 if time.monotonic() >= deadline:
-                    await self._store.defer_step(record.message_pk, COMMENT, time.time() + CROSS_WAIT_SECONDS)
+                    await self._store.defer_step(record.message_pk, COMMENT, self._clock() + CROSS_WAIT_SECONDS)
                     return False
                 await self._decided.wait_for(undecided, mark, deadline - time.monotonic())   # deciding takes ms
                 continue
             earlier_pk, earlier_due = earlier
             # A predecessor in flight will finish (or fail) and say so: wait for it as long as it takes.
             remaining = None if earlier_pk in self._comments_running else deadline - time.monotonic()
-            if (remaining is not None and remaining <= 0) or earlier_due > time.time() + CROSS_WAIT_SECONDS:
+            if (remaining is not None and remaining <= 0) or earlier_due > self._clock() + CROSS_WAIT_SECONDS:
                 await self._store.defer_step(record.message_pk, COMMENT,
-                                             max(earlier_due, time.time() + CROSS_WAIT_SECONDS))
+                                             max(earlier_due, self._clock() + CROSS_WAIT_SECONDS))
                 return False
             done = self._comments_done.setdefault(earlier_pk, asyncio.Event())
             try:
@@ -479,7 +480,7 @@ class Escalator:
             return True     # joins an open incident, or was already let through once
         if record.comments_only and not record.pages_on_its_own:
             return True     # a follow-up only looks whether its incident was resolved
-        now = time.time()
+        now = self._clock()
         while self._new_pages and self._new_pages[0] < now - 60:
             self._new_pages.popleft()
         if len(self._new_pages) < self._settings.max_new_pages_per_minute:
@@ -513,7 +514,7 @@ class Escalator:
                                      "outcome": StepOutcome.SUCCESS, "attempt": prior_attempts + 1, "seconds": seconds,
                                      "dedup_key": record.page_key or record.dedup_key})
         if name == PAGE and not result.get("dry_run") and not result.get("skipped"):
-            self._observer.paged(time.time() - record.envelope.received_at)
+            self._observer.paged(self._clock() - record.envelope.received_at)
         if name == FALLBACK_ALERT and not result.get("skipped"):
             self._observer.fallback_alert(FallbackOutcome.SENT)
             log.warning("fallback alert sent: the page is overdue", extra={
@@ -534,7 +535,7 @@ class Escalator:
     async def _record_failure(self, record: EscalationRecord, name: str, exc: Exception, attempts: int,
                               seconds: float) -> None:
         failure = classify_failure(exc)
-        next_at = self._settings.schedule.next_attempt_at(failure, attempts)
+        next_at = self._settings.schedule.next_attempt_at(failure, attempts, now=self._clock())
         await self._store.fail_step(record.message_pk, name, error=failure.reason, next_attempt_at=next_at)
         outcome = StepOutcome.RETRY if next_at is not None else StepOutcome.FAILED
         self._observer.step_finished(integration_of(name), name, outcome, failure.status_class)
@@ -543,7 +544,7 @@ class Escalator:
         log.warning("step %s", outcome, extra={
             "message_pk": record.message_pk, "message_id": record.message_id, "step": name, "outcome": outcome,
             "attempt": attempts, "seconds": round(seconds, 3), "error": failure.reason,
-            "retry_in": None if next_at is None else round(next_at - time.time(), 1)})
+            "retry_in": None if next_at is None else round(next_at - self._clock(), 1)})
 
 
 def classify_context(policy: Policy, settings: EscalationSettings) -> ClassifyContext:
