@@ -100,27 +100,38 @@ class Integration(StrEnum):
     FALLBACK = "fallback"      # the SMTP relay of the fallback alert
 
 
+class Gate(StrEnum):
+    """What a step waits for besides the steps it needs; escalation/steps.py holds each gate's rule."""
+    DEADLINE = "deadline"                    # held until the page is overdue; done as not needed once it is paged
+    EARLIER_COMMENTS = "earlier_comments"    # the comments before it on the same ticket go first
+    PARENT_TICKET = "parent_ticket"          # the ticket it goes on (a comment) or joins (an incident's) exists
+    TICKET_HEAD_START = "ticket_head_start"  # a moment for the ticket's create on its way, so the page links it
+    NEW_PAGE_CAP = "new_page_cap"            # at most max_new_pages_per_minute new incidents paged; held, not dropped
+
+
 @dataclass(frozen=True)
 class StepPlan:
     name: StepName
     integration: Integration
-    needs: tuple[StepName, ...]    # done first, within the same escalation
+    needs: tuple[StepName, ...]          # done first, within the same escalation
+    gates: tuple[Gate, ...] = ()
 
 
 # The plan, one row a step, in the order a human reads them. Which steps a mail gets is the verdict's and
-# relation's business (Escalator.planned_steps); when each may start is the gates' (escalation/steps.py).
+# relation's business (Escalator.planned_steps); a step starts once what it needs is done and its gates open.
 PLAN: tuple[StepPlan, ...] = (
-    StepPlan(TICKET, Integration.ZENDESK, ()),
+    StepPlan(TICKET, Integration.ZENDESK, (), (Gate.PARENT_TICKET,)),
     StepPlan(TICKET_NOTE, Integration.ZENDESK, (TICKET,)),
-    StepPlan(COMMENT, Integration.ZENDESK, ()),
-    StepPlan(PAGE, Integration.PAGERDUTY, ()),
-    StepPlan(FALLBACK_ALERT, Integration.FALLBACK, ()),   # watches the page, never waits for it
+    StepPlan(COMMENT, Integration.ZENDESK, (), (Gate.EARLIER_COMMENTS, Gate.PARENT_TICKET)),
+    StepPlan(PAGE, Integration.PAGERDUTY, (), (Gate.TICKET_HEAD_START, Gate.NEW_PAGE_CAP)),
+    StepPlan(FALLBACK_ALERT, Integration.FALLBACK, (), (Gate.DEADLINE,)),   # watches the page, never waits for it
     # A follow-up's note goes on the ticket its comment found, so its link waits for the comment too.
     StepPlan(LINK_TICKET, Integration.ZENDESK, (TICKET, COMMENT, PAGE)),
     StepPlan(LINK_PAGE, Integration.PAGERDUTY, (TICKET, PAGE)),
 )
 STEP_ORDER = tuple(step.name for step in PLAN)
 PREREQUISITES: dict[str, tuple[StepName, ...]] = {step.name: step.needs for step in PLAN}
+GATES: dict[str, tuple[Gate, ...]] = {step.name: step.gates for step in PLAN}
 _INTEGRATION = {step.name: step.integration for step in PLAN}
 
 

@@ -53,6 +53,7 @@ from emergencyd.escalation.ports import Desk, EscalationStore, Pager, Relay
 from emergencyd.escalation.records import (
     COMMENT,
     FALLBACK_ALERT,
+    GATES,
     LINK_PAGE,
     LINK_TICKET,
     NEW,
@@ -65,6 +66,7 @@ from emergencyd.escalation.records import (
     TICKET_NOTE,
     EscalationRecord,
     FallbackOutcome,
+    Gate,
     Integration,
     PlannedRelation,
     StepName,
@@ -321,7 +323,7 @@ class Escalator:
         for step in record.steps:
             if step.state != STEP_PENDING or step.name in running:
                 continue
-            if step.name == FALLBACK_ALERT:
+            if Gate.DEADLINE in GATES[step.name]:
                 if await self._fallback_due(record, step, now):
                     ready.append(step.name)
                 continue
@@ -367,14 +369,23 @@ class Escalator:
         return None
 
     async def _waits_across(self, record: EscalationRecord, name: str) -> str | None:
-        """A comment needs the ticket it goes on and the comments before it; an incident ticket
-        needs its problem ticket."""
-        if name == COMMENT and not await self._earlier_comments_done(record):
+        """What the step's gates hold it for in other escalations (escalation/records.py PLAN)."""
+        gates = GATES[name]
+        if Gate.EARLIER_COMMENTS in gates and not await self._earlier_comments_done(record):
             return "an earlier comment"
-        if record.parent_pk is None or not (name == COMMENT or (name == TICKET and record.relation == INCIDENT)):
+        if Gate.PARENT_TICKET in gates:
+            return await self._parent_ticket(record, name)
+        return None
+
+    async def _parent_ticket(self, record: EscalationRecord, name: str) -> str | None:
+        """A comment needs the ticket it goes on (unless it names a ticket that is not ours); an incident's
+        ticket needs its problem ticket."""
+        if record.parent_pk is None:
             return None
         if name == COMMENT and record.target_ticket_id is not None:
-            return None
+            return None     # it names a ticket that is not ours: nothing of ours to wait for
+        if name != COMMENT and record.relation != INCIDENT:
+            return None     # only an incident's ticket joins a problem ticket
         parent = await self._store.record(record.parent_pk)
         parent_ticket = parent.step(TICKET)
         if parent.ticket_id is not None or parent_ticket is None or parent_ticket.done:
@@ -427,22 +438,27 @@ class Escalator:
 
     async def _start(self, record: EscalationRecord, parsed: ParsedMessage, name: str,
                      running: dict[str, asyncio.Task[None]]) -> None:
+        gates = GATES[name]
         ticket = running.get(TICKET)
-        if name == PAGE and ticket is not None:
+        if Gate.TICKET_HEAD_START in gates and ticket is not None:
             await self._ticket_head_start(record.message_pk, ticket)
             record = await self._store.record(record.message_pk)
-        if name == PAGE and not await self._page_allowed(record):
+        if Gate.NEW_PAGE_CAP in gates and not await self._page_allowed(record, name):
             return
-        if name == FALLBACK_ALERT:     # the page's latest error goes into the mail
+        if Gate.DEADLINE in gates:     # the overdue page's latest error goes into the mail
             record = await self._store.record(record.message_pk)
-        if name != COMMENT:
-            try:
-                await self._run_step(record, parsed, name)
-            finally:
-                if name == TICKET:
-                    self._ticket_queued.pop(record.message_pk, None)
+        if Gate.EARLIER_COMMENTS in gates:
+            await self._run_comment(record, parsed, name)
             return
-        if (await self._store.record(record.message_pk)).planned(COMMENT).done:
+        try:
+            await self._run_step(record, parsed, name)
+        finally:
+            if name == TICKET:         # the page's head start is over with the create
+                self._ticket_queued.pop(record.message_pk, None)
+
+    async def _run_comment(self, record: EscalationRecord, parsed: ParsedMessage, name: str) -> None:
+        """A comment tells the comments after it on the same ticket when it went (their EARLIER_COMMENTS gate)."""
+        if (await self._store.record(record.message_pk)).planned(name).done:
             self._comments_done.pop(record.message_pk, asyncio.Event()).set()
             return                     # folded into an earlier follow-up's comment while it waited
         self._comments_running.add(record.message_pk)
@@ -474,9 +490,9 @@ class Escalator:
             loop.call_soon_threadsafe(event.set)
         return queued
 
-    async def _page_allowed(self, record: EscalationRecord) -> bool:
+    async def _page_allowed(self, record: EscalationRecord, name: str) -> bool:
         """A cap on new incidents per minute guards the on-call engineer from a loop; pages wait, never drop."""
-        if record.relation == INCIDENT or record.planned(PAGE).attempts:
+        if record.relation == INCIDENT or record.planned(name).attempts:
             return True     # joins an open incident, or was already let through once
         if record.comments_only and not record.pages_on_its_own:
             return True     # a follow-up only looks whether its incident was resolved
@@ -488,7 +504,7 @@ class Escalator:
             return True
         self._observer.page_deferred()
         log.warning("page deferred: new-page cap reached", extra={"message_pk": record.message_pk})
-        await self._store.defer_step(record.message_pk, PAGE, self._new_pages[0] + 60)
+        await self._store.defer_step(record.message_pk, name, self._new_pages[0] + 60)
         return False
 
     async def _run_step(self, record: EscalationRecord, parsed: ParsedMessage, name: str) -> None:
