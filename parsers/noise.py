@@ -27,6 +27,12 @@ The order of the table is the policy:
    multipart/report, a daemon-like sender name, local part or reverse path).
    These come after the explicit report types so that an ARF report or an
    MDN sent from postmaster@ keeps its precise kind; it is noise either way.
+5b. notices that no header marks (parsers.noise_notices): a mail system's
+   failure notice, where a system sender or a failure subject agrees with the
+   notice's own machine wording, and a mailing list's notice, where a list's
+   sender or List-* field agrees with a list server's wording. Never when the
+   text opens as a person writes ("we", "our"), and never from an attached
+   original alone.
 6. read_receipt by subject ("Read:", "Gelesen:", ...) corroborated by
    receipt-style evidence (Content-Class urn:content-classes:mdn, a null
    reverse path, Auto-Submitted, text/rfc822-headers, an Outlook TNEF body,
@@ -108,6 +114,7 @@ from emergencyd.parsers.noise_loops import (
     sent_from_own_address,
     x_loop_names_own_address,
 )
+from emergencyd.parsers.noise_notices import failure_notice, list_notice
 from emergencyd.parsers.noise_reports import (
     disposition_notification,
     feedback_report,
@@ -117,7 +124,7 @@ from emergencyd.parsers.noise_reports import (
 
 __all__ = ["NOISE_KINDS", "RULES", "Noise", "detect_noise"]
 
-NOISE_KINDS = ("loop", "bounce", "feedback_report", "read_receipt", "auto_reply")
+NOISE_KINDS = ("loop", "bounce", "feedback_report", "read_receipt", "list_notice", "auto_reply")
 
 
 @dataclass(frozen=True)
@@ -174,6 +181,8 @@ RULES: tuple[tuple[str, Predicate], ...] = (
     ("read_receipt", disposition_notification),
     ("bounce", mailer_daemon_sender),
     ("bounce", bounce_subject),
+    ("bounce", failure_notice),
+    ("list_notice", list_notice),
     ("read_receipt", read_receipt_subject),
     ("auto_reply", auto_submitted_header),
     ("auto_reply", x_autoreply_header),

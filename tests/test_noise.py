@@ -73,6 +73,19 @@ NOISE_FIXTURES = [
     ("bounce_german_subject_null_path.eml", "bounce",
      ["subject 'Unzustellbar: Re: Störung Rechenzentrum'", "null reverse path (Return-Path: <>)"]),
     ("bounce_null_path_only.eml", "bounce", ["null reverse path (Return-Path: <>)"]),
+    # notices no header marks: a mail system's sender or a failure subject, with the notice's own wording
+    ("notice_returned_mail_ordinary_sender.eml", "bounce",
+     ["the subject names 'returned mail'", "opens with the wording 'failed recipients'"]),
+    ("notice_antivirus_gateway_encoded_subject.eml", "bounce",
+     ["sender symantec_antivirus_for_smtp_gateways@filter.partner.example", "'could not be delivered to'"]),
+    ("notice_ndr_mailbox_batv_return_path.eml", "bounce",
+     ["reverse path <prvs=0713a2b4c5=ndr@relay.hosting.example>", "'could not be delivered to'"]),
+    ("notice_gateway_re_wrapper_french.eml", "bounce",
+     ["the subject names 'non remis'", "opens with the wording 'n'a pas pu etre delivre'"]),
+    # a mailing list's notices
+    ("list_notice_unsubscribed.eml", "list_notice", ["a List-Id field", "'you have been unsubscribed'"]),
+    ("list_notice_moderation_german.eml", "list_notice",
+     ["sender betrieb-owner", "'wartet auf die freigabe durch den moderator'"]),
     # feedback reports and read receipts
     ("feedback_arf.eml", "feedback_report", ["report-type=feedback-report", "ARF"]),
     ("read_receipt_mdn.eml", "read_receipt", ["report-type=disposition-notification", "MDN"]),
@@ -107,6 +120,11 @@ HUMAN_FIXTURES = [
     "human_outlook_meeting.eml",
     # a bounce-like subject without any machine signal (body wording is no signal)
     "human_delivery_failure_subject.eml",
+    # the words of each notice above, in a tenant's own mail: a returned-mail subject with a pasted bounce,
+    # a relay monitor's SMTP code, a list's moderation wording
+    "human_our_mails_bounce_site_down.eml",
+    "human_relay_monitor_alert.eml",
+    "human_list_post_about_moderation.eml",
     # ... nor is an attached message/rfc822
     "human_undeliverable_subject_with_attachment.eml",
 ]

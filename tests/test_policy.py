@@ -146,6 +146,27 @@ def test_noise_is_recognised_first_and_never_pages():
     assert auto.suppressed and auto.category == "noise:auto_reply" and not auto.page
 
 
+NOTICES = ROOT / "tests" / "fixtures" / "noise"
+
+
+@pytest.mark.parametrize("name", ["notice_returned_mail_ordinary_sender.eml",
+                                  "notice_antivirus_gateway_encoded_subject.eml",
+                                  "notice_ndr_mailbox_batv_return_path.eml", "notice_gateway_re_wrapper_french.eml",
+                                  "list_notice_unsubscribed.eml", "list_notice_moderation_german.eml"])
+def test_notices_no_header_marks_never_page_at_night(name):
+    raw = (NOTICES / name).read_bytes()
+    verdict = classify(parse_message(raw), received_at=OVERNIGHT, mail_from=None, own_addresses=OURS, policy=POLICY)
+    assert verdict.suppressed and not verdict.page and verdict.category in ("noise:bounce", "noise:list_notice")
+
+
+@pytest.mark.parametrize("name", ["human_our_mails_bounce_site_down.eml", "human_relay_monitor_alert.eml",
+                                  "human_list_post_about_moderation.eml"])
+def test_a_tenants_mail_in_the_words_of_those_notices_pages(name):
+    raw = (NOTICES / name).read_bytes()
+    verdict = classify(parse_message(raw), received_at=OVERNIGHT, mail_from=None, own_addresses=OURS, policy=POLICY)
+    assert not verdict.suppressed and verdict.page and verdict.severity == "P1", verdict.reason
+
+
 # The routing table, cell by cell, as the manual's table gives it.
 ROUTING = [
     # severity, window, page urgency, Zendesk priority, respond within

@@ -1,0 +1,147 @@
+"""Noise rules, notices that no header marks: a mail system's failure notice, a mailing list's automatic notice.
+
+Real mail servers, anti-virus and content-filter gateways and list servers send plain text/plain or
+multipart/mixed notices with no report part, no null reverse path and no Auto-Submitted. No single weak
+sign decides, because a tenant uses the same words ("our mails bounce and the site is down", a subject
+"Delivery failure for all outbound mail" with a bounce pasted in). Two independent signs must agree:
+
+* failure_notice (bounce): a mail system's sender (its From, display name or reverse path: postmaster,
+  mailer-daemon, ndr, bounce, an SMTP or mail service, an anti-virus or content-filter gateway) with the
+  notice's own machine wording anywhere in its text (an SMTP reply code, "could not be delivered to the
+  following recipients", "user unknown", ...); or a failure subject (in the languages mail servers use, RFC
+  2047-decoded, anywhere in the subject) with that wording opening the text, where a human starts with their
+  own words.
+* list_notice: a mailing list's sender or List-* fields with a list server's wording ("awaits moderator
+  approval", "you have been unsubscribed", ...).
+
+The text read is the mail's own readable text (ParsedMessage.text), never an attached original: a tenant
+forwarding a bounce keeps their own words above it, and the attached bounce does not speak for them.
+"""
+
+from __future__ import annotations
+
+import re
+
+from emergencyd.parsers.noise_facts import Facts, fold, quote
+
+# How much of the text opens it: a notice says what it is in its first lines, a human says something else first.
+OPENING_CHARS = 400
+MAX_TEXT_CHARS = 20_000   # the notice's wording is near its top; a long text is read no further
+
+# Mail systems' names: local parts and display names, folded. A name alone decides nothing.
+# Not "smtp" or "monitor": a tenant's relay monitoring that reports its outage must page.
+_SYSTEM_LOCAL_PART = re.compile(
+    r"mailer-?daemon|postmaster|^ndr\b|non-?deliver|bounces?\b|^mail-?delivery|^mailadmin|anti-?virus|anti-?spam"
+    r"|content-?filter|mailscanner|mail-?gateway|^imss\b|interscan|^mdaemon\b|^mail-?system|^sysadmin$|^system$")
+_SYSTEM_NAME = re.compile(
+    r"mail delivery|mailer|postmaster|mail administrator|mail system|delivery (?:sub)?system|system administrator"
+    r"|anti-?virus|virus scan|content filter|mail gateway|non-?delivery|mail security")
+# How a person opens a report of their own trouble; a notice opens with what happened to "your message".
+_HUMAN_OPENING = re.compile(r"\b(?:we|we're|we've|our|ours|us)\b")
+
+# A failure notice's own wording (folded text: lower case, no diacritics, one space).
+_FAILURE_WORDING = re.compile(
+    r"\b[45]\d\d[ -][245]\.\d{1,3}\.\d{1,3}\b"                       # 550 5.1.1
+    r"|smtp error code \d{3}|\bsmtp error\b"
+    r"|(?:could not|couldn't|cannot|can't|was not|wasn't|has not been|could not be) (?:be )?deliver(?:ed)? to"
+    r"|(?:unable|failed) to deliver (?:the |your )?(?:message|mail)"
+    r"|deliver(?:y|ing) to the following recipients? (?:failed|has failed|was unsuccessful)"
+    r"|following (?:recipients?|address(?:es|\(es\))?) (?:failed|could not|was rejected|were rejected)"
+    r"|failed recipients|permanent(?:ly)? (?:error|fatal errors?|failure)|message could not be delivered"
+    r"|user unknown|unknown user|no such user|mailbox (?:unavailable|full|is full|not found|does not exist)"
+    r"|quota exceeded|over quota|recipient address rejected|returned mail|returning (?:the )?message to sender"
+    r"|delivery attempts will continue|(?:will|shall) continue to (?:try|attempt)|has not yet been delivered"
+    r"|do not resend your original message|this is an automatically generated (?:delivery|message)"
+    # German, French, Spanish, Italian, Portuguese, Dutch, Polish
+    r"|konnte nicht zugestellt werden|nicht zugestellt werden konnte|unzustellbar"
+    r"|n'a pas pu (?:etre )?(?:delivre|remis|distribue)|n'a pas ete (?:delivre|remis|distribue)"
+    r"|no (?:pudo|ha podido) ser entregado|no se (?:pudo|ha podido) entregar"
+    r"|non (?:e stato|e stata|puo essere) recapitat|impossibile recapitare"
+    r"|nao (?:pode|foi possivel) ser entregue|nao foi entregue"
+    r"|kon niet worden (?:afgeleverd|bezorgd)|niet (?:afgeleverd|bezorgd) worden"
+    r"|nie (?:moze|mogla|mogl|zostala|zostal) (?:byc )?dostarczon")
+
+# Failure and warning subjects anywhere in the subject (a gateway may wrap them: "RE: ... : non remis").
+_FAILURE_SUBJECT = re.compile(
+    r"undeliver(?:able|ed)|non[- ]?deliver|not delivered|could not be delivered|delivery (?:status notification"
+    r"|failure|failed|has failed|notification|problem|report|error|warning|delayed)|(?:mail|message) delivery"
+    r" (?:failed|failure|error|problem|report|status)|failure notice|failed delivery|returned mail|error during"
+    r" delivery|returned to sender|mail returned|delayed mail|message delayed|mail system error"
+    r"|unzustellbar|nicht zustellbar|zustellung fehlgeschlagen|non remis|non distribuable|echec de (?:la )?"
+    r"(?:remise|distribution)|no se puede entregar|no entregado|error de entrega|non recapitabile|mancato"
+    r" recapito|impossibile recapitare|onbestelbaar|niet bezorgd|niedostarczalne|niedostarczona|nie dostarczono"
+    r"|nao (?:e possivel entregar|entregue)|impossivel entregar|配信不能|配送不能|不達|配信エラー|送信エラー")
+
+# A list server's wording, and a list's sender.
+_LIST_WORDING = re.compile(
+    r"awaits? moderator approval|awaiting moderator approval|held for moderation|is being held until the list"
+    r"|you have been unsubscribed|you are now unsubscribed|your subscription to the .{1,80} (?:mailing )?list"
+    r"|confirm your subscription|subscription request for|attend l'approbation du moderateur"
+    r"|wartet auf die freigabe durch (?:den|einen) moderator|en espera de aprobacion del moderador"
+    r"|in attesa di approvazione del moderatore")
+_LIST_LOCAL_PART = re.compile(r"-(?:bounces?|owner|request|admin)(?:\+|$)|^owner-|^(?:majordomo|listserv|mailman|"
+                              r"sympa|ecartis|lyris)$")
+_LIST_FIELDS = ("List-Id", "List-Unsubscribe", "List-Post", "List-Help", "X-Mailman-Version")
+
+
+def system_sender(facts: Facts) -> str | None:
+    """A mail system's From (address, local part or display name, read even when the address is malformed), else
+    its reverse path."""
+    raw_from = facts.header("From") or ""
+    name = fold(facts.parsed.sender_name or "")
+    if facts.sender_local_part and _SYSTEM_LOCAL_PART.search(facts.sender_local_part):
+        return f"sender {facts.sender}"
+    if name and _SYSTEM_NAME.search(name):
+        return f"sender name '{quote(facts.parsed.sender_name or '')}'"
+    if not facts.sender and _SYSTEM_NAME.search(fold(raw_from)):   # a From the address parser cannot split
+        return f"sender '{quote(raw_from)}'"
+    reverse = facts.reverse_path or ""
+    if reverse and _SYSTEM_LOCAL_PART.search(_unbatv(reverse.rpartition("@")[0] or reverse)):
+        return f"reverse path <{reverse}>"
+    return None
+
+
+def _unbatv(local_part: str) -> str:
+    """A BATV-tagged reverse path (prvs=TAG=user, btv1==TAG==user) names its user last."""
+    for marker in ("prvs=", "btv1=="):
+        if local_part.startswith(marker):
+            return re.split(r"=+", local_part)[-1]
+    return local_part
+
+
+def _text(facts: Facts) -> str:
+    return fold(facts.parsed.text[:MAX_TEXT_CHARS])
+
+
+def failure_wording(text: str) -> str | None:
+    match = _FAILURE_WORDING.search(text)
+    return f"the wording '{quote(match.group(0))}'" if match else None
+
+
+def failure_notice(facts: Facts) -> str | None:
+    text = _text(facts)
+    wording = failure_wording(text)
+    if wording is None or _HUMAN_OPENING.search(text[:OPENING_CHARS]):
+        return None
+    sender = system_sender(facts)
+    if sender is not None:
+        return f"a mail system's failure notice: {sender} and {wording}"
+    subject = _FAILURE_SUBJECT.search(facts.subject)
+    if subject is not None and failure_wording(text[:OPENING_CHARS]):
+        return (f"a failure notice: the subject names '{quote(subject.group(0))}' and its text opens with "
+                f"{failure_wording(text[:OPENING_CHARS])}")
+    return None
+
+
+def list_notice(facts: Facts) -> str | None:
+    text = _text(facts)
+    match = _LIST_WORDING.search(text) or _LIST_WORDING.search(facts.subject)
+    if match is None or _HUMAN_OPENING.search(text[:OPENING_CHARS]):
+        return None
+    field = next((name for name in _LIST_FIELDS if facts.header(name) is not None), None)
+    if field is not None:
+        return f"a mailing list's notice: a {field} field and the wording '{quote(match.group(0))}'"
+    for who in (facts.sender_local_part, _unbatv((facts.reverse_path or "").rpartition("@")[0])):
+        if who and _LIST_LOCAL_PART.search(who):
+            return f"a mailing list's notice: sender {who} and the wording '{quote(match.group(0))}'"
+    return None
