@@ -26,6 +26,7 @@ INSTALL_HINT = ('apt-get install -y postfix   (as root; non-interactively, first
 STOP_TIMEOUT = 10.0
 COMMAND_TIMEOUT = 60.0
 DRAIN_POLL = 0.1
+MAILDIR_NEW = "new"          # the maildir folder of delivered, unread mail
 # Postfix's commands live in /usr/sbin, which a user's PATH often lacks.
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 
@@ -148,7 +149,7 @@ class Postfix:
                    for _ in (self.queue / name).rglob("*") if _.is_file())
 
     def delivered(self) -> int:
-        return sum(1 for _ in (self.maildir / "new").glob("*")) if (self.maildir / "new").exists() else 0
+        return sum(1 for _ in (self.maildir / MAILDIR_NEW).glob("*")) if (self.maildir / MAILDIR_NEW).exists() else 0
 
     def wait_drained(self, timeout: float) -> float | None:
         """Seconds until the queue is empty (every message delivered or bounced), None at the timeout."""

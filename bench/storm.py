@@ -50,6 +50,7 @@ from bench.smtp_ingest import (  # noqa: E402
     stop_daemon,
 )
 from emergencyd.escalation.pacing import Pacer  # noqa: E402
+from emergencyd.escalation.records import STEP_FAILED, STEP_PENDING  # noqa: E402
 from tests.harness import (  # noqa: E402
     API_TOKEN,
     ZENDESK_EMAIL,
@@ -63,6 +64,8 @@ from tests.harness import (  # noqa: E402
 PROGRESS_EVERY = 30.0     # seconds between progress lines while draining
 PEEK_EVERY = 0.5          # seconds between read-only looks at the store while draining
 SAMPLE_EVERY = 0.5        # seconds between RSS samples
+ZENDESK_INCIDENT = "incident"  # the Zendesk ticket type of a report joined to a problem
+STORM_DIRECTORY = "storm"     # the run's folder under the work directory
 
 
 # --- the storm ------------------------------------------------------------------
@@ -266,7 +269,7 @@ def zendesk_figures(zendesk, rpm: int, began: float) -> dict:
     burst = int(Pacer(rpm)._capacity)   # the daemon's bucket size for this rate (private, read only)
     tickets = zendesk.tickets()
     problems = [t for t in tickets if t["type"] == "problem"]
-    incidents = [t for t in tickets if t["type"] == "incident"]
+    incidents = [t for t in tickets if t["type"] == ZENDESK_INCIDENT]
     problem_ids = {p["id"] for p in problems}
     public = private = 0
     for ticket in tickets:
@@ -350,9 +353,9 @@ def relations_of(config: Path, total: int, canary_id: str | None = None) -> dict
         return {"error": result.stderr.strip()[-500:]}
     doc = json.loads(result.stdout)
     messages = doc["messages"]
-    failed_steps = Counter(name for m in messages for name, s in m["steps"].items() if s["state"] == "failed")
+    failed_steps = Counter(name for m in messages for name, s in m["steps"].items() if s["state"] == STEP_FAILED)
     pending_steps = Counter(f"{m['relation']}:{name}" for m in messages for name, s in m["steps"].items()
-                            if s["state"] == "pending")
+                            if s["state"] == STEP_PENDING)
     categories = Counter(f"{m['verdict'].get('category')} {m['severity']}" for m in messages if m["verdict"])
     return {
         "counts": doc["counts"],
@@ -431,7 +434,7 @@ def start_live_with_fakes(directory: Path, stack: Cleanup, zendesk_rpm: int, ext
 
 
 def bench_storm(args, workdir: Path, stack: Cleanup, run: str) -> dict:
-    directory = workdir / "storm"
+    directory = workdir / STORM_DIRECTORY
     daemon, zendesk, pagerduty, sampler = start_live_with_fakes(
         directory, stack, args.zendesk_rpm,
         # write_config puts `extra` before [smtp]: a table of its own is fine there.

@@ -41,6 +41,7 @@ HOST = "127.0.0.1"
 USERNAME = "alerts@example.com"
 PASSWORD = "imap-test-pw-4b7a1c"
 MAILBOXES = ("INBOX", "Processed")
+MAILDIR_NEW = "new"      # the maildir folder of delivered, unseen mail
 
 _BIND_FAILED = re.compile(r"bind\(.*\) failed|Address already in use")
 
@@ -499,7 +500,7 @@ service stats {{
         a UID when it next looks at the mailbox. The mailbox must exist already.
         """
         folder = self._maildir_folder(mailbox)
-        if not (folder / "new").is_dir():
+        if not (folder / MAILDIR_NEW).is_dir():
             raise DovecotError(f"mailbox {mailbox} has no maildir at {folder}")
         name = f"{time.time_ns() // 1000}.M{next(self._delivered)}P{os.getpid()}.emergencyd-test,S={len(raw)}"
         staged = folder / "tmp" / name
@@ -507,7 +508,7 @@ service stats {{
         staged.chmod(0o600)
         if self.is_root:
             os.chown(staged, pwd.getpwnam(self._user).pw_uid, grp.getgrnam(self._group).gr_gid)
-        final = folder / "new" / name
+        final = folder / MAILDIR_NEW / name
         staged.rename(final)
         return final
 
@@ -519,7 +520,7 @@ service stats {{
         The mailbox must exist already (select it once, e.g. with uids()).
         """
         folder = self._maildir_folder(mailbox)
-        dirs = [folder] + [folder / sub for sub in ("cur", "new", "tmp")]
+        dirs = [folder] + [folder / sub for sub in ("cur", MAILDIR_NEW, "tmp")]
         if not all(d.is_dir() for d in dirs):
             raise DovecotError(f"mailbox {mailbox} has no maildir at {folder}")
         saved = self._saved_modes

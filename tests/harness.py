@@ -23,6 +23,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from emergencyd.daemon.ops.logs import parse_line
+from emergencyd.escalation.records import DONE
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPIENT = "emergency@example.org"
@@ -338,7 +339,7 @@ def assert_quiet(zendesk, pagerduty, seconds: float = QUIET_SECONDS) -> None:
 
 def assert_one_of_everything(daemon, zendesk, pagerduty):
     [message] = daemon.wait_settled(1, timeout=30)["messages"]
-    assert message["state"] == "done", message
+    assert message["state"] == DONE, message
     assert_quiet(zendesk, pagerduty)
     [ticket] = zendesk.tickets()
     [incident] = pagerduty.incidents()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from emergencyd.escalation.records import DONE, SUPPRESSED
 from tests.soak_mail import COMMENTS, NOISE, TICKETED, Mail
 
 
@@ -35,7 +36,7 @@ def check(mails: list[Mail], acked: set[str], doc: dict, zendesk, pagerduty) -> 
         "tickets": len(tickets),
         "incidents": len(incidents),
         "comments": sum(1 for cs in comments.values() for c in cs if c["public"]) - len(tickets),
-        "suppressed": doc["counts"].get("suppressed", 0),
+        "suppressed": doc["counts"].get(SUPPRESSED, 0),
         "deliveries_stored": sum(m["deliveries"] for m in stored.values()),
         "duplicates": duplicates,
         "lost": len(acked - stored.keys()),
@@ -64,12 +65,12 @@ def _states(mails: list[Mail], stored: dict[str, dict]) -> list[str]:
         message = stored.get(mail.key)
         if message is None:
             continue
-        want = "suppressed" if mail.kind in NOISE else "done"
+        want = SUPPRESSED if mail.kind in NOISE else DONE
         if message["state"] != want:
             problems.append(f"{mail.kind} {mail.key}: state {message['state']}, expected {want}; "
                             f"relation {message['relation']}; last error {message['last_error']}; "
                             f"steps { {n: s['state'] for n, s in message['steps'].items()} }")
-        elif want == "suppressed" and not message["suppressed_reason"]:
+        elif want == SUPPRESSED and not message["suppressed_reason"]:
             problems.append(f"{mail.key}: suppressed without a reason")
     return problems
 

@@ -6,6 +6,7 @@ finish with exactly one ticket, one incident, one link each way.
 """
 import pytest
 
+from emergencyd.escalation.records import LINK_PAGE, LINK_TICKET, STEP_DONE, TICKET, TICKET_NOTE
 from tests.harness import TICKET_UPDATE, assert_one_of_everything, make_message
 
 
@@ -17,8 +18,8 @@ def crash_while_held(daemon, hold):
 
 
 @pytest.mark.parametrize("service, path, method, step", [
-    ("zendesk", r"/api/v2/tickets\.json", "POST", "ticket"),           # Zendesk created the ticket
-    ("pagerduty", r"/incidents/\w+/notes", "POST", "link_page"),       # PagerDuty added the note
+    ("zendesk", r"/api/v2/tickets\.json", "POST", TICKET),           # Zendesk created the ticket
+    ("pagerduty", r"/incidents/\w+/notes", "POST", LINK_PAGE),       # PagerDuty added the note
 ])
 def test_killed_after_the_effect_and_before_its_commit(live_daemon, zendesk, pagerduty, service, path, method,
                                                        step):
@@ -45,13 +46,13 @@ def test_killed_between_page_and_link(live_daemon, zendesk, pagerduty):
     daemon.send(make_message())
     page_hold.wait_received(20)
     # The ticket and its envelope note are done; hold the next ticket update, the link.
-    daemon.wait_for(lambda: daemon.status()["messages"][0]["steps"]["ticket_note"]["state"] == "done",
+    daemon.wait_for(lambda: daemon.status()["messages"][0]["steps"][TICKET_NOTE]["state"] == STEP_DONE,
                     what="the envelope note")
     link_hold = zendesk.hold(path=TICKET_UPDATE, method="PUT")
     page_hold.release()
     crash_while_held(daemon, link_hold)
     message = assert_one_of_everything(daemon, zendesk, pagerduty)
-    assert message["steps"]["link_ticket"]["result"].get("found_existing") is True
+    assert message["steps"][LINK_TICKET]["result"].get("found_existing") is True
 
 
 @pytest.mark.parametrize("held", ["zendesk", "pagerduty"])

@@ -26,7 +26,16 @@ from typing import Callable
 
 import pytest
 
-from emergencyd.escalation.records import STEP_ORDER
+from emergencyd.escalation.records import (
+    COMMENT,
+    FALLBACK_ALERT,
+    LINK_PAGE,
+    LINK_TICKET,
+    PAGE,
+    STEP_ORDER,
+    TICKET_NOTE,
+    RelationKind,
+)
 from tests.harness import TICKET_UPDATE, assert_one_of_everything, make_message
 from tests.raw_smtp import done_steps
 
@@ -109,7 +118,7 @@ def ticket_commit(daemon, zendesk, pagerduty):
 def ticket_note_commit(daemon, zendesk, pagerduty):
     page = pagerduty.hold(path="/v2/enqueue")            # the link note waits for the page
     daemon.send(FIRST)
-    wait_done(daemon, "ticket_note")
+    wait_done(daemon, TICKET_NOTE)
     refused = refuse(zendesk, TICKET_UPDATE, "PUT")      # the link note, next
     page.release()
     refused(daemon)
@@ -120,7 +129,7 @@ def comment_commit(daemon, zendesk, pagerduty):
     refused = refuse(pagerduty, INCIDENT_LOOKUP, "GET")  # the reply's page looks its incident up, next
     daemon.send(REPLY)
     refused(daemon)
-    wait_done(daemon, "comment", message_id="reply@tenant.example")
+    wait_done(daemon, COMMENT, message_id="reply@tenant.example")
     kill_and_restart(daemon, zendesk, pagerduty)
 
 
@@ -134,7 +143,7 @@ def page_commit(daemon, zendesk, pagerduty):
 def link_ticket_commit(daemon, zendesk, pagerduty):
     refused = refuse(pagerduty, INCIDENT_NOTE, "POST")   # the incident's note, next
     daemon.send(FIRST)
-    wait_done(daemon, "link_ticket")
+    wait_done(daemon, LINK_TICKET)
     refused(daemon)
     kill_and_restart(daemon, zendesk, pagerduty)
 
@@ -150,7 +159,7 @@ def fallback_alert_commit(daemon, zendesk, pagerduty, relay):
     pagerduty.set_down()      # every call 503: the page is overdue after `after_seconds`
     daemon.send(FIRST)
     relay.wait_for(1, timeout=20)
-    wait_done(daemon, "fallback_alert")
+    wait_done(daemon, FALLBACK_ALERT)
     kill_and_restart(daemon, zendesk, pagerduty)     # PagerDuty is back: the page goes, once
 
 
@@ -203,7 +212,7 @@ def test_killed_at_a_step_boundary(request, live_daemon, zendesk, pagerduty, bou
         assert_commented_once(daemon, zendesk, pagerduty)
         return
     assert_one_of_everything(daemon, zendesk, pagerduty)
-    if boundary.step == "link_page":
+    if boundary.step == LINK_PAGE:
         assert changes(zendesk, pagerduty) == before + COMPLETE_ESCALATION_CHANGES
     if relay:
         assert len(relay.accepted()) == 1
@@ -211,14 +220,14 @@ def test_killed_at_a_step_boundary(request, live_daemon, zendesk, pagerduty, bou
 
 def assert_commented_once(daemon, zendesk, pagerduty):
     """The first mail's ticket, incident and links once each; the reply's comment once, on that ticket."""
-    wait_done(daemon, "comment", "page", "link_ticket", message_id="reply@tenant.example")
+    wait_done(daemon, COMMENT, PAGE, LINK_TICKET, message_id="reply@tenant.example")
     doc = daemon.wait_settled(2, timeout=30)
     assert doc["counts"] == {"done": 2}, doc["counts"]
     first, reply = sorted(doc["messages"], key=lambda m: m["id"])
     [ticket] = zendesk.tickets()
     [incident] = pagerduty.incidents()
     assert first["ticket_id"] == ticket["id"] and incident["dedup_key"] == first["dedup_key"]
-    assert reply["relation"] == "thread" and reply["ticket_id"] == ticket["id"]
+    assert reply["relation"] == RelationKind.THREAD and reply["ticket_id"] == ticket["id"]
     comments = [c for c in zendesk.comments(ticket["id"]) if f"[ref {reply['dedup_key']}]" in c["body"]]
     assert len(comments) == 1 and comments[0]["public"]
     notes = [c["body"] for c in zendesk.comments(ticket["id"]) if not c["public"]]

@@ -4,9 +4,11 @@ import smtplib
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
+from emergencyd.escalation.records import PAGE, PENDING, STEP_DONE, STEP_PENDING, RelationKind
 from tests.harness import RECIPIENT, make_message
 
 FAST_ZENDESK = 'requests_per_minute = 60000\n'
+ZENDESK_INCIDENT = "incident"     # the Zendesk ticket type of another tenant's report, under the problem
 
 
 def tenant_mail(tenant: int, n: int, *, subject: str = "All our apps are down",
@@ -63,7 +65,7 @@ def test_a_reply_a_forward_and_a_ticket_reference_become_comments(live_daemon, z
     doc = daemon.wait_settled(4)
     relations = {m["message_id"]: m for m in doc["messages"]}
     for mid in ("reply@tenant.example", "fwd@colleague.example", "ref@tenant.example"):
-        assert relations[mid]["relation"] == "thread", relations[mid]
+        assert relations[mid]["relation"] == RelationKind.THREAD, relations[mid]
         assert relations[mid]["ticket_id"] == ticket_id
         assert relations[mid]["steps"]["page"]["result"]["skipped"]      # looked: the incident is open
     assert len(zendesk.tickets()) == 1 and len(triggers(pagerduty)) == 1
@@ -81,7 +83,7 @@ def test_a_reference_to_a_ticket_that_is_not_ours_comments_on_it(live_daemon, ze
     daemon = live_daemon(policy=True)
     daemon.send(make_message(subject=f"Re: Quota question [#{existing['id']}]", body="Thanks, that helps."))
     [message] = daemon.wait_settled(1)["messages"]
-    assert message["relation"] == "thread" and message["ticket_id"] == existing["id"]
+    assert message["relation"] == RelationKind.THREAD and message["ticket_id"] == existing["id"]
     assert len(zendesk.tickets()) == 1 and triggers(pagerduty) == []
     assert public_comments(zendesk, existing["id"])[-1]["body"].startswith("Thanks, that helps.")
 
@@ -96,8 +98,8 @@ def test_a_reply_that_raises_the_severity_pages_again(live_daemon, zendesk, page
                              body="Now all our apps are down.", extra_headers="In-Reply-To: <p3@tenant.example>\r\n"))
     doc = daemon.wait_settled(2)
     reply = next(m for m in doc["messages"] if m["message_id"] == "p1@tenant.example")
-    assert reply["relation"] == "thread" and "raises the severity" in reply["relation_reason"]
-    assert reply["steps"]["page"]["state"] == "done"
+    assert reply["relation"] == RelationKind.THREAD and "raises the severity" in reply["relation_reason"]
+    assert reply["steps"][PAGE]["state"] == STEP_DONE
     assert len(pagerduty.incidents()) == pages_before + 1
     assert len(zendesk.tickets()) == 1
 
@@ -117,7 +119,7 @@ def test_a_storm_gives_one_page_one_problem_and_an_incident_ticket_per_tenant(
     [incident] = pagerduty.incidents()
     tickets = zendesk.tickets()
     problems = [t for t in tickets if t["type"] == "problem"]
-    incidents = [t for t in tickets if t["type"] == "incident"]
+    incidents = [t for t in tickets if t["type"] == ZENDESK_INCIDENT]
     assert len(problems) == 1 and len(incidents) == 19 and len(tickets) == 20
     assert {t["problem_id"] for t in incidents} == {problems[0]["id"]}
     assert len({t["requester_id"] for t in tickets}) == 20          # one ticket per tenant
@@ -126,7 +128,7 @@ def test_a_storm_gives_one_page_one_problem_and_an_incident_ticket_per_tenant(
     assert relations == {"first": 1, "incident": 19, "repeat": 180}
     # Every repeat is on its tenant's ticket once, in at most one comment per repeat.
     assert follow_up_references(zendesk, tickets) == Counter(
-        m["dedup_key"] for m in messages if m["relation"] == "repeat")
+        m["dedup_key"] for m in messages if m["relation"] == RelationKind.REPEAT)
     assert sum(len(public_comments(zendesk, t["id"])) - 1 for t in tickets) <= 180
     [group] = daemon.status()["groups"]
     assert group["problem_ticket_id"] == problems[0]["id"] and len(group["incident_ticket_ids"]) == 19
@@ -143,7 +145,7 @@ def test_two_incidents_at_once_give_two_pages(live_daemon, zendesk, pagerduty):
     daemon.send(tenant_mail(3, 1))
     daemon.wait_settled(3)
     assert len(pagerduty.incidents()) == 2
-    assert sorted(t["type"] for t in zendesk.tickets()) == ["incident", "problem", "problem"]
+    assert sorted(t["type"] for t in zendesk.tickets()) == [ZENDESK_INCIDENT, "problem", "problem"]
 
 
 def test_past_the_new_page_cap_pages_wait_their_minute_and_are_never_dropped(live_daemon, zendesk, pagerduty):
@@ -157,11 +159,11 @@ def test_past_the_new_page_cap_pages_wait_their_minute_and_are_never_dropped(liv
     daemon.wait_for(lambda: len(zendesk.tickets()) == 4 and len(triggers(pagerduty)) == 2, 20,
                     what="4 tickets, 2 pages")
     messages = daemon.status()["messages"]
-    waiting = [m for m in messages if m["steps"]["page"]["state"] == "pending"]
-    assert len(waiting) == 2 and all(m["state"] == "pending" for m in waiting)   # waiting, not failed nor dropped
+    waiting = [m for m in messages if m["steps"][PAGE]["state"] == STEP_PENDING]
+    assert len(waiting) == 2 and all(m["state"] == PENDING for m in waiting)   # waiting, not failed nor dropped
     first_page = min(m["paged_at"] for m in messages if m["paged_at"])
     for m in waiting:                                     # each is due again once the minute of the cap is over
-        due = datetime.fromisoformat(m["steps"]["page"]["next_attempt_at"])
+        due = datetime.fromisoformat(m["steps"][PAGE]["next_attempt_at"])
         assert timedelta(seconds=55) < due - datetime.fromisoformat(first_page) < timedelta(seconds=62), m
     assert daemon.metric("emergencyd_pages_deferred_total") == 2
     assert len(triggers(pagerduty)) == 2
@@ -173,7 +175,7 @@ def test_the_same_subject_after_the_window_is_a_new_incident(tmp_path, live_daem
     inject_all(daemon, tmp_path, [tenant_mail(1, 1), tenant_mail(2, 1), tenant_mail(3, 1)],
                [start, start + timedelta(minutes=20), start + timedelta(minutes=51)])
     doc = daemon.wait_settled(3)
-    assert [m["relation"] for m in sorted(doc["messages"], key=lambda m: m["id"])] == ["first", "incident", "first"]
+    assert [m["relation"] for m in sorted(doc["messages"], key=lambda m: m["id"])] == [RelationKind.FIRST, RelationKind.INCIDENT, RelationKind.FIRST]
     assert len(pagerduty.incidents()) == 2
 
 
@@ -193,7 +195,7 @@ def test_a_mail_loop_pages_once_and_paces_zendesk(tmp_path, live_daemon, zendesk
     [ticket] = zendesk.tickets()
     # 499 follow-ups, each referenced once; those that queued behind a comment went in it.
     assert follow_up_references(zendesk, [ticket]) == Counter(
-        m["dedup_key"] for m in doc["messages"] if m["relation"] != "first")
+        m["dedup_key"] for m in doc["messages"] if m["relation"] != RelationKind.FIRST)
     comments = public_comments(zendesk, ticket["id"])
     assert len(comments) < 500
     assert any("more mail(s) from the same sender followed" in c["body"] for c in comments)
@@ -229,12 +231,12 @@ def test_a_monitoring_loop_under_the_sender_limit_is_one_incident(tmp_path, live
     for message in sorted(doc["messages"], key=lambda m: m["id"]):
         by_sender.setdefault(message["message_id"].split("@")[1], []).append(message)
     first, *repeats = by_sender["tenant1.example"]
-    assert first["relation"] == "first" and first["steps"]["page"]["state"] == "done"
-    assert [m["relation"] for m in repeats] == ["repeat"] * 9
+    assert first["relation"] == RelationKind.FIRST and first["steps"][PAGE]["state"] == STEP_DONE
+    assert [m["relation"] for m in repeats] == [RelationKind.REPEAT] * 9
     assert {m["ticket_id"] for m in repeats} == {first["ticket_id"]}
-    assert [m["relation"] for m in by_sender["tenant2.example"]] == ["first", "repeat", "repeat"]
+    assert [m["relation"] for m in by_sender["tenant2.example"]] == [RelationKind.FIRST, RelationKind.REPEAT, RelationKind.REPEAT]
     [third] = by_sender["tenant3.example"]
-    assert third["relation"] == "incident"
+    assert third["relation"] == RelationKind.INCIDENT
 
     # One page per loop: PagerDuty saw two trigger keys, tenant 3 re-sending tenant 1's.
     keys = Counter(e["dedup_key"] for e in triggers(pagerduty))
@@ -247,7 +249,7 @@ def test_a_monitoring_loop_under_the_sender_limit_is_one_incident(tmp_path, live
     assert len(tickets) == 3
     comments = "\n".join(c["body"] for c in public_comments(zendesk, first["ticket_id"]))
     assert all(f"[ref {m['dedup_key']}]" in comments for m in repeats)
-    assert tickets[third["ticket_id"]]["type"] == "incident"
+    assert tickets[third["ticket_id"]]["type"] == ZENDESK_INCIDENT
     assert tickets[third["ticket_id"]]["problem_id"] == first["ticket_id"]
 
 
@@ -265,7 +267,7 @@ def test_kill_9_in_the_middle_of_a_storm_changes_nothing(tmp_path, live_daemon, 
     assert len(tickets) == 10 and sorted(Counter(t["type"] for t in tickets).values()) == [1, 9]
     assert len({t["external_id"] for t in tickets}) == 10
     assert follow_up_references(zendesk, tickets) == Counter(
-        m["dedup_key"] for m in doc["messages"] if m["relation"] == "repeat")
+        m["dedup_key"] for m in doc["messages"] if m["relation"] == RelationKind.REPEAT)
     assert sum(follow_up_references(zendesk, tickets).values()) == 30
 
 
@@ -280,7 +282,7 @@ def test_a_follow_up_to_a_resolved_incident_opens_a_new_one(live_daemon, zendesk
     daemon.send(tenant_mail(1, 3, body="It is down again!"))
     doc = daemon.wait_settled(3)
     follow_up = max(doc["messages"], key=lambda m: m["id"])
-    assert follow_up["relation"] == "repeat"
+    assert follow_up["relation"] == RelationKind.REPEAT
     assert follow_up["steps"]["page"]["result"]["reopened"] is True
     incidents = pagerduty.incidents()
     assert [i["status"] for i in incidents] == ["resolved", "triggered"]
@@ -301,7 +303,7 @@ def test_zendesk_encoded_ids_are_learnt_from_replies(live_daemon, zendesk, pager
                              body="Please escalate this. [7ZVQ3M-J7K4]"))
     doc = daemon.wait_settled(3)
     last = next(m for m in doc["messages"] if m["message_id"] == "r2@t.example")
-    assert last["relation"] == "thread" and last["ticket_id"] == first["ticket_id"]
+    assert last["relation"] == RelationKind.THREAD and last["ticket_id"] == first["ticket_id"]
     assert len(zendesk.tickets()) == 1 and len(pagerduty.incidents()) == 1
 
 

@@ -11,10 +11,12 @@ from emergencyd.escalation.directory import (
     directory_from,
     with_directory,
 )
+from emergencyd.escalation.records import PAGE, STEP_DONE
 from emergencyd.escalation.trust import TrustPolicy, sender_standing, tenant_of
 from tests.harness import NEWSLETTER, make_message
 
 FROM_ZENDESK = '[trust]\ndirectory_from_zendesk = true\ndirectory_refresh_seconds = 1\n'
+REFRESH_FAILED = "failed"      # the outcome label of a directory refresh that failed
 
 
 def wait_for(predicate, timeout: float = 20.0, what: str = "") -> None:
@@ -59,9 +61,9 @@ def test_the_directory_is_read_from_zendesk_refreshed_and_kept_across_a_restart_
     for sender, message_id in mails.items():
         daemon.send(make_message(sender=sender, message_id=message_id, **NEWSLETTER))
     messages = {m["sender"]: m for m in daemon.wait_settled(3)["messages"]}
-    assert messages["dev@ops.acme.example"]["steps"]["page"]["state"] == "done"
-    assert messages["boss@personal.example"]["steps"]["page"]["state"] == "done"
-    assert "page" not in messages["drifter@elsewhere.example"]["steps"]
+    assert messages["dev@ops.acme.example"]["steps"][PAGE]["state"] == STEP_DONE
+    assert messages["boss@personal.example"]["steps"][PAGE]["state"] == STEP_DONE
+    assert PAGE not in messages["drifter@elsewhere.example"]["steps"]
     assert messages["dev@ops.acme.example"]["verdict"]["tenant"] == \
         "a tenant (the tenant domain acme.example, organization Acme Hosting in Zendesk)"
 
@@ -78,9 +80,9 @@ def test_the_directory_is_read_from_zendesk_refreshed_and_kept_across_a_restart_
                     None)
     wait_for(decided, what="the mail decided with Zendesk down")
     beta = decided()
-    wait_for(lambda: decided()["steps"].get("page", {}).get("state") == "done",
+    wait_for(lambda: decided()["steps"].get(PAGE, {}).get("state") == STEP_DONE,
              what="paged while Zendesk is down: paging never waits on it")
     assert beta["verdict"]["tenant"] == "a tenant (the tenant domain beta.example, organization Beta Cloud in Zendesk)"
-    wait_for(lambda: daemon.metric("emergencyd_directory_refreshes_total", outcome="failed") >= 1,
+    wait_for(lambda: daemon.metric("emergencyd_directory_refreshes_total", outcome=REFRESH_FAILED) >= 1,
              what="a failed refresh counted")
     assert "Zendesk: 2 organization(s)" in daemon.cli("status").stdout

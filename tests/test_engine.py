@@ -36,6 +36,11 @@ from tests.harness import RECIPIENT, live_env, make_message, write_config
 WAIT_SECONDS = 20.0      # how long a test waits for something that should happen at once: a bound, not a timing
 HOLD_FOREVER = 3600.0    # a head start the test would never see end
 LINK_NOTE = "[emergencyd:paged:"   # the marker of the ticket's note with the page's dedup_key (content.link_note)
+# What MemoryDesk records of each call, and Recorder of a fallback alert.
+TICKET_CALL = "ticket"
+COMMENT_CALL = "comment"
+NOTE_CALL = "note"
+FALLBACK_ALERT_EVENT = "fallback_alert"
 
 
 class Clock:
@@ -80,17 +85,17 @@ class MemoryDesk:
         ticket_id = len(self.tickets) + 1
         self.tickets[ticket_id] = request
         self.pages_when_created.append(len(self.pager.pages))
-        self.calls.append(("ticket", request.external_id))
+        self.calls.append((TICKET_CALL, request.external_id))
         return ticket_id
 
     def has_comment(self, ticket_id: int, marker: str) -> bool:
         return False
 
     def add_comment(self, request: CommentRequest) -> None:
-        self.calls.append(("comment", request.ticket_id))
+        self.calls.append((COMMENT_CALL, request.ticket_id))
 
     def add_note(self, note: NoteRequest) -> None:
-        self.calls.append(("note", note.marker))
+        self.calls.append((NOTE_CALL, note.marker))
         self.link_notes += [len(self.pager.pages)] if note.marker.startswith(LINK_NOTE) else []
 
     def directory(self) -> DirectoryCopy:
@@ -142,7 +147,7 @@ class Recorder:
         self.events.append(("page_deferred",))
 
     def fallback_alert(self, outcome: str) -> None:
-        self.events.append(("fallback_alert", outcome))
+        self.events.append((FALLBACK_ALERT_EVENT, outcome))
 
     def spam_checked(self, outcome: str) -> None:
         pass
@@ -210,7 +215,7 @@ async def test_a_p1_goes_ticket_then_page_with_its_link_then_the_link_note(engin
     [page] = e.pager.pages
     assert [link["href"] for link in page.links] == [e.desk.ticket_url(1)]   # ... so the page carries its link
     assert page.dedup_key == record.dedup_key
-    assert e.desk.calls[0] == ("ticket", record.dedup_key)
+    assert e.desk.calls[0] == (TICKET_CALL, record.dedup_key)
     assert e.desk.link_notes == [1]                                  # and the link note after the page
     assert [event for event in e.observer.events if event[0] == "step"][-1] == \
         ("step", StepName.LINK_TICKET, StepOutcome.SUCCESS)

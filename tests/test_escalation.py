@@ -5,6 +5,7 @@ Assertions are on what the fakes received, never on which of our functions ran.
 import time
 from email.utils import formatdate
 
+from emergencyd.escalation.records import DONE, FAILED, LINK_TICKET, PAGE, PENDING, STEP_DONE, STEP_PENDING, TICKET
 from tests.harness import API_TOKEN, ROUTING_KEY, ZENDESK_TOKEN, make_message
 
 
@@ -21,7 +22,7 @@ def test_one_mail_gives_one_ticket_and_one_page_linked_both_ways(live_daemon, ze
     daemon = live_daemon()
     daemon.send(make_message(subject="Apps down", body="All our apps return 502 since 02:10."))
     [message] = daemon.wait_settled(1)["messages"]
-    assert message["state"] == "done", message
+    assert message["state"] == DONE, message
 
     ticket = ticket_of(zendesk, message["dedup_key"])
     assert ticket["id"] == message["ticket_id"]
@@ -71,7 +72,7 @@ def test_paging_does_not_wait_for_a_zendesk_outage(live_daemon, zendesk, pagerdu
     assert not incident["log"][0].get("links")
     assert zendesk.tickets() == []
     status = daemon.status()["messages"][0]
-    assert status["state"] == "pending" and "HTTP 503" in status["steps"]["ticket"]["last_error"]
+    assert status["state"] == PENDING and "HTTP 503" in status["steps"][TICKET]["last_error"]
 
     zendesk.set_down(False)
     [message] = daemon.wait_settled(1, timeout=30)["messages"]
@@ -91,8 +92,8 @@ def test_rate_limits_are_honoured_in_both_retry_after_forms(live_daemon, zendesk
                             path="/v2/enqueue")
     daemon.send(make_message())
     [message] = daemon.wait_settled(1, timeout=30)["messages"]
-    assert message["state"] == "done"
-    assert message["steps"]["ticket"]["attempts"] == 2 and message["steps"]["page"]["attempts"] == 2
+    assert message["state"] == DONE
+    assert message["steps"][TICKET]["attempts"] == 2 and message["steps"][PAGE]["attempts"] == 2
     creates = zendesk.requests_matching(path="/api/v2/tickets.json", method="POST")
     assert creates[1].received_at - creates[0].received_at >= 0.95
     enqueues = pagerduty.requests_matching(path="/v2/enqueue")
@@ -107,12 +108,12 @@ def test_a_permanent_error_is_recorded_with_the_body_and_does_not_block_the_othe
     daemon = live_daemon()
     daemon.send(make_message())
     [message] = daemon.wait_settled(1)["messages"]
-    assert message["state"] == "failed"
-    assert "HTTP 422" in message["steps"]["ticket"]["last_error"]
-    assert "Requester is suspended" in message["steps"]["ticket"]["last_error"]
-    assert message["steps"]["page"]["state"] == "done"
+    assert message["state"] == FAILED
+    assert "HTTP 422" in message["steps"][TICKET]["last_error"]
+    assert "Requester is suspended" in message["steps"][TICKET]["last_error"]
+    assert message["steps"][PAGE]["state"] == STEP_DONE
     assert len(pagerduty.incidents()) == 1
-    assert message["steps"]["link_ticket"]["last_error"] == "not possible: ticket failed"
+    assert message["steps"][LINK_TICKET]["last_error"] == "not possible: ticket failed"
     _, metrics = daemon.http_get("/metrics")
     assert ('emergencyd_escalation_steps_total{integration="zendesk",outcome="failed",'
             'status_class="4xx",step="ticket"} 1.0') in metrics
@@ -125,8 +126,8 @@ def test_network_faults_and_malformed_answers_are_retried(live_daemon, zendesk, 
     daemon = live_daemon()
     daemon.send(make_message())
     [message] = daemon.wait_settled(1, timeout=30)["messages"]
-    assert message["state"] == "done"
-    assert message["steps"]["page"]["attempts"] == 3
+    assert message["state"] == DONE
+    assert message["steps"][PAGE]["attempts"] == 3
     assert len(zendesk.tickets()) == 1 and len(pagerduty.incidents()) == 1
 
 
@@ -197,8 +198,8 @@ def test_a_tight_in_flight_budget_still_escalates_everything_once(start_daemon):
         daemon.send(make_message(subject=f"Database {index} unreachable", body=f"Database {index} is down.",
                                  sender=f"ops{index}@tenant{index}.example", message_id=f"<budget-{index}@example.net>"))
     doc = daemon.wait_settled(8, timeout=60)
-    assert {m["state"] for m in doc["messages"]} == {"done"}
-    pages = [m["steps"]["page"]["result"]["would_send"]["dedup_key"] for m in doc["messages"] if "page" in m["steps"]]
+    assert {m["state"] for m in doc["messages"]} == {DONE}
+    pages = [m["steps"][PAGE]["result"]["would_send"]["dedup_key"] for m in doc["messages"] if PAGE in m["steps"]]
     assert len(pages) == len(set(pages)) == 8     # eight incidents, one page each
     assert "emergencyd_escalations_in_flight_bytes" in daemon.http_get("/metrics")[1]
 
@@ -218,8 +219,8 @@ def test_a_page_is_not_held_while_its_ticket_waits_for_zendesks_pacer(live_daemo
     def second_paged():
         message = next((m for m in daemon.status()["messages"] if m["message_id"] == "second@other.example"), None)
         page = message and message["steps"].get("page")
-        return message if page and page["state"] == "done" else None
+        return message if page and page["state"] == STEP_DONE else None
     second = daemon.wait_for(second_paged, timeout=60, what="the second mail's page")
-    assert second["steps"]["ticket"]["state"] == "pending"          # still waiting for Zendesk's pace
+    assert second["steps"][TICKET]["state"] == STEP_PENDING          # still waiting for Zendesk's pace
     assert second["steps"]["page"]["result"]["carried_ticket_link"] is False
     assert [t["subject"] for t in zendesk.tickets()] == ["Database outage"]

@@ -3,6 +3,8 @@ import asyncio
 
 from emergencyd.escalation.fair_turns import FairTurns
 
+HOLDER = "first"     # the name of the task that holds the one turn
+
 
 async def _decide_all(turns: FairTurns, senders: list[str], *, order: list[str], gate: asyncio.Event) -> None:
     """Queue one decision per entry of `senders`, in that order; each records itself when its turn comes."""
@@ -71,7 +73,7 @@ async def test_a_cancelled_waiter_gives_up_its_place_and_the_line_moves_on():
             order.append(name)
             await release.wait()
 
-    holder = asyncio.create_task(decide("first", "a"))
+    holder = asyncio.create_task(decide(HOLDER, "a"))
     await asyncio.sleep(0)
     doomed = asyncio.create_task(decide("cancelled", "b"))
     survivor = asyncio.create_task(decide("after", "c"))
@@ -82,4 +84,4 @@ async def test_a_cancelled_waiter_gives_up_its_place_and_the_line_moves_on():
     assert turns.waiting == 1
     release.set()
     await asyncio.gather(holder, survivor)
-    assert order == ["first", "after"] and turns.waiting == 0
+    assert order == [HOLDER, "after"] and turns.waiting == 0

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from emergencyd.escalation.records import DONE
 from tests.harness import (
     RECIPIENT,
     DaemonProcess,
@@ -72,7 +73,7 @@ def test_without_worker_processes_mail_is_still_decided_on_threads(tmp_path):
         log = daemon.log_text()
     finally:
         daemon.stop()
-    assert message["severity"] == "P1" and message["state"] == "done"
+    assert message["severity"] == "P1" and message["state"] == DONE
     assert "worker processes unavailable; parsing and classifying on threads instead" in log
 
 

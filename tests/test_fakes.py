@@ -27,6 +27,10 @@ from tests.fakes.zendesk import FakeZendesk
 
 ROUTING_KEY = "0123456789abcdef0123456789abcdef"  # 32 characters, like a real integration key
 EXTERNAL_ID = "emergencyd:<CAF1234@mail.example.org>"
+ZENDESK_TICKET = "ticket"         # Zendesk's name of a ticket: its JSON object, the search type
+ZENDESK_COMMENT = "comment"       # the ticket field holding a new comment
+ZENDESK_INCIDENT = "incident"     # a Zendesk ticket type
+PAGERDUTY_INCIDENT = "incident"   # the PagerDuty REST type of an incident object
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +117,7 @@ def test_zenpy_creates_ticket_with_requester_and_private_comment(zd, zd_fake):
 
     ticket = zd_fake.find_ticket(external_id=EXTERNAL_ID)
     assert audit.ticket.id == ticket["id"] == 1
-    assert ticket["priority"] == "urgent" and ticket["type"] == "incident"
+    assert ticket["priority"] == "urgent" and ticket["type"] == ZENDESK_INCIDENT
     assert ticket["tags"] == ["emergency", "out-of-hours"]
     assert ticket["is_public"] is False
     requester = zd_fake.user_by_email("caller@example.org")
@@ -123,7 +127,7 @@ def test_zenpy_creates_ticket_with_requester_and_private_comment(zd, zd_fake):
 
     [create] = zd_fake.requests
     assert (create.method, create.path, create.status) == ("POST", "/api/v2/tickets.json", 201)
-    assert create.json["ticket"]["requester"] == {"email": "caller@example.org", "name": "Caroline Caller"}
+    assert create.json[ZENDESK_TICKET]["requester"] == {"email": "caller@example.org", "name": "Caroline Caller"}
     assert create.headers["Authorization"].startswith("Basic ")
 
 
@@ -140,7 +144,7 @@ def test_zenpy_finds_ticket_by_external_id_via_list_and_search(zd, zd_fake):
     zd.tickets.create(new_ticket("someone-else"))
 
     listed = list(zd.tickets(external_id=EXTERNAL_ID))
-    searched = list(zd.search(type="ticket", external_id=EXTERNAL_ID))
+    searched = list(zd.search(type=ZENDESK_TICKET, external_id=EXTERNAL_ID))
 
     assert [t.id for t in listed] == [t.id for t in searched] == [1]
     assert listed[0].external_id == EXTERNAL_ID
@@ -153,7 +157,7 @@ def test_search_index_lags_like_real_zendesk(fake_ca, ca_pem):
     with FakeZendesk(ca=fake_ca, search_index_delay=60) as fake:
         zd = make_zenpy(fake, ca_pem)
         zd.tickets.create(new_ticket())
-        assert list(zd.search(type="ticket", external_id=EXTERNAL_ID)) == []
+        assert list(zd.search(type=ZENDESK_TICKET, external_id=EXTERNAL_ID)) == []
         assert len(list(zd.tickets(external_id=EXTERNAL_ID))) == 1  # the list endpoint is consistent
 
 
@@ -350,7 +354,7 @@ def test_hold_applies_state_and_withholds_response(zd_fake, ca_pem):
 def test_release_after_client_vanished_keeps_server_alive(zd, zd_fake, ca_pem):
     hold = zd_fake.hold(method="POST")
     with pytest.raises(requests.exceptions.ReadTimeout):
-        requests.post(f"{zd_fake.url}/api/v2/tickets.json", json={"ticket": {"comment": {"body": "x"}}},
+        requests.post(f"{zd_fake.url}/api/v2/tickets.json", json={ZENDESK_TICKET: {ZENDESK_COMMENT: {"body": "x"}}},
                       auth=(f"{zd_fake.email}/token", zd_fake.token), verify=str(ca_pem), timeout=0.3)
     assert hold.wait_received(1) is not None
     hold.release()
@@ -382,14 +386,14 @@ def test_fault_filters_counts_and_clear(zd, zd_fake):
     zd.tickets.create(new_ticket())  # POST: neither fault matches
     for _ in range(3):
         with pytest.raises(APIException):
-            list(zd.search(type="ticket", external_id=EXTERNAL_ID))
+            list(zd.search(type=ZENDESK_TICKET, external_id=EXTERNAL_ID))
     zd_fake.clear_faults()
-    assert len(list(zd.search(type="ticket", external_id=EXTERNAL_ID))) == 1
+    assert len(list(zd.search(type=ZENDESK_TICKET, external_id=EXTERNAL_ID))) == 1
     assert [r.fault for r in zd_fake.requests] == [None, "status:503", "status:503", "status:503", None]
 
     request = zd_fake.requests[0]
     assert request.received_at <= time.monotonic()
-    assert request.json["ticket"]["external_id"] == EXTERNAL_ID and request.body.startswith(b"{")
+    assert request.json[ZENDESK_TICKET]["external_id"] == EXTERNAL_ID and request.body.startswith(b"{")
 
 
 def test_stopped_fake_refuses_connections(fake_ca, ca_pem):
@@ -608,7 +612,7 @@ def test_rest_unknown_incident_is_404(rest):
 
 
 def test_rest_create_rejects_duplicate_open_key(rest, pd_fake):
-    body = {"incident": {"type": "incident", "title": "Boiler", "incident_key": "mail-1",
+    body = {"incident": {"type": PAGERDUTY_INCIDENT, "title": "Boiler", "incident_key": "mail-1",
                          "service": {"id": "PSERVIC", "type": "service_reference"}}}
     created = rest.rpost("/incidents", json=body)
     assert created["incident_key"] == "mail-1"

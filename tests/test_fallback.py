@@ -10,6 +10,16 @@ import smtplib
 import pytest
 
 from emergencyd.daemon.config.model import ConfigError, load_config
+from emergencyd.escalation.records import (
+    DONE,
+    FALLBACK_ALERT,
+    PAGE,
+    PENDING,
+    STEP_DONE,
+    STEP_FAILED,
+    STEP_PENDING,
+    SUPPRESSED,
+)
 from emergencyd.escalation.retry import classify
 from tests.fakes.smtp_relay import FakeRelay
 from tests.harness import live_env, make_message, run_cli, write_config
@@ -52,8 +62,8 @@ def test_pagerduty_down_past_the_deadline_mails_once_then_pages_once(live_daemon
         daemon.send(make_message(subject="Apps down", body="All our apps return 502 since 02:10."))
         [mail] = relay.wait_for(1)
         message = only_message(daemon)
-        assert message["steps"]["fallback_alert"]["state"] == "done"
-        assert message["state"] == "pending" and message["steps"]["page"]["state"] == "pending"
+        assert message["steps"][FALLBACK_ALERT]["state"] == STEP_DONE
+        assert message["state"] == PENDING and message["steps"][PAGE]["state"] == STEP_PENDING
 
         assert mail.tls and mail.login == RELAY_USER
         assert mail.mail_from == FROM and mail.rcpt_tos == (TO,)
@@ -72,8 +82,8 @@ def test_pagerduty_down_past_the_deadline_mails_once_then_pages_once(live_daemon
         daemon.send(mail.content, sender=FROM)
         pagerduty.set_down(False)
         looped, paged = daemon.wait_settled(2)["messages"]
-        assert looped["state"] == "suppressed" and "fallback_alert" not in looped["steps"]
-        assert paged["state"] == "done"
+        assert looped["state"] == SUPPRESSED and FALLBACK_ALERT not in looped["steps"]
+        assert paged["state"] == DONE
         [incident] = pagerduty.incidents()
         assert incident["dedup_key"] == paged["dedup_key"]
         assert len([e for e in pagerduty.events() if e["event_action"] == "trigger"]) == 1
@@ -89,9 +99,9 @@ def test_a_page_before_the_deadline_needs_no_fallback(live_daemon, zendesk, page
         daemon = live_daemon(extra=fallback_table(relay, after_seconds=20))
         daemon.send(make_message())
         [message] = daemon.wait_settled(1)["messages"]
-        assert message["state"] == "done" and len(pagerduty.incidents()) == 1
+        assert message["state"] == DONE and len(pagerduty.incidents()) == 1
         fallback = message["steps"]["fallback_alert"]
-        assert fallback["state"] == "done" and fallback["result"]["skipped"].startswith("not needed")
+        assert fallback["state"] == STEP_DONE and fallback["result"]["skipped"].startswith("not needed")
         assert relay.accepted() == [] and daemon.metric(SENT) == 0
 
 
@@ -104,8 +114,8 @@ def test_mail_that_does_not_page_never_falls_back(live_daemon, zendesk, pagerdut
         daemon.send(make_message(subject="Out of office", body="I am away until Monday.",
                                  message_id="<ooo@example.net>", extra_headers="Auto-Submitted: auto-replied\r\n"))
         messages = daemon.wait_settled(2)["messages"]
-        assert sorted(m["state"] for m in messages) == ["done", "suppressed"]
-        assert all("page" not in m["steps"] and "fallback_alert" not in m["steps"] for m in messages)
+        assert sorted(m["state"] for m in messages) == [DONE, SUPPRESSED]
+        assert all(PAGE not in m["steps"] and FALLBACK_ALERT not in m["steps"] for m in messages)
         assert pagerduty.requests == [] and relay.accepted() == []
 
 
@@ -118,15 +128,15 @@ def test_a_451_from_the_relay_is_retried_and_a_550_is_recorded(live_daemon, zend
         [mail] = relay.wait_for(1)
         assert relay.refused() == ["451 4.3.0 try again later"]
         fallback = only_message(daemon)["steps"]["fallback_alert"]
-        assert fallback["state"] == "done" and fallback["attempts"] == 2
+        assert fallback["state"] == STEP_DONE and fallback["attempts"] == 2
 
         relay.inject_reply("550 5.7.1 relaying denied")
         daemon.send(make_message(subject="Database gone", body="Our database lost its data.",
                                  message_id="<m2@example.net>"))
         daemon.wait_for(lambda: daemon.metric(FAILED) == 1, what="the fallback refused for good")
         second = next(m for m in daemon.status()["messages"] if m["subject"] == "Database gone")
-        assert second["steps"]["fallback_alert"]["state"] == "failed"
-        assert "SMTP 550" in second["steps"]["fallback_alert"]["last_error"]
+        assert second["steps"][FALLBACK_ALERT]["state"] == STEP_FAILED
+        assert "SMTP 550" in second["steps"][FALLBACK_ALERT]["last_error"]
         assert len(relay.accepted()) == 1 and daemon.metric(SENT) == 1
 
 
@@ -136,13 +146,13 @@ def test_killed_after_the_fallback_was_committed_sends_no_second_mail(live_daemo
         daemon = live_daemon(extra=fallback_table(relay))
         daemon.send(make_message())
         relay.wait_for(1)
-        daemon.wait_for(lambda: only_message(daemon)["steps"]["fallback_alert"]["state"] == "done",
+        daemon.wait_for(lambda: only_message(daemon)["steps"][FALLBACK_ALERT]["state"] == STEP_DONE,
                         what="the fallback committed")
         daemon.kill9()
         daemon.start()
         pagerduty.set_down(False)
         [message] = daemon.wait_settled(1)["messages"]
-        assert message["state"] == "done" and len(pagerduty.incidents()) == 1
+        assert message["state"] == DONE and len(pagerduty.incidents()) == 1
         assert len(relay.accepted()) == 1
 
 

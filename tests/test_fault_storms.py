@@ -18,6 +18,7 @@ from email.utils import formatdate
 
 import pytest
 
+from emergencyd.escalation.records import COMMENT, DONE, PAGE, STEP_DONE, SUPPRESSED, TICKET, TICKET_NOTE
 from tests.harness import RECIPIENT, make_message
 
 SEED = int(os.environ.get("EMERGENCYD_FAULT_SEED", "20261127"))
@@ -28,6 +29,8 @@ RETRY_AFTER = 2                                       # seconds, in 429s; the HT
 IN_FLIGHT = 1.0                                       # a call arriving this soon after a 429 may have been sent before
 POLL = 0.4                                            # seconds between `status` polls
 SETTLE = 45.0                                         # generous: a stuck mail fails the test, it never hangs it
+KIND_TICKET = "ticket"                                # a Mail kind: its own ticket (and page)
+ZENDESK_INCIDENT = "incident"                        # the Zendesk ticket type of a report under a problem
 
 # Fault kinds served over the whole module, per fake: the figures behind docs/testing.md's robustness table.
 SERVED: dict[str, Counter] = {"zendesk": Counter(), "pagerduty": Counter()}
@@ -63,7 +66,7 @@ class Scenario:
     def report(self, group: str, sender: str, subject: str, body: str) -> Mail:
         key = (group, sender)
         parent = self._first_of_sender.get(key)
-        m = mail(len(self.mails), "follow_up" if parent else "ticket", group, sender=sender, subject=subject,
+        m = mail(len(self.mails), "follow_up" if parent else KIND_TICKET, group, sender=sender, subject=subject,
                  body=body, parent=parent)
         self._first_of_sender.setdefault(key, m.message_id)
         self.mails.append(m)
@@ -153,7 +156,7 @@ def by_message_id(doc: dict) -> dict[str, dict]:
 
 
 def ticket_mails(mails: list[Mail]) -> list[Mail]:
-    return [m for m in mails if m.kind == "ticket"]
+    return [m for m in mails if m.kind == KIND_TICKET]
 
 
 def count_in(texts: list[str], marker: str) -> int:
@@ -166,7 +169,7 @@ def assert_final_state(daemon, zendesk, pagerduty, mails: list[Mail]) -> dict[st
     status = by_message_id(doc)
     assert sum(doc["counts"].values()) == len(mails), doc["counts"]
     for m in mails:
-        expected = "suppressed" if m.kind == "noise" else "done"
+        expected = SUPPRESSED if m.kind == "noise" else DONE
         assert status[m.message_id]["state"] == expected, status[m.message_id]
 
     # One ticket per ticket-worthy mail, found by its external_id; none for anything else.
@@ -189,7 +192,7 @@ def assert_final_state(daemon, zendesk, pagerduty, mails: list[Mail]) -> dict[st
         problem = ticket_of[members[0].message_id]
         assert problem["type"] == "problem"
         for other in members[1:]:
-            assert ticket_of[other.message_id]["type"] == "incident"
+            assert ticket_of[other.message_id]["type"] == ZENDESK_INCIDENT
             assert ticket_of[other.message_id]["problem_id"] == problem["id"]
         keys = {status[m.message_id]["page_key"] for m in members}
         [key] = keys
@@ -241,7 +244,7 @@ def paging_mails_paged(daemon, mails: list[Mail]):
     """Status once every ticket-worthy mail's page step is done; None before."""
     status = by_message_id(daemon.status())
     wanted = [status.get(m.message_id) for m in ticket_mails(mails)]
-    if all(s and s["steps"].get("page", {}).get("state") == "done" for s in wanted):
+    if all(s and s["steps"].get(PAGE, {}).get("state") == STEP_DONE for s in wanted):
         return status
     return None
 
@@ -275,7 +278,7 @@ def test_zendesk_down_for_the_whole_run_then_back(live_daemon, zendesk, pagerdut
 
     def tickets_retried():
         status = by_message_id(daemon.status())
-        return all(status[m.message_id]["steps"]["ticket"]["attempts"] >= 2 for m in firsts)
+        return all(status[m.message_id]["steps"][TICKET]["attempts"] >= 2 for m in firsts)
     daemon.wait_for(tickets_retried, SETTLE, interval=POLL, what="the tickets to be retried")
     assert zendesk.tickets() == []
     assert zendesk.requests and {r.fault for r in zendesk.requests} == {"down"}
@@ -298,8 +301,8 @@ def test_pagerduty_down_for_the_whole_run_then_back(live_daemon, zendesk, pagerd
     def zendesk_side_done():
         status = by_message_id(daemon.status())
         steps = [s["steps"].get(name, {}).get("state") for s in status.values()
-                 for name in ("ticket", "ticket_note", "comment") if name in s["steps"]]
-        return len(status) == len(mails) and steps and set(steps) == {"done"}
+                 for name in (TICKET, TICKET_NOTE, COMMENT) if name in s["steps"]]
+        return len(status) == len(mails) and steps and set(steps) == {STEP_DONE}
     daemon.wait_for(zendesk_side_done, SETTLE, interval=POLL, what="the Zendesk side")
     assert len(zendesk.tickets()) == len(ticket_mails(mails))
     assert pagerduty.incidents() == [] and pagerduty.events() == []

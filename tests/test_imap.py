@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from emergencyd.escalation.records import DONE, STEP_DONE
 from tests.harness import DaemonProcess, NotifySocket, imap_table, log_records, make_message
 
 CONNECTED = "emergencyd_imap_connected"
@@ -110,7 +111,7 @@ def stored_rows(daemon: DaemonProcess) -> list[tuple]:
 
 
 def assert_one_ticket_one_page(message: dict, zendesk, pagerduty) -> None:
-    assert message["state"] == "done", message
+    assert message["state"] == DONE, message
     [ticket] = zendesk.tickets()
     [incident] = pagerduty.incidents()
     assert ticket["id"] == message["ticket_id"]
@@ -260,7 +261,7 @@ def test_a_backlog_of_1000_mails_is_taken_once_and_in_order(tmp_path, dovecot, s
     odd = [(m["id"], m["source"], m["severity"]) for m in messages if (m["source"], m["severity"]) != ("imap", "P1")]
     assert not odd, odd[:5]
     pages = [m["steps"]["page"] for m in messages]
-    assert all(p["state"] == "done" and p["result"].get("dry_run") is True for p in pages)
+    assert all(p["state"] == STEP_DONE and p["result"].get("dry_run") is True for p in pages)
     assert len({p["result"]["would_send"]["dedup_key"] for p in pages}) == 1000      # one page each
 
     wait_mailbox(daemon, dovecot, "INBOX", 0)
@@ -292,26 +293,26 @@ def test_a_mailbox_of_1500_over_plain_imap_is_taken_without_dropping_the_connect
 
 # --- the same mail twice ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("first", ["smtp", "imap"])
+@pytest.mark.parametrize("sent_first", ["smtp", "imap"])
 def test_the_same_mail_by_smtp_and_by_imap_is_one_message(tmp_path, dovecot, live_daemon, zendesk, pagerduty,
-                                                          first):
+                                                          sent_first):
     daemon = live_daemon(imap=imap_table(dovecot, tmp_path))
     wait_connected(daemon, idle=True)
     raw = mail("both-ways")
     deliver = {"smtp": lambda: daemon.send(raw), "imap": lambda: dovecot.append(raw)}
-    second = "imap" if first == "smtp" else "smtp"
+    second = "imap" if sent_first == "smtp" else "smtp"
 
-    deliver[first]()
+    deliver[sent_first]()
     daemon.wait_settled(1)
     deliver[second]()
     wait_metric(daemon, DUPLICATES, 1, source=second)
     wait_mailbox(daemon, dovecot, "INBOX", 0)
 
     [message] = daemon.wait_settled(1)["messages"]
-    assert message["source"] == first and message["deliveries"] == 2
+    assert message["source"] == sent_first and message["deliveries"] == 2
     assert_one_ticket_one_page(message, zendesk, pagerduty)
-    assert daemon.metric(RECEIVED, source=first) == 1 and daemon.metric(RECEIVED, source=second) == 0
-    assert daemon.metric(DUPLICATES, source=first) == 0
+    assert daemon.metric(RECEIVED, source=sent_first) == 1 and daemon.metric(RECEIVED, source=second) == 0
+    assert daemon.metric(DUPLICATES, source=sent_first) == 0
 
 
 def test_killed_after_the_commit_and_before_the_move(tmp_path, dovecot, live_daemon, zendesk, pagerduty):

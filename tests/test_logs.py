@@ -6,9 +6,11 @@ import json
 import logging
 
 from emergencyd.daemon.ops.logs import MAX_FIELD_CHARS, MAX_TRACEBACK_CHARS, formatter
+from emergencyd.escalation.records import PAGE, StepOutcome
 from tests.harness import SECRETS, log_records, make_message
 
 BODY_MARKER = "body-marker-7c41: our production app returns 502"
+FAILED_EVENT = "failed"     # the message logged with an exception
 
 
 def test_every_line_is_json_with_an_event_per_step(live_daemon, zendesk, pagerduty):
@@ -28,7 +30,7 @@ def test_every_line_is_json_with_an_event_per_step(live_daemon, zendesk, pagerdu
     assert {r["step"] for r in steps} == {s for s in message["steps"]}
     for r in steps:
         assert r["message_pk"] == message["id"] and r["message_id"] == message["message_id"]
-        assert r["outcome"] == "success" and r["attempt"] == 1 and r["seconds"] >= 0
+        assert r["outcome"] == StepOutcome.SUCCESS and r["attempt"] == 1 and r["seconds"] >= 0
     assert [r["event"] for r in records if r["event"] in ("emergencyd ready", "shutting down", "stopped")] == \
         ["emergencyd ready", "shutting down", "stopped"]
 
@@ -44,7 +46,7 @@ def test_a_failed_step_is_logged_with_its_outcome_and_error(live_daemon, zendesk
     daemon.wait_settled(1)
     records = log_records(daemon.log_text())
     [retry] = [r for r in records if r["event"] == "step retry"]
-    assert retry["step"] == "page" and retry["outcome"] == "retry" and retry["attempt"] == 1
+    assert retry["step"] == PAGE and retry["outcome"] == StepOutcome.RETRY and retry["attempt"] == 1
     assert "500" in retry["error"] and retry["level"] == "warning"
 
 
@@ -60,7 +62,7 @@ def test_a_huge_field_or_traceback_is_cut():
         try:
             raise ValueError("v" * 50000)
         except ValueError:
-            logger.exception("failed")
+            logger.exception(FAILED_EVENT)
     finally:
         logger.removeHandler(handler)
     huge, failed = (json.loads(line) for line in stream.getvalue().splitlines())

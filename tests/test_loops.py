@@ -27,7 +27,7 @@ from emergencyd.escalation.grouping import (
     relate,
 )
 from emergencyd.escalation.policy import Verdict, classify
-from emergencyd.escalation.records import Envelope, PlannedRelation
+from emergencyd.escalation.records import TICKET, Envelope, PlannedRelation
 from emergencyd.parsers.message import parse_message
 from emergencyd.parsers.subject import loop_subject
 from tests.harness import make_message
@@ -133,7 +133,7 @@ def decide(store: Store, sender: str, subject: str, n: int, *, trusted: bool = T
     facts = store.grouping_facts(pk, message_ids=(), ticket_ref=None, sender_key=sender, fingerprint=print_,
                                  received_at=envelope.received_at, settings=GROUPING)
     relation = relate(verdict, facts, GROUPING)
-    store.plan(pk, subject=subject, sender=sender, steps=("ticket",), verdict=verdict,
+    store.plan(pk, subject=subject, sender=sender, steps=(TICKET,), verdict=verdict,
                relation=PlannedRelation(**asdict(relation), fingerprint=print_, sender_key=sender,
                                         category=verdict.category, severity=verdict.severity))
     return relation.kind

@@ -25,6 +25,7 @@ from tests.regex_matcher import regex_evaluate, regex_rules
 SHIPPED_TABLE = tomllib.loads((ROOT / "config.toml").read_text())["policy"]
 SHIPPED = parse_policy(SHIPPED_TABLE)
 AT = datetime(2026, 11, 25, 11, 0, tzinfo=timezone.utc)
+FIRST_RULE = "first"       # a rule's name
 
 
 # ---------------------------------------------------------------------------
@@ -99,13 +100,13 @@ def test_requires_one_of_its_phrases_in_one_of_the_fields():
 
 
 def test_rule_order_field_order_then_pattern_order_decide():
-    table = policy_table({"name": "first", "fields": ["body", "subject"], "phrases": ["beta", "alpha"]},
+    table = policy_table({"name": FIRST_RULE, "fields": ["body", "subject"], "phrases": ["beta", "alpha"]},
                          {"name": "second", "phrases": ["alpha"]},
                          {"name": "third", "phrases": ["nowhere"]})
     hits = one_pass(table, subject="beta", body="alpha then beta")
-    assert [(h.rule, h.field, h.matched) for h in hits] == [("first", "body", "beta"), ("second", "body", "alpha")]
+    assert [(h.rule, h.field, h.matched) for h in hits] == [(FIRST_RULE, "body", "beta"), ("second", "body", "alpha")]
     hits = one_pass(table, subject="beta", body="alpha")
-    assert [(h.rule, h.field, h.matched) for h in hits][0] == ("first", "body", "alpha")
+    assert [(h.rule, h.field, h.matched) for h in hits][0] == (FIRST_RULE, "body", "alpha")
 
 
 def test_phrases_come_before_regexes_in_a_field():

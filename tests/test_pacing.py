@@ -20,6 +20,7 @@ from emergencyd.escalation.zendesk import ZendeskDesk, lane_of
 from tests.harness import ZENDESK_EMAIL, ZENDESK_TOKEN
 
 PATIENCE_SECONDS = 10     # how long a condition may take to come true before the test gives up
+FIRST_CALL = "first"      # what the first call records if it is queued
 
 
 def wait_until(condition: Callable[[], bool], what: str) -> None:
@@ -110,7 +111,7 @@ def test_the_lanes_keep_the_rate():
 def test_on_queued_is_called_only_when_the_call_has_to_wait():
     pacer = Pacer(per_minute=120, burst=2)
     calls = []
-    pacer.wait(Lane.CREATE, on_queued=lambda: calls.append("first"))
+    pacer.wait(Lane.CREATE, on_queued=lambda: calls.append(FIRST_CALL))
     pacer.wait(Lane.CREATE, on_queued=lambda: calls.append("second"))
     assert calls == []                         # the bucket held two tokens
     pacer.wait(Lane.CREATE, on_queued=lambda: calls.append("third"))

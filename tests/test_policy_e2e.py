@@ -2,6 +2,7 @@
 import json
 import signal
 
+from emergencyd.escalation.records import PAGE
 from tests.harness import make_message
 
 # Receive times replayed with `inject --received-at`: Wednesday 11:00, Saturday 11:00, Wednesday 23:00.
@@ -20,6 +21,9 @@ EXPECTED = {
     ("P4", "in_hours"): (None, "low"), ("P4", "out_of_hours_waking"): (None, "low"),
     ("P4", "out_of_hours_overnight"): (None, "low"),
 }
+# The fields of each line `emergencyd classify` prints (the verdict's, and the file it read).
+CLASSIFY_FIELDS = {"file", "suppressed", "reason", "category", "severity", "window", "page", "urgency",
+                   "zendesk_priority", "respond_by", "rules", "sender_trust", "page_held"}
 
 
 def test_routing_table_through_the_fakes(tmp_path, live_daemon, zendesk, pagerduty):
@@ -40,7 +44,7 @@ def test_routing_table_through_the_fakes(tmp_path, live_daemon, zendesk, pagerdu
         incidents = pagerduty.incidents_with_key(message["dedup_key"])
         if page_severity is None:
             assert incidents == [], (severity, window)
-            assert "page" not in message["steps"]
+            assert PAGE not in message["steps"]
         else:
             [incident] = incidents
             assert incident["log"][0]["payload"]["severity"] == page_severity, (severity, window)
@@ -80,8 +84,7 @@ def test_classify_explains_each_file(tmp_path, start_daemon):
                         check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     first, second, third = (json.loads(line) for line in result.stdout.splitlines())
-    assert {"file", "suppressed", "reason", "category", "severity", "window", "page", "urgency",
-            "zendesk_priority", "respond_by", "rules", "sender_trust", "page_held"} <= set(first)
+    assert CLASSIFY_FIELDS <= set(first)
     assert first["sender_trust"] is None and first["page_held"] is None     # no [trust] table: nothing to tell
     assert (first["severity"], first["window"], first["urgency"]) == ("P1", "out_of_hours_overnight", "high")
     assert first["respond_by"] == "2026-12-28T02:40:00+00:00"
@@ -102,7 +105,7 @@ def test_sighup_reloads_the_policy_and_keeps_it_on_a_bad_file(tmp_path, start_da
     daemon.wait_for(lambda: "reloaded policy" in daemon.log_text(), what="the reload")
     daemon.send(make_message(subject="Hello", body="Please call us back.", message_id="<after-reload@x>"))
     [message] = daemon.wait_settled(1)["messages"]
-    assert message["severity"] == "P4" and "page" not in message["steps"]
+    assert message["severity"] == "P4" and PAGE not in message["steps"]
 
     reloaded = config.read_text()
     config.write_text(good.replace("[policy.routing]", "[policy.routing]\nP9.in_hours = {}"))

@@ -727,13 +727,14 @@ INTERESTING = [
     b"Auto-Submitted: no\r\n", b"Message-ID: <a@b>\r\n", b"Message-ID: \r\n", b"From: <>\r\n", b":", b"\t",
     b"=\r\n", b"=XX", b"<", b">", b'"', b";", b"\\", b"(", b"\xc3", b"\xe2\x80\xa8",
 ]
+OP_REPEAT = "repeat"     # the mutation that repeats a slice of the seed in place
 
 
 @st.composite
 def mutated_seeds(draw) -> bytes:
     raw = bytearray(draw(st.sampled_from(SEEDS)))
     for _ in range(draw(st.integers(1, 6))):
-        op = draw(st.sampled_from(["insert", "delete", "replace", "repeat", "truncate", "flip", "line-endings"]))
+        op = draw(st.sampled_from(["insert", "delete", "replace", OP_REPEAT, "truncate", "flip", "line-endings"]))
         start = draw(st.integers(0, len(raw)))
         end = draw(st.integers(start, min(len(raw), start + 300)))
         fresh = draw(st.one_of(st.sampled_from(INTERESTING), st.binary(min_size=1, max_size=40)))
@@ -743,7 +744,7 @@ def mutated_seeds(draw) -> bytes:
             del raw[start:end]
         elif op == "replace":
             raw[start:end] = fresh
-        elif op == "repeat":
+        elif op == OP_REPEAT:
             raw[start:start] = raw[start:end] * draw(st.integers(1, 200))
         elif op == "truncate":
             del raw[start:]

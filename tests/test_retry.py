@@ -17,6 +17,7 @@ from emergencyd.escalation.retry import (
 
 RETRIED = [408, 429, 500, 502, 503, 504, 599]
 PERMANENT = [400, 401, 403, 404, 409, 413, 422]
+MISSING_KEY = "incident"     # the key of an unexpected KeyError
 
 
 @pytest.mark.parametrize("status", RETRIED)
@@ -52,7 +53,7 @@ def test_wrapped_network_errors_are_found_through_the_chain():
 
 
 def test_unknown_errors_stay_on_the_schedule_and_are_named():
-    failure = classify(KeyError("incident"))
+    failure = classify(KeyError(MISSING_KEY))
     assert failure.retryable and "KeyError" in failure.reason
     assert classify(TransientError("incident not visible yet")).retryable
 

@@ -16,6 +16,7 @@ import pytest
 from emergencyd.escalation.content import ticket_tags
 from emergencyd.escalation.policy import classify
 from emergencyd.escalation.policy_config import PolicyError, parse_policy
+from emergencyd.escalation.records import PAGE, STEP_DONE, SUPPRESSED
 from emergencyd.escalation.rspamd import (
     CheckOutcome,
     SpamCheck,
@@ -170,13 +171,13 @@ def test_through_the_daemon_rspamd_rejects_spam_and_the_outage_pages(live_daemon
     messages = {m["sender"]: m for m in daemon.wait_settled(3)["messages"]}
     rejected, outage, flagged = (messages[s] for s in ("bulk@prizes.example", "ops@tenant.example",
                                                        "win@prizes.example"))
-    assert rejected["state"] == "suppressed" and not rejected["steps"]
-    assert outage["steps"]["page"]["state"] == "done"
+    assert rejected["state"] == SUPPRESSED and not rejected["steps"]
+    assert outage["steps"][PAGE]["state"] == STEP_DONE
     assert [i["dedup_key"] for i in pagerduty.incidents()] == [outage["page_key"]]
     assert daemon.metric("emergencyd_messages_suppressed_total", kind="spam") == 1
     assert daemon.metric("emergencyd_spam_checks_total", outcome="answered") == 3
     # The held page's ticket, its note, status and the readiness details all say what rspamd said.
-    assert "page" not in flagged["steps"] and "suspected-spam" in zendesk.ticket(flagged["ticket_id"])["tags"]
+    assert PAGE not in flagged["steps"] and "suspected-spam" in zendesk.ticket(flagged["ticket_id"])["tags"]
     notes = [c["body"] for c in zendesk.comments(flagged["ticket_id"]) if not c["public"]]
     assert any("Spam check: rspamd says 'add header'" in note for note in notes), notes
     text = daemon.cli("status").stdout
@@ -189,7 +190,7 @@ def test_through_the_daemon_an_absent_rspamd_holds_nothing(live_daemon, zendesk,
     daemon = live_daemon(policy=True, extra=f'[spam]\nrspamd_url = "http://127.0.0.1:{free_port()}"\n')
     daemon.send(OUTAGE)
     (outage,) = daemon.wait_settled(1)["messages"]
-    assert outage["steps"]["page"]["state"] == "done"
+    assert outage["steps"][PAGE]["state"] == STEP_DONE
     assert daemon.metric("emergencyd_spam_checks_total", outcome="unreachable") == 1
     assert "rspamd: unreachable: decided without it" in daemon.cli("status").stdout
     status, body = daemon.http_get("/readyz")      # the daemon works without it: still ready, and says so

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from urllib.parse import quote
 
+from emergencyd.escalation.records import DONE, FAILED
 from tests.fakes.smtp_relay import FakeRelay
 from tests.harness import (
     API_TOKEN,
@@ -73,7 +74,7 @@ def test_a_whole_run_prints_no_secret(tmp_path, live_daemon, zendesk, pagerduty,
         relay.wait_for(1, timeout=30)
         pagerduty.set_down(False)
         doc = daemon.wait_settled(2, timeout=40)
-    assert {m["state"] for m in doc["messages"]} <= {"done", "failed"}
+    assert {m["state"] for m in doc["messages"]} <= {DONE, FAILED}
 
     # A config that cannot load says which key, never the value it read.
     bad = tmp_path / "bad.toml"

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from emergencyd.daemon.ingest.smtp_address import plain_address
+from emergencyd.escalation.records import DONE, PAGE
 from tests.harness import RECIPIENT, make_message, require_tool
 from tests.raw_smtp import RawSmtp, code
 
@@ -19,9 +20,9 @@ def test_accepted_mail_is_stored_and_shown_in_status(start_daemon):
     doc = daemon.wait_settled(1)
     [message] = doc["messages"]
     assert message["subject"] == "Apps down" and message["sender"] == "tenant@example.net"
-    assert message["state"] == "done" and message["dedup_key"].startswith("emergencyd-")
+    assert message["state"] == DONE and message["dedup_key"].startswith("emergencyd-")
     # dry run: what would be sent is recorded, nothing is called
-    page = message["steps"]["page"]["result"]
+    page = message["steps"][PAGE]["result"]
     assert page["dry_run"] is True
     assert page["would_send"]["dedup_key"] == message["dedup_key"]
     assert doc["dry_run"] is True

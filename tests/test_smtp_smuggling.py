@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import pytest
 
+from emergencyd.escalation.records import DONE, STEP_DONE
 from tests.harness import RECIPIENT, make_message
 from tests.raw_smtp import RawSmtp, as_received, code, codes, dot_stuff, stored_raw
 
@@ -164,8 +165,8 @@ def test_nul_bytes_in_data_are_stored_verbatim_and_escalated(start_daemon):
     doc = daemon.wait_settled(1)
     [record] = doc["messages"]
     assert record["message_id"] == "nul@example.net"
-    assert record["state"] == "done", record
-    assert all(step["state"] == "done" for step in record["steps"].values()), record["steps"]
+    assert record["state"] == DONE, record
+    assert all(step["state"] == STEP_DONE for step in record["steps"].values()), record["steps"]
     assert stored_raw(store_path(daemon)) == {"nul@example.net": message}
     assert daemon.proc.poll() is None
 

@@ -18,10 +18,13 @@ from emergencyd.daemon.store.thread import (
     store_priority,
 )
 from emergencyd.escalation.records import (
+    COMMENT,
     DONE,
     FAILED,
     NEW,
+    PAGE,
     PENDING,
+    TICKET,
     Envelope,
     dedup_key_of,
     identity_of,
@@ -113,34 +116,34 @@ def test_raw_bytes_and_envelope_round_trip(store):
 def test_steps_are_committed_one_by_one_until_done(store):
     pk = store.ingest(make_message(), envelope()).message_pk
     assert store.due(time.time()) == [pk]
-    store.plan(pk, subject="Apps down", sender="tenant@example.net", steps=("ticket", "page"))
+    store.plan(pk, subject="Apps down", sender="tenant@example.net", steps=(TICKET, PAGE))
     assert store.record(pk).state == PENDING
-    assert store.begin_attempt(pk, "ticket") == 0
-    store.complete_step(pk, "ticket", {"ticket_id": 7}, ticket_id=7)
+    assert store.begin_attempt(pk, TICKET) == 0
+    store.complete_step(pk, TICKET, {"ticket_id": 7}, ticket_id=7)
     record = store.record(pk)
-    assert record.ticket_id == 7 and record.step("ticket").done and record.state == PENDING
-    store.begin_attempt(pk, "page")
-    store.fail_step(pk, "page", error="HTTP 503", next_attempt_at=time.time() + 60)
+    assert record.ticket_id == 7 and record.step(TICKET).done and record.state == PENDING
+    store.begin_attempt(pk, PAGE)
+    store.fail_step(pk, PAGE, error="HTTP 503", next_attempt_at=time.time() + 60)
     assert store.due(time.time()) == []
-    assert store.record(pk).step("page").last_error == "HTTP 503"
-    assert store.begin_attempt(pk, "page") == 1
-    store.complete_step(pk, "page", {"dedup_key": "k"}, paged_at=time.time())
+    assert store.record(pk).step(PAGE).last_error == "HTTP 503"
+    assert store.begin_attempt(pk, PAGE) == 1
+    store.complete_step(pk, PAGE, {"dedup_key": "k"}, paged_at=time.time())
     assert store.record(pk).state == DONE
 
 
 def test_a_permanent_failure_settles_as_failed(store):
     pk = store.ingest(make_message(), envelope()).message_pk
-    store.plan(pk, subject="s", sender=None, steps=("ticket",))
-    store.fail_step(pk, "ticket", error="HTTP 422: invalid requester", next_attempt_at=None)
+    store.plan(pk, subject="s", sender=None, steps=(TICKET,))
+    store.fail_step(pk, TICKET, error="HTTP 422: invalid requester", next_attempt_at=None)
     record = store.record(pk)
     assert record.state == FAILED and record.last_error() == "HTTP 422: invalid requester"
 
 
 def test_planning_twice_adds_no_steps(store):
     pk = store.ingest(make_message(), envelope()).message_pk
-    store.plan(pk, subject="s", sender=None, steps=("ticket", "page"))
-    store.begin_attempt(pk, "ticket")
-    store.plan(pk, subject="s", sender=None, steps=("ticket", "page"))
+    store.plan(pk, subject="s", sender=None, steps=(TICKET, PAGE))
+    store.begin_attempt(pk, TICKET)
+    store.plan(pk, subject="s", sender=None, steps=(TICKET, PAGE))
     assert [s.attempts for s in store.record(pk).steps] == [1, 0]
 
 
@@ -179,9 +182,9 @@ def test_each_senders_first_new_mail_and_a_due_page_are_marked_urgent_for_the_st
     loop = [mail("alerts@loop.example", n) for n in range(3)]
     other = mail("ops@other.example", 9)
     commenting = mail("ops@third.example", 10)
-    store.plan(commenting, subject="Still down", sender="ops@third.example", steps=("comment",))
+    store.plan(commenting, subject="Still down", sender="ops@third.example", steps=(COMMENT,))
     paging = mail("ops@fourth.example", 11)
-    store.plan(paging, subject="Apps down", sender="ops@fourth.example", steps=("ticket", "page"))
+    store.plan(paging, subject="Apps down", sender="ops@fourth.example", steps=(TICKET, PAGE))
     turns = {work.message_pk: work.urgent for work in store.due_turns(time.time())}
     assert turns == {loop[0]: True, other: True, loop[1]: False, loop[2]: False,   # a storm's later mail waits
                      paging: True, commenting: False}                             # a page due again does not

@@ -13,12 +13,14 @@ from hypothesis import strategies as st
 from emergencyd.escalation.content import describe_verdict, ticket_tags
 from emergencyd.escalation.policy import classify
 from emergencyd.escalation.policy_config import PolicyError, parse_policy
+from emergencyd.escalation.records import DONE, PAGE, STEP_DONE
 from emergencyd.parsers.message import parse_message
 from tests.harness import NEWSLETTER, OUTAGE, ROOT, make_message, run_cli, write_config
 
 SHIPPED = tomllib.loads((ROOT / "config.toml").read_text())["policy"]
 NIGHT = datetime(2026, 11, 25, 23, 0, tzinfo=timezone.utc)
 DIRECTORY = {"tenant_domains": ["tenant.gov.example"], "tenant_addresses": ["Ops.Lead@Personal.example"]}
+STRANGERS_PAGE = "page"    # trust.stranger_unclassified: a stranger's unclassified mail pages
 
 
 def verdict_of(trust: dict | None, sender: str, **mail: str):
@@ -67,7 +69,7 @@ def test_with_an_empty_directory_every_unmatched_mail_pages_as_before():
 
 
 def test_stranger_unclassified_page_restores_the_page():
-    verdict = verdict_of({**DIRECTORY, "stranger_unclassified": "page"}, "news@shop.example", **NEWSLETTER)
+    verdict = verdict_of({**DIRECTORY, "stranger_unclassified": STRANGERS_PAGE}, "news@shop.example", **NEWSLETTER)
     assert (verdict.page, verdict.severity, verdict.stranger) == (True, "P1", None)
 
 
@@ -101,11 +103,11 @@ def test_through_the_daemon_a_strangers_newsletter_is_a_ticket_and_a_tenants_unm
                              subject="Odd behaviour", body="Something looks off with our space, can you check?"))
     messages = {m["sender"]: m for m in daemon.wait_settled(2)["messages"]}
     stranger, tenant = messages["news@shop.example"], messages["dev@tenant.gov.example"]
-    assert stranger["state"] == "done" and "page" not in stranger["steps"]
+    assert stranger["state"] == DONE and PAGE not in stranger["steps"]
     assert "unknown-sender" in zendesk.ticket(stranger["ticket_id"])["tags"]
     notes = [c["body"] for c in zendesk.comments(stranger["ticket_id"]) if not c["public"]]
     assert any("Sender: not a tenant (news@shop.example is not in the directory)" in n for n in notes), notes
-    assert tenant["steps"]["page"]["state"] == "done"
+    assert tenant["steps"][PAGE]["state"] == STEP_DONE
     assert [i["dedup_key"] for i in pagerduty.incidents()] == [tenant["page_key"]]
     assert daemon.metric("emergencyd_stranger_mail_ticketed_total") == 1
     text = daemon.cli("status").stdout

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from emergencyd.escalation.records import MAX_DECIDE_ATTEMPTS
+from emergencyd.escalation.records import DONE, MAX_DECIDE_ATTEMPTS, STUCK
 from tests.harness import OUTAGE, make_message
 
 
@@ -33,13 +33,13 @@ def test_a_mail_that_cannot_be_decided_gets_stuck_and_is_decided_once_rearmed(li
                              body="We have a serious security breach: someone is in our database."))
 
     def stuck():
-        return next((m for m in daemon.status()["messages"] if m["state"] == "stuck"), None)
+        return next((m for m in daemon.status()["messages"] if m["state"] == STUCK), None)
     poisoned = wait_for(stuck, what="the poisoned mail stuck")
     assert poisoned["message_id"] == "poison@tenant.example"
     assert poisoned["decide_failures"] == MAX_DECIDE_ATTEMPTS
     assert "this row cannot be planned" in poisoned["decide_error"]
     fine = wait_for(lambda: next((m for m in daemon.status()["messages"]
-                                  if m["message_id"] == "fine@other.example" and m["state"] == "done"), None),
+                                  if m["message_id"] == "fine@other.example" and m["state"] == DONE), None),
                     what="the other mail decided and paged meanwhile")
     assert [i["dedup_key"] for i in pagerduty.incidents()] == [fine["page_key"]]
     assert daemon.metric("emergencyd_escalations_stuck") == 1
@@ -55,7 +55,7 @@ def test_a_mail_that_cannot_be_decided_gets_stuck_and_is_decided_once_rearmed(li
         conn.execute("DROP TRIGGER poison")                  # the cause, fixed
     daemon.cli("rearm", str(poisoned["id"]))
     done = wait_for(lambda: next((m for m in daemon.status()["messages"]
-                                  if m["id"] == poisoned["id"] and m["state"] == "done"), None),
+                                  if m["id"] == poisoned["id"] and m["state"] == DONE), None),
                     what="the rearmed mail decided and paged")
     assert sorted(i["dedup_key"] for i in pagerduty.incidents()) == sorted([fine["page_key"], done["page_key"]])
     assert daemon.metric("emergencyd_escalations_stuck") == 0

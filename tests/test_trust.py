@@ -23,7 +23,7 @@ from emergencyd.escalation.dkim_check import (
 )
 from emergencyd.escalation.policy import classify
 from emergencyd.escalation.policy_config import PolicyError, parse_policy, parse_trust
-from emergencyd.escalation.records import Envelope
+from emergencyd.escalation.records import PAGE, STEP_DONE, Envelope, RelationKind
 from emergencyd.escalation.trust import TrustPolicy, page_hold, peer_trusted
 from emergencyd.parsers.auth_results import (
     DkimCheck,
@@ -390,7 +390,7 @@ def test_spoofed_tenant_gets_a_flagged_ticket_and_no_page_and_forged_fields_are_
     messages = by_subject(daemon.wait_settled(4))
 
     spoofed = messages["Spoofed-tenant"]
-    assert spoofed["verdict"]["sender_trust"]["verified"] is False and "page" not in spoofed["steps"]
+    assert spoofed["verdict"]["sender_trust"]["verified"] is False and PAGE not in spoofed["steps"]
     assert "a likely forgery" in spoofed["decision"] and "unverified sender" in spoofed["decision"]
     ticket = zendesk.find_ticket(external_id=spoofed["dedup_key"])
     assert {"unverified-sender", "page-held", "p1"} <= set(ticket["tags"]) and ticket["priority"] == "urgent"
@@ -400,7 +400,7 @@ def test_spoofed_tenant_gets_a_flagged_ticket_and_no_page_and_forged_fields_are_
     assert any("Sender trust: fail: DMARC fail for tenant.example" in note for note in notes)
     assert pagerduty.incidents_with_key(spoofed["dedup_key"]) == []
 
-    assert spoofed["relation"] == "alone"            # opened no incident for real reports to fold into
+    assert spoofed["relation"] == RelationKind.ALONE  # opened no incident for real reports to fold into
     for subject in ("Forged-below-received", "Forged-other-id"):      # nothing trusted: pages as before
         message = messages[subject]
         assert message["verdict"]["sender_trust"]["outcome"] == "none", subject
@@ -408,7 +408,7 @@ def test_spoofed_tenant_gets_a_flagged_ticket_and_no_page_and_forged_fields_are_
         tags = set(zendesk.find_ticket(external_id=message["dedup_key"])["tags"])
         assert not tags & {"unverified-sender", "sender-verified", "page-held"}, subject
     verified = messages["Verified-tenant"]
-    assert verified["relation"] == "first" and verified["steps"]["page"]["state"] == "done"
+    assert verified["relation"] == RelationKind.FIRST and verified["steps"][PAGE]["state"] == STEP_DONE
     assert verified["verdict"]["sender_trust"]["reason"] == "DMARC pass for tenant.example (reported by mx.ours.example)"
     assert "sender-verified" in zendesk.find_ticket(external_id=verified["dedup_key"])["tags"]
     [incident] = pagerduty.incidents_with_key(verified["dedup_key"])
@@ -466,7 +466,7 @@ def test_own_dkim_check_in_the_daemon_asks_the_configured_resolver_and_a_dns_fau
         tags = set(zendesk.find_ticket(external_id=message["dedup_key"])["tags"])
         assert not tags & {"unverified-sender", "sender-verified", "page-held"}, subject
     for message in messages.values():
-        assert message["steps"]["page"]["state"] == "done"
+        assert message["steps"][PAGE]["state"] == STEP_DONE
         assert len(pagerduty.incidents_with_key(message["dedup_key"])) == 1
     assert [q.transport for q in fake_dns.queries("gone._domainkey.tenant.example")] == ["udp"]
 

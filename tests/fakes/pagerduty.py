@@ -42,6 +42,8 @@ SEVERITIES = ("critical", "error", "warning", "info")
 MAX_SUMMARY = 1024
 MAX_DEDUP_KEY = 255
 MAX_EVENT_BYTES = 512 * 1024
+EVENTS_SUCCESS = "success"   # the Events API's status of an accepted event
+INCIDENT_TYPE = "incident"   # the REST API's type of an incident object
 
 REST_NOT_FOUND = {"error": {"message": "Not Found", "code": 2100}}
 REST_UNAUTHORIZED = {"error": {"message": "Authentication failed", "code": 2006}}
@@ -169,7 +171,7 @@ class FakePagerDuty(FakeHTTPSServer):
         incident_id = self._apply_event(service, event, dedup_key)
         self._events.append({**copy.deepcopy(event), "dedup_key": dedup_key, "incident_id": incident_id,
                              "received_at": _now()})
-        return json_response(202, {"status": "success", "message": "Event processed", "dedup_key": dedup_key})
+        return json_response(202, {"status": EVENTS_SUCCESS, "message": "Event processed", "dedup_key": dedup_key})
 
     def _validate_event(self, event: dict[str, Any]) -> list[str]:
         errors = []
@@ -240,7 +242,7 @@ class FakePagerDuty(FakeHTTPSServer):
             return _invalid_event("'routing_key' and 'payload.summary' are required")
         self._events.append({**copy.deepcopy(event), "event_action": "change", "incident_id": None,
                              "received_at": _now()})
-        return json_response(202, {"status": "success", "message": "Change event processed"})
+        return json_response(202, {"status": EVENTS_SUCCESS, "message": "Change event processed"})
 
     # --- REST API v2 -------------------------------------------------------------
 
@@ -294,7 +296,7 @@ class FakePagerDuty(FakeHTTPSServer):
 
     def _create_incident(self, req: RecordedRequest) -> Response:
         data = (req.json or {}).get("incident")
-        if not isinstance(data, dict) or data.get("type") != "incident" or not data.get("title"):
+        if not isinstance(data, dict) or data.get("type") != INCIDENT_TYPE or not data.get("title"):
             return _invalid_input("Incident type must be 'incident' and title is required")
         service_id = (data.get("service") or {}).get("id")
         if not service_id:
@@ -397,7 +399,7 @@ class FakePagerDuty(FakeHTTPSServer):
         log_id = rec["first_log_entry_id"]
         return {
             "id": incident_id,
-            "type": "incident",
+            "type": INCIDENT_TYPE,
             "summary": f"[#{rec['number']}] {rec['title']}",
             "self": f"{self.url}/incidents/{incident_id}",
             "html_url": self._html(f"incidents/{incident_id}"),

@@ -55,6 +55,10 @@ from .tls import TestCA
 TICKET_TYPES = (None, "problem", "incident", "question", "task")
 PRIORITIES = (None, "urgent", "high", "normal", "low")
 STATUSES = ("new", "open", "pending", "hold", "solved", "closed")
+STATUS_NEW = "new"                # a ticket no agent has updated yet
+COMMENT_FIELD = "comment"         # the ticket field holding a new comment
+TICKET_RESULT_TYPE = "ticket"     # the search API's name of a ticket: result_type, type:ticket
+PAGE_PARAMS = "page"              # the pagination query parameters: page, page[size], page[after]
 VIA_API = {"channel": "api", "source": {"from": {}, "to": {}, "rel": None}}
 RATE_LIMIT = 700  # the per-minute figure real accounts report in X-Rate-Limit
 
@@ -296,7 +300,7 @@ class FakeZendesk(FakeHTTPSServer):
             "raw_subject": data.get("subject"),
             "description": body,
             "priority": data.get("priority"),
-            "status": data.get("status") or ("open" if data.get("assignee_id") else "new"),
+            "status": data.get("status") or ("open" if data.get("assignee_id") else STATUS_NEW),
             "recipient": data.get("recipient"),
             "requester_id": requester_id,
             "submitter_id": data.get("submitter_id") or self.agent_id,
@@ -359,7 +363,7 @@ class FakeZendesk(FakeHTTPSServer):
         if comment_in:
             body = comment_in.get("body") or comment_in.get("html_body")
             if not body:
-                raise _invalid("comment", "Comment: cannot be blank", "BlankValue")
+                raise _invalid(COMMENT_FIELD, "Comment: cannot be blank", "BlankValue")
             audit["events"].append(self._add_comment(ticket["id"], body, comment_in, audit["id"]))
 
         changes = {k: data[k] for k in (
@@ -373,7 +377,7 @@ class FakeZendesk(FakeHTTPSServer):
             tags = _normalize_tags(tags + _normalize_tags(data.get("additional_tags")))
             removed = set(_normalize_tags(data.get("remove_tags")))
             changes["tags"] = [t for t in tags if t not in removed]
-        if ticket["status"] == "new" and "status" not in changes:
+        if ticket["status"] == STATUS_NEW and "status" not in changes:
             changes["status"] = "open"  # an agent's update opens a new ticket
         if "subject" in changes:
             changes["raw_subject"] = changes["subject"]
@@ -462,7 +466,7 @@ class FakeZendesk(FakeHTTPSServer):
         predicates = self._parse_search(req.query.get("query", ""))
         cutoff = time.monotonic() - self.search_index_delay
         results = [
-            {**t, "result_type": "ticket"}
+            {**t, "result_type": TICKET_RESULT_TYPE}
             for tid, t in sorted(self._tickets.items())
             if self._indexed_at[tid] <= cutoff and all(p(t) for p in predicates)
         ]
@@ -482,7 +486,7 @@ class FakeZendesk(FakeHTTPSServer):
                 text = term.lower()
                 predicates.append(lambda t, s=text: s in f"{t['subject']} {t['description']}".lower())
             elif key == "type":
-                if value != "ticket":
+                if value != TICKET_RESULT_TYPE:
                     raise ApiError(400, {"error": "InvalidQuery", "description": f"fake Zendesk searches only tickets, not {value}"})
             elif key in ("external_id", "status", "priority"):
                 predicates.append(lambda t, k=key, v=value: str(t[k]) == v)
@@ -577,7 +581,7 @@ class FakeZendesk(FakeHTTPSServer):
     def _paginate(self, req: RecordedRequest, key: str, items: list[dict[str, Any]]) -> Response:
         """Cursor pagination if `page[size]` is given (what zenpy asks for), else offset pages."""
         base = f"{self.url}{req.path}"
-        others = {k: v for k, v in req.query.items() if not k.startswith("page") and k != "per_page"}
+        others = {k: v for k, v in req.query.items() if not k.startswith(PAGE_PARAMS) and k != "per_page"}
         if "page[size]" in req.query:
             size = min(int(req.query["page[size]"]), 100)
             after = req.query.get("page[after]")
