@@ -1,7 +1,7 @@
 """Shared fixtures: the test CA, the HTTPS fakes, and the daemon as a subprocess; and the unit / e2e marks."""
 from __future__ import annotations
 
-import inspect
+from pathlib import Path
 
 import pytest
 
@@ -97,24 +97,25 @@ def rspamd():
         server.stop()
 
 
-# A test is end to end when it drives real processes: the daemon, its fakes, Dovecot, rspamd, Postfix, or a
-# CLI run. `pytest -m unit` runs the rest (seconds); `pytest -m e2e` the end-to-end ones.
+# The room says what a test is: tests/unit/ tests code in this process only (seconds to run), tests/e2e/ drives
+# real processes (the daemon, its fakes, Dovecot, rspamd, Postfix, a browser, a CLI run). Each gets the mark of
+# its room, so `pytest -m unit` and `pytest -m e2e` pick one; a unit test asking for a real process fails.
 E2E_FIXTURES = {"zendesk", "pagerduty", "start_daemon", "live_daemon", "dovecot", "rspamd"}
-E2E_SIGNS = ("DaemonProcess", "run_cli(", "subprocess.", "Popen(", "smtplib.SMTP(", "FakeRelay(", "postfix")
+ROOMS = {"unit": pytest.mark.unit, "e2e": pytest.mark.e2e}
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "unit: a test of code in this process only")
-    config.addinivalue_line("markers", "e2e: a test through real processes (the daemon, fakes, servers)")
+    config.addinivalue_line("markers", "unit: a test of code in this process only (tests/unit/)")
+    config.addinivalue_line("markers", "e2e: a test through real processes: the daemon, fakes, servers (tests/e2e/)")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    sources: dict[object, str] = {}
     for item in items:
-        module = getattr(item, "module", None)
-        if module not in sources:
-            sources[module] = inspect.getsource(module) if module is not None else ""
-        fixtures = set(getattr(item, "fixturenames", ()))
-        end_to_end = bool(fixtures & E2E_FIXTURES) or any(sign in sources[module] for sign in E2E_SIGNS)
-        item.add_marker(pytest.mark.e2e if end_to_end else pytest.mark.unit)
+        room = Path(str(item.fspath)).parent.name
+        if room not in ROOMS:
+            raise pytest.UsageError(f"{item.nodeid}: a test lives in tests/unit/ or tests/e2e/")
+        needs = set(getattr(item, "fixturenames", ())) & E2E_FIXTURES
+        if room == "unit" and needs:
+            raise pytest.UsageError(f"{item.nodeid}: a unit test may not start {sorted(needs)}; move it to tests/e2e/")
+        item.add_marker(ROOMS[room])
 

@@ -1,7 +1,7 @@
 """Coverage-guided fuzzing of the parse and classify path with atheris (libFuzzer).
 
 Each input is a raw message. It goes through the same pipeline and the same
-checks as the Hypothesis property tests (tests/test_properties.py): message
+checks as the Hypothesis property tests (tests/unit/test_properties.py): message
 identity, parse_message, classify with the shipped policy, grouping and the
 ticket and page texts, all within their bounds. Any exception or failed check
 is a finding: libFuzzer stops and writes the input to a crash file.

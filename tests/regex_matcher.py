@@ -1,5 +1,5 @@
 """The reference for escalation/matcher.py: the rules as escalation/policy.py ran them before, one
-regex per phrase, searched separately over each field. tests/test_matcher.py checks that the one
+regex per phrase, searched separately over each field. tests/unit/test_matcher.py checks that the one
 pass decides exactly as this did; bench/classify.py times both side by side."""
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """A soak run: the live daemon takes seeded mail over real SMTP while it is killed -9 and restarted.
 
-Used by tests/test_soak.py (short, in CI) and bench/soak.py (long). Several client
+Used by tests/e2e/test_soak.py (short, in CI) and bench/soak.py (long). Several client
 threads behave as a sending MTA does: a transaction that did not end in 250 (the
 connection dropped by the kill, refused while the daemon restarts, a 4xx) is sent
 again later, so the daemon may store it twice and must deduplicate it. Some mail is

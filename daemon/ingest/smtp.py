@@ -261,7 +261,7 @@ class Smtp(SMTP):
 
     def _getaddr(self, arg: str) -> Address:
         # Not a public hook: the one place aiosmtpd reads the addresses of MAIL and RCPT
-        # (daemon/ingest/smtp_address.py says why, and tests/test_smtp.py holds it to aiosmtpd's answers).
+        # (daemon/ingest/smtp_address.py says why, and tests/e2e/test_smtp.py holds it to aiosmtpd's answers).
         return plain_address(arg, self.local_part_limit, super()._getaddr)
 
     # aiosmtpd's PLAIN and LOGIN read the credentials; _checked then checks them.

@@ -5,7 +5,7 @@ standard library's header parser: about 165 us, twice per mail, on the event loo
 it at 470 mails a second, bench/smtp_ingest.py). Nearly every client writes the plain form
 `<local@domain>` with dot-atoms and an optional space before the parameters; for that form
 this gives exactly what aiosmtpd's parser gives (property-tested against it in
-tests/test_smtp.py), and everything else still goes to aiosmtpd's parser.
+tests/e2e/test_smtp.py), and everything else still goes to aiosmtpd's parser.
 
 That parser also fails on some inputs with an IndexError (`MAIL FROM:"`), which aiosmtpd
 answered "500 Error: (IndexError) list index out of range": such an address is malformed,

@@ -18,7 +18,7 @@ import emergencyd.parsers.noise as noise
 from emergencyd.parsers.message import parse_message
 from emergencyd.parsers.noise import NOISE_KINDS, RULES, Noise, detect_noise
 
-FIXTURES = Path(__file__).parent / "fixtures" / "noise"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "noise"
 OWN = ("emergency@example.org",)
 OWN_HOSTS = ("emergencyd.example.org",)
 

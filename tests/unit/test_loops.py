@@ -1,7 +1,7 @@
 """A monitoring loop is one incident: one sender's subjects that differ only in numbers, counters,
 hex ids, dates or times share a loop key, and a mail of the loop joins the sender's open incident.
 
-The end-to-end run, through the daemon and the fakes, is in tests/test_dedup.py.
+The end-to-end run, through the daemon and the fakes, is in tests/e2e/test_dedup.py.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from emergencyd.parsers.message import parse_message
 from emergencyd.parsers.subject import loop_subject
 from tests.harness import make_message
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG = load_config(ROOT / "config.toml", environ={})
 GROUPING = GroupingSettings(
     incident_window_seconds=CONFIG.dedup.incident_window_seconds,

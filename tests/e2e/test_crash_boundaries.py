@@ -10,7 +10,7 @@ For every step, two moments:
 A restarted daemon must end with one ticket, one incident, one link each way, a reply's
 comment exactly once, and one fallback alert (PagerDuty down until after the kill).
 
-Boundaries that tests/test_crash.py already covers are not repeated here:
+Boundaries that tests/e2e/test_crash.py already covers are not repeated here:
   ticket/effect     test_killed_after_the_effect_and_before_its_commit[zendesk-...-ticket]
   page/effect       test_killed_between_ticket_and_page
   link_ticket/effect  test_killed_between_page_and_link

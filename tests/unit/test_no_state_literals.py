@@ -11,7 +11,7 @@ from pathlib import Path
 
 from emergencyd.escalation.records import EscalationState, RelationKind, StepName, StepOutcome, StepState
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCANNED = ("daemon", "escalation", "parsers", "tests", "bench", "scripts")
 ENUMS_FILE = ROOT / "escalation" / "records.py"
 SPELT = {member.value for enum in (EscalationState, StepState, StepName, RelationKind, StepOutcome) for member in enum}

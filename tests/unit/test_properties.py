@@ -14,7 +14,7 @@ messages written below.
 Runs are derandomized, so CI sees the same examples every time. The example
 counts are bounded to keep this file within about 30 s; set
 EMERGENCYD_HYPOTHESIS_EXAMPLES to run more (see EXAMPLES below), e.g.
-EMERGENCYD_HYPOTHESIS_EXAMPLES=5000 pytest tests/test_properties.py
+EMERGENCYD_HYPOTHESIS_EXAMPLES=5000 pytest tests/unit/test_properties.py
 """
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ from emergencyd.parsers.text import (
     single_line,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG = load_config(ROOT / "config.toml", environ={})
 POLICY = CONFIG.policy
 # What the daemon passes (daemon/app.py): the SMTP recipients and hostname.

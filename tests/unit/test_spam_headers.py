@@ -12,7 +12,6 @@ import pytest
 from emergencyd.escalation.content import describe_verdict, ticket_tags
 from emergencyd.escalation.policy import classify
 from emergencyd.escalation.policy_config import parse_policy
-from emergencyd.escalation.records import DONE, PAGE, STEP_DONE
 from emergencyd.parsers.message import parse_message
 from emergencyd.parsers.spam_headers import SpamVerdict, relay_spam_verdict
 from tests.harness import OUTAGE, ROOT, make_message
@@ -120,17 +119,3 @@ def test_without_relay_spam_headers_the_flag_is_not_read():
 # ---------------------------------------------------------------------------
 # Through the daemon: SMTP from the relay, the fake Zendesk and PagerDuty
 # ---------------------------------------------------------------------------
-
-def test_through_the_daemon_mail_the_relay_calls_spam_is_a_ticket_and_its_pair_pages(live_daemon, zendesk, pagerduty):
-    daemon = live_daemon(policy=True, extra='[trust]\nrelay_spam_headers = true\n')
-    daemon.send((RSPAMD_SPAM + FROM_OUTSIDE).encode()
-                + make_message(sender="win@prizes.example", message_id="<spam@prizes.example>", **OUTAGE))
-    daemon.send(("X-Spam: No\r\n" + FROM_OUTSIDE).encode()
-                + make_message(sender="ops@tenant.example", message_id="<real@tenant.example>", **OUTAGE))
-    messages = {m["sender"]: m for m in daemon.wait_settled(2)["messages"]}
-    spam, real = messages["win@prizes.example"], messages["ops@tenant.example"]
-    assert spam["state"] == DONE and PAGE not in spam["steps"]
-    assert "suspected-spam" in zendesk.ticket(spam["ticket_id"])["tags"]
-    assert real["steps"][PAGE]["state"] == STEP_DONE
-    assert [i["dedup_key"] for i in pagerduty.incidents()] == [real["page_key"]]
-    assert daemon.metric("emergencyd_suspected_spam_total") == 1

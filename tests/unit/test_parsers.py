@@ -43,7 +43,7 @@ from emergencyd.parsers.text import (
     single_line,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures" / "mail"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "mail"
 ALL_FIXTURES = sorted(FIXTURES.glob("*.eml"))
 
 

@@ -1,0 +1,1 @@
+"""Tests through real processes: the daemon, the HTTPS fakes, Dovecot, rspamd, Postfix, a browser."""
