@@ -36,7 +36,7 @@ with atheris.instrument_imports(include=["parsers", "escalation", "mailparser"])
     import emergencyd.parsers.text  # noqa: F401
 
 # Imported after the instrumented modules, so the checks themselves stay uninstrumented.
-from tests.test_properties import run_pipeline  # noqa: E402
+from tests.unit.test_properties import run_pipeline  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 # Envelopes as the daemon sees them: None for IMAP or inject, "" and "<>" the null reverse path.
