@@ -6,11 +6,11 @@ sign decides, because a tenant uses the same words ("our mails bounce and the si
 "Delivery failure for all outbound mail" with a bounce pasted in). Two independent signs must agree:
 
 * failure_notice (bounce): a mail system's sender (its From, display name or reverse path: postmaster,
-  mailer-daemon, ndr, bounce, an SMTP or mail service, an anti-virus or content-filter gateway) with the
-  notice's own machine wording anywhere in its text (an SMTP reply code, "could not be delivered to the
-  following recipients", "user unknown", ...); or a failure subject (in the languages mail servers use, RFC
-  2047-decoded, anywhere in the subject) with that wording opening the text, where a human starts with their
-  own words.
+  mailer-daemon, ndr, bounces, an anti-virus or content-filter gateway) with the notice's own machine wording
+  anywhere in its text (an SMTP reply code, "could not be delivered to the following recipients", "user
+  unknown", ...); or that wording opening the text, where a human starts with their own words, with a failure
+  subject (in the languages mail servers use, RFC 2047-decoded, anywhere in the subject) or with the returned
+  original (a message/rfc822 or text/rfc822-headers part, or the original quoted below a marker).
 * list_notice: a mailing list's sender or List-* fields with a list server's wording ("awaits moderator
   approval", "you have been unsubscribed", ...).
 
@@ -37,12 +37,14 @@ _SYSTEM_NAME = re.compile(
     r"mail delivery|mailer|postmaster|mail administrator|mail system|delivery (?:sub)?system|system administrator"
     r"|anti-?virus|virus scan|content filter|mail gateway|non-?delivery|mail security")
 # How a person opens a report of their own trouble; a notice opens with what happened to "your message".
-_HUMAN_OPENING = re.compile(r"\b(?:we|we're|we've|our|ours|us)\b")
+_HUMAN_OPENING = re.compile(r"\b(?:we|we're|we've|our|ours|us)\b|forwarded message")
+# A person forwarding a notice: the forwarded-bounce rule answers them with a ticket.
+_FORWARD_SUBJECT = re.compile(r"^\W*(?:fwd?|fw|wg|tr|rv|enc)\s*:")
 
 # A failure notice's own wording (folded text: lower case, no diacritics, one space).
 _FAILURE_WORDING = re.compile(
-    r"\b[45]\d\d[ -][245]\.\d{1,3}\.\d{1,3}\b"                       # 550 5.1.1
-    r"|smtp error code \d{3}|\bsmtp error\b"
+    r"(?<!\w)(?:[45]\d\d[ -][245]\.\d{1,3}\.\d{1,3}"                       # 550 5.1.1
+    r"|smtp error code \d{3}|smtp error"
     r"|(?:could not|couldn't|cannot|can't|was not|wasn't|has not been|could not be) (?:be )?deliver(?:ed)? to"
     r"|(?:unable|failed) to deliver (?:the |your )?(?:message|mail)"
     r"|deliver(?:y|ing) to the following recipients? (?:failed|has failed|was unsuccessful)"
@@ -56,29 +58,31 @@ _FAILURE_WORDING = re.compile(
     r"|konnte nicht zugestellt werden|nicht zugestellt werden konnte|unzustellbar"
     r"|n'a pas pu (?:etre )?(?:delivre|remis|distribue)|n'a pas ete (?:delivre|remis|distribue)"
     r"|no (?:pudo|ha podido) ser entregado|no se (?:pudo|ha podido) entregar"
-    r"|non (?:e stato|e stata|puo essere) recapitat|impossibile recapitare"
+    r"|non (?:e stato|e stata|puo essere) recapitat[oa]|impossibile recapitare"
     r"|nao (?:pode|foi possivel) ser entregue|nao foi entregue"
     r"|kon niet worden (?:afgeleverd|bezorgd)|niet (?:afgeleverd|bezorgd) worden"
-    r"|nie (?:moze|mogla|mogl|zostala|zostal) (?:byc )?dostarczon")
+    r"|nie (?:moze|mogla|mogl|zostala|zostal) (?:byc )?dostarczon[aey])(?!\w)")
 
 # Failure and warning subjects anywhere in the subject (a gateway may wrap them: "RE: ... : non remis").
 _FAILURE_SUBJECT = re.compile(
-    r"undeliver(?:able|ed)|non[- ]?deliver|not delivered|could not be delivered|delivery (?:status notification"
-    r"|failure|failed|has failed|notification|problem|report|error|warning|delayed)|(?:mail|message) delivery"
+    r"(?<!\w)(?:undeliver(?:able|ed)|non[- ]?deliver\w*|not delivered|could not be delivered"
+    r"|delivery (?:status notification|failure|failed|has failed|notification|problem|report|error|warning|delayed)"
+    r"|(?:mail|message) delivery"
     r" (?:failed|failure|error|problem|report|status)|failure notice|failed delivery|returned mail|error during"
     r" delivery|returned to sender|mail returned|delayed mail|message delayed|mail system error"
     r"|unzustellbar|nicht zustellbar|zustellung fehlgeschlagen|non remis|non distribuable|echec de (?:la )?"
     r"(?:remise|distribution)|no se puede entregar|no entregado|error de entrega|non recapitabile|mancato"
     r" recapito|impossibile recapitare|onbestelbaar|niet bezorgd|niedostarczalne|niedostarczona|nie dostarczono"
-    r"|nao (?:e possivel entregar|entregue)|impossivel entregar|配信不能|配送不能|不達|配信エラー|送信エラー")
+    r"|nao (?:e possivel entregar|entregue)|impossivel entregar)(?!\w)"
+    r"|配信不能|配送不能|不達|配信エラー|送信エラー")   # Japanese has no spaces between words
 
 # A list server's wording, and a list's sender.
 _LIST_WORDING = re.compile(
-    r"awaits? moderator approval|awaiting moderator approval|held for moderation|is being held until the list"
+    r"(?<!\w)(?:awaits? moderator approval|awaiting moderator approval|held for moderation|is being held until the list"
     r"|you have been unsubscribed|you are now unsubscribed|your subscription to the .{1,80} (?:mailing )?list"
     r"|confirm your subscription|subscription request for|attend l'approbation du moderateur"
     r"|wartet auf die freigabe durch (?:den|einen) moderator|en espera de aprobacion del moderador"
-    r"|in attesa di approvazione del moderatore")
+    r"|in attesa di approvazione del moderatore)(?!\w)")
 _LIST_LOCAL_PART = re.compile(r"-(?:bounces?|owner|request|admin)(?:\+|$)|^owner-|^(?:majordomo|listserv|mailman|"
                               r"sympa|ecartis|lyris)$")
 _LIST_FIELDS = ("List-Id", "List-Unsubscribe", "List-Post", "List-Help", "X-Mailman-Version")
@@ -121,16 +125,35 @@ def failure_wording(text: str) -> str | None:
 def failure_notice(facts: Facts) -> str | None:
     text = _text(facts)
     wording = failure_wording(text)
-    if wording is None or _HUMAN_OPENING.search(text[:OPENING_CHARS]):
+    if wording is None or _HUMAN_OPENING.search(text[:OPENING_CHARS]) or _FORWARD_SUBJECT.match(facts.subject):
         return None
     sender = system_sender(facts)
     if sender is not None:
         return f"a mail system's failure notice: {sender} and {wording}"
+    opening = failure_wording(text[:OPENING_CHARS])
+    if opening is None:
+        return None
     subject = _FAILURE_SUBJECT.search(facts.subject)
-    if subject is not None and failure_wording(text[:OPENING_CHARS]):
-        return (f"a failure notice: the subject names '{quote(subject.group(0))}' and its text opens with "
-                f"{failure_wording(text[:OPENING_CHARS])}")
+    if subject is not None:
+        return f"a failure notice: the subject names '{quote(subject.group(0))}' and its text opens with {opening}"
+    original = returned_original(facts, text)
+    if original is not None:
+        return f"a failure notice: its text opens with {opening} and it returns {original}"
     return None
+
+
+_QUOTED_ORIGINAL = re.compile(
+    r"(?<!\w)(?:-+ ?(?:original message|returned mail|this is a copy of the message)|below this line is a copy"
+    r"|copy of (?:the|your) (?:original )?message(?: follows)?|original message follows)(?!\w)")
+
+
+def returned_original(facts: Facts, text: str) -> str | None:
+    """The mail that failed, sent back: as a part of its own, or quoted below the notice."""
+    for part_type in ("message/rfc822", "text/rfc822-headers"):
+        if part_type in facts.part_types:
+            return f"a {part_type} part"
+    match = _QUOTED_ORIGINAL.search(text)
+    return f"the original below '{quote(match.group(0))}'" if match else None
 
 
 def list_notice(facts: Facts) -> str | None:

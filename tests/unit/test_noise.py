@@ -82,6 +82,8 @@ NOISE_FIXTURES = [
      ["reverse path <prvs=0713a2b4c5=ndr@relay.hosting.example>", "'could not be delivered to'"]),
     ("notice_gateway_re_wrapper_french.eml", "bounce",
      ["the subject names 'non remis'", "opens with the wording 'n'a pas pu etre delivre'"]),
+    ("notice_filter_keeps_subject_returns_original.eml", "bounce",
+     ["opens with the wording 'message could not be delivered'", "returns a message/rfc822 part"]),
     # a mailing list's notices
     ("list_notice_unsubscribed.eml", "list_notice", ["a List-Id field", "'you have been unsubscribed'"]),
     ("list_notice_moderation_german.eml", "list_notice",
@@ -125,6 +127,8 @@ HUMAN_FIXTURES = [
     "human_our_mails_bounce_site_down.eml",
     "human_relay_monitor_alert.eml",
     "human_list_post_about_moderation.eml",
+    # a notice forwarded without a word of one's own: the forwarded-bounce rule answers it with a ticket
+    "human_forwarded_notice_without_words.eml",
     # ... nor is an attached message/rfc822
     "human_undeliverable_subject_with_attachment.eml",
 ]
