@@ -95,7 +95,8 @@ class Runner:
         limit = DUE_BATCH + len(self._in_flight)
         found = await self._store.due_turns(time.time(), limit, new_after=0 if full_look else self._new_after)
         due = [work for work in found if work.message_pk not in self._in_flight]
-        due, held_back = self._while_intake_busy(due)
+        # A look at new mail only must not start a storm's later mail before its earlier mail held back.
+        due, held_back = self._while_intake_busy(due, behind_held_back=self._held_back and not full_look)
         # Held back mail past the mark is found again by full looks, until one finds less than it asked for.
         self._held_back = bool(held_back) or (self._held_back and (not full_look or len(found) >= limit))
         sizes = await self._store.message_sizes([work.message_pk for work in due]) if due else {}
@@ -114,11 +115,13 @@ class Runner:
             self._new_after = max([self._new_after, *(w.message_pk for w in found if w.undecided)])
         return started
 
-    def _while_intake_busy(self, due: list[DueWork]) -> tuple[list[DueWork], list[DueWork]]:
-        """What to start now, and the background work held back while mail is arriving."""
+    def _while_intake_busy(self, due: list[DueWork], *,
+                           behind_held_back: bool) -> tuple[list[DueWork], list[DueWork]]:
+        """What to start now, and the background work held back while mail is arriving. Behind mail already
+        held back, background work waits too, so that a full look starts the backlog in its order."""
         if not self._store.intake_busy():
             return due, []
-        room = max(BACKGROUND_IN_FLIGHT_DURING_INTAKE - len(self._background), 0)
+        room = 0 if behind_held_back else max(BACKGROUND_IN_FLIGHT_DURING_INTAKE - len(self._background), 0)
         start, held_back = [], []
         for work in due:
             if work.urgent or room:
