@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 
 from emergencyd.escalation.policy import SEVERITIES, Verdict
-from emergencyd.escalation.records import RelationKind
+from emergencyd.escalation.records import Relation, RelationKind
 from emergencyd.parsers.message import ParsedMessage
 from emergencyd.parsers.subject import bare_subject, loop_subject
 
@@ -64,15 +64,6 @@ class GroupingFacts:
     open_group: OpenGroup | None        # an incident with the same fingerprint within the window
     sender_loop: OpenGroup | None = None  # this sender's open incident with the same loop key
 
-
-@dataclass(frozen=True)
-class Relation:
-    kind: RelationKind
-    reason: str
-    parent_pk: int | None = None        # whose ticket gets the comment
-    target_ticket_id: int | None = None  # a ticket named in the subject that is not ours
-    group_id: int | None = None
-    repage: bool = False
 
 
 def ticket_reference(subject: str) -> int | None:

@@ -150,14 +150,19 @@ def dedup_key_of(identity: str) -> str:
 
 
 @dataclass(frozen=True)
-class PlannedRelation:
-    """How a decided mail relates to earlier mail, as the store records it with the plan (Store.plan)."""
+class Relation:
+    """How a mail relates to earlier mail (escalation/grouping.py relate() decides)."""
     kind: RelationKind
     reason: str
     parent_pk: int | None = None          # whose ticket gets the comment
     target_ticket_id: int | None = None   # a ticket named in the subject that is not ours
     group_id: int | None = None           # the incident group it joins
     repage: bool = False                  # a reply that raised the severity: a page of its own
+
+
+@dataclass(frozen=True)
+class PlannedRelation(Relation):
+    """The relation as the store records it with the plan (Store.plan): with what grouping keys it by."""
     fingerprint: str | None = None        # what an incident group is keyed by (escalation/grouping.py)
     sender_key: str | None = None
     category: str | None = None

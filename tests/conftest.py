@@ -1,10 +1,15 @@
 """Shared fixtures: the test CA, the HTTPS fakes, and the daemon as a subprocess; and the unit / e2e marks."""
 from __future__ import annotations
 
+import base64
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.fakes.dns import FakeDns
 from tests.fakes.pagerduty import FakePagerDuty
 from tests.fakes.tls import TestCA
 from tests.fakes.zendesk import FakeZendesk
@@ -119,3 +124,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             raise pytest.UsageError(f"{item.nodeid}: a unit test may not start {sorted(needs)}; move it to tests/e2e/")
         item.add_marker(ROOMS[room])
 
+
+@pytest.fixture(scope="module")
+def signing_key() -> tuple[bytes, bytes]:
+    """An RSA key for DKIM signatures: (the private key in PEM, its DNS TXT record)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return private, b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+
+
+@pytest.fixture
+def fake_dns() -> Iterator[FakeDns]:
+    """A DNS server on 127.0.0.1 whose answers the test sets (tests/fakes/dns.py)."""
+    with FakeDns() as server:
+        yield server

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import dkim
 from prometheus_client.parser import text_string_to_metric_families
 
 from emergencyd.daemon.ops.logs import parse_line
@@ -349,3 +350,23 @@ def assert_one_of_everything(daemon, zendesk, pagerduty):
     assert len([n for n in notes if message["dedup_key"] in n and "PagerDuty" in n]) == 1
     assert len([n for n in incident["notes"] if f"/agent/tickets/{ticket['id']}" in n["content"]]) == 1
     return message
+
+
+def signed(private: bytes, body: str = "All our apps are down.", *, message: bytes | None = None,
+           selector: bytes = b"sel") -> bytes:
+    """A tenant's mail DKIM-signed for tenant.example with `private` (the conftest's signing_key)."""
+    message = message or make_message(sender="alice@tenant.example", body=body)
+    return dkim.sign(message, selector, b"tenant.example", private,
+                     include_headers=[b"from", b"to", b"subject", b"date", b"message-id"]) + message
+
+
+PATIENCE_SECONDS = 10     # how long a condition may take to come true before a test gives up
+
+
+def wait_until(condition: Callable[[], bool], what: str, patience: float = PATIENCE_SECONDS) -> None:
+    """Poll until `condition()` holds; fail naming `what` past `patience` seconds (a bound, not a timing)."""
+    deadline = time.monotonic() + patience
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still waiting for {what}")
+        time.sleep(0.002)

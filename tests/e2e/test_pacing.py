@@ -4,23 +4,13 @@ Real threads and the real clock; the assertions are about order and counts, neve
 """
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from emergencyd.daemon.config.model import ZendeskConfig
 from emergencyd.daemon.config.reader import Secret
 from emergencyd.escalation.content import CommentRequest, TicketRequest
 from emergencyd.escalation.zendesk import ZendeskDesk
-from tests.harness import ZENDESK_EMAIL, ZENDESK_TOKEN
-
-PATIENCE_SECONDS = 10     # how long a condition may take to come true before the test gives up
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + PATIENCE_SECONDS
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still waiting for {what}")
-        time.sleep(0.002)
+from tests.harness import ZENDESK_EMAIL, ZENDESK_TOKEN, wait_until
 
 
 def desk_for(zendesk, ca_file, per_minute: int) -> ZendeskDesk:

@@ -1,60 +1,17 @@
-"""Sender trust: the Authentication-Results parser, the trusted-block rule, the paging rule,
-emergencyd's own DKIM check with dkimpy, and the whole path through the real daemon."""
+"""Sender trust through the real daemon: forged and verified tenants, an outside peer's fields, and emergencyd's
+own DKIM check asking the configured resolver. The parts alone are tested in tests/unit/test_trust.py."""
 from __future__ import annotations
 
-import base64
 import json
 
-import dkim
-import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-
 from emergencyd.escalation.records import PAGE, STEP_DONE, RelationKind
-from emergencyd.parsers.auth_results import (
-    sender_trust,
-)
-from tests.fakes.dns import FakeDns, Query
-from tests.harness import make_message
+from tests.fakes.dns import Query
+from tests.harness import make_message, signed
 
 OURS = "mx.ours.example"
 
 OPENDMARC = f"{OURS}; dmarc=fail (p=reject dis=none) header.from=tenant.example"
 OUTSIDE = "from attacker.example (attacker.example [198.51.100.66]) by mx.ours.example (Postfix) with ESMTP"
-
-
-def headers(*pairs: tuple[str, str], sender: str = "alice@tenant.example") -> tuple[tuple[str, str], ...]:
-    return tuple(pairs) + (("From", f"Alice <{sender}>"), ("Subject", "Apps down"))
-
-
-# -- one field -------------------------------------------------------------------------------
-
-
-def spoofed(policy: str = "reject"):
-    return sender_trust(headers(("Authentication-Results",
-                                 f"{OURS}; dmarc=fail (p={policy}) header.from=tenant.example")), [OURS])
-
-
-@pytest.fixture(scope="module")
-def signing_key():
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                                serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return private, b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
-
-
-def signed(private: bytes, body: str = "All our apps are down.", *, message: bytes | None = None,
-           selector: bytes = b"sel") -> bytes:
-    message = message or make_message(sender="alice@tenant.example", body=body)
-    return dkim.sign(message, selector, b"tenant.example", private,
-                     include_headers=[b"from", b"to", b"subject", b"date", b"message-id"]) + message
-
-
-@pytest.fixture
-def fake_dns():
-    with FakeDns() as server:
-        yield server
 
 
 TRUST = f'[trust]\ntrusted_authserv_ids = ["{OURS}"]\ntenant_domains = ["tenant.example"]\n'

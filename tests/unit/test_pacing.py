@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 import requests
@@ -14,17 +13,9 @@ import requests
 from emergencyd.escalation.content import TicketRequest
 from emergencyd.escalation.pacing import Lane, Pacer
 from emergencyd.escalation.zendesk import lane_of
+from tests.harness import PATIENCE_SECONDS, wait_until
 
-PATIENCE_SECONDS = 10     # how long a condition may take to come true before the test gives up
 FIRST_CALL = "first"      # what the first call records if it is queued
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + PATIENCE_SECONDS
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still waiting for {what}")
-        time.sleep(0.002)
 
 
 class Takers:

@@ -3,14 +3,10 @@ emergencyd's own DKIM check with dkimpy, and the whole path through the real dae
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 from datetime import datetime, timezone
 
-import dkim
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -31,8 +27,7 @@ from emergencyd.parsers.auth_results import (
     sender_trust,
 )
 from emergencyd.parsers.message import parse_message
-from tests.fakes.dns import FakeDns
-from tests.harness import make_message
+from tests.harness import make_message, signed
 
 OURS = "mx.ours.example"
 
@@ -251,22 +246,6 @@ def test_trust_config_is_validated():
 # -- our own DKIM check, with real dkimpy signatures ------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def signing_key():
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                                serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return private, b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
-
-
-def signed(private: bytes, body: str = "All our apps are down.", *, message: bytes | None = None,
-           selector: bytes = b"sel") -> bytes:
-    message = message or make_message(sender="alice@tenant.example", body=body)
-    return dkim.sign(message, selector, b"tenant.example", private,
-                     include_headers=[b"from", b"to", b"subject", b"date", b"message-id"]) + message
-
-
 def dns_answering(record: bytes):
     """A local DNS answer function: the selector's TXT record, nothing else."""
     def dnsfunc(name: bytes, timeout: float = 5) -> bytes | None:
@@ -330,12 +309,6 @@ async def test_decide_trust_uses_own_dkim_and_ignores_headers_from_an_outside_pe
     relay = Envelope("smtp", "alice@tenant.example", ("emergency@example.org",), peer="127.0.0.1:4000")
     trust = await decide_trust(relay, parsed, policy, read_raw, dnsfunc=dns_answering(record))
     assert trust.verified is False      # our MTA's DMARC fail outranks a signature it did not align
-
-
-@pytest.fixture
-def fake_dns():
-    with FakeDns() as server:
-        yield server
 
 
 def test_dkim_keys_from_the_configured_resolver(signing_key, fake_dns):
