@@ -54,6 +54,7 @@ _FAILURE_WORDING = re.compile(
     r"|quota exceeded|over quota|recipient address rejected|returned mail|returning (?:the )?message to sender"
     r"|delivery attempts will continue|(?:will|shall) continue to (?:try|attempt)|has not yet been delivered"
     r"|do not resend your original message|this is an automatically generated (?:delivery|message)"
+    r"|this is an advisory-only (?:e-?mail|message)|(?:postponed|deferred|delayed) due to a full mailbox"
     # German, French, Spanish, Italian, Portuguese, Dutch, Polish
     r"|konnte nicht zugestellt werden|nicht zugestellt werden konnte|unzustellbar"
     r"|n'a pas pu (?:etre )?(?:delivre|remis|distribue)|n'a pas ete (?:delivre|remis|distribue)"
@@ -67,9 +68,9 @@ _FAILURE_WORDING = re.compile(
 _FAILURE_SUBJECT = re.compile(
     r"(?<!\w)(?:undeliver(?:able|ed)|non[- ]?deliver\w*|not delivered|could not be delivered"
     r"|delivery (?:status notification|failure|failed|has failed|notification|problem|report|error|warning|delayed)"
-    r"|(?:mail|message) delivery"
-    r" (?:failed|failure|error|problem|report|status)|failure notice|failed delivery|returned mail|error during"
-    r" delivery|returned to sender|mail returned|delayed mail|message delayed|mail system error"
+    r"|(?:mail|message) delivery (?:failed|failure|error|problem|report|status|warning|delayed)"
+    r"|failure notice|failed delivery|returned mail|error during delivery|returned to sender|mail returned"
+    r"|delayed mail|message delayed|mail system error"
     r"|unzustellbar|nicht zustellbar|zustellung fehlgeschlagen|non remis|non distribuable|echec de (?:la )?"
     r"(?:remise|distribution)|no se puede entregar|no entregado|error de entrega|non recapitabile|mancato"
     r" recapito|impossibile recapitare|onbestelbaar|niet bezorgd|niedostarczalne|niedostarczona|nie dostarczono"
@@ -122,10 +123,17 @@ def failure_wording(text: str) -> str | None:
     return f"the wording '{quote(match.group(0))}'" if match else None
 
 
+def _opens_as_a_person(text: str) -> bool:
+    """First-person words anywhere in the opening. A few notices speak so of their mail system ("We will continue
+    to try to deliver your message") and page; "Your relay answers 554 5.7.1 to every message we submit" is a
+    person, and a missed emergency costs more than a notice paged."""
+    return _HUMAN_OPENING.search(text[:OPENING_CHARS]) is not None
+
+
 def failure_notice(facts: Facts) -> str | None:
     text = _text(facts)
     wording = failure_wording(text)
-    if wording is None or _HUMAN_OPENING.search(text[:OPENING_CHARS]) or _FORWARD_SUBJECT.match(facts.subject):
+    if wording is None or _opens_as_a_person(text) or _FORWARD_SUBJECT.match(facts.subject):
         return None
     sender = system_sender(facts)
     if sender is not None:
@@ -159,7 +167,7 @@ def returned_original(facts: Facts, text: str) -> str | None:
 def list_notice(facts: Facts) -> str | None:
     text = _text(facts)
     match = _LIST_WORDING.search(text) or _LIST_WORDING.search(facts.subject)
-    if match is None or _HUMAN_OPENING.search(text[:OPENING_CHARS]):
+    if match is None or _opens_as_a_person(text):
         return None
     field = next((name for name in _LIST_FIELDS if facts.header(name) is not None), None)
     if field is not None:
