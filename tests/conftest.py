@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,6 +92,23 @@ def dovecot(ca):
         server.cleanup()
 
 
+@pytest.fixture
+def postgres():
+    """A running throwaway PostgreSQL cluster on 127.0.0.1 (tests/postgres.py); its log is printed if the test fails."""
+    from tests.postgres import Postgres, postgres_bin_dir
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        message = "PostgreSQL is not installed (make test installs the postgresql package when run as root)"
+        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+    server = Postgres(bin_dir)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        print(server.log_tail())   # pytest shows a test's captured output only when it fails
+        server.cleanup()
+
+
 @pytest.fixture(scope="session")
 def rspamd():
     """A real throwaway rspamd scanner on 127.0.0.1 (tests/rspamd.py), one per session: it takes 10-30 s to start."""
@@ -105,7 +123,7 @@ def rspamd():
 # The room says what a test is: tests/unit/ tests code in this process only (seconds to run), tests/e2e/ drives
 # real processes (the daemon, its fakes, Dovecot, rspamd, Postfix, a browser, a CLI run). Each gets the mark of
 # its room, so `pytest -m unit` and `pytest -m e2e` pick one; a unit test asking for a real process fails.
-E2E_FIXTURES = {"zendesk", "pagerduty", "start_daemon", "live_daemon", "dovecot", "rspamd"}
+E2E_FIXTURES = {"zendesk", "pagerduty", "start_daemon", "live_daemon", "dovecot", "rspamd", "postgres"}
 ROOMS = {"unit": pytest.mark.unit, "e2e": pytest.mark.e2e}
 
 
