@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
+from emergencyd.daemon.store.errors import StoreError
 from emergencyd.daemon.store.grouping import GroupingQueries
 from emergencyd.daemon.store.migrations import MIGRATIONS
 from emergencyd.daemon.store.thread import StoreThread
@@ -59,8 +60,6 @@ log = logging.getLogger("emergencyd.store")
 T = TypeVar("T")
 
 
-class StoreError(RuntimeError):
-    """The store could not commit or read; ingest answers 451 on it."""
 
 
 @dataclass(frozen=True)

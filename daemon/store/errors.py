@@ -1,0 +1,6 @@
+"""What every store backend raises when it cannot commit or read."""
+from __future__ import annotations
+
+
+class StoreError(RuntimeError):
+    """The store could not commit or read; ingest answers 451 on it."""
