@@ -71,9 +71,10 @@ def mailer_daemon_sender(facts: Facts) -> str | None:
     return None
 
 
-# Subjects of non-delivery and delay notices, matched at the start of the
-# folded subject (see fold; the patterns are folded the same way).
-_BOUNCE_SUBJECT = subject_pattern(
+# Subjects of non-delivery and delay notices (folded, see fold; the patterns
+# are folded the same way): at the start of the subject here, anywhere in it
+# for a notice's other evidence (parsers.noise_notices).
+BOUNCE_SUBJECT_PHRASES = (
     r"undeliver(?:able|ed)\b|undelivered mail|non[- ]?deliver|not delivered",
     r"delivery (?:status notification|failure|failed|has failed|notification|problem|report|error|warning|delayed)",
     r"(?:mail|message) delivery (?:failed|failure|error|problem|report|status)",
@@ -97,6 +98,7 @@ _BOUNCE_SUBJECT = subject_pattern(
     r"配信不能|配送不能|不達|配信エラー|メールエラー",
     r"退信|投递失败|无法投递",
 )
+_BOUNCE_SUBJECT = subject_pattern(*BOUNCE_SUBJECT_PHRASES)
 
 
 _DAEMON_NAME = re.compile(

@@ -175,7 +175,18 @@ def subject_pattern(*alternatives: str) -> re.Pattern[str]:
     leading punctuation ("[Automatyczna odpowiedz] ..."). The pattern text
     is folded like the subject (diacritics dropped, compatibility forms
     normalised) but not case-folded, which would turn \\W into \\w."""
-    source = "^\\W*(?:" + "|".join(alternatives) + ")"
+    return _folded_pattern("^\\W*(?:" + "|".join(alternatives) + ")")
+
+
+def phrase_pattern(*alternatives: str) -> re.Pattern[str]:
+    """Alternatives found anywhere in folded text, each starting a word (not
+    inside one: "undeliverable", never "xundeliverable"); folded like
+    subject_pattern. Japanese and Chinese, written without spaces, are found
+    wherever they stand."""
+    return _folded_pattern("(?<![a-z0-9])(?:" + "|".join(alternatives) + ")")
+
+
+def _folded_pattern(source: str) -> re.Pattern[str]:
     decomposed = unicodedata.normalize("NFKD", source)
     return re.compile("".join(ch for ch in decomposed if not unicodedata.combining(ch)))
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import re
 
-from emergencyd.parsers.noise_facts import Facts, fold, quote
+from emergencyd.parsers.noise_bounces import BOUNCE_SUBJECT_PHRASES
+from emergencyd.parsers.noise_facts import Facts, fold, phrase_pattern, quote
 
 # How much of the text opens it: a notice says what it is in its first lines, a human says something else first.
 OPENING_CHARS = 400
@@ -64,18 +65,12 @@ _FAILURE_WORDING = re.compile(
     r"|kon niet worden (?:afgeleverd|bezorgd)|niet (?:afgeleverd|bezorgd) worden"
     r"|nie (?:moze|mogla|mogl|zostala|zostal) (?:byc )?dostarczon[aey])(?!\w)")
 
-# Failure and warning subjects anywhere in the subject (a gateway may wrap them: "RE: ... : non remis").
-_FAILURE_SUBJECT = re.compile(
-    r"(?<!\w)(?:undeliver(?:able|ed)|non[- ]?deliver\w*|not delivered|could not be delivered"
-    r"|delivery (?:status notification|failure|failed|has failed|notification|problem|report|error|warning|delayed)"
-    r"|(?:mail|message) delivery (?:failed|failure|error|problem|report|status|warning|delayed)"
-    r"|failure notice|failed delivery|returned mail|error during delivery|returned to sender|mail returned"
-    r"|delayed mail|message delayed|mail system error"
-    r"|unzustellbar|nicht zustellbar|zustellung fehlgeschlagen|non remis|non distribuable|echec de (?:la )?"
-    r"(?:remise|distribution)|no se puede entregar|no entregado|error de entrega|non recapitabile|mancato"
-    r" recapito|impossibile recapitare|onbestelbaar|niet bezorgd|niedostarczalne|niedostarczona|nie dostarczono"
-    r"|nao (?:e possivel entregar|entregue)|impossivel entregar)(?!\w)"
-    r"|配信不能|配送不能|不達|配信エラー|送信エラー")   # Japanese has no spaces between words
+# Failure and warning subjects anywhere in the subject (a gateway may wrap them: "RE: ... : non remis"): the
+# bounce subjects, and what a notice says besides.
+_FAILURE_SUBJECT = phrase_pattern(
+    *BOUNCE_SUBJECT_PHRASES,
+    r"could not be delivered|error during delivery|(?:mail|message) delivery (?:warning|delayed)|送信エラー",
+)
 
 # A list server's wording, and a list's sender.
 _LIST_WORDING = re.compile(
