@@ -23,11 +23,10 @@ from __future__ import annotations
 import re
 
 from emergencyd.parsers.noise_bounces import BOUNCE_SUBJECT_PHRASES
-from emergencyd.parsers.noise_facts import Facts, fold, phrase_pattern, quote
+from emergencyd.parsers.noise_facts import MAX_BODY_SAMPLE_CHARS, Facts, fold, phrase_pattern, quote
 
 # How much of the text opens it: a notice says what it is in its first lines, a human says something else first.
 OPENING_CHARS = 400
-MAX_TEXT_CHARS = 20_000   # the notice's wording is near its top; a long text is read no further
 
 # Mail systems' names: local parts and display names, folded. A name alone decides nothing.
 # Not "smtp" or "monitor": a tenant's relay monitoring that reports its outage must page.
@@ -109,10 +108,6 @@ def _unbatv(local_part: str) -> str:
     return local_part
 
 
-def _text(facts: Facts) -> str:
-    return fold(facts.parsed.text[:MAX_TEXT_CHARS])
-
-
 def failure_wording(text: str) -> str | None:
     match = _FAILURE_WORDING.search(text)
     return f"the wording '{quote(match.group(0))}'" if match else None
@@ -126,48 +121,61 @@ def _opens_as_a_person(text: str) -> bool:
 
 
 def failure_notice(facts: Facts) -> str | None:
-    text = _text(facts)
-    wording = failure_wording(text)
-    if wording is None or _opens_as_a_person(text) or _FORWARD_SUBJECT.match(facts.subject):
+    # The cheap signs first: most mail has none, and its text is then never folded (classify's hot path).
+    if _FORWARD_SUBJECT.match(facts.subject):
         return None
     sender = system_sender(facts)
+    subject = _FAILURE_SUBJECT.search(facts.subject)
+    original = returned_part(facts) or quoted_original(facts.parsed.text[:MAX_BODY_SAMPLE_CHARS].lower())
+    if sender is None and subject is None and original is None:
+        return None
+    text = facts.body_sample
+    wording = failure_wording(text)
+    if wording is None or _opens_as_a_person(text):
+        return None
     if sender is not None:
         return f"a mail system's failure notice: {sender} and {wording}"
     opening = failure_wording(text[:OPENING_CHARS])
     if opening is None:
         return None
-    subject = _FAILURE_SUBJECT.search(facts.subject)
     if subject is not None:
         return f"a failure notice: the subject names '{quote(subject.group(0))}' and its text opens with {opening}"
-    original = returned_original(facts, text)
-    if original is not None:
-        return f"a failure notice: its text opens with {opening} and it returns {original}"
-    return None
+    return f"a failure notice: its text opens with {opening} and it returns {original}"
 
 
+# A bounce's own markers above the mail it returns (ASCII, read in lower case; not a reply's "Original Message").
 _QUOTED_ORIGINAL = re.compile(
-    r"(?<!\w)(?:-+ ?(?:original message|returned mail|this is a copy of the message)|below this line is a copy"
+    r"(?<!\w)(?:-+ ?(?:returned mail|this is a copy of the message)|below this line is a copy"
     r"|copy of (?:the|your) (?:original )?message(?: follows)?|original message follows)(?!\w)")
 
 
-def returned_original(facts: Facts, text: str) -> str | None:
-    """The mail that failed, sent back: as a part of its own, or quoted below the notice."""
-    for part_type in ("message/rfc822", "text/rfc822-headers"):
-        if part_type in facts.part_types:
-            return f"a {part_type} part"
-    match = _QUOTED_ORIGINAL.search(text)
+def returned_part(facts: Facts) -> str | None:
+    """The mail that failed, sent back as a part of its own."""
+    return next((f"a {t} part" for t in ("message/rfc822", "text/rfc822-headers") if t in facts.part_types), None)
+
+
+# Every marker holds one of these: looked for first (C speed), the pattern only when one is there.
+_QUOTED_ORIGINAL_WORDS = ("returned mail", "copy of", "original message follows")
+
+
+def quoted_original(lower_text: str) -> str | None:
+    """The mail that failed, quoted below the notice's marker."""
+    if not any(word in lower_text for word in _QUOTED_ORIGINAL_WORDS):
+        return None
+    match = _QUOTED_ORIGINAL.search(lower_text)
     return f"the original below '{quote(match.group(0))}'" if match else None
 
 
 def list_notice(facts: Facts) -> str | None:
-    text = _text(facts)
+    # A list's evidence first, so other mail's text is never folded here.
+    field = next((name for name in _LIST_FIELDS if facts.header(name) is not None), None)
+    who = next((who for who in (facts.sender_local_part, _unbatv((facts.reverse_path or "").rpartition("@")[0]))
+                if who and _LIST_LOCAL_PART.search(who)), None)
+    if field is None and who is None:
+        return None
+    text = facts.body_sample
     match = _LIST_WORDING.search(text) or _LIST_WORDING.search(facts.subject)
     if match is None or _opens_as_a_person(text):
         return None
-    field = next((name for name in _LIST_FIELDS if facts.header(name) is not None), None)
-    if field is not None:
-        return f"a mailing list's notice: a {field} field and the wording '{quote(match.group(0))}'"
-    for who in (facts.sender_local_part, _unbatv((facts.reverse_path or "").rpartition("@")[0])):
-        if who and _LIST_LOCAL_PART.search(who):
-            return f"a mailing list's notice: sender {who} and the wording '{quote(match.group(0))}'"
-    return None
+    evidence = f"a {field} field" if field is not None else f"sender {who}"
+    return f"a mailing list's notice: {evidence} and the wording '{quote(match.group(0))}'"
