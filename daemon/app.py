@@ -23,7 +23,8 @@ from emergencyd.daemon.ops.loop_lag import watch_loop_lag
 from emergencyd.daemon.ops.metrics import Metrics
 from emergencyd.daemon.ops.notify import SystemdNotifier
 from emergencyd.daemon.runner import Runner
-from emergencyd.daemon.store.sqlite import AsyncStore, IngestResult
+from emergencyd.daemon.store.asynchronous import AsyncStore
+from emergencyd.daemon.store.core import IngestResult
 from emergencyd.escalation.cpu_pool import CpuPool
 from emergencyd.escalation.directory import (
     DirectoryCopy,
@@ -93,7 +94,7 @@ class Daemon:
     def __init__(self, config: Config):
         self.config = config
         self.metrics = Metrics()
-        self.store = AsyncStore.open(config.store.path, busy_timeout_ms=config.store.busy_timeout_ms)
+        self.store = AsyncStore.open(config.store)
         self.escalator = build_escalator(config, self.store, self.metrics)
         self.runner = Runner(self.store, self.escalator, self.metrics,
                              poll_interval=config.escalation.poll_interval_seconds,
@@ -217,7 +218,7 @@ class Daemon:
         log.info("emergencyd ready", extra={
             "smtp": _bound(self._smtp) if self._smtp else "off", "metrics": _bound(http),
             "imap": self.config.imap.account if self.imap else "off", "dry_run": self.config.dry_run,
-            "store": str(self.config.store.path)})
+            "store": self.config.store.location})
         self._log_tenant_directory()
         self.observe_certificates()
         await self.readiness()   # emergencyd_ready_check has its series from the first scrape

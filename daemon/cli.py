@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sqlite3
 import sys
 import time
 from enum import StrEnum
@@ -14,7 +13,9 @@ from typing import Callable
 from emergencyd.daemon.config.model import Config, ConfigError, load_config
 from emergencyd.daemon.ops.logs import configure_logging
 from emergencyd.daemon.ops.status import render_status, status_document
-from emergencyd.daemon.store.sqlite import Store, StoreError
+from emergencyd.daemon.store.backends import database_errors, open_store, probe_store, store_exists
+from emergencyd.daemon.store.core import Store
+from emergencyd.daemon.store.errors import StoreError
 from emergencyd.escalation.decider import injected
 from emergencyd.escalation.directory import directory_line, kept_copy
 from emergencyd.escalation.records import RearmOutcome, ReleaseOutcome
@@ -39,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     except StoreError as exc:
         print(f"emergencyd: {exc}", file=sys.stderr)
         return 3
-    except sqlite3.DatabaseError as exc:   # a damaged store met by a read (status, inject)
-        print(f"emergencyd: store {config.store.path}: {exc}", file=sys.stderr)
+    except database_errors(config.store) as exc:   # a damaged or lost store met by a read (status, inject)
+        print(f"emergencyd: store {config.store.location}: {exc}", file=sys.stderr)
         return 3
 
 
@@ -114,8 +115,9 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
 def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
     mode = "dry run" if config.dry_run else "live"
     print(f"{config.source}: valid ({mode}; SMTP {config.smtp.listen}, "
-          f"{len(config.smtp.recipients)} recipient(s); store {config.store.path})")
+          f"{len(config.smtp.recipients)} recipient(s); store {config.store.location})")
     print(f"tenant directory: {directory_line(config.policy.trust, None)}")
+    print(probe_store(config.store))
     return 0
 
 
@@ -128,7 +130,7 @@ def cmd_inject(config: Config, args: argparse.Namespace) -> int:
         return 2
     # Unlike an SMTP client, whose server retries a 451, `inject` has no one to retry for it:
     # it waits longer for a running daemon's writes before giving up.
-    store = Store.open(config.store.path, busy_timeout_ms=max(config.store.busy_timeout_ms, INJECT_BUSY_TIMEOUT_MS))
+    store = open_store(config.store, busy_timeout_ms=max(config.store.busy_timeout_ms, INJECT_BUSY_TIMEOUT_MS))
     failures = 0
     try:
         for path in args.files:
@@ -165,10 +167,10 @@ def cmd_rearm(config: Config, args: argparse.Namespace) -> int:
 
 def _hand_back(config: Config, pk: int, change: Callable[[Store, int], StrEnum], done: StrEnum, said: str) -> int:
     """A store change that makes a message new again for the running daemon (release, rearm), or why not."""
-    if not config.store.path.exists():
-        print(f"emergencyd: no store at {config.store.path} yet", file=sys.stderr)
+    if not store_exists(config.store):
+        print(f"emergencyd: no store at {config.store.location} yet", file=sys.stderr)
         return 3
-    store = Store.open(config.store.path, busy_timeout_ms=max(config.store.busy_timeout_ms, INJECT_BUSY_TIMEOUT_MS))
+    store = open_store(config.store, busy_timeout_ms=max(config.store.busy_timeout_ms, INJECT_BUSY_TIMEOUT_MS))
     try:
         outcome = change(store, pk)
     finally:
@@ -181,10 +183,10 @@ def _hand_back(config: Config, pk: int, change: Callable[[Store, int], StrEnum],
 
 
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
-    if not config.store.path.exists():
-        print(f"emergencyd: no store at {config.store.path} yet", file=sys.stderr)
+    if not store_exists(config.store):
+        print(f"emergencyd: no store at {config.store.location} yet", file=sys.stderr)
         return 3
-    store = Store.open(config.store.path, busy_timeout_ms=config.store.busy_timeout_ms)
+    store = open_store(config.store)
     try:
         document = status_document(store, limit=args.limit, dry_run=config.dry_run, tenant_directory=directory_line(
             config.policy.trust, kept_copy(store, config.policy.trust)))

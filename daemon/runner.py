@@ -12,7 +12,8 @@ import logging
 import time
 
 from emergencyd.daemon.ops.metrics import Metrics
-from emergencyd.daemon.store.sqlite import AsyncStore, DueWork
+from emergencyd.daemon.store.asynchronous import AsyncStore
+from emergencyd.daemon.store.core import DueWork
 from emergencyd.daemon.store.thread import (
     BACKGROUND,
     INTAKE_BUSY_SECONDS,
@@ -29,6 +30,8 @@ FULL_LOOK_SECONDS = 1.0   # how often a round reads all undecided mail, not only
 # While mail is arriving, the store's thread gives background work only a small share (store_thread.py):
 # more background escalations than this in flight would only wait there, each a task on the event loop.
 BACKGROUND_IN_FLIGHT_DURING_INTAKE = 8
+# While the store is away, a round fails each poll: the first failure is logged, then one in this many.
+FAILED_ROUNDS_LOGGED_EVERY = 100
 
 
 def _store_context(urgent: bool) -> contextvars.Context:
@@ -64,6 +67,7 @@ class Runner:
         self._full_look_at = float("-inf")
         self._background: set[int] = set()   # escalations in flight as background work
         self._held_back = False               # background work was left for when intake is quiet
+        self._failed_rounds = 0
 
     def wake(self) -> None:
         self._wake.set()
@@ -79,10 +83,13 @@ class Runner:
             try:
                 started = await self._start_due()
                 self._update_gauges()
-            except Exception:   # a store hiccup must not kill the runner; it retries next round
-                log.exception("runner round failed")
-                started = 0
-            await self._sleep(started)
+                await self._sleep(started)
+                self._failed_rounds = 0
+            except Exception:   # a store hiccup (a lost database) must not kill the runner: it tries again
+                self._failed_rounds += 1
+                if self._failed_rounds == 1 or self._failed_rounds % FAILED_ROUNDS_LOGGED_EVERY == 0:
+                    log.exception("runner round failed", extra={"rounds_failed_in_a_row": self._failed_rounds})
+                await asyncio.sleep(self._poll_interval)
 
     async def _start_due(self) -> int:
         started = 0

@@ -1,5 +1,5 @@
 """The ports of the escalation engine: what it needs of the store, the help desk, the pager and the
-fallback relay, and nothing more. The daemon plugs in the real ones (daemon/store/sqlite.py AsyncStore,
+fallback relay, and nothing more. The daemon plugs in the real ones (daemon/store/asynchronous.py AsyncStore,
 escalation/zendesk.py, escalation/pagerduty.py, escalation/fallback.py SmtpRelay); an engine test can
 plug in its own. Typed so that renaming a store method fails `make lint` (mypy), not a long end-to-end run.
 """

@@ -60,7 +60,7 @@ MAX_DECIDE_ATTEMPTS = 3
 
 
 class ReleaseOutcome(StrEnum):
-    """What `emergencyd release ID` did (daemon/store/sqlite.py Store.release)."""
+    """What `emergencyd release ID` did (daemon/store/core.py Store.release)."""
     RELEASED = "released"            # new again: the daemon decides it again, without the demotion
     UNKNOWN = "unknown"              # no such message
     NOT_DEMOTED = "not demoted"      # its rules already had their way: nothing to release
@@ -69,7 +69,7 @@ class ReleaseOutcome(StrEnum):
 
 
 class RearmOutcome(StrEnum):
-    """What `emergencyd rearm ID` did (daemon/store/sqlite.py Store.rearm)."""
+    """What `emergencyd rearm ID` did (daemon/store/core.py Store.rearm)."""
     REARMED = "rearmed"              # new again, its failures forgotten: the daemon tries to decide it again
     UNKNOWN = "unknown"
     NOT_STUCK = "not stuck"

@@ -23,6 +23,7 @@ from tests.harness import (
     live_env,
     write_config,
 )
+from tests.postgres import Postgres
 
 
 @pytest.fixture(scope="session")
@@ -92,10 +93,8 @@ def dovecot(ca):
         server.cleanup()
 
 
-@pytest.fixture
-def postgres():
-    """A running throwaway PostgreSQL cluster on 127.0.0.1 (tests/postgres.py); its log is printed if the test fails."""
-    from tests.postgres import Postgres, postgres_bin_dir
+def _throwaway_postgres() -> Iterator[Postgres]:
+    from tests.postgres import postgres_bin_dir
     bin_dir = postgres_bin_dir()
     if bin_dir is None:
         message = "PostgreSQL is not installed (make test installs the postgresql package when run as root)"
@@ -107,6 +106,20 @@ def postgres():
         server.stop()
         print(server.log_tail())   # pytest shows a test's captured output only when it fails
         server.cleanup()
+
+
+@pytest.fixture
+def postgres() -> Iterator[Postgres]:
+    """A running throwaway PostgreSQL cluster on 127.0.0.1 (tests/postgres.py), the test's own: to stop, restart
+    or fail over. Its log is printed if the test fails."""
+    yield from _throwaway_postgres()
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[Postgres]:
+    """One throwaway PostgreSQL cluster for the session (per xdist worker), for tests that need only a database
+    of their own (Postgres.new_database) and leave the server alone."""
+    yield from _throwaway_postgres()
 
 
 @pytest.fixture(scope="session")
@@ -123,7 +136,8 @@ def rspamd():
 # The room says what a test is: tests/unit/ tests code in this process only (seconds to run), tests/e2e/ drives
 # real processes (the daemon, its fakes, Dovecot, rspamd, Postfix, a browser, a CLI run). Each gets the mark of
 # its room, so `pytest -m unit` and `pytest -m e2e` pick one; a unit test asking for a real process fails.
-E2E_FIXTURES = {"zendesk", "pagerduty", "start_daemon", "live_daemon", "dovecot", "rspamd", "postgres"}
+E2E_FIXTURES = {"zendesk", "pagerduty", "start_daemon", "live_daemon", "dovecot", "rspamd", "postgres",
+                "postgres_cluster"}
 ROOMS = {"unit": pytest.mark.unit, "e2e": pytest.mark.e2e}
 
 

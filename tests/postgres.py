@@ -45,6 +45,7 @@ class Postgres:
         self.log_path = self.directory / "postgres.log"
         self.port = free_port()
         self._user = "postgres" if os.geteuid() == 0 else None
+        self._databases = 0
 
     @property
     def dsn(self) -> str:
@@ -61,6 +62,13 @@ class Postgres:
             self._psql("postgres", f"CREATE DATABASE {DATABASE} OWNER {ROLE}")
         return self
 
+    def new_database(self) -> str:
+        """A fresh, empty database owned by the role, for one test; its DSN (without the password)."""
+        self._databases += 1
+        name = f"{DATABASE}_{self._databases}"
+        self._psql("postgres", f"CREATE DATABASE {name} OWNER {ROLE}")
+        return f"host={HOST} port={self.port} dbname={name} user={ROLE}"
+
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():
             self._run(self._tool("pg_ctl"), "-D", self.data, "-m", "fast", "-w", "stop", check=False)
@@ -71,6 +79,10 @@ class Postgres:
     def query(self, sql: str) -> str:
         """The result of `sql` as psql prints it unaligned, rows on lines, fields split by |."""
         return self._psql(DATABASE, sql)
+
+    def query_database(self, dsn: str, sql: str) -> str:
+        """`query` on the database that `dsn` (one of new_database's) names."""
+        return self._psql(dsn.split("dbname=", 1)[1].split()[0], sql)
 
     def _psql(self, database: str, sql: str) -> str:
         result = subprocess.run([str(self._tool("psql")), "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1",

@@ -17,6 +17,7 @@ from typing import Any
 
 from emergencyd.daemon.config.fallback import FallbackConfig, read_fallback
 from emergencyd.daemon.config.reader import ConfigError, ConfigReader, HostPort, Secret
+from emergencyd.daemon.config.store import StoreBackend, describe_dsn
 from emergencyd.daemon.ingest.smtp_settings import ProxyConfig, SmtpAuthConfig
 from emergencyd.escalation.policy import Policy
 from emergencyd.escalation.settings import PagerDutyConfig, ZendeskConfig
@@ -80,8 +81,18 @@ class ImapConfig:
 
 @dataclass(frozen=True)
 class StoreConfig:
-    path: Path
-    busy_timeout_ms: int
+    path: Path                   # the SQLite file
+    busy_timeout_ms: int         # how long a write waits for another writer, or for a connection
+    backend: StoreBackend = StoreBackend.SQLITE
+    dsn: str = ""                # PostgreSQL's, in libpq's form, without a password
+    password: Secret | None = None
+
+    @property
+    def location(self) -> str:
+        """The store for messages: the SQLite file, or the database without its password."""
+        if self.backend is StoreBackend.POSTGRESQL:
+            return describe_dsn(self.dsn)
+        return str(self.path)
 
 
 @dataclass(frozen=True)

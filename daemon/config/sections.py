@@ -24,6 +24,7 @@ from emergencyd.daemon.config.reader import (
     is_loopback,
     read_networks,
 )
+from emergencyd.daemon.config.store import StoreBackend, dsn_fields
 from emergencyd.daemon.ingest.smtp_settings import read_auth, read_proxy
 from emergencyd.escalation.policy import Policy
 from emergencyd.escalation.policy_config import PolicyError, parse_policy
@@ -102,9 +103,27 @@ def read_imap(r: ConfigReader) -> ImapConfig:
 
 
 def read_store(r: ConfigReader) -> StoreConfig:
+    backend_name = r.string("store.backend", StoreBackend.SQLITE)
+    if backend_name not in set(StoreBackend):
+        raise ConfigError(f"store.backend: expected one of {', '.join(StoreBackend)}, got {backend_name!r}")
+    backend = StoreBackend(backend_name)
+    dsn = r.string("store.dsn", "")
+    password = r.secret("store.password_file", "EMERGENCYD_STORE_PASSWORD")
+    if backend is StoreBackend.POSTGRESQL:
+        if not dsn:
+            raise ConfigError("store.dsn: the postgresql backend needs a dsn, e.g. \"host=db1,db2 dbname=emergencyd "
+                              "user=emergencyd target_session_attrs=read-write\"")
+        try:
+            fields = dsn_fields(dsn)
+        except ValueError as exc:
+            raise ConfigError(f"store.dsn: not a libpq connection string: {exc}") from None
+        if "password" in fields:
+            raise ConfigError("store.dsn: holds a password; give it in EMERGENCYD_STORE_PASSWORD or "
+                              "store.password_file instead, so that it never sits in the config")
     return StoreConfig(
         path=r.path("store.path", "var/emergencyd.sqlite3"),
         busy_timeout_ms=r.integer("store.busy_timeout_ms", 5000, minimum=0),
+        backend=backend, dsn=dsn, password=password,
     )
 
 

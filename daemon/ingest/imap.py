@@ -23,7 +23,7 @@ from emergencyd.daemon.ingest.imap_session import (
 )
 from emergencyd.daemon.ingest.intake import Ingest
 from emergencyd.daemon.ops.metrics import Metrics
-from emergencyd.daemon.store.sqlite import AsyncStore
+from emergencyd.daemon.store.asynchronous import AsyncStore
 from emergencyd.escalation.retry import RetrySchedule
 
 CONNECTED = "ok"           # the state while connected, as /readyz shows it

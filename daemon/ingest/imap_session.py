@@ -30,7 +30,8 @@ from emergencyd.daemon.ingest.imap_wire import (
 )
 from emergencyd.daemon.ingest.intake import Ingest
 from emergencyd.daemon.ops.metrics import Metrics
-from emergencyd.daemon.store.sqlite import AsyncStore, StoreError
+from emergencyd.daemon.store.asynchronous import AsyncStore
+from emergencyd.daemon.store.errors import StoreError
 from emergencyd.escalation.records import Envelope
 from emergencyd.escalation.tls import ssl_context
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from emergencyd.daemon.store.sqlite import IngestResult
+from emergencyd.daemon.store.core import IngestResult
 from emergencyd.escalation.records import Envelope
 
 

@@ -53,7 +53,7 @@ from emergencyd.daemon.ingest.smtp_limits import (
     Refusal,
 )
 from emergencyd.daemon.ops.metrics import Metrics
-from emergencyd.daemon.store.sqlite import StoreError
+from emergencyd.daemon.store.errors import StoreError
 from emergencyd.escalation.records import Envelope
 
 log = logging.getLogger("emergencyd.smtp")

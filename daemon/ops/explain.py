@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from emergencyd.daemon.config.model import Config
-from emergencyd.daemon.store.sqlite import Store
+from emergencyd.daemon.store.backends import open_store, store_exists
 from emergencyd.escalation.content import describe_verdict
 from emergencyd.escalation.decider import decide_verdict, injected
 from emergencyd.escalation.directory import kept_copy, with_directory
@@ -72,9 +72,9 @@ async def _decide(raw: bytes, config: Config, received_at: datetime, spam: SpamV
 
 def kept_directory_in_force(config: Config) -> TrustPolicy:
     """The directory as the daemon decides with it: the config's, and the copy of Zendesk's kept in the store."""
-    if not config.policy.trust.directory_from_zendesk or not config.store.path.exists():
+    if not config.policy.trust.directory_from_zendesk or not store_exists(config.store):
         return config.policy.trust
-    store = Store.open(config.store.path, busy_timeout_ms=config.store.busy_timeout_ms)
+    store = open_store(config.store)
     try:
         return with_directory(config.policy.trust, kept_copy(store, config.policy.trust))
     finally:

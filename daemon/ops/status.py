@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from emergencyd.daemon.store.sqlite import Store
+from emergencyd.daemon.store.core import Store
 from emergencyd.escalation.content import describe_verdict, iso
 from emergencyd.escalation.records import (
     TICKET,

@@ -4,3 +4,7 @@ from __future__ import annotations
 
 class StoreError(RuntimeError):
     """The store could not commit or read; ingest answers 451 on it."""
+
+
+class StoreBusy(StoreError):
+    """Another writer held the store for longer than the wait allowed."""

@@ -5,10 +5,10 @@ A mixin of Store: the same connection, the same single thread, still the only SQ
 from __future__ import annotations
 
 import json
-import sqlite3
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
+from emergencyd.daemon.store.connection import Connection
 from emergencyd.escalation.grouping import (
     ALONE,
     FIRST,
@@ -47,7 +47,7 @@ MAX_THREAD_HOPS = 20
 
 
 class GroupingQueries:
-    _conn: sqlite3.Connection
+    _conn: Connection
     if TYPE_CHECKING:          # Store's, which this is mixed into
         def _transaction(self, *, rollback: bool = False) -> AbstractContextManager[None]: ...
         def _settle(self, pk: int, now: float) -> None: ...
@@ -163,13 +163,13 @@ class GroupingQueries:
         group_id = relation.group_id
         page_key = None
         if relation.kind == FIRST and relation.fingerprint:
-            cur = self._conn.execute(
+            group_id = self._conn.execute(
                 "INSERT INTO incident_groups (fingerprint, dedup_key, problem_pk, category, severity, opened_at,"
-                " last_report_at, reports) VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
-                (relation.fingerprint, dedup_key, pk, relation.category, relation.severity, now, now))
-            group_id, page_key = cur.lastrowid, dedup_key
+                " last_report_at, reports) VALUES (?, ?, ?, ?, ?, ?, ?, 1) RETURNING id",
+                (relation.fingerprint, dedup_key, pk, relation.category, relation.severity, now, now)).fetchone()[0]
+            page_key = dedup_key
         elif group_id is not None and relation.kind in (INCIDENT, REPEAT):
-            self._conn.execute("UPDATE incident_groups SET last_report_at = MAX(last_report_at, ?),"
+            self._conn.execute("UPDATE incident_groups SET last_report_at = GREATEST(last_report_at, ?),"
                                " reports = reports + 1 WHERE id = ?", (now, group_id))
             page_key = self._conn.execute("SELECT dedup_key FROM incident_groups WHERE id = ?",
                                           (group_id,)).fetchone()[0]
@@ -181,8 +181,8 @@ class GroupingQueries:
         holder = relation.parent_pk if relation.kind == THREAD else pk
         for encoded in relation.encoded_ids:
             if holder is not None:
-                self._conn.execute("INSERT OR IGNORE INTO encoded_ids (encoded_id, message_pk) VALUES (?, ?)",
-                                   (encoded, holder))
+                self._conn.execute("INSERT INTO encoded_ids (encoded_id, message_pk) VALUES (?, ?)"
+                                   " ON CONFLICT DO NOTHING", (encoded, holder))
         self._conn.execute(
             "UPDATE escalations SET relation = ?, relation_reason = ?, parent_pk = ?, target_ticket_id = ?,"
             " group_id = ?, page_key = ?, sender_key = ?, loop_key = ? WHERE message_pk = ?",

@@ -9,7 +9,7 @@ import pytest
 
 from emergencyd.daemon.store.errors import StoreError
 from emergencyd.daemon.store.postgres_schema import POSTGRES_MIGRATIONS, migrate, schema_version
-from emergencyd.daemon.store.sqlite import Store
+from emergencyd.daemon.store.sqlite import open_sqlite
 from tests.postgres import PASSWORD
 
 
@@ -19,7 +19,7 @@ def connect(postgres) -> psycopg.Connection:
 
 def sqlite_columns(tmp_path) -> dict[str, set[str]]:
     """Each table of a SQLite store with every migration applied, with its columns."""
-    Store.open(tmp_path / "store.sqlite3").close()
+    open_sqlite(tmp_path / "store.sqlite3").close()
     with sqlite3.connect(tmp_path / "store.sqlite3") as conn:
         tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         return {table: {row[1] for row in conn.execute(f"PRAGMA table_info({table})")} for table in tables}

@@ -17,8 +17,8 @@ from typing import Callable
 import pytest
 
 from emergencyd.daemon.app import escalation_settings
-from emergencyd.daemon.config.model import load_config
-from emergencyd.daemon.store.sqlite import AsyncStore
+from emergencyd.daemon.config.model import StoreConfig, load_config
+from emergencyd.daemon.store.asynchronous import AsyncStore
 from emergencyd.escalation.content import (
     CommentRequest,
     Incident,
@@ -161,7 +161,7 @@ class Engine:
         self.pager = MemoryPager()
         self.desk = MemoryDesk(self.pager)
         self.observer = Recorder()
-        self.store = AsyncStore.open(tmp_path / "store.sqlite3", busy_timeout_ms=2000)
+        self.store = AsyncStore.open(StoreConfig(path=tmp_path / "store.sqlite3", busy_timeout_ms=2000))
         cpu = CpuPool(classify_context(config.policy, self.settings), workers=1, timeout_seconds=60)
         self.escalator = Escalator(self.store, self.desk, self.pager, self.settings, self.observer, cpu,
                                    clock=self.clock)

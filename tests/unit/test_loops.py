@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from emergencyd.daemon.config.model import load_config
-from emergencyd.daemon.store.sqlite import Store
+from emergencyd.daemon.store.core import Store
+from emergencyd.daemon.store.sqlite import open_sqlite
 from emergencyd.escalation.grouping import (
     FIRST,
     INCIDENT,
@@ -117,7 +118,7 @@ def test_a_loop_stays_on_its_own_ticket_rather_than_join_another_tenants_inciden
 
 @pytest.fixture
 def store(tmp_path):
-    s = Store.open(tmp_path / "var" / "store.sqlite3", busy_timeout_ms=200)
+    s = open_sqlite(tmp_path / "var" / "store.sqlite3", busy_timeout_ms=200)
     yield s
     s.close()
 

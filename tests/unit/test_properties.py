@@ -127,7 +127,7 @@ def single_line_text(text: str) -> bool:
 
 
 def check_identity(raw: bytes) -> str | None:
-    """daemon/store/sqlite.py: the message id decides the dedup key."""
+    """daemon/store/core.py: the message id decides the dedup key."""
     message_id = message_id_of(raw)
     assert message_id is None or isinstance(message_id, str)
     if message_id is not None:

@@ -1,5 +1,4 @@
 """The store: durable settings, one row per message identity, steps committed one by one."""
-import asyncio
 import sqlite3
 import stat
 import threading
@@ -9,7 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from emergencyd.daemon.store.sqlite import MIGRATIONS, AsyncStore, Store, StoreError
+from emergencyd.daemon.store.errors import StoreError
+from emergencyd.daemon.store.migrations import MIGRATIONS
+from emergencyd.daemon.store.sqlite import open_sqlite
 from emergencyd.daemon.store.thread import (
     BACKGROUND,
     BACKGROUND_SHARE,
@@ -18,13 +19,7 @@ from emergencyd.daemon.store.thread import (
     store_priority,
 )
 from emergencyd.escalation.records import (
-    COMMENT,
-    DONE,
-    FAILED,
     NEW,
-    PAGE,
-    PENDING,
-    TICKET,
     Envelope,
     dedup_key_of,
     identity_of,
@@ -39,28 +34,28 @@ def envelope(source="smtp"):
 
 @pytest.fixture
 def store(tmp_path):
-    s = Store.open(tmp_path / "var" / "store.sqlite3", busy_timeout_ms=200)
+    s = open_sqlite(tmp_path / "var" / "store.sqlite3", busy_timeout_ms=200)
     yield s
     s.close()
 
 
 def test_durability_settings_and_private_file(store):
-    conn = sqlite3.connect(store.path)
+    conn = sqlite3.connect(store._conn.path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2   # FULL
-    assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(store._conn.path.stat().st_mode) == 0o600
     assert store.schema_version() == len(MIGRATIONS)
 
 
 def test_the_write_ahead_log_is_private_and_a_readable_store_is_tightened(tmp_path, caplog):
     path = tmp_path / "loose" / "store.sqlite3"
-    first = Store.open(path)
+    first = open_sqlite(path)
     first.ingest(make_message(), envelope())
     wal = path.with_name(path.name + "-wal")
     assert stat.S_IMODE(wal.stat().st_mode) == 0o600
     first.close()
     path.chmod(0o644)
-    second = Store.open(path)
+    second = open_sqlite(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert "made it private" in caplog.text
     assert second.counts_by_state() == {NEW: 1}
@@ -69,7 +64,7 @@ def test_the_write_ahead_log_is_private_and_a_readable_store_is_tightened(tmp_pa
 
 def test_reopening_runs_no_migration_twice(tmp_path, store):
     store.ingest(make_message(), envelope())
-    again = Store.open(store.path)
+    again = open_sqlite(store._conn.path)
     assert again.schema_version() == len(MIGRATIONS)
     assert again.counts_by_state() == {NEW: 1}
     again.close()
@@ -81,74 +76,11 @@ def test_a_store_from_a_newer_version_is_refused(tmp_path):
     conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
     conn.close()
     with pytest.raises(StoreError, match="newer than this emergencyd"):
-        Store.open(path)
-
-
-def test_same_message_id_is_stored_once(store):
-    first = store.ingest(make_message(), envelope())
-    second = store.ingest(make_message(body="resent by another relay"), envelope("imap"))
-    assert not first.duplicate and second.duplicate
-    assert second.message_pk == first.message_pk
-    record = store.record(first.message_pk)
-    assert record.deliveries == 2 and record.envelope.source == "smtp"
-    assert record.message_id == "m1@example.net"
-    assert record.dedup_key == dedup_key_of("mid:m1@example.net")
-
-
-def test_without_message_id_identity_is_the_exact_bytes(store):
-    a = store.ingest(make_message(message_id=None), envelope())
-    b = store.ingest(make_message(message_id=None), envelope())
-    c = store.ingest(make_message(message_id=None, body="different"), envelope())
-    assert b.duplicate and b.message_pk == a.message_pk
-    assert not c.duplicate and c.message_pk != a.message_pk
-    assert store.record(a.message_pk).identity.startswith("sha256:")
-
-
-def test_raw_bytes_and_envelope_round_trip(store):
-    raw = make_message(body="caf\u00e9 \u2603")
-    pk = store.ingest(raw, envelope()).message_pk
-    assert store.raw(pk) == raw
-    record = store.record(pk)
-    assert record.envelope.rcpt_to == ("emergency@example.org",)
-    assert record.envelope.helo == "mx.example.net" and record.size == len(raw)
-
-
-def test_steps_are_committed_one_by_one_until_done(store):
-    pk = store.ingest(make_message(), envelope()).message_pk
-    assert store.due(time.time()) == [pk]
-    store.plan(pk, subject="Apps down", sender="tenant@example.net", steps=(TICKET, PAGE))
-    assert store.record(pk).state == PENDING
-    assert store.begin_attempt(pk, TICKET) == 0
-    store.complete_step(pk, TICKET, {"ticket_id": 7}, ticket_id=7)
-    record = store.record(pk)
-    assert record.ticket_id == 7 and record.step(TICKET).done and record.state == PENDING
-    store.begin_attempt(pk, PAGE)
-    store.fail_step(pk, PAGE, error="HTTP 503", next_attempt_at=time.time() + 60)
-    assert store.due(time.time()) == []
-    assert store.record(pk).step(PAGE).last_error == "HTTP 503"
-    assert store.begin_attempt(pk, PAGE) == 1
-    store.complete_step(pk, PAGE, {"dedup_key": "k"}, paged_at=time.time())
-    assert store.record(pk).state == DONE
-
-
-def test_a_permanent_failure_settles_as_failed(store):
-    pk = store.ingest(make_message(), envelope()).message_pk
-    store.plan(pk, subject="s", sender=None, steps=(TICKET,))
-    store.fail_step(pk, TICKET, error="HTTP 422: invalid requester", next_attempt_at=None)
-    record = store.record(pk)
-    assert record.state == FAILED and record.last_error() == "HTTP 422: invalid requester"
-
-
-def test_planning_twice_adds_no_steps(store):
-    pk = store.ingest(make_message(), envelope()).message_pk
-    store.plan(pk, subject="s", sender=None, steps=(TICKET, PAGE))
-    store.begin_attempt(pk, TICKET)
-    store.plan(pk, subject="s", sender=None, steps=(TICKET, PAGE))
-    assert [s.attempts for s in store.record(pk).steps] == [1, 0]
+        open_sqlite(path)
 
 
 def test_a_locked_store_refuses_and_writes_nothing(store):
-    locker = sqlite3.connect(store.path, isolation_level=None)
+    locker = sqlite3.connect(store._conn.path, isolation_level=None)
     locker.execute("BEGIN EXCLUSIVE")
     with pytest.raises(StoreError, match="could not commit"):
         store.ingest(make_message(), envelope())
@@ -157,43 +89,6 @@ def test_a_locked_store_refuses_and_writes_nothing(store):
     assert store.counts_by_state() == {}
     assert store._conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 0
     assert not store.ingest(make_message(), envelope()).duplicate
-
-
-async def test_mail_arriving_together_is_committed_together_each_once(tmp_path):
-    store = AsyncStore.open(tmp_path / "group.sqlite3", busy_timeout_ms=5000)
-    try:
-        mails = [make_message(subject=f"Mail {n}", message_id=f"<g{n}@example.net>") for n in range(30)]
-        mails.append(mails[7])                     # a second delivery inside the same group
-        results = await asyncio.gather(*(store.ingest(raw, envelope()) for raw in mails))
-    finally:
-        store.close()
-    assert [r.duplicate for r in results].count(True) == 1 and results[-1].duplicate
-    assert results[-1].message_pk == results[7].message_pk
-    assert len({r.message_pk for r in results}) == 30
-    reopened = Store.open(tmp_path / "group.sqlite3")
-    assert reopened.counts_by_state() == {NEW: 30}
-    reopened.close()
-
-
-def test_each_senders_first_new_mail_and_a_due_page_are_marked_urgent_for_the_store(store):
-    def mail(sender, n):
-        return store.ingest(make_message(sender=sender, subject=f"Incident {n}", message_id=f"<{n}@x.example>"),
-                            envelope()).message_pk
-    loop = [mail("alerts@loop.example", n) for n in range(3)]
-    other = mail("ops@other.example", 9)
-    commenting = mail("ops@third.example", 10)
-    store.plan(commenting, subject="Still down", sender="ops@third.example", steps=(COMMENT,))
-    paging = mail("ops@fourth.example", 11)
-    store.plan(paging, subject="Apps down", sender="ops@fourth.example", steps=(TICKET, PAGE))
-    turns = {work.message_pk: work.urgent for work in store.due_turns(time.time())}
-    assert turns == {loop[0]: True, other: True, loop[1]: False, loop[2]: False,   # a storm's later mail waits
-                     paging: True, commenting: False}                             # a page due again does not
-    assert store.due(time.time()) == [loop[0], other, loop[1], loop[2], paging, commenting]
-    # Asked only for what arrived since: a loop's next mail is still no sender's first.
-    later = [mail("alerts@loop.example", 12), mail("ops@fifth.example", 13)]
-    since = [(w.message_pk, w.urgent, w.undecided) for w in store.due_turns(time.time(), new_after=paging)]
-    assert since == [(later[1], True, True), (later[0], False, True), (paging, True, False),
-                     (commenting, False, False)]
 
 
 def test_an_urgent_store_call_goes_ahead_of_the_queue_and_each_priority_keeps_its_order():
@@ -293,7 +188,7 @@ _SENDERS = ["storm@loop.example", "a@one.example", "b@two.example", "c@three.exa
        storm_share=st.sampled_from([0.0, 0.5, 0.9]))
 def test_the_quiet_sender_in_the_way_is_the_one_the_single_query_finds(tmp_path_factory, filler, mails, storm_share):
     import random
-    store = Store.open(tmp_path_factory.mktemp("quiet") / "store.sqlite3")
+    store = open_sqlite(tmp_path_factory.mktemp("quiet") / "store.sqlite3")
     rng = random.Random(filler)
     # A long backlog first (past the window of the 500 oldest, at times), some of it one sender's storm.
     senders = [_SENDERS[0] if rng.random() < storm_share else f"t{rng.randrange(400)}@many.example"
@@ -302,7 +197,10 @@ def test_the_quiet_sender_in_the_way_is_the_one_the_single_query_finds(tmp_path_
                          envelope()) for n, sender in enumerate(senders)])
     decided = [filler + i + 1 for i, (_, done) in enumerate(mails) if done] + \
         [n for n in range(1, filler + 1) if rng.random() < 0.2]
-    store._conn.executemany("UPDATE escalations SET state = 'pending' WHERE message_pk = ?", [(n,) for n in decided])
+    store._conn.begin_write()
+    for n in decided:
+        store._conn.execute("UPDATE escalations SET state = 'pending' WHERE message_pk = ?", (n,))
+    store._conn.commit()
     # Every mail near the end and around the window's edge (the 500th undecided), a stride elsewhere.
     last = len(senders) + 1
     pks = sorted({*range(max(1, last - 60), last + 1), *range(480, min(last, 530) + 1), *range(1, last + 1, 13)})
@@ -315,7 +213,7 @@ def test_the_quiet_sender_in_the_way_is_the_one_the_single_query_finds(tmp_path_
 
 def test_the_fair_key_moves_to_the_escalation_and_old_rows_get_it(tmp_path):
     path = tmp_path / "store.sqlite3"
-    old = Store.open(path)
+    old = open_sqlite(path)
     first = old.ingest(make_message(sender="Ops <OPS@Tenant.example>"), envelope()).message_pk
     old._conn.execute("UPDATE escalations SET fair_key = '' WHERE message_pk = ?", (first,))
     old._conn.execute("PRAGMA user_version = 7")   # as a store from before migration 8: what came since, undone
@@ -326,7 +224,7 @@ def test_the_fair_key_moves_to_the_escalation_and_old_rows_get_it(tmp_path):
     old._conn.execute("DROP INDEX escalations_state_fair_key")
     old._conn.execute("ALTER TABLE escalations DROP COLUMN fair_key")
     old.close()
-    store = Store.open(path)
+    store = open_sqlite(path)
     assert store.record(first).fair_key == "ops@tenant.example"
     later = store.ingest(make_message(sender="x@y.example", message_id="<later@y.example>"), envelope()).message_pk
     assert store.record(later).fair_key == "x@y.example"

@@ -1,0 +1,181 @@
+"""The store off the event loop: an ingest thread with group commit, and the store's priority thread."""
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
+
+from emergencyd.daemon.config.model import StoreConfig
+from emergencyd.daemon.store.backends import open_store
+from emergencyd.daemon.store.core import DueWork, IngestResult, Store, WriteGate
+from emergencyd.daemon.store.errors import StoreError
+from emergencyd.daemon.store.thread import StoreThread
+from emergencyd.escalation.records import Envelope, EscalationRecord, FollowUp
+
+T = TypeVar("T")
+
+# One group commit holds at most this much: a transaction that stays short, and memory bounded.
+GROUP_COMMIT_MESSAGES = 64
+GROUP_COMMIT_BYTES = 32 * 1024 * 1024
+
+
+class AsyncStore:
+    """Runs store calls on dedicated threads, so commits never block the event loop.
+
+    Ingest has a database session and a thread of its own: a mail's 250 waits for its own
+    commit, never behind the escalation bookkeeping queued on the other thread. Mail that
+    arrives while a commit is under way is committed together in the next one (group
+    commit): one fsync for all of them, and each 250 still only after its commit.
+    """
+
+    def __init__(self, store: Store, ingest_store: Store):
+        self.sync = store
+        self._ingest_store = ingest_store
+        self._thread = StoreThread("store")
+        self._ingest_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-ingest")
+        self._to_commit: list[tuple[bytes, Envelope, asyncio.Future]] = []
+        self._committer: asyncio.Task | None = None
+
+    @classmethod
+    def open(cls, config: StoreConfig) -> "AsyncStore":
+        store = open_store(config, gate=WriteGate(config.busy_timeout_ms / 1000))
+        try:
+            store.check_at_start()
+            return cls(store, store.sibling(priority=True))
+        except BaseException:
+            store.close()
+            raise
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.wrap_future(self._thread.submit(lambda: fn(*args, **kwargs)))
+
+    async def ingest(self, raw: bytes, envelope: Envelope) -> IngestResult:
+        self._thread.note_intake()
+        committed = asyncio.get_running_loop().create_future()
+        self._to_commit.append((raw, envelope, committed))
+        if self._committer is None or self._committer.done():
+            # The ingest thread starts on this mail now, not a turn of the loop later when the task runs.
+            self._committer = asyncio.create_task(self._commit_waiting(self._commit_next()), name="group-commit")
+        return await committed
+
+    def intake_busy(self) -> bool:
+        """Mail is arriving: background work on the store's thread gets only its share (daemon/store/thread.py)."""
+        return self._thread.intake_busy()
+
+    def _commit_next(self) -> tuple[list[tuple[bytes, Envelope, asyncio.Future]], asyncio.Future]:
+        """Hand the waiting mail (one group) to the ingest thread."""
+        group = self._take_group()
+        batch = [(raw, envelope) for raw, envelope, _ in group]
+        return group, asyncio.get_running_loop().run_in_executor(
+            self._ingest_executor, self._ingest_store.ingest_batch, batch)
+
+    async def _commit_waiting(self, first: tuple[list[tuple[bytes, Envelope, asyncio.Future]], asyncio.Future]) -> None:
+        """Answer each group's senders, then commit what arrived meanwhile, until none waits."""
+        group, committing = first
+        while True:
+            try:
+                results = await committing
+            except Exception as exc:       # every sender of the group is told to try again (451)
+                error = exc if isinstance(exc, StoreError) else StoreError(f"could not commit message: {exc}")
+                for _, _, committed in group:
+                    if not committed.done():
+                        committed.set_exception(error)
+            else:
+                for (_, _, committed), result in zip(group, results):
+                    if not committed.done():
+                        committed.set_result(result)
+            if not self._to_commit:
+                return
+            group, committing = self._commit_next()
+
+    def _take_group(self) -> list[tuple[bytes, Envelope, asyncio.Future]]:
+        """The waiting mail, oldest first, up to GROUP_COMMIT_MESSAGES and GROUP_COMMIT_BYTES (at least one)."""
+        size, count = 0, 0
+        for raw, _, _ in self._to_commit:
+            if count and (count >= GROUP_COMMIT_MESSAGES or size + len(raw) > GROUP_COMMIT_BYTES):
+                break
+            size, count = size + len(raw), count + 1
+        group, self._to_commit = self._to_commit[:count], self._to_commit[count:]
+        return group
+
+    async def save_imap_position(self, account: str, uidvalidity: int, last_uid: int) -> None:
+        """Part of intake, so it queues with ingest, never behind escalation bookkeeping."""
+        await self._on_ingest_thread(self._ingest_store.save_imap_position, account, uidvalidity, last_uid)
+
+    async def _on_ingest_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._ingest_executor, fn, *args)
+
+    # -- the rest, each on the store's thread at the caller's priority (daemon/store/thread.py) ----------
+
+    async def record(self, pk: int) -> EscalationRecord:
+        return await self.call(self.sync.record, pk)
+
+    async def raw(self, pk: int) -> bytes:
+        return await self.call(self.sync.raw, pk)
+
+    async def begin_attempt(self, pk: int, step: str) -> int:
+        return await self.call(self.sync.begin_attempt, pk, step)
+
+    async def defer_step(self, pk: int, step: str, until: float) -> None:
+        await self.call(self.sync.defer_step, pk, step, until)
+
+    async def complete_step(self, pk: int, step: str, result: dict[str, Any], *,
+                            follow_ups: tuple[FollowUp, ...] = (), **escalation: Any) -> None:
+        await self.call(self.sync.complete_step, pk, step, result, follow_ups=follow_ups, **escalation)
+
+    async def fail_step(self, pk: int, step: str, *, error: str, next_attempt_at: float | None) -> None:
+        await self.call(self.sync.fail_step, pk, step, error=error, next_attempt_at=next_attempt_at)
+
+    async def claim_follow_ups(self, pk: int, limit: int) -> tuple[FollowUp, ...]:
+        return await self.call(self.sync.claim_follow_ups, pk, limit)
+
+    async def earlier_pending_comment(self, pk: int, parent_pk: int | None,
+                                      target_ticket_id: int | None) -> tuple[int, float] | None:
+        return await self.call(self.sync.earlier_pending_comment, pk, parent_pk, target_ticket_id)
+
+    async def group(self, group_id: int) -> dict[str, Any] | None:
+        return await self.call(self.sync.group, group_id)
+
+    async def undecided_before(self, pk: int) -> int | None:
+        return await self.call(self.sync.undecided_before, pk)
+
+    async def due_turns(self, now: float, limit: int = 100, *, new_after: int = 0) -> list[DueWork]:
+        return await self.call(self.sync.due_turns, now, limit, new_after=new_after)
+
+    async def message_sizes(self, pks: list[int]) -> dict[int, int]:
+        return await self.call(self.sync.message_sizes, pks)
+
+    async def next_due_at(self) -> float | None:
+        return await self.call(self.sync.next_due_at)
+
+    async def decide_failed(self, pk: int, error: str) -> bool:
+        return await self.call(self.sync.decide_failed, pk, error)
+
+    async def counts_by_state(self) -> dict[str, int]:
+        return await self.call(self.sync.counts_by_state)
+
+    async def oldest_unfinished_received_at(self) -> float | None:
+        return await self.call(self.sync.oldest_unfinished_received_at)
+
+    async def pages_overdue(self, received_before: float) -> int:
+        return await self.call(self.sync.pages_overdue, received_before)
+
+    async def check_writable(self) -> None:
+        await self.call(self.sync.check_writable)
+
+    async def kept_directory(self, source: str) -> str | None:
+        return await self.call(self.sync.kept_directory, source)
+
+    async def save_directory(self, source: str, fetched_at: float, copy: str) -> None:
+        await self.call(self.sync.save_directory, source, fetched_at, copy)
+
+    async def imap_position(self, account: str) -> tuple[int, int] | None:
+        return await self.call(self.sync.imap_position, account)
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
+        self._ingest_executor.shutdown(wait=True)
+        self._ingest_store.close()
+        self.sync.close()
+

@@ -1,0 +1,69 @@
+"""The daemon on PostgreSQL (`[store] backend = "postgresql"`), on the suite's own throwaway cluster.
+
+Mail in over SMTP, ticket and page out to the HTTPS fakes, with the store in the database; `check-config`
+asking the database; the database lost and back: 451 and a not-ready /readyz meanwhile, then the mail
+accepted during the gap's end escalated once; and the password nowhere in what the daemon prints.
+"""
+import smtplib
+
+import pytest
+
+from emergencyd.daemon.store.postgres_schema import POSTGRES_MIGRATIONS
+from emergencyd.escalation.records import DONE
+from tests.harness import assert_one_of_everything, live_env, make_message, run_cli, wait_until, write_config
+from tests.postgres import PASSWORD
+
+
+def postgres_store(dsn: str) -> str:
+    return f'backend = "postgresql"\ndsn = "{dsn}"\n'
+
+
+def env_with_password(**more: str) -> dict[str, str]:
+    return {**live_env(), "EMERGENCYD_STORE_PASSWORD": PASSWORD, **more}
+
+
+def test_a_p1_on_postgresql_gives_one_ticket_and_one_page(live_daemon, zendesk, pagerduty, postgres_cluster):
+    dsn = postgres_cluster.new_database()
+    daemon = live_daemon(store=postgres_store(dsn), env=env_with_password())
+    daemon.send(make_message(subject="Apps down", body="All our apps return 502 since 02:10."))
+    daemon.send(make_message(subject="Apps down", body="All our apps return 502 since 02:10."))   # a retry
+    message = assert_one_of_everything(daemon, zendesk, pagerduty)
+    assert message["deliveries"] == 2
+    stored = postgres_cluster.query_database(dsn, "SELECT e.state, m.deliveries FROM escalations e"
+                                                  " JOIN messages m ON m.id = e.message_pk")
+    assert stored == f"{DONE}|2"
+    checked = daemon.cli("check-config").stdout
+    assert f"answers, schema version {len(POSTGRES_MIGRATIONS)}" in checked
+    printed = daemon.log_text() + checked + daemon.cli("status").stdout
+    assert PASSWORD not in printed
+
+
+def test_a_password_in_the_dsn_is_refused_and_an_unreachable_database_named(tmp_path, postgres_cluster):
+    dsn = postgres_cluster.new_database()
+    config = write_config(tmp_path, dry_run=True, store=postgres_store(f"{dsn} password={PASSWORD}"))
+    refused = run_cli(config, "check-config", check=False)
+    assert refused.returncode == 2 and "store.dsn: holds a password" in refused.stderr
+    assert PASSWORD not in refused.stdout + refused.stderr
+    config = write_config(tmp_path, dry_run=True, store=postgres_store(dsn))
+    wrong = run_cli(config, "check-config", env=env_with_password(EMERGENCYD_STORE_PASSWORD="not-it"), check=False)
+    assert wrong.returncode == 3 and "does not answer" in wrong.stderr and "password authentication failed" in wrong.stderr
+    fresh = run_cli(config, "check-config", env=env_with_password())
+    assert "answers, empty; the first start creates the schema" in fresh.stdout
+
+
+def test_the_database_lost_gives_451_and_not_ready_then_mail_flows_again(live_daemon, zendesk, pagerduty, postgres):
+    daemon = live_daemon(store=postgres_store(postgres.dsn), env=env_with_password())
+    daemon.send(make_message(subject="Apps down", message_id="<before@example.net>"))
+    daemon.wait_settled(1, timeout=30)
+    postgres.stop()
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        daemon.send(make_message(subject="Apps down again", message_id="<during@example.net>"))
+    assert refused.value.smtp_code == 451 and b"4.3.0" in refused.value.smtp_error
+    wait_until(lambda: daemon.http_get("/readyz")[0] == 503, "/readyz to say not ready", patience=20)
+    postgres.start()
+    wait_until(lambda: daemon.http_get("/readyz")[0] == 200, "/readyz ready again", patience=30)
+    daemon.send(make_message(subject="Apps down again", message_id="<during@example.net>"))   # the MTA's retry
+    doc = daemon.wait_settled(2, timeout=30)
+    assert [m["state"] for m in doc["messages"]] == [DONE, DONE]
+    assert len(zendesk.tickets()) == 2 and len(pagerduty.incidents()) == 2
+    assert PASSWORD not in daemon.log_text()
