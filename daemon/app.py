@@ -17,6 +17,7 @@ from emergencyd.daemon.ingest.smtp import (
     start_smtp,
     starttls_context,
 )
+from emergencyd.daemon.leadership import Leadership
 from emergencyd.daemon.ops.certificates import soonest_expiry, tls_files
 from emergencyd.daemon.ops.http import start_http
 from emergencyd.daemon.ops.loop_lag import watch_loop_lag
@@ -93,13 +94,15 @@ class StartupError(RuntimeError):
 class Daemon:
     def __init__(self, config: Config):
         self.config = config
-        self.metrics = Metrics()
+        self.metrics = Metrics(replica=config.replica.name)
         self.store = AsyncStore.open(config.store)
+        self.leadership = Leadership(self.store, config.replica.name, config.replica.lease_seconds, self.metrics)
         self.escalator = build_escalator(config, self.store, self.metrics)
         self.runner = Runner(self.store, self.escalator, self.metrics,
                              poll_interval=config.escalation.poll_interval_seconds,
                              max_in_flight_bytes=config.escalation.max_in_flight_bytes,
-                             page_deadline_seconds=config.fallback.after_seconds if config.fallback.enabled else None)
+                             page_deadline_seconds=config.fallback.after_seconds if config.fallback.enabled else None,
+                             may_escalate=self.leadership.held)
         self.smtp_handler = IngestHandler(config.smtp, self.ingest, self.metrics)
         self.imap = ImapIngress(config.imap, self.ingest, self.store, self.metrics) if config.imap.enabled else None
         self.notifier = SystemdNotifier()
@@ -146,8 +149,8 @@ class Daemon:
             checks["store"] = f"not writable: {exc}"
         if self.config.smtp.enabled:
             checks["smtp"] = "ok" if self._smtp is not None and self._smtp.is_serving() else "not listening"
-        if self.imap is not None:
-            checks["imap"] = self.imap.state
+        if self.imap is not None:     # a standby leaves the mailbox to the escalating replica
+            checks["imap"] = self.imap.state if self.leadership.held.is_set() else "ok"
         stalled = time.time() - self.runner.last_loop_at > RUNNER_STALL_SECONDS
         checks["runner"] = "stalled" if stalled else "ok"
         if not self.config.dry_run:
@@ -158,7 +161,8 @@ class Daemon:
 
     def readiness_details(self) -> dict[str, str]:
         """What /readyz shows beside its checks: parts the daemon works without, so never a reason for a 503."""
-        details = {}
+        details = {"escalating": "this replica" if self.leadership.held.is_set() else
+                   "another replica (this one takes mail, and takes over if that one stops)"}
         if self.escalator.policy.spam.enabled:
             details["rspamd"] = self.metrics.spam_check_health()
         return details
@@ -200,18 +204,23 @@ class Daemon:
                 server.close()
             raise StartupError(f"cannot listen for metrics on {self.config.metrics.listen}: {exc.strerror}") from None
         self._servers.append(http)
+        await self.leadership.try_once()     # alone on a store, this replica escalates from the start
         tasks = [asyncio.create_task(self.runner.run(), name="runner")]
         # The workers start beside the listeners: READY does not wait for them, a first mail may.
         self._background = [asyncio.create_task(watch_loop_lag(self.metrics.loop_lag), name="loop-lag"),
-                            asyncio.create_task(self.escalator.warm(), name="cpu-warm")]
+                            asyncio.create_task(self.escalator.warm(), name="cpu-warm"),
+                            asyncio.create_task(self.leadership.run(), name="leadership")]
         if self.directory is not None:
             self._background.append(asyncio.create_task(self.directory.run(), name="directory"))
         if self.imap is not None:
-            tasks.append(asyncio.create_task(self.imap.run(), name="imap"))
+            # The mailbox is the escalating replica's: one replica at a time holds it.
+            tasks.append(asyncio.create_task(self.leadership.while_held(self.imap.run_again, self.imap.stop),
+                                             name="imap"))
             # READY waits for the first login, but not for long: an unreachable mailbox must
             # not hold up SMTP and escalation (it shows in /readyz and the STATUS= line).
             try:
-                await asyncio.wait_for(self.imap.first_attempt_done.wait(), IMAP_READY_WAIT_SECONDS)
+                if self.leadership.held.is_set():
+                    await asyncio.wait_for(self.imap.first_attempt_done.wait(), IMAP_READY_WAIT_SECONDS)
             except asyncio.TimeoutError:
                 log.warning("imap not connected yet; ready without it",
                             extra={"waited_seconds": IMAP_READY_WAIT_SECONDS})
@@ -315,6 +324,7 @@ class Daemon:
         if self.imap is not None:
             await self.imap.stop()
         await self.runner.stop(deadline_seconds)
+        await self.leadership.give_up()
         # What is still running past the deadline is cut: uncommitted work is redone at the next start.
         await asyncio.wait(tasks, timeout=max(deadline - time.monotonic(), 0.1))
         for task in tasks:

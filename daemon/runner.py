@@ -46,7 +46,8 @@ def _store_context(urgent: bool) -> contextvars.Context:
 
 class Runner:
     def __init__(self, store: AsyncStore, escalator: Escalator, metrics: Metrics, *, poll_interval: float,
-                 max_in_flight_bytes: int = 64 * 1024 * 1024, page_deadline_seconds: float | None = None):
+                 max_in_flight_bytes: int = 64 * 1024 * 1024, page_deadline_seconds: float | None = None,
+                 may_escalate: asyncio.Event | None = None):
         self._store = store
         self._escalator = escalator
         self._metrics = metrics
@@ -68,6 +69,8 @@ class Runner:
         self._background: set[int] = set()   # escalations in flight as background work
         self._held_back = False               # background work was left for when intake is quiet
         self._failed_rounds = 0
+        # Set while this replica holds the escalator lease (daemon/leadership.py); None: always.
+        self._may_escalate = may_escalate
 
     def wake(self) -> None:
         self._wake.set()
@@ -78,6 +81,9 @@ class Runner:
 
     async def run(self) -> None:
         while not self._stopping:
+            await self._wait_for_the_lease()
+            if self._stopping:
+                break
             self.last_loop_at = time.time()
             self._round_at = time.monotonic()
             try:
@@ -90,6 +96,19 @@ class Runner:
                 if self._failed_rounds == 1 or self._failed_rounds % FAILED_ROUNDS_LOGGED_EVERY == 0:
                     log.exception("runner round failed", extra={"rounds_failed_in_a_row": self._failed_rounds})
                 await asyncio.sleep(self._poll_interval)
+
+    async def _wait_for_the_lease(self) -> None:
+        """While another replica escalates, start nothing; once this one does, look at everything."""
+        if self._may_escalate is None or self._may_escalate.is_set():
+            return
+        while not self._may_escalate.is_set() and not self._stopping:
+            self.last_loop_at = time.time()        # waiting, and alive: the watchdog must not restart a standby
+            try:
+                await asyncio.wait_for(self._may_escalate.wait(), self._poll_interval)
+            except asyncio.TimeoutError:
+                pass
+        self._full_look_at = float("-inf")
+        self._new_after = 0
 
     async def _start_due(self) -> int:
         started = 0
@@ -143,6 +162,10 @@ class Runner:
             await self._escalator.advance(pk)
         except asyncio.CancelledError:
             raise
+        except self._store.failures as exc:   # the store's fault, not the mail's: tried again, never stuck
+            log.warning("escalation round stopped by the store", extra={
+                "message_pk": pk, "error": f"{type(exc).__name__}: {exc}"[:300]})
+            self._full_look_at = float("-inf")
         except Exception as exc:
             log.exception("escalation round failed", extra={"message_pk": pk})
             await self._count_failure(pk, exc)

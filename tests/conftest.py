@@ -55,11 +55,18 @@ def start_daemon(tmp_path):
     """start_daemon(dry_run=..., ...) -> a running DaemonProcess; every one is stopped afterwards."""
     started: list[DaemonProcess] = []
 
-    def start(*, env: dict[str, str] | None = None, **config_args) -> DaemonProcess:
+    def start(*, env: dict[str, str] | None = None, replica: str | None = None, **config_args) -> DaemonProcess:
+        """`replica` names a second (third ...) daemon: its own directory, and its name in [replica]."""
         dry_run = config_args.pop("dry_run", True)
-        config = write_config(tmp_path, dry_run=dry_run, **config_args)
+        directory = tmp_path
+        if replica is not None:
+            directory = tmp_path / replica
+            directory.mkdir(exist_ok=True)
+            config_args["extra"] = f'{config_args.get("extra", "")}\n[replica]\nname = "{replica}"\n' \
+                f'lease_seconds = {config_args.pop("lease_seconds", 2)}\n'
+        config = write_config(directory, dry_run=dry_run, **config_args)
         process = DaemonProcess(config=config, env=env or (base_env() if dry_run else live_env()),
-                                log_path=tmp_path / "daemon.log")
+                                log_path=directory / "daemon.log")
         started.append(process)
         return process.start()
 

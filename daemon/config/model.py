@@ -96,6 +96,12 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class ReplicaConfig:
+    name: str                    # unique among the replicas sharing a store, stable across restarts
+    lease_seconds: float         # how long the escalator lease lasts without renewal: the take-over time
+
+
+@dataclass(frozen=True)
 class EscalationConfig:
     # How long the page may wait for the ticket so that it can carry the
     # ticket's link. Past this, or on any Zendesk error, it pages without it.
@@ -137,6 +143,7 @@ class Config:
     smtp: SmtpConfig
     imap: ImapConfig
     store: StoreConfig
+    replica: ReplicaConfig
     zendesk: ZendeskConfig
     pagerduty: PagerDutyConfig
     escalation: EscalationConfig
@@ -168,6 +175,7 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
         smtp=sections.read_smtp(reader),
         imap=sections.read_imap(reader),
         store=sections.read_store(reader),
+        replica=sections.read_replica(reader),
         zendesk=sections.read_zendesk(reader),
         pagerduty=sections.read_pagerduty(reader),
         escalation=sections.read_escalation(reader),

@@ -5,6 +5,7 @@ daemon/config/model.py imports this module inside load_config, since this one im
 """
 from __future__ import annotations
 
+import socket
 from typing import Any
 from zoneinfo import ZoneInfoNotFoundError
 
@@ -14,6 +15,7 @@ from emergencyd.daemon.config.model import (
     ImapConfig,
     MetricsConfig,
     PagerDutyConfig,
+    ReplicaConfig,
     SmtpConfig,
     StoreConfig,
     ZendeskConfig,
@@ -125,6 +127,13 @@ def read_store(r: ConfigReader) -> StoreConfig:
         busy_timeout_ms=r.integer("store.busy_timeout_ms", 5000, minimum=0),
         backend=backend, dsn=dsn, password=password,
     )
+
+
+def read_replica(r: ConfigReader) -> ReplicaConfig:
+    name = r.string("replica.name", "") or socket.gethostname()
+    if not name.strip() or len(name) > 200:
+        raise ConfigError(f"replica.name: expected a short name, got {name!r}")
+    return ReplicaConfig(name=name, lease_seconds=r.number("replica.lease_seconds", 20.0, minimum=1.0))
 
 
 def read_zendesk(r: ConfigReader) -> ZendeskConfig:

@@ -76,6 +76,11 @@ class ImapIngress:
         self._metrics.imap_connected.set(0)
         self._metrics.imap_idle_active.set(0)
 
+    async def run_again(self) -> None:
+        """run() after a stop(): this replica holds the mailbox again (daemon/leadership.py)."""
+        self._stopping = asyncio.Event()
+        await self.run()
+
     async def _serve(self, session: MailboxSession) -> None:
         await session.open()
         self.first_attempt_done.set()

@@ -61,7 +61,7 @@ disable_created_metrics()
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, replica: str = "") -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.received = Counter("emergencyd_messages_received_total",
@@ -176,8 +176,12 @@ class Metrics:
         self._spam_last: tuple[str, float] | None = None       # the last rspamd check's outcome, and when
         self._spam_failing_since: float | None = None
         self.last_page_at = 0.0
-        self.info = Info("emergencyd_build", "Build information.", registry=r)
-        self.info.info({"version": _version()})
+        self.leader = Gauge("emergencyd_escalator_lease_held",
+                            "1 while this replica holds the escalator lease: it decides, runs the steps and holds "
+                            "the IMAP mailbox; 0 while another replica does (docs/deployment.md).", registry=r)
+        self.info = Info("emergencyd_build", "Build information, and this replica's name ([replica] name).",
+                         registry=r)
+        self.info.info({"version": _version(), "replica": replica})
         self._precreate()
 
     def _precreate(self) -> None:

@@ -9,6 +9,7 @@ from emergencyd.daemon.config.model import StoreConfig
 from emergencyd.daemon.store.backends import open_store
 from emergencyd.daemon.store.core import DueWork, IngestResult, Store, WriteGate
 from emergencyd.daemon.store.errors import StoreError
+from emergencyd.daemon.store.leases import Fence
 from emergencyd.daemon.store.thread import StoreThread
 from emergencyd.escalation.records import Envelope, EscalationRecord, FollowUp
 
@@ -105,6 +106,23 @@ class AsyncStore:
     async def _on_ingest_thread(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._ingest_executor, fn, *args)
+
+    # -- leases: on the ingest thread too, so that a backlog of escalation work never delays a renewal ----------
+
+    async def hold_lease(self, name: str, holder: str, seconds: float) -> bool:
+        return await self._on_ingest_thread(self._ingest_store.hold_lease, name, holder, seconds)
+
+    async def give_up_lease(self, name: str, holder: str) -> None:
+        await self._on_ingest_thread(self._ingest_store.give_up_lease, name, holder)
+
+    def fence_with(self, fence: Fence | None) -> None:
+        """Decisions and external calls are written only while `fence`'s lease is held (daemon/store/leases.py)."""
+        self.sync.fence_with(fence)
+
+    @property
+    def failures(self) -> tuple[type[Exception], ...]:
+        """What a store call raises when the store itself fails (not the mail): StoreError, the driver's errors."""
+        return (StoreError, *self.sync.database_errors)
 
     # -- the rest, each on the store's thread at the caller's priority (daemon/store/thread.py) ----------
 

@@ -18,6 +18,7 @@ from typing import Any, Iterator
 from emergencyd.daemon.store.connection import Connection
 from emergencyd.daemon.store.errors import StoreBusy, StoreError
 from emergencyd.daemon.store.grouping import GroupingQueries
+from emergencyd.daemon.store.leases import LeaseQueries
 from emergencyd.escalation.policy import Verdict
 from emergencyd.escalation.records import (
     DONE,
@@ -102,7 +103,7 @@ class WriteGate:
                 self._cond.notify_all()
 
 
-class Store(GroupingQueries):
+class Store(GroupingQueries, LeaseQueries):
     """Synchronous store on one Connection; callers serialise access (AsyncStore does)."""
 
     def __init__(self, conn: Connection, *, gate: WriteGate, priority: bool = False):
@@ -113,13 +114,19 @@ class Store(GroupingQueries):
         self._commit_failures: tuple[type[Exception], ...] = (StoreError, *conn.errors)
 
     @property
+    def database_errors(self) -> tuple[type[Exception], ...]:
+        return self._conn.errors
+
+    @property
     def name(self) -> str:
         """The database, for messages: a file's path, or a DSN without its password."""
         return self._conn.name
 
     def sibling(self, *, priority: bool) -> "Store":
-        """A Store on another session of the same database, behind the same write gate."""
-        return Store(self._conn.sibling(), gate=self._gate, priority=priority)
+        """A Store on another session of the same database, behind the same write gate (and fence)."""
+        store = Store(self._conn.sibling(), gate=self._gate, priority=priority)
+        store.fence_with(self._fence)
+        return store
 
     def close(self) -> None:
         self._conn.close()
@@ -225,6 +232,7 @@ class Store(GroupingQueries):
         now = time.time()
         state = PENDING if steps else SUPPRESSED
         with self._transaction():
+            self._check_fence()
             updated = self._conn.execute(
                 "UPDATE escalations SET state = ?, subject = ?, sender = ?, verdict = ?, category = ?, severity = ?,"
                 " support_window = ?, suppressed_reason = ?, updated_at = ? WHERE message_pk = ? AND state = ?",
@@ -306,6 +314,7 @@ class Store(GroupingQueries):
         the effect of the previous one before repeating it.
         """
         with self._transaction():
+            self._check_fence()
             row = self._conn.execute(
                 "SELECT attempts FROM steps WHERE message_pk = ? AND name = ?", (pk, step)).fetchone()
             self._conn.execute("UPDATE steps SET attempts = attempts + 1, updated_at = ?"

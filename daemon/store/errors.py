@@ -8,3 +8,7 @@ class StoreError(RuntimeError):
 
 class StoreBusy(StoreError):
     """Another writer held the store for longer than the wait allowed."""
+
+
+class LeaseLost(StoreError):
+    """This replica no longer holds the lease that a write needs (another took over): nothing was written."""

@@ -233,7 +233,7 @@ class GroupingQueries:
         """How many of the sender's undecided mails are among the oldest (counted up to one past quiet)."""
         return self._conn.execute(
             "SELECT COUNT(*) FROM (SELECT 1 FROM escalations WHERE state = ? AND fair_key = ?"
-            " AND message_pk <= ? LIMIT ?)",
+            " AND message_pk <= ? LIMIT ?) AS early",
             (NEW, fair_key, window_end if window_end is not None else 2 ** 62, QUIET_QUEUE + 1)).fetchone()[0]
 
     def undecided_before(self, pk: int) -> int | None:

@@ -132,4 +132,13 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE escalations ADD COLUMN decide_failures INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE escalations ADD COLUMN decide_error TEXT
     """,
+    # 12: leases: which replica escalates (and holds the IMAP mailbox) while several share one database.
+    """
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_at REAL NOT NULL,
+        acquired_at REAL NOT NULL
+    )
+    """,
 )

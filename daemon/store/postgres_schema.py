@@ -111,6 +111,15 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
         copy TEXT NOT NULL
     )
     """,
+    # 2: the SQLite store's migration 12: leases.
+    """
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        acquired_at DOUBLE PRECISION NOT NULL
+    )
+    """,
 )
 
 
