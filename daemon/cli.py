@@ -13,7 +13,7 @@ from typing import Callable
 from emergencyd.daemon.config.model import Config, ConfigError, load_config
 from emergencyd.daemon.ops.logs import configure_logging
 from emergencyd.daemon.ops.status import render_status, status_document
-from emergencyd.daemon.store.backends import database_errors, open_store, probe_store, store_exists
+from emergencyd.daemon.store.backends import copy_into, database_errors, open_store, probe_store, store_exists
 from emergencyd.daemon.store.core import Store
 from emergencyd.daemon.store.errors import StoreError
 from emergencyd.escalation.decider import injected
@@ -79,6 +79,18 @@ def _parser() -> argparse.ArgumentParser:
     status = command("status", cmd_status, "Show escalations by state and the recent messages.")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--limit", type=int, default=20, help="how many recent messages (default 20)")
+    store = sub.add_parser("store", help="Operations on the store itself.", description="Operations on the store.")
+    store_sub = store.add_subparsers(dest="store_command", required=True)
+    copy = store_sub.add_parser(
+        "copy", help="Copy a SQLite store into the PostgreSQL database of the config (a new one).",
+        description="Copy a single host's SQLite store, every message with its id and state, into the PostgreSQL "
+                    "database that the config's [store] names (backend = \"postgresql\"), which must hold no "
+                    "mail yet. Stop the daemon that uses the SQLite store first.")
+    copy.add_argument("--config", default=DEFAULT_CONFIG, help="config file (default: ./config.toml)")
+    copy.add_argument("--from", dest="source", required=True, metavar="sqlite:PATH", help="the SQLite store")
+    copy.add_argument("--to", dest="target", required=True, choices=["postgresql"],
+                      help="the config's PostgreSQL database")
+    copy.set_defaults(func=cmd_store_copy)
     hash_password = sub.add_parser(
         "hash-password", help="Print a line for smtp.auth_users_file; the password is read from stdin.",
         description="Print USER:HASH (scrypt, random salt) for smtp.auth_users_file. The password is read "
@@ -179,6 +191,12 @@ def _hand_back(config: Config, pk: int, change: Callable[[Store, int], StrEnum],
         print(f"emergencyd: message {pk}: {outcome}; nothing changed", file=sys.stderr)
         return 1
     print(f"message {pk}: {said}")
+    return 0
+
+
+def cmd_store_copy(config: Config, args: argparse.Namespace) -> int:
+    copied = copy_into(config.store, args.source, args.target)
+    print(f"copied into {config.store.location}: " + ", ".join(f"{n} {table}" for table, n in copied.items()))
     return 0
 
 

@@ -162,7 +162,7 @@ class Runner:
             await self._escalator.advance(pk)
         except asyncio.CancelledError:
             raise
-        except self._store.failures as exc:   # the store's fault, not the mail's: tried again, never stuck
+        except self._store.unavailable as exc:   # the store away or the lease lost: tried again, never stuck
             log.warning("escalation round stopped by the store", extra={
                 "message_pk": pk, "error": f"{type(exc).__name__}: {exc}"[:300]})
             self._full_look_at = float("-inf")

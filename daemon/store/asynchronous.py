@@ -120,9 +120,10 @@ class AsyncStore:
         self.sync.fence_with(fence)
 
     @property
-    def failures(self) -> tuple[type[Exception], ...]:
-        """What a store call raises when the store itself fails (not the mail): StoreError, the driver's errors."""
-        return (StoreError, *self.sync.database_errors)
+    def unavailable(self) -> tuple[type[Exception], ...]:
+        """What a store call raises when the store is away or busy, or the lease lost: never the mail's fault
+        (a row that cannot be written is: it raises the driver's other errors)."""
+        return (StoreError, *self.sync.database_unavailable)
 
     # -- the rest, each on the store's thread at the caller's priority (daemon/store/thread.py) ----------
 

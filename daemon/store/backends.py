@@ -2,11 +2,24 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from emergencyd.daemon.config.model import StoreConfig
 from emergencyd.daemon.config.store import StoreBackend
 from emergencyd.daemon.store.core import Store, WriteGate
+from emergencyd.daemon.store.errors import StoreError
 from emergencyd.daemon.store.sqlite import open_sqlite
+
+if TYPE_CHECKING:
+    from emergencyd.daemon.store.postgres import PostgresSettings
+
+
+def postgres_settings(config: StoreConfig, *, busy_timeout_ms: int | None = None) -> "PostgresSettings":
+    from emergencyd.daemon.store.postgres import PostgresSettings
+    timeout_ms = config.busy_timeout_ms if busy_timeout_ms is None else busy_timeout_ms
+    return PostgresSettings(dsn=config.dsn, password=config.password.value if config.password else None,
+                            wait_seconds=timeout_ms / 1000)
 
 
 def open_store(config: StoreConfig, *, gate: WriteGate | None = None, priority: bool = False,
@@ -15,10 +28,8 @@ def open_store(config: StoreConfig, *, gate: WriteGate | None = None, priority: 
     timeout_ms = config.busy_timeout_ms if busy_timeout_ms is None else busy_timeout_ms
     if config.backend is StoreBackend.POSTGRESQL:
         # Imported here: a SQLite deployment never loads the PostgreSQL driver.
-        from emergencyd.daemon.store.postgres import PostgresSettings, open_postgres
-        settings = PostgresSettings(dsn=config.dsn, password=config.password.value if config.password else None,
-                                    wait_seconds=timeout_ms / 1000)
-        return open_postgres(settings, gate=gate, priority=priority)
+        from emergencyd.daemon.store.postgres import open_postgres
+        return open_postgres(postgres_settings(config, busy_timeout_ms=timeout_ms), gate=gate, priority=priority)
     return open_sqlite(config.path, busy_timeout_ms=timeout_ms, gate=gate, priority=priority)
 
 
@@ -38,9 +49,20 @@ def database_errors(config: StoreConfig) -> tuple[type[Exception], ...]:
 def probe_store(config: StoreConfig) -> str:
     """What `check-config` says of the store, without changing it; StoreError when it cannot be used."""
     if config.backend is StoreBackend.POSTGRESQL:
-        from emergencyd.daemon.store.postgres import PostgresSettings, probe_postgres
-        return probe_postgres(PostgresSettings(dsn=config.dsn, password=config.password.value if config.password
-                                               else None, wait_seconds=config.busy_timeout_ms / 1000))
+        from emergencyd.daemon.store.postgres import probe_postgres
+        return probe_postgres(postgres_settings(config))
     if not config.path.exists():
         return f"store {config.path}: not there yet; the first start creates it"
     return f"store {config.path}"
+
+
+def copy_into(config: StoreConfig, source: str, target: str) -> dict[str, int]:
+    """`store copy --from sqlite:PATH --to postgresql`: the SQLite store into the config's database."""
+    kind, _, path = source.partition(":")
+    if kind != StoreBackend.SQLITE or not path:
+        raise StoreError(f"--from: expected sqlite:PATH, got {source!r}")
+    if target != StoreBackend.POSTGRESQL or config.backend is not StoreBackend.POSTGRESQL:
+        raise StoreError("--to postgresql copies into the database of the config's [store] (backend = "
+                         "\"postgresql\" with its dsn)")
+    from emergencyd.daemon.store.copy import copy_sqlite_to_postgres
+    return copy_sqlite_to_postgres(Path(path), postgres_settings(config))

@@ -28,6 +28,8 @@ class Connection(Protocol):
     name: str
     # The driver's errors: a failed statement or a lost database, told to senders as 451.
     errors: tuple[type[Exception], ...]
+    # Those of them that mean the database is away or busy (not a statement's or a row's fault).
+    unavailable: tuple[type[Exception], ...]
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows: ...
 

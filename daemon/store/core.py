@@ -114,8 +114,8 @@ class Store(GroupingQueries, LeaseQueries):
         self._commit_failures: tuple[type[Exception], ...] = (StoreError, *conn.errors)
 
     @property
-    def database_errors(self) -> tuple[type[Exception], ...]:
-        return self._conn.errors
+    def database_unavailable(self) -> tuple[type[Exception], ...]:
+        return self._conn.unavailable
 
     @property
     def name(self) -> str:

@@ -49,7 +49,8 @@ def open_postgres(settings: PostgresSettings, *, gate: WriteGate | None = None, 
 
 
 class PostgresConnection:
-    errors: tuple[type[Exception], ...] = (psycopg.Error,)   # a pool timeout is an OperationalError too
+    errors: tuple[type[Exception], ...] = (psycopg.Error,)
+    unavailable: tuple[type[Exception], ...] = (psycopg.OperationalError,)   # a lost server, a pool timeout
 
     def __init__(self, pool: ConnectionPool, name: str, *, owns_pool: bool = True):
         self._pool = pool
@@ -164,14 +165,20 @@ class PostgresConnection:
             self.rollback()
 
 
+def connect_once(settings: PostgresSettings) -> psycopg.Connection:
+    """One connection outside the pool, in autocommit, for a command (`check-config`, `store copy`)."""
+    kwargs: dict[str, Any] = {"connect_timeout": max(1, int(settings.wait_seconds)), "autocommit": True,
+                              "application_name": settings.application_name}
+    if settings.password is not None:
+        kwargs["password"] = settings.password
+    return psycopg.connect(settings.dsn, **kwargs)
+
+
 def probe_postgres(settings: PostgresSettings) -> str:
     """The database answers, and at which schema version, without changing it (`check-config`)."""
     name = describe_dsn(settings.dsn)
-    kwargs: dict[str, Any] = {"connect_timeout": max(1, int(settings.wait_seconds)), "autocommit": True}
-    if settings.password is not None:
-        kwargs["password"] = settings.password
     try:
-        with psycopg.connect(settings.dsn, **kwargs) as conn:
+        with connect_once(settings) as conn:
             version = schema_version(conn)
             read_only = conn.execute("SELECT pg_is_in_recovery()").fetchone()
     except psycopg.Error as exc:

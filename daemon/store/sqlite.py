@@ -27,6 +27,7 @@ def open_sqlite(path: Path, *, busy_timeout_ms: int = 5000, gate: WriteGate | No
 
 class SqliteConnection:
     errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+    unavailable: tuple[type[Exception], ...] = (sqlite3.OperationalError,)   # locked, disk I/O
 
     def __init__(self, conn: sqlite3.Connection, path: Path, busy_timeout_ms: int):
         self._raw = conn

@@ -33,10 +33,12 @@ def test_a_ticket_create_tells_when_it_queues_behind_the_pacer(zendesk, ca_file)
     # waiting comment and the create below must queue, however slowly this machine gets to it.
     comments = 45
     with ThreadPoolExecutor(comments) as pool:
-        for n in range(comments):
-            pool.submit(desk.add_comment, CommentRequest(ticket_id=first, body=f"comment {n}", author_email=None,
-                                                         author_name=None, marker=f"m{n}"))
+        adding = [pool.submit(desk.add_comment, CommentRequest(ticket_id=first, body=f"comment {n}",
+                                                               author_email=None, author_name=None, marker=f"m{n}"))
+                  for n in range(comments)]
         wait_until(lambda: len(zendesk.requests) >= 20, "the bucket to be spent")
         desk.create_ticket(ticket(2), on_queued=lambda: queued.append(2))
+    for added in adding:
+        added.result()                                    # a comment that failed says why
     assert queued == [2]
     assert len(zendesk.tickets()) == 2 and len(zendesk.comments(first)) == comments + 1

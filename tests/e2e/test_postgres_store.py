@@ -67,3 +67,28 @@ def test_the_database_lost_gives_451_and_not_ready_then_mail_flows_again(live_da
     assert [m["state"] for m in doc["messages"]] == [DONE, DONE]
     assert len(zendesk.tickets()) == 2 and len(pagerduty.incidents()) == 2
     assert PASSWORD not in daemon.log_text()
+
+
+def test_a_sqlite_store_is_copied_into_postgresql_and_goes_on_from_there(start_daemon, tmp_path, postgres_cluster):
+    single = start_daemon(dry_run=True)
+    for n in range(3):
+        single.send(make_message(subject=f"Apps down {n}", message_id=f"<copy-{n}@example.net>"))
+    before = single.wait_settled(3)["messages"]
+    assert single.stop() == 0
+    sqlite_path = single.config.parent / "var" / "store.sqlite3"
+    dsn = postgres_cluster.new_database()
+    (tmp_path / "shared").mkdir()
+    config = write_config(tmp_path / "shared", dry_run=True, store=postgres_store(dsn))
+    copied = run_cli(config, "store", "copy", "--from", f"sqlite:{sqlite_path}", "--to", "postgresql",
+                     env=env_with_password())
+    assert "3 messages" in copied.stdout and "3 escalations" in copied.stdout
+    twice = run_cli(config, "store", "copy", "--from", f"sqlite:{sqlite_path}", "--to", "postgresql",
+                    env=env_with_password(), check=False)
+    assert twice.returncode == 3 and "already holds mail" in twice.stderr
+    shared = start_daemon(dry_run=True, replica="shared", store=postgres_store(dsn), env=env_with_password())
+    after = shared.status()["messages"]
+    keys = ("id", "message_id", "state", "dedup_key", "relation", "decision")
+    assert [{k: m[k] for k in keys} for m in after] == [{k: m[k] for k in keys} for m in before]
+    shared.send(make_message(subject="Apps down again", message_id="<copy-next@example.net>"))
+    newest = shared.wait_settled(4)["messages"][0]
+    assert newest["message_id"] == "copy-next@example.net" and newest["id"] == 4     # the ids go on
