@@ -8,10 +8,11 @@ Needs Debian's postgresql package (a throwaway cluster is started, as the test s
 1. Ingest, dry run, the same N mails over K SMTP connections each time, one after the other:
    emergencyd on SQLite (the baseline), on PostgreSQL, and two replicas on one PostgreSQL database with the
    connections split between them (two MX hosts). msg/s and the 250's p50/p99, as bench/smtp_ingest.py.
-2. Take-over: two replicas with dry_run off against the HTTPS fakes, lease_seconds S (the shipped 20 by
-   default). 40 P1s are sent, the escalating replica is killed with SIGKILL after the 5th trigger reaches the fake
-   PagerDuty, and one more P1 is sent to the survivor at once. Measured from the kill: when the survivor holds the
-   lease, and when every P1 is paged. Ticket and trigger counts show that nothing was done twice.
+2. Take-over: two replicas with dry_run off against the HTTPS fakes and one IMAP mailbox (a throwaway Dovecot),
+   lease_seconds S (the shipped 20 by default). 40 P1s are sent over SMTP, the escalating replica is killed with
+   SIGKILL after the 5th trigger reaches the fake PagerDuty, and at once one more P1 goes to the survivor over
+   SMTP and one into the mailbox. Measured from the kill: when the survivor holds the lease, when it is logged in
+   to the mailbox, and when every P1 is paged. Ticket and trigger counts show that nothing was done twice.
 
 Figures only: nothing is asserted.
 """
@@ -38,10 +39,19 @@ from bench.smtp_ingest import (  # noqa: E402
     start_emergencyd,
     stop_daemon,
 )
+from tests.dovecot import Dovecot, dovecot_binary  # noqa: E402
 from tests.fakes.pagerduty import FakePagerDuty  # noqa: E402
 from tests.fakes.tls import TestCA  # noqa: E402
 from tests.fakes.zendesk import FakeZendesk  # noqa: E402
-from tests.harness import API_TOKEN, ZENDESK_EMAIL, ZENDESK_TOKEN, base_env, live_env, make_message  # noqa: E402
+from tests.harness import (  # noqa: E402
+    API_TOKEN,
+    ZENDESK_EMAIL,
+    ZENDESK_TOKEN,
+    base_env,
+    imap_table,
+    live_env,
+    make_message,
+)
 from tests.postgres import PASSWORD, Postgres, postgres_bin_dir  # noqa: E402
 
 
@@ -77,7 +87,7 @@ def ingest_row(name: str, workdir: Path, stack, messages, warmup, connections: i
     return smtp_row(name, merged, len(messages), connections)
 
 
-def take_over(workdir: Path, stack, dsn: str, lease_seconds: float) -> dict:
+def take_over(workdir: Path, stack, dsn: str, lease_seconds: float, dovecot: Dovecot) -> dict:
     ca = TestCA()
     zendesk = stack.enter_context(FakeZendesk(ca=ca, email=ZENDESK_EMAIL, token=ZENDESK_TOKEN))
     pagerduty = stack.enter_context(FakePagerDuty(ca=ca, api_token=API_TOKEN))
@@ -85,11 +95,15 @@ def take_over(workdir: Path, stack, dsn: str, lease_seconds: float) -> dict:
     ca_file = ca.write_ca_pem(workdir / "ca")
     env = {**live_env(), "EMERGENCYD_STORE_PASSWORD": PASSWORD}
     fast = "requests_per_minute = 60000\n"
-    daemons = [start_emergencyd(workdir / f"takeover-{name}", stack, env=env, dry_run=False, policy=True,
-                                zendesk_url=zendesk.url, pagerduty_url=pagerduty.url, ca_file=ca_file,
-                                extra_zendesk=fast, store=store_table(dsn),
-                                extra="[dedup]\nmax_new_pages_per_minute = 100000\n" +
-                                replica_table(name, lease_seconds)) for name in ("a", "b")]
+    daemons = []
+    for name in ("a", "b"):
+        directory = workdir / f"takeover-{name}"
+        directory.mkdir(parents=True)
+        daemons.append(start_emergencyd(
+            directory, stack, env=env, dry_run=False, policy=True, zendesk_url=zendesk.url,
+            pagerduty_url=pagerduty.url, ca_file=ca_file, extra_zendesk=fast, store=store_table(dsn),
+            imap=imap_table(dovecot, directory),
+            extra="[dedup]\nmax_new_pages_per_minute = 100000\n" + replica_table(name, lease_seconds)))
     survivor = daemons[1]
     for n in range(40):
         daemons[n % 2].send(make_message(subject=f"Tenant {n}: all our apps are down",
@@ -100,21 +114,25 @@ def take_over(workdir: Path, stack, dsn: str, lease_seconds: float) -> dict:
     killed = time.monotonic()
     survivor.send(make_message(subject="Tenant 99: all our apps are down", sender="ops@tenant99.example",
                                message_id="<p1-after-kill@bench.example>"))
-    lease_at = all_paged_at = None
+    dovecot.append(make_message(subject="Tenant 98: all our apps are down", sender="ops@tenant98.example",
+                                message_id="<p1-by-imap@bench.example>"))
+    lease_at = imap_at = all_paged_at = None
     deadline = killed + 10 * lease_seconds + 60
     while time.monotonic() < deadline and all_paged_at is None:
         if lease_at is None and survivor.metric("emergencyd_escalator_lease_held") == 1:
             lease_at = time.monotonic() - killed
-        triggered = {e["dedup_key"] for e in pagerduty.events() if e["event_action"] == "trigger"}
+        if imap_at is None and survivor.metric("emergencyd_imap_connected") == 1:
+            imap_at = time.monotonic() - killed
         doc = survivor.status()
         paged = [m for m in doc["messages"] if m["paged_at"]]
-        if len(doc["messages"]) == 41 and len(paged) == 41 and triggered:
+        if len(doc["messages"]) == 42 and len(paged) == 42:
             all_paged_at = time.monotonic() - killed
         time.sleep(0.05)
     tickets = zendesk.tickets()
     triggers = [e for e in pagerduty.events() if e["event_action"] == "trigger"]
     stop_daemon(survivor)
     return {"lease_seconds": lease_seconds, "lease_taken_s": None if lease_at is None else round(lease_at, 2),
+            "imap_taken_s": None if imap_at is None else round(imap_at, 2),
             "all_paged_s": None if all_paged_at is None else round(all_paged_at, 2),
             "tickets": len(tickets), "distinct_external_ids": len({t["external_id"] for t in tickets}),
             "triggers": len(triggers), "incidents": len(pagerduty.incidents())}
@@ -130,7 +148,8 @@ def report(info: dict, rows: list[dict], takeover: dict, args) -> str:
         lines.append(f"{r['name']:34} {r['msg_per_s'] or 0:8.1f} {r['p50_ms'] or 0:8.2f} {r['p99_ms'] or 0:8.2f} "
                      f"{r['rejected']:9d}{ratio}")
     lines.append(f"take-over (lease_seconds {takeover['lease_seconds']}): kill -9 of the escalating replica -> "
-                 f"survivor holds the lease after {takeover['lease_taken_s']} s, all 41 P1s paged after "
+                 f"survivor holds the lease after {takeover['lease_taken_s']} s, the IMAP mailbox after "
+                 f"{takeover['imap_taken_s']} s, all 42 P1s (one by IMAP, one by SMTP after the kill) paged after "
                  f"{takeover['all_paged_s']} s; {takeover['tickets']} tickets ({takeover['distinct_external_ids']} "
                  f"external_ids), {takeover['triggers']} triggers, {takeover['incidents']} incidents")
     return "\n".join(lines)
@@ -166,7 +185,10 @@ def main(argv: list[str] | None = None) -> int:
                            dsn=cluster.new_database(), replicas=1),
                 ingest_row("PostgreSQL, two replicas", workdir, stack, messages, warmup, args.connections,
                            dsn=cluster.new_database(), replicas=2)]
-        takeover = take_over(workdir, stack, cluster.new_database(), args.lease_seconds)
+        dovecot = Dovecot(TestCA(), dovecot=dovecot_binary()).start()
+        stack.callback(dovecot.cleanup)
+        stack.callback(dovecot.stop)
+        takeover = take_over(workdir, stack, cluster.new_database(), args.lease_seconds, dovecot)
         print(report(info, rows, takeover, args))
         if args.json:
             import json

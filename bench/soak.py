@@ -1,6 +1,6 @@
 """Soak: the live daemon takes seeded mail over SMTP while it is killed -9 at random moments.
 
-    .venv/bin/python bench/soak.py [--messages 500] [--runs 5] [--first-seed 1] [--kill-every 2 6]
+    .venv/bin/python bench/soak.py [--messages 500] [--runs 5] [--first-seed 1] [--kill-every 2 6] [--replicas 2]
 
 Each run (seeds first-seed, first-seed+1, ...) gets its own store and fresh HTTPS fakes
 of Zendesk and PagerDuty in this process, and runs tests/soak.py: several SMTP client
@@ -35,6 +35,7 @@ from tests.fakes.pagerduty import FakePagerDuty  # noqa: E402
 from tests.fakes.tls import TestCA  # noqa: E402
 from tests.fakes.zendesk import FakeZendesk  # noqa: E402
 from tests.harness import API_TOKEN, ZENDESK_EMAIL, ZENDESK_TOKEN  # noqa: E402
+from tests.postgres import PASSWORD, Postgres, postgres_bin_dir  # noqa: E402
 from tests.soak import SoakResult, SoakSettings, run_soak  # noqa: E402
 
 COLUMNS = (  # title, width, value
@@ -58,12 +59,13 @@ COLUMNS = (  # title, width, value
 )
 
 
-def one_run(settings: SoakSettings, workdir: Path, ca: TestCA) -> SoakResult:
+def one_run(settings: SoakSettings, workdir: Path, ca: TestCA, cluster: Postgres | None, replicas: int) -> SoakResult:
     workdir.mkdir()
     ca_file = ca.write_ca_pem(workdir)
+    postgres = (cluster.new_database(), PASSWORD) if cluster is not None else None
     with FakeZendesk(ca=ca, email=ZENDESK_EMAIL, token=ZENDESK_TOKEN) as zendesk, \
             FakePagerDuty(ca=ca, api_token=API_TOKEN) as pagerduty:
-        result = run_soak(settings, workdir, zendesk, pagerduty, ca_file)
+        result = run_soak(settings, workdir, zendesk, pagerduty, ca_file, postgres=postgres, replicas=replicas)
         result.problems += [f"fake: {e!r}" for e in zendesk.errors + pagerduty.errors]
     return result
 
@@ -73,7 +75,8 @@ def report(info: dict, results: list[SoakResult], args) -> str:
         "",
         f"{args.clients} SMTP clients, {args.rate:g} first deliveries/s, a kill every "
         f"{args.kill_every[0]:g}-{args.kill_every[1]:g} s until all is acknowledged, then "
-        f"{args.drain_kills} while draining",
+        f"{args.drain_kills} while draining" + (f"; {args.replicas} replicas on one PostgreSQL database, each kill"
+                                                 " hitting one of them" if args.replicas > 1 else ""),
         "",
         "".join(f"{title:>{width}}" for title, width, _ in COLUMNS),
     ]
@@ -112,6 +115,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--settle-timeout", type=float, default=600.0,
                         help="give up waiting for the daemon to settle after S seconds (600)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the run without kills")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="1: one daemon on SQLite (the default); 2 or more: replicas on one PostgreSQL database "
+                             "(a throwaway cluster), each kill -9 hitting one of them at random")
     add_session_args(parser, tmpdir="the stores and daemon logs", keep="stores, daemon logs")
     args = parser.parse_args(argv)
     if args.messages < 1 or args.runs < 1 or not 0 < args.kill_every[0] <= args.kill_every[1]:
@@ -129,10 +135,19 @@ def main(argv: list[str] | None = None) -> int:
         plans.insert(0, replace(base, kills_while_sending=0, kills_while_draining=0))
     with bench_session("emergencyd-soak-", args.tmpdir, args.keep) as (stack, workdir, info, others):
         ca = TestCA()
+        cluster = None
+        if args.replicas > 1:
+            bin_dir = postgres_bin_dir()
+            if bin_dir is None:
+                print("--replicas needs PostgreSQL: apt-get install -y postgresql", file=sys.stderr)
+                return 2
+            cluster = Postgres(bin_dir).start()
+            stack.callback(cluster.cleanup)
+            stack.callback(cluster.stop)
         results = []
         for number, settings in enumerate(plans):
             began = time.monotonic()
-            result = one_run(settings, workdir / f"run{number}-seed{settings.seed}", ca)
+            result = one_run(settings, workdir / f"run{number}-seed{settings.seed}", ca, cluster, args.replicas)
             results.append(result)
             print(f"  seed {settings.seed}: {result.kills} kills, {len(result.problems)} problems, "
                   f"{time.monotonic() - began:.1f}s", file=sys.stderr, flush=True)

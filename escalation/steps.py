@@ -85,8 +85,11 @@ log = logging.getLogger("emergencyd.escalation")
 FALLBACK_THREADS = 2
 # How soon to look again at a step waiting on another escalation's ticket.
 CROSS_WAIT_SECONDS = 0.5
-# A mail waits at most this long for earlier mail it must not overtake (deciding takes milliseconds).
+# A mail waits at most this long for earlier mail of other senders it must not overtake (deciding takes ms).
 EARLIER_MAIL_WAIT_SECONDS = 10.0
+# A reply decided before the mail it answers would open an incident of its own (a second ticket and page):
+# worth a longer wait, which ends anyway once that mail is decided or stuck.
+THREAD_PARENT_WAIT_SECONDS = 120.0
 # A loop's follow-ups queued behind one comment go in it, up to this many: a readable comment.
 MAX_FOLLOW_UPS_PER_COMMENT = 100
 
@@ -235,20 +238,31 @@ class Escalator:
         """Overtake only a storm. A mail waits (without a turn) for the mail it replies to, and for
         earlier mail of senders that are not storming, to be decided first: a reply joins the ticket
         of the mail it answers, an encoded id is learnt before it is looked up. Deciding takes
-        milliseconds; past EARLIER_MAIL_WAIT_SECONDS it goes ahead anyway."""
-        deadline = time.monotonic() + EARLIER_MAIL_WAIT_SECONDS
-        while (left := deadline - time.monotonic()) > 0:
+        milliseconds, but a backlog (a burst, a replica taking over) can hold the mail in the way for
+        longer: past EARLIER_MAIL_WAIT_SECONDS a mail goes ahead of other senders' mail anyway, and past
+        THREAD_PARENT_WAIT_SECONDS ahead of the mail it replies to (which is decided or stuck by then,
+        unless the backlog is that long)."""
+        began = time.monotonic()
+        while True:
             mark = self._decided.mark()
-            in_the_way = await self._store.call(self._earlier_undecided, record)
+            in_the_way, is_parent = await self._store.call(self._earlier_undecided, record)
             if in_the_way is None:
                 return
+            patience = THREAD_PARENT_WAIT_SECONDS if is_parent else EARLIER_MAIL_WAIT_SECONDS
+            left = began + patience - time.monotonic()
+            if left <= 0:
+                log.warning("deciding before earlier mail", extra={
+                    "message_pk": record.message_pk, "in_the_way": in_the_way, "replies_to_it": is_parent})
+                return
             await self._decided.wait_for(in_the_way, mark, left)
-        log.warning("deciding before earlier mail", extra={"message_pk": record.message_pk})
 
-    def _earlier_undecided(self, record: EscalationRecord) -> int | None:
+    def _earlier_undecided(self, record: EscalationRecord) -> tuple[int | None, bool]:
+        """The mail in the way, and whether this one replies to it."""
         store = self._store.sync
-        return store.undecided_thread_parent(record.message_pk) or \
-            store.undecided_quiet_sender_before(record.message_pk, record.fair_key)
+        parent = store.undecided_thread_parent(record.message_pk)
+        if parent is not None:
+            return parent, True
+        return store.undecided_quiet_sender_before(record.message_pk, record.fair_key), False
 
     def _log_decision(self, record: EscalationRecord, verdict: Verdict, relation: Relation) -> None:
         self._observer.decided(verdict)

@@ -69,6 +69,20 @@ class Postgres:
         self._psql("postgres", f"CREATE DATABASE {name} OWNER {ROLE}")
         return f"host={HOST} port={self.port} dbname={name} user={ROLE}"
 
+    def make_standby(self) -> "Postgres":
+        """A second cluster streaming from this one (pg_basebackup -R), started on a port of its own."""
+        standby = Postgres(self.bin_dir)
+        if standby._user is not None:
+            owner = pwd.getpwnam(standby._user)
+            os.chown(standby.directory, owner.pw_uid, owner.pw_gid)
+        standby._run(standby._tool("pg_basebackup"), "-D", standby.data, "-R", "-X", "stream", "-c", "fast",
+                     "-d", f"host={HOST} port={self.port} user={ROLE} password={PASSWORD}")
+        return standby.start()
+
+    def promote(self) -> None:
+        """A standby becomes a primary that takes writes."""
+        self._run(self._tool("pg_ctl"), "-D", self.data, "-w", "promote")
+
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():
             self._run(self._tool("pg_ctl"), "-D", self.data, "-m", "fast", "-w", "stop", check=False)

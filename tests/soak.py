@@ -32,6 +32,7 @@ FAST_ZENDESK = "requests_per_minute = 60000\n"
 RESEND_AFTER = (0.2, 1.0)         # seconds before an unacknowledged mail is tried again
 SECOND_DELIVERY_AFTER = (0.5, 3.0)
 ACKED, RETRY, REFUSED = "250", "retry", "refused"     # how a transaction ended
+REPLICA_LEASE_SECONDS = 2         # replicas: a killed escalating one is replaced within this
 
 
 @dataclass(frozen=True)
@@ -129,9 +130,10 @@ class Outbox:
 
 
 class Soak:
-    def __init__(self, settings: SoakSettings, daemon: DaemonProcess, zendesk, pagerduty):
+    def __init__(self, settings: SoakSettings, daemons: list[DaemonProcess], zendesk, pagerduty):
         self.settings = settings
-        self.daemon = daemon
+        self.daemons = daemons          # replicas on one store; one, on SQLite
+        self.daemon = daemons[0]        # the one asked for status (any would do: they share the store)
         self.zendesk = zendesk
         self.pagerduty = pagerduty
         self.mails = plan(settings.seed, settings.messages)
@@ -144,7 +146,7 @@ class Soak:
     def run(self) -> SoakResult:
         began = time.monotonic()
         killer = threading.Thread(target=self._killer, name="soak-killer", daemon=True)
-        clients = [threading.Thread(target=self._client, name=f"soak-smtp-{n}", daemon=True)
+        clients = [threading.Thread(target=self._client, args=(n,), name=f"soak-smtp-{n}", daemon=True)
                    for n in range(self.settings.clients)]
         for thread in (killer, *clients):
             thread.start()
@@ -162,11 +164,14 @@ class Soak:
 
     # --- the sending MTA -------------------------------------------------------------
 
-    def _client(self) -> None:
+    def _client(self, number: int) -> None:
         client: smtplib.SMTP | None = None
+        mx = number % len(self.daemons)   # the MX host this client uses; after a failure, the next one
         while (item := self._outbox.take()) is not None:
             mail, second = item
-            client, outcome = self._deliver(client, mail)
+            client, outcome = self._deliver(client, mail, self.daemons[mx])
+            if outcome == RETRY:
+                mx = (mx + 1) % len(self.daemons)
             with self._lock:
                 self.result.sent += 1
                 self.result.acknowledged += outcome == ACKED
@@ -176,7 +181,8 @@ class Soak:
         if client is not None:
             _quit(client)
 
-    def _deliver(self, client: smtplib.SMTP | None, mail: Mail) -> tuple[smtplib.SMTP | None, str]:
+    def _deliver(self, client: smtplib.SMTP | None, mail: Mail,
+                 daemon: DaemonProcess) -> tuple[smtplib.SMTP | None, str]:
         """One transaction, on the open connection or a new one; the connection is dropped on any error.
 
         A 5xx is final, as for a real MTA (it would bounce the mail): recorded, never sent again.
@@ -184,7 +190,7 @@ class Soak:
         outcome = RETRY
         try:
             if client is None:
-                client = smtplib.SMTP("127.0.0.1", self.daemon.smtp_port, local_hostname="mta.soak.localhost",
+                client = smtplib.SMTP("127.0.0.1", daemon.smtp_port, local_hostname="mta.soak.localhost",
                                       timeout=10)
             client.sendmail(mail.mail_from, [RECIPIENT], mail.raw)
             return client, ACKED
@@ -226,8 +232,9 @@ class Soak:
                 continue
             if self._sending_done.wait(gap) if sending else self._stop.wait(gap):
                 continue      # sending ended during the gap: draw the next gap for the drain
-            self.daemon.kill9()
-            self.daemon.start(timeout=60)
+            victim = rng.choice(self.daemons)      # with replicas, one of them, the others running on
+            victim.kill9()
+            victim.start(timeout=60)
             with self._lock:
                 self.result.kills += 1
                 self.result.kills_draining += not sending
@@ -254,23 +261,41 @@ def status(daemon: DaemonProcess, *, limit: int) -> dict:
     return json.loads(run_cli(daemon.config, "status", "--json", "--limit", str(limit), env=daemon.env).stdout)
 
 
-def start_live_daemon(workdir: Path, zendesk, pagerduty, ca_file: Path) -> DaemonProcess:
+def start_live_daemon(workdir: Path, zendesk, pagerduty, ca_file: Path, *, replica: str | None = None,
+                      postgres: tuple[str, str] | None = None) -> DaemonProcess:
+    """A live daemon on SQLite, or replica `replica` on the PostgreSQL database (dsn, password) `postgres`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    store, env, extra = "", live_env(), DEDUP
+    if postgres is not None:
+        store = f'backend = "postgresql"\ndsn = "{postgres[0]}"\n'
+        env["EMERGENCYD_STORE_PASSWORD"] = postgres[1]
+        extra += f'[replica]\nname = "{replica}"\nlease_seconds = {REPLICA_LEASE_SECONDS}\n'
     config = write_config(workdir, dry_run=False, zendesk_url=zendesk.url, pagerduty_url=pagerduty.url,
-                          ca_file=ca_file, policy=True, extra=DEDUP, extra_zendesk=FAST_ZENDESK,
-                          busy_timeout_ms=5000)
-    daemon = DaemonProcess(config=config, env=live_env(), log_path=workdir / "daemon.log")
+                          ca_file=ca_file, policy=True, extra=extra, extra_zendesk=FAST_ZENDESK,
+                          busy_timeout_ms=5000, store=store)
+    daemon = DaemonProcess(config=config, env=env, log_path=workdir / "daemon.log")
     return daemon.start(timeout=60)
 
 
-def run_soak(settings: SoakSettings, workdir: Path, zendesk, pagerduty, ca_file: Path) -> SoakResult:
-    """One run against fresh fakes; the daemon is stopped whatever happens."""
-    daemon = start_live_daemon(workdir, zendesk, pagerduty, ca_file)
+def run_soak(settings: SoakSettings, workdir: Path, zendesk, pagerduty, ca_file: Path, *,
+             postgres: tuple[str, str] | None = None, replicas: int = 1) -> SoakResult:
+    """One run against fresh fakes, on SQLite or on `replicas` replicas of the PostgreSQL database (dsn,
+    password) `postgres`; every daemon is stopped whatever happens."""
+    daemons: list[DaemonProcess] = []
     try:
-        return Soak(settings, daemon, zendesk, pagerduty).run()
+        if postgres is None:
+            daemons.append(start_live_daemon(workdir, zendesk, pagerduty, ca_file))
+        else:
+            for n in range(replicas):
+                name = f"replica-{n}"
+                daemons.append(start_live_daemon(workdir / name, zendesk, pagerduty, ca_file, replica=name,
+                                                 postgres=postgres))
+        return Soak(settings, daemons, zendesk, pagerduty).run()
     finally:
-        if daemon.proc is not None and daemon.proc.poll() is None:
-            daemon.proc.kill()
-            daemon.proc.wait(10)
+        for daemon in daemons:
+            if daemon.proc is not None and daemon.proc.poll() is None:
+                daemon.proc.kill()
+                daemon.proc.wait(10)
 
 
 def _quit(client: smtplib.SMTP) -> None:

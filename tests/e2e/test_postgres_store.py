@@ -5,8 +5,8 @@ asking the database; the database lost and back: 451 and a not-ready /readyz mea
 accepted during the gap's end escalated once; and the password nowhere in what the daemon prints.
 """
 import smtplib
-
-import pytest
+import threading
+import time
 
 from emergencyd.daemon.store.postgres_schema import POSTGRES_MIGRATIONS
 from emergencyd.escalation.records import DONE
@@ -51,21 +51,41 @@ def test_a_password_in_the_dsn_is_refused_and_an_unreachable_database_named(tmp_
     assert "answers, empty; the first start creates the schema" in fresh.stdout
 
 
-def test_the_database_lost_gives_451_and_not_ready_then_mail_flows_again(live_daemon, zendesk, pagerduty, postgres):
-    daemon = live_daemon(store=postgres_store(postgres.dsn), env=env_with_password())
-    daemon.send(make_message(subject="Apps down", message_id="<before@example.net>"))
-    daemon.wait_settled(1, timeout=30)
+def test_postgresql_restarted_mid_storm_gives_451s_then_everything_is_escalated_once(
+        live_daemon, zendesk, pagerduty, postgres):
+    daemon = live_daemon(store=postgres_store(postgres.dsn), env=env_with_password(), policy=True,
+                         extra_zendesk="requests_per_minute = 60000\n")
+    storm = [make_message(subject=f"Alert #{n}: checkout-api 5xx above threshold", sender="alerts@loop.example",
+                          message_id=f"<storm-{n}@loop.example>", body="checkout-api 5xx at 12%")
+             for n in range(150)]
+    refused: list[int] = []
+    outage = threading.Event()
+
+    def send_like_an_mta() -> None:
+        """Each mail until it is accepted; a 451 is retried after a pause, as a sending server does."""
+        for n, raw in enumerate(storm):
+            if n == 50:
+                outage.set()              # the database goes away a third of the way in
+            while True:
+                try:
+                    daemon.send(raw)
+                    break
+                except smtplib.SMTPDataError as exc:
+                    assert exc.smtp_code == 451 and b"4.3.0" in exc.smtp_error, exc
+                    refused.append(n)
+                    time.sleep(0.2)
+    sender = threading.Thread(target=send_like_an_mta)
+    sender.start()
+    outage.wait(30)
     postgres.stop()
-    with pytest.raises(smtplib.SMTPDataError) as refused:
-        daemon.send(make_message(subject="Apps down again", message_id="<during@example.net>"))
-    assert refused.value.smtp_code == 451 and b"4.3.0" in refused.value.smtp_error
     wait_until(lambda: daemon.http_get("/readyz")[0] == 503, "/readyz to say not ready", patience=20)
+    wait_until(lambda: len(refused) >= 3, "451s while the database is away", patience=20)
     postgres.start()
-    wait_until(lambda: daemon.http_get("/readyz")[0] == 200, "/readyz ready again", patience=30)
-    daemon.send(make_message(subject="Apps down again", message_id="<during@example.net>"))   # the MTA's retry
-    doc = daemon.wait_settled(2, timeout=30)
-    assert [m["state"] for m in doc["messages"]] == [DONE, DONE]
-    assert len(zendesk.tickets()) == 2 and len(pagerduty.incidents()) == 2
+    sender.join(120)
+    assert not sender.is_alive()
+    doc = daemon.wait_settled(150, timeout=60)
+    assert doc["counts"] == {DONE: 150} and {m["deliveries"] for m in doc["messages"]} == {1}
+    assert len(zendesk.tickets()) == 1 and len(pagerduty.incidents()) == 1     # the loop: one incident
     assert PASSWORD not in daemon.log_text()
 
 

@@ -10,8 +10,8 @@ import threading
 from collections import Counter
 
 from emergencyd.escalation.records import DONE, PAGE, STEP_DONE, SUPPRESSED, RelationKind
-from tests.harness import live_env, make_message, wait_until
-from tests.postgres import PASSWORD
+from tests.harness import imap_table, live_env, make_message, wait_until
+from tests.postgres import DATABASE, HOST, PASSWORD, ROLE
 
 FAST = 'requests_per_minute = 60000\n'
 NO_PAGE_CAP = "[dedup]\nmax_new_pages_per_minute = 100000\n"
@@ -134,3 +134,45 @@ def test_the_other_replica_takes_over_when_the_escalating_one_is_killed(
     assert {m["state"] for m in doc["messages"]} == {DONE}
     assert_once_each(doc, zendesk, pagerduty, crashed=True)
     assert len(zendesk.tickets()) == 40
+
+
+def test_one_replica_holds_the_mailbox_and_the_other_takes_it_over_when_that_one_is_killed(
+        live_daemon, zendesk, pagerduty, postgres_cluster, dovecot, tmp_path):
+    a, b = replica_pair(live_daemon, postgres_cluster.new_database(), imap=imap_table(dovecot, tmp_path))
+    dovecot.append_many([first_mail(t) for t in range(10)])
+    settled(a, 10)
+    wait_until(lambda: len(dovecot.uids("INBOX")) == 0, "the mailbox emptied by the escalating replica")
+    assert [r.metric("emergencyd_imap_connected") for r in (a, b)] == [1, 0]     # one replica holds the mailbox
+    assert b.http_get("/readyz")[0] == 200                                          # and the other is ready
+    a.kill9()
+    dovecot.append_many([first_mail(t) for t in range(10, 20)])
+    doc = settled(b, 20)
+    wait_until(lambda: len(dovecot.uids("INBOX")) == 0, "the mailbox emptied by the replica that took over")
+    assert b.metric("emergencyd_imap_connected") == 1
+    assert {m["state"] for m in doc["messages"]} == {DONE} and {m["source"] for m in doc["messages"]} == {"imap"}
+    assert_once_each(doc, zendesk, pagerduty, crashed=True)
+
+
+def test_the_replicas_follow_a_promoted_standby_and_finish_the_work(live_daemon, zendesk, pagerduty, postgres):
+    standby = postgres.make_standby()
+    try:
+        # Synchronous replication: a commit (and so a 250) waits until the standby has it, so a failover
+        # loses no accepted mail.
+        postgres.query("ALTER SYSTEM SET synchronous_standby_names = '*'")
+        postgres.query("SELECT pg_reload_conf()")
+        both = f"host={HOST},{HOST} port={postgres.port},{standby.port}"
+        a, b = replica_pair(live_daemon, f"{both} dbname={DATABASE} user={ROLE} target_session_attrs=read-write")
+        send_spread([a, b], [first_mail(t) for t in range(20)])
+        settled(a, 20)
+        postgres.stop()                 # the primary is lost
+        standby.promote()
+        for replica in (a, b):
+            wait_until(lambda: replica.http_get("/readyz")[0] == 200, "ready on the promoted standby", patience=30)
+        send_spread([a, b], [first_mail(t) for t in range(20, 40)])
+        doc = settled(b, 40)
+        assert {m["state"] for m in doc["messages"]} == {DONE}
+        assert_once_each(doc, zendesk, pagerduty, crashed=True)
+        assert standby.query("SELECT count(*) FROM messages") == "40"
+    finally:
+        standby.stop()
+        standby.cleanup()

@@ -211,3 +211,18 @@ def test_a_database_that_cannot_commit_refuses_with_a_store_error(store_config):
     store.close()           # a closed session: the next commit fails, as with a lost database
     with pytest.raises(StoreError, match="could not commit"):
         store.ingest(make_message(), envelope())
+
+
+def test_a_reply_finds_its_undecided_parent_and_a_quiet_sender_its_turn(store):
+    parent = store.ingest(make_message(message_id="<parent@tenant.example>"), envelope()).message_pk
+    other = store.ingest(make_message(sender="ops@other.example", message_id="<other@other.example>"),
+                         envelope()).message_pk
+    answer = store.ingest(make_message(message_id="<answer@tenant.example>", subject="Re: Apps down",
+                                       extra_headers="In-Reply-To: <parent@tenant.example>\r\n"), envelope()).message_pk
+    assert store.undecided_thread_parent(answer) == parent
+    assert store.undecided_quiet_sender_before(answer, "tenant@example.net") == other
+    store.plan(parent, subject="Apps down", sender="tenant@example.net", steps=(TICKET,))
+    store.plan(other, subject="Apps down", sender="ops@other.example", steps=(TICKET,))
+    assert store.undecided_thread_parent(answer) is None
+    assert store.undecided_quiet_sender_before(answer, "tenant@example.net") is None
+    assert store.undecided_before(answer) is None and store.undecided_before(answer + 1) == answer
