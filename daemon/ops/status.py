@@ -5,6 +5,7 @@ from collections import Counter
 from typing import Any
 
 from emergencyd.daemon.store.core import Store
+from emergencyd.daemon.store.leases import ESCALATOR
 from emergencyd.escalation.content import describe_verdict, iso
 from emergencyd.escalation.records import (
     TICKET,
@@ -19,8 +20,12 @@ def status_document(store: Store, *, limit: int, dry_run: bool, tenant_directory
     with store.snapshot():   # the counts and the messages of one moment, however busy the daemon is
         counts, recent = store.counts_by_state(), store.recent(limit)
         mailboxes, groups = store.imap_positions(), store.groups(limit)
+        lease = store.lease_holder(ESCALATOR)
     return {
         "dry_run": dry_run,
+        # Which replica decides and pages (docs/deployment.md), until when unless it renews; None: none yet.
+        "escalating": {"replica": lease.holder, "lease_until": iso(lease.expires_at),
+                       "since": iso(lease.acquired_at)} if lease else None,
         "tenant_directory": tenant_directory,
         "counts": counts,
         "imap_mailboxes": [{**m, "updated_at": iso(m["updated_at"])} for m in mailboxes],
@@ -78,6 +83,10 @@ def render_status(document: dict[str, Any]) -> str:
     counts = document["counts"]
     lines = ["emergencyd status" + ("  (dry run: nothing is sent)" if document["dry_run"] else ""),
              "by state: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no messages yet")]
+    if document.get("escalating"):
+        escalating = document["escalating"]
+        lines.append(f"escalating replica: {escalating['replica']} (since {escalating['since']}, "
+                     f"lease until {escalating['lease_until']})")
     if document.get("tenant_directory"):
         lines.append(f"tenant directory: {document['tenant_directory']}")
     if document.get("spam_checks"):

@@ -129,8 +129,10 @@ def test_the_other_replica_takes_over_when_the_escalating_one_is_killed(
     send_spread([a, b], [first_mail(t) for t in range(40)])
     wait_until(lambda: len(pagerduty.events()) >= 5, "the first pages from replica a")
     a.kill9()
+    assert b.status()["escalating"]["replica"] == "a"
     wait_until(lambda: b.metric("emergencyd_escalator_lease_held") == 1, "replica b to take the lease", patience=20)
     doc = settled(b, 40)
+    assert doc["escalating"]["replica"] == "b" and "escalating replica: b" in b.cli("status").stdout
     assert {m["state"] for m in doc["messages"]} == {DONE}
     assert_once_each(doc, zendesk, pagerduty, crashed=True)
     assert len(zendesk.tickets()) == 40
