@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config.toml
 
-.PHONY: run test lint setup system-packages bench bench-classify bench-postfix bench-storm-loop bench-imap bench-imap-burst bench-startup soak corpus-check corpus-check-strangers fuzz clean
+.PHONY: run test lint setup system-packages bench bench-classify bench-postfix bench-storm-loop bench-imap bench-imap-burst bench-startup bench-replicas soak corpus-check corpus-check-strangers fuzz clean
 
 run: setup
 	$(BIN)/emergencyd run --config $(CONFIG)
@@ -56,6 +56,10 @@ bench-startup: setup
 	$(BIN)/python bench/startup.py
 
 # kill -9 at random moments during 5 runs of 500 mails; exits 1 if anything was lost or repeated.
+# Ingest on SQLite, PostgreSQL and two replicas in one run; the take-over after a kill -9 (needs postgresql, dovecot).
+bench-replicas: setup system-packages
+	$(BIN)/python bench/replicas.py
+
 soak: setup system-packages
 	$(BIN)/python bench/soak.py
 
