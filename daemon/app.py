@@ -8,7 +8,7 @@ import ssl
 import time
 from dataclasses import replace
 
-from emergencyd.daemon.config.model import Config, ConfigError, load_config
+from emergencyd.daemon.config.model import DRY_RUN_KEY, Config, ConfigError, load_config
 from emergencyd.daemon.directory_keeper import DirectoryKeeper
 from emergencyd.daemon.ingest.imap import CONNECTED, ImapIngress
 from emergencyd.daemon.ingest.smtp import (
@@ -87,6 +87,12 @@ def escalation_settings(config: Config) -> EscalationSettings:
     )
 
 
+# A mail commit that failed (a full disk) keeps /readyz not ready until one succeeds, or for this long when no
+# mail comes to try again: senders retry a 451 within minutes, and the next failure counts again.
+COMMIT_FAILURE_SHOWN_SECONDS = 300.0
+DRY_RUN_NOTE = "dry run: mail is taken and decided, nothing is sent to Zendesk or PagerDuty (dry_run = true)"
+
+
 class StartupError(RuntimeError):
     """The daemon cannot start; the message says what to fix."""
 
@@ -95,6 +101,7 @@ class Daemon:
     def __init__(self, config: Config):
         self.config = config
         self.metrics = Metrics(replica=config.replica.name)
+        self.metrics.dry_run.set(int(config.dry_run))
         self.store = AsyncStore.open(config.store)
         self.leadership = Leadership(self.store, config.replica.name, config.replica.lease_seconds, self.metrics)
         self.escalator = build_escalator(config, self.store, self.metrics)
@@ -144,7 +151,8 @@ class Daemon:
         checks = {}
         try:
             await self.store.check_writable()
-            checks["store"] = "ok"
+            failure = self.store.commit_failure(COMMIT_FAILURE_SHOWN_SECONDS)
+            checks["store"] = "ok" if failure is None else f"not writable: {failure}"
         except Exception as exc:
             checks["store"] = f"not writable: {exc}"
         if self.config.smtp.enabled:
@@ -163,6 +171,8 @@ class Daemon:
         """What /readyz shows beside its checks: parts the daemon works without, so never a reason for a 503."""
         details = {"escalating": "this replica" if self.leadership.held.is_set() else
                    "another replica (this one takes mail, and takes over if that one stops)"}
+        if self.config.dry_run:
+            details["mode"] = DRY_RUN_NOTE
         if self.escalator.policy.spam.enabled:
             details["rspamd"] = self.metrics.spam_check_health()
         return details
@@ -280,6 +290,8 @@ class Daemon:
                                  else "none since start")]
         if self.imap is not None:
             parts.append("imap " + ("connected" if self.imap.state == CONNECTED else "not connected"))
+        if self.config.dry_run:
+            parts.insert(0, "DRY RUN: nothing is sent")
         return "; ".join(parts)
 
     def reload(self) -> None:
@@ -297,7 +309,7 @@ class Daemon:
         self.escalator.policy = self._with_directory(new.policy)
         self._count_directory()
         self.smtp_handler.recipients = frozenset(new.smtp.recipients)
-        needs_restart = [name for name in ("dry_run", "store", "zendesk", "pagerduty", "escalation", "dedup",
+        needs_restart = [name for name in (DRY_RUN_KEY, "store", "zendesk", "pagerduty", "escalation", "dedup",
                                            "metrics", "imap", "fallback")
                          if getattr(new, name) != getattr(self.config, name)]
         smtp_changed = replace(new.smtp, recipients=()) != replace(self.config.smtp, recipients=())

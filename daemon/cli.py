@@ -1,9 +1,11 @@
-"""The `emergencyd` command: run, check-config, inject, classify, status, hash-password."""
+"""The `emergencyd` command: run, check-config, inject, classify, status, show, retry, release, rearm, store copy,
+hash-password."""
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from enum import StrEnum
@@ -12,16 +14,22 @@ from typing import Callable
 
 from emergencyd.daemon.config.model import Config, ConfigError, load_config
 from emergencyd.daemon.ops.logs import configure_logging
+from emergencyd.daemon.ops.metrics import build_version
 from emergencyd.daemon.ops.status import render_status, status_document
 from emergencyd.daemon.store.backends import copy_into, database_errors, open_store, probe_store, store_exists
 from emergencyd.daemon.store.core import Store
 from emergencyd.daemon.store.errors import StoreError
 from emergencyd.escalation.decider import injected
 from emergencyd.escalation.directory import directory_line, kept_copy
-from emergencyd.escalation.records import RearmOutcome, ReleaseOutcome
+from emergencyd.escalation.records import RearmOutcome, ReleaseOutcome, RetryOutcome
 
-DEFAULT_CONFIG = "config.toml"
+# Where the config is when --config does not say: $EMERGENCYD_CONFIG, then the packaged place, then here.
+CONFIG_SEARCH = (Path("/etc/emergencyd/config.toml"), Path("config.toml"))
 INJECT_BUSY_TIMEOUT_MS = 30_000
+RETRY_COMMAND = "retry"
+# The commands the on-call runs when something is wrong, maybe with the daemon stopped: they read the store and
+# the policy, never call Zendesk or PagerDuty, and so need none of the daemon's credentials.
+TOOLS = frozenset({"status", "show", "classify", RETRY_COMMAND, "release", "rearm", "inject", "store"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "hash-password":      # needs no config
         return cmd_hash_password(args)
     try:
-        config = load_config(args.config)
+        config = load_config(config_path(args.config), for_tools=args.command in TOOLS)
     except ConfigError as exc:
         print(f"emergencyd: config error: {exc}", file=sys.stderr)
         return 2
@@ -45,13 +53,37 @@ def main(argv: list[str] | None = None) -> int:
         return 3
 
 
+def config_path(given: str | None, environ: dict[str, str] | None = None) -> Path:
+    """--config, else $EMERGENCYD_CONFIG, else the first of CONFIG_SEARCH that exists (the last if none does)."""
+    if given:
+        return Path(given)
+    from_env = (os.environ if environ is None else environ).get("EMERGENCYD_CONFIG", "")
+    if from_env:
+        return Path(from_env)
+    return next((path for path in CONFIG_SEARCH if path.exists()), CONFIG_SEARCH[-1])
+
+
+CONFIG_HELP = ("config file (default: $EMERGENCYD_CONFIG, else /etc/emergencyd/config.toml if it exists, "
+               "else ./config.toml); before or after the command")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emergencyd", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"emergencyd {build_version()}")
+    parser.add_argument("--config", default=None, help=CONFIG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, func, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--config", default=DEFAULT_CONFIG, help="config file (default: ./config.toml)")
+        # SUPPRESS: given after the command it counts, and not given it leaves the one before the command alone.
+        p.add_argument("--config", default=argparse.SUPPRESS, help=CONFIG_HELP)
         p.set_defaults(func=func)
         return p
 
@@ -78,7 +110,19 @@ def _parser() -> argparse.ArgumentParser:
     rearm.add_argument("id", type=int, metavar="ID", help="the message's id, as `status` shows it")
     status = command("status", cmd_status, "Show escalations by state and the recent messages.")
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.add_argument("--limit", type=int, default=20, help="how many recent messages (default 20)")
+    status.add_argument("--limit", type=_positive, default=20, help="how many recent messages (default 20)")
+    show = command("show", cmd_show, "One message whole: envelope, headers, verdict, every step's attempts and "
+                   "errors. Reads the store: works with the daemon stopped.")
+    show.add_argument("id", type=int, metavar="ID", help="the message's id, as `status` shows it")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    retry = command(RETRY_COMMAND, cmd_retry,
+                    "Try a message's failed steps again (after their cause is fixed: a revoked key, a deleted Zendesk "
+                    "user). A running daemon takes them within a second, a stopped one at its start; each looks first "
+                    "for what an earlier attempt did, so nothing is made twice.")
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", type=int, nargs="?", metavar="ID", help="the message's id, as `status` shows it")
+    which.add_argument("--failed", action="store_true", help="every failed message (received since --since)")
+    retry.add_argument("--since", metavar="ISO-8601", help="with --failed: received at or after this time")
     store = sub.add_parser("store", help="Operations on the store itself.", description="Operations on the store.")
     store_sub = store.add_subparsers(dest="store_command", required=True)
     copy = store_sub.add_parser(
@@ -86,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Copy a single host's SQLite store, every message with its id and state, into the PostgreSQL "
                     "database that the config's [store] names (backend = \"postgresql\"), which must hold no "
                     "mail yet. Stop the daemon that uses the SQLite store first.")
-    copy.add_argument("--config", default=DEFAULT_CONFIG, help="config file (default: ./config.toml)")
+    copy.add_argument("--config", default=argparse.SUPPRESS, help=CONFIG_HELP)
     copy.add_argument("--from", dest="source", required=True, metavar="sqlite:PATH", help="the SQLite store")
     copy.add_argument("--to", dest="target", required=True, choices=["postgresql"],
                       help="the config's PostgreSQL database")
@@ -191,6 +235,46 @@ def _hand_back(config: Config, pk: int, change: Callable[[Store, int], StrEnum],
         print(f"emergencyd: message {pk}: {outcome}; nothing changed", file=sys.stderr)
         return 1
     print(f"message {pk}: {said}")
+    return 0
+
+
+def cmd_show(config: Config, args: argparse.Namespace) -> int:
+    from emergencyd.daemon.ops.show import render_show, show_document
+    if not store_exists(config.store):
+        print(f"emergencyd: no store at {config.store.location} yet", file=sys.stderr)
+        return 3
+    store = open_store(config.store)
+    try:
+        document = show_document(store, args.id)
+    except KeyError:
+        print(f"emergencyd: no message {args.id}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(json.dumps(document, indent=2) if args.json else render_show(document))
+    return 0
+
+
+def cmd_retry(config: Config, args: argparse.Namespace) -> int:
+    if args.id is None:
+        return _retry_failed(config, args.since)
+    return _hand_back(config, args.id, Store.retry, RetryOutcome.RETRIED,
+                      "its failed steps are due again; `emergencyd show` follows them")
+
+
+def _retry_failed(config: Config, since_text: str | None) -> int:
+    from emergencyd.daemon.ops.explain import receive_time
+    try:
+        since = receive_time(since_text, config).timestamp() if since_text else 0.0
+    except ValueError:
+        print(f"emergencyd: --since {since_text!r} is not an ISO-8601 time", file=sys.stderr)
+        return 2
+    store = open_store(config.store, busy_timeout_ms=max(config.store.busy_timeout_ms, INJECT_BUSY_TIMEOUT_MS))
+    try:
+        retried = [pk for pk in store.failed_since(since) if store.retry(pk) is RetryOutcome.RETRIED]
+    finally:
+        store.close()
+    print(f"{len(retried)} failed message(s) handed back" + (f": {', '.join(map(str, retried))}" if retried else ""))
     return 0
 
 

@@ -45,6 +45,7 @@ class StepOutcome(StrEnum):
     SUCCESS = "success"
     RETRY = "retry"      # failed, tried again later
     FAILED = "failed"    # failed for good
+    DRY_RUN = "dry_run"  # dry_run = true: written down, not sent; never counted as a success
 
 
 class FallbackOutcome(StrEnum):
@@ -73,6 +74,14 @@ class RearmOutcome(StrEnum):
     REARMED = "rearmed"              # new again, its failures forgotten: the daemon tries to decide it again
     UNKNOWN = "unknown"
     NOT_STUCK = "not stuck"
+
+
+class RetryOutcome(StrEnum):
+    """What `emergencyd retry ID` did (daemon/store/core.py Store.retry)."""
+    RETRIED = "retried"              # its failed steps are due again: the daemon runs them, looking first for
+                                     # what an earlier attempt did (no second ticket or page)
+    UNKNOWN = "unknown"
+    NOT_FAILED = "not failed"
 
 
 class StepName(StrEnum):
@@ -234,6 +243,7 @@ class EscalationRecord:
     released_at: float | None = None        # `emergencyd release`: decided again without its demotion
     decide_failures: int = 0                # failed attempts to decide and plan it (STUCK at MAX_DECIDE_ATTEMPTS)
     decide_error: str | None = None         # the last one's error
+    retried_at: float | None = None         # `emergencyd retry`: when its failed steps were last handed back
 
     @property
     def comments_only(self) -> bool:

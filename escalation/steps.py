@@ -539,9 +539,10 @@ class Escalator:
                 return
             seconds = round(time.monotonic() - began, 3)
         await self._store.complete_step(pk, name, result, follow_ups=context.follow_ups, **fields)
-        self._observer.step_finished(integration, name, StepOutcome.SUCCESS, "2xx")
+        outcome = StepOutcome.DRY_RUN if result.get("dry_run") else StepOutcome.SUCCESS
+        self._observer.step_finished(integration, name, outcome, "none" if result.get("dry_run") else "2xx")
         log.info("step done", extra={"message_pk": pk, "message_id": record.message_id, "step": name,
-                                     "outcome": StepOutcome.SUCCESS, "attempt": prior_attempts + 1, "seconds": seconds,
+                                     "outcome": outcome, "attempt": prior_attempts + 1, "seconds": seconds,
                                      "dedup_key": record.page_key or record.dedup_key})
         if name == PAGE and not result.get("dry_run") and not result.get("skipped"):
             self._observer.paged(self._clock() - record.envelope.received_at)

@@ -22,6 +22,8 @@ from emergencyd.daemon.ingest.smtp_settings import ProxyConfig, SmtpAuthConfig
 from emergencyd.escalation.policy import Policy
 from emergencyd.escalation.settings import PagerDutyConfig, ZendeskConfig
 
+DRY_RUN_KEY = "dry_run"     # the top-level key: take and decide mail, send nothing
+
 
 @dataclass(frozen=True)
 class SmtpConfig:
@@ -161,17 +163,23 @@ class Config:
         return self.smtp.recipients + imap_user + fallback
 
 
-def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) -> Config:
-    """Read and validate a config file. Raises ConfigError naming the key."""
+def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None, *, for_tools: bool = False) -> Config:
+    """Read and validate a config file. Raises ConfigError naming the key.
+
+    for_tools: for the commands that read the store and the policy (status, show, classify, retry...), which
+    must work with the daemon stopped and without its credentials: a credential that cannot be read is absent,
+    and dry_run = false does not demand them."""
     # Imported here: config_sections imports this module's dataclasses.
     from emergencyd.daemon.config import sections
     path = Path(path)
     environ = dict(os.environ if environ is None else environ)
     data = _read_toml(path)
-    reader = ConfigReader(data, base_dir=path.resolve().parent, environ=environ)
+    if not data:
+        raise ConfigError(f"{path}: empty: copy the shipped config.toml and edit it")
+    reader = ConfigReader(data, base_dir=path.resolve().parent, environ=environ, lenient_secrets=for_tools)
     config = Config(
         source=path.resolve(),
-        dry_run=reader.boolean("dry_run", True),
+        dry_run=reader.boolean(DRY_RUN_KEY, True),
         smtp=sections.read_smtp(reader),
         imap=sections.read_imap(reader),
         store=sections.read_store(reader),
@@ -190,14 +198,28 @@ def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) 
         raise ConfigError(f"{unread[0]}: unknown key")
     if not (config.smtp.enabled or config.imap.enabled):
         raise ConfigError("smtp.enabled and imap.enabled are both false: no way for mail to come in")
-    if not config.dry_run:
+    if config.smtp.enabled and not config.smtp.recipients:
+        raise ConfigError("smtp.recipients: empty: mail to the emergency address would be refused (550)")
+    _check_listeners(config)
+    if not config.dry_run and not for_tools:
         _require_credentials(config)
     return config
+
+
+def _check_listeners(config: Config) -> None:
+    """SMTP and the metrics cannot share a port: the daemon would stop at start with 'address in use'."""
+    smtp, metrics = config.smtp.listen, config.metrics.listen
+    if config.smtp.enabled and smtp.port and smtp.port == metrics.port and \
+            (smtp.host == metrics.host or "0.0.0.0" in (smtp.host, metrics.host) or "::" in (smtp.host, metrics.host)):
+        raise ConfigError(f"metrics.listen: {metrics} clashes with smtp.listen {smtp}: give each its own port")
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                          "save it as UTF-8") from None
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
     except tomllib.TOMLDecodeError as exc:

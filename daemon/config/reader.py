@@ -22,10 +22,14 @@ class ConfigError(ValueError):
 class ConfigReader:
     """Typed access to the parsed TOML by dotted key, with operator-facing errors."""
 
-    def __init__(self, data: dict[str, Any], *, base_dir: Path, environ: dict[str, str]):
+    def __init__(self, data: dict[str, Any], *, base_dir: Path, environ: dict[str, str],
+                 lenient_secrets: bool = False):
         self._data = data
         self._base_dir = base_dir
         self._environ = environ
+        # The on-call's commands (status, show, retry...) run while the service, and with it its systemd
+        # credentials, may be gone: a credential file they cannot read is then taken as absent.
+        self._lenient_secrets = lenient_secrets
         self._read: set[str] = set()     # every key asked for, present or not
 
     def unread_keys(self, *, checked_elsewhere: frozenset[str]) -> list[str]:
@@ -119,11 +123,24 @@ class ConfigReader:
         env_value = self._environ.get(env_name, "").strip()
         if env_value:
             return Secret(env_value)
-        path = self.optional_path(file_key)
+        if self._lenient_secrets:
+            try:
+                path = self.optional_path(file_key)
+            except ConfigError:
+                return None
+        else:
+            path = self.optional_path(file_key)
         if path is None:
             return None
-        value = path.read_text(encoding="utf-8").strip()
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            if self._lenient_secrets:
+                return None
+            raise ConfigError(f"{file_key}: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
         if not value:
+            if self._lenient_secrets:
+                return None
             raise ConfigError(f"{file_key}: {path} is empty")
         return Secret(value)
 

@@ -39,7 +39,7 @@ def receive_time(at: str | None, config: Config) -> datetime:
 
 def explain_file(path: Path, config: Config, received_at: datetime, *, offline: bool = False) -> dict[str, Any]:
     try:
-        raw = path.read_bytes()
+        raw = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()     # `classify -`: a pipe
     except OSError as exc:
         return {"file": str(path), "error": f"cannot read: {exc.strerror}"}
     # As the daemon would: the configured rspamd is asked too, unless --offline.
@@ -52,7 +52,10 @@ def explain_file(path: Path, config: Config, received_at: datetime, *, offline: 
     result = {"file": str(path), **{k: verdict[k] for k in KEYS[1:]}}
     if asked is not None:
         result["rspamd"] = asked.outcome.value if asked.verdict is None else asked.verdict.as_dict()
-    result["ticket_subject"] = verdict["ticket_subject"]
+    # No ticket (noise, say): no ticket subject or Zendesk priority either, which would read as if one were made.
+    result["ticket_subject"] = verdict["ticket_subject"] if decided.ticket else None
+    if not decided.ticket:
+        result["zendesk_priority"] = None
     result["decision"] = describe_verdict(decided)
     return result
 
@@ -89,8 +92,11 @@ def write_text(result: dict[str, Any], out: TextIO) -> None:
     if result.get("tenant"):
         out.write(f"  sender: {result['tenant']}\n")
     for hit in result["rules"]:
-        out.write(f"  rule {hit['rule']} matched {hit['matched']!r} in the {hit['field']}\n")
-    out.write(f"  ticket subject: {result['ticket_subject']}\n")
+        line = f"rule {hit['rule']} matched {hit['matched']!r} in the {hit['field']}"
+        if line != result["reason"]:          # the deciding rule is already the "decided by" line
+            out.write(f"  {line}\n")
+    out.write(f"  ticket subject: {result['ticket_subject']}\n" if result["ticket_subject"] is not None
+              else "  no ticket\n")
 
 
 def run_classify(config: Config, files: list[Path], at: str | None, text: bool, out: TextIO = sys.stdout,

@@ -49,7 +49,7 @@ LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2
 PICKUP_LATENCY_BUCKETS = (1, 2, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
 
 
-def _version() -> str:
+def build_version() -> str:
     try:
         return version("emergencyd")
     except PackageNotFoundError:
@@ -176,12 +176,15 @@ class Metrics:
         self._spam_last: tuple[str, float] | None = None       # the last rspamd check's outcome, and when
         self._spam_failing_since: float | None = None
         self.last_page_at = 0.0
+        self.dry_run = Gauge("emergencyd_dry_run",
+                             "1 while dry_run = true: mail is taken and decided, but nothing is sent to Zendesk or "
+                             "PagerDuty (an alert: a test setting carried into production pages no one).", registry=r)
         self.leader = Gauge("emergencyd_escalator_lease_held",
                             "1 while this replica holds the escalator lease: it decides, runs the steps and holds "
                             "the IMAP mailbox; 0 while another replica does (docs/deployment.md).", registry=r)
         self.info = Info("emergencyd_build", "Build information, and this replica's name ([replica] name).",
                          registry=r)
-        self.info.info({"version": _version(), "replica": replica})
+        self.info.info({"version": build_version(), "replica": replica})
         self._precreate()
 
     def _precreate(self) -> None:
@@ -214,6 +217,7 @@ class Metrics:
         for step in STEP_ORDER:
             integration = integration_of(step)
             self.steps.labels(integration, step, StepOutcome.SUCCESS, "2xx")
+            self.steps.labels(integration, step, StepOutcome.DRY_RUN, "none")
             for outcome in (StepOutcome.RETRY, StepOutcome.FAILED):
                 for status_class in STATUS_CLASSES[1:]:
                     self.steps.labels(integration, step, outcome, status_class)
@@ -222,6 +226,8 @@ class Metrics:
 
     def step_finished(self, integration: str, step: str, outcome: StepOutcome, status_class: str) -> None:
         self.steps.labels(integration, step, outcome, status_class).inc()
+        if outcome == StepOutcome.DRY_RUN:     # nothing was sent: no sign of the integration's health either way
+            return
         now = time.time()
         if outcome == StepOutcome.SUCCESS:
             self.failing_since.pop(integration, None)

@@ -32,7 +32,7 @@ def status_document(store: Store, *, limit: int, dry_run: bool, tenant_directory
         "groups": [{**g, "opened_at": iso(g["opened_at"]), "last_report_at": iso(g["last_report_at"])}
                    for g in groups],
         "spam_checks": _spam_checks(recent),
-        "messages": [_message(r) for r in recent],
+        "messages": [message_document(r) for r in recent],
     }
 
 
@@ -42,7 +42,7 @@ def _spam_checks(records: list[EscalationRecord]) -> dict[str, int]:
     return dict(sorted(outcomes.items()))
 
 
-def _message(record: EscalationRecord) -> dict[str, Any]:
+def message_document(record: EscalationRecord) -> dict[str, Any]:
     verdict = record.verdict
     return {
         "id": record.message_pk,
@@ -123,8 +123,10 @@ def render_status(document: dict[str, Any]) -> str:
         if m["relation"] not in (None, RelationKind.FIRST, RelationKind.ALONE):
             lines.append(f"{'':>7}{m['relation']}: {(m['relation_reason'] or '')[:150]}"
                          + (f" (message {m['parent_id']})" if m["parent_id"] else ""))
-        if m["last_error"]:
-            lines.append(f"{'':>7}last error: {m['last_error'][:200]}")
+        for name, step in m["steps"].items():      # each integration's own error: both may be failing
+            if step["last_error"] and step["state"] != StepState.DONE:
+                lines.append(f"{'':>7}{name} {step['state']} after {step['attempts']} attempt(s): "
+                             f"{step['last_error'][:200]}")
         if m["state"] == EscalationState.STUCK:
             lines.append(f"{'':>7}stuck after {m['decide_failures']} failed tries to decide it: "
                          f"{(m['decide_error'] or '')[:200]} (`emergencyd rearm {m['id']}` once fixed)")

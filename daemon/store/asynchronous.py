@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
@@ -36,6 +37,9 @@ class AsyncStore:
         self._ingest_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-ingest")
         self._to_commit: list[tuple[bytes, Envelope, asyncio.Future]] = []
         self._committer: asyncio.Task | None = None
+        # The last group commit's failure, until a commit succeeds: a full disk refuses every commit while a
+        # no-op write (check_writable) still passes, and /readyz must say so.
+        self._commit_failure: tuple[float, str] | None = None
 
     @classmethod
     def open(cls, config: StoreConfig) -> "AsyncStore":
@@ -59,6 +63,14 @@ class AsyncStore:
             self._committer = asyncio.create_task(self._commit_waiting(self._commit_next()), name="group-commit")
         return await committed
 
+    def commit_failure(self, within_seconds: float) -> str | None:
+        """Why the last commit of mail failed, if it did within `within_seconds` and none succeeded since."""
+        if self._commit_failure is None:
+            return None
+        at, error = self._commit_failure
+        age = time.monotonic() - at
+        return f"the last commit of mail failed {age:.0f} s ago: {error}" if age <= within_seconds else None
+
     def intake_busy(self) -> bool:
         """Mail is arriving: background work on the store's thread gets only its share (daemon/store/thread.py)."""
         return self._thread.intake_busy()
@@ -78,10 +90,12 @@ class AsyncStore:
                 results = await committing
             except Exception as exc:       # every sender of the group is told to try again (451)
                 error = exc if isinstance(exc, StoreError) else StoreError(f"could not commit message: {exc}")
+                self._commit_failure = (time.monotonic(), str(error))
                 for _, _, committed in group:
                     if not committed.done():
                         committed.set_exception(error)
             else:
+                self._commit_failure = None
                 for (_, _, committed), result in zip(group, results):
                     if not committed.done():
                         committed.set_result(result)

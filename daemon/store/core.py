@@ -42,6 +42,7 @@ from emergencyd.escalation.records import (
     RearmOutcome,
     RelationKind,
     ReleaseOutcome,
+    RetryOutcome,
     StepName,
     StepRecord,
     StepState,
@@ -296,6 +297,30 @@ class Store(GroupingQueries, LeaseQueries):
                                " WHERE message_pk = ?", (NEW, time.time(), pk))
         return RearmOutcome.REARMED
 
+    def retry(self, pk: int) -> RetryOutcome:
+        """Hand an escalation's failed steps back to be tried again (`emergencyd retry`), by a running daemon
+        or the next to start. Their attempts are kept: the next one looks for what an earlier one did first
+        (the ticket by its external_id; the page under its dedup_key), so nothing is made twice."""
+        with self._transaction():
+            row = self._conn.execute("SELECT state FROM escalations WHERE message_pk = ?", (pk,)).fetchone()
+            if row is None:
+                return RetryOutcome.UNKNOWN
+            now = time.time()
+            rearmed = self._conn.execute(
+                "UPDATE steps SET state = ?, next_attempt_at = ?, updated_at = ? WHERE message_pk = ? AND state = ?",
+                (STEP_PENDING, now, now, pk, STEP_FAILED)).rowcount
+            if not rearmed:
+                return RetryOutcome.NOT_FAILED
+            self._conn.execute("UPDATE escalations SET state = ?, retried_at = ?, updated_at = ? WHERE message_pk = ?",
+                               (PENDING, now, now, pk))
+        return RetryOutcome.RETRIED
+
+    def failed_since(self, since: float) -> list[int]:
+        """Escalations that failed, received since `since` (epoch seconds), oldest first."""
+        return [row[0] for row in self._conn.execute(
+            "SELECT message_pk FROM escalations WHERE state = ? AND created_at >= ? ORDER BY message_pk",
+            (FAILED, since))]
+
     def save_directory(self, source: str, fetched_at: float, copy: str) -> None:
         """Keep the last good copy of a tenant directory read from elsewhere (escalation/directory.py)."""
         with self._transaction():
@@ -450,7 +475,7 @@ class Store(GroupingQueries, LeaseQueries):
         (pk, identity, message_id, sha, size, source, mail_from, rcpt_to, peer, helo, tls, received_at,
          deliveries, dedup_key, state, subject, sender, ticket_id, incident_url, paged_at, verdict,
          relation, relation_reason, parent_pk, target_ticket_id, group_id, page_key, fair_key, released_at,
-         decide_failures, decide_error) = row
+         decide_failures, decide_error, retried_at) = row
         steps = [StepRecord(name=StepName(n), state=StepState(s), attempts=a, next_attempt_at=t, last_error=e,
                             result=json.loads(r), updated_at=u)
                  for n, s, a, t, e, r, u in self._conn.execute(
@@ -467,14 +492,14 @@ class Store(GroupingQueries, LeaseQueries):
             verdict=_verdict(verdict), steps=tuple(steps), relation=RelationKind(relation) if relation else None,
             relation_reason=relation_reason, parent_pk=parent_pk, target_ticket_id=target_ticket_id,
             group_id=group_id, page_key=page_key, fair_key=fair_key, released_at=released_at,
-            decide_failures=decide_failures, decide_error=decide_error)
+            decide_failures=decide_failures, decide_error=decide_error, retried_at=retried_at)
 
 
 _RECORD_SQL = (
     "SELECT m.id, m.identity, m.message_id, m.sha256, m.size, m.source, m.mail_from, m.rcpt_to, m.peer,"
     " m.helo, m.tls, m.received_at, m.deliveries, e.dedup_key, e.state, e.subject, e.sender, e.ticket_id,"
     " e.incident_url, e.paged_at, e.verdict, e.relation, e.relation_reason, e.parent_pk, e.target_ticket_id,"
-    " e.group_id, e.page_key, e.fair_key, e.released_at, e.decide_failures, e.decide_error"
+    " e.group_id, e.page_key, e.fair_key, e.released_at, e.decide_failures, e.decide_error, e.retried_at"
     " FROM messages m JOIN escalations e ON e.message_pk = m.id"
 )
 

@@ -141,4 +141,8 @@ MIGRATIONS: tuple[str, ...] = (
         acquired_at REAL NOT NULL
     )
     """,
+    # 13: `emergencyd retry`: when an escalation's failed steps were last handed back to be tried again.
+    """
+    ALTER TABLE escalations ADD COLUMN retried_at REAL
+    """,
 )

@@ -120,6 +120,10 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
         acquired_at DOUBLE PRECISION NOT NULL
     )
     """,
+    # 3: the SQLite store's migration 13: when `emergencyd retry` last handed failed steps back.
+    """
+    ALTER TABLE escalations ADD COLUMN retried_at DOUBLE PRECISION
+    """,
 )
 
 

@@ -37,8 +37,11 @@ class SqliteConnection:
 
     @classmethod
     def open(cls, path: Path, *, busy_timeout_ms: int) -> "SqliteConnection":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _create_private(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _create_private(path)
+        except OSError as exc:
+            raise StoreError(f"cannot open store {path}: {exc.strerror or exc}") from None
         try:
             conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
                                    timeout=busy_timeout_ms / 1000)

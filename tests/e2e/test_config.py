@@ -69,7 +69,7 @@ def test_secrets_from_environment_and_files_never_show(tmp_path):
 
 def test_environment_overrides_the_credential_file(tmp_path):
     (tmp_path / "key").write_text("from-file")
-    path = write(tmp_path, "[pagerduty]\nrouting_key_file = 'key'\n")
+    path = write(tmp_path, "[smtp]\nrecipients = ['e@example.org']\n[pagerduty]\nrouting_key_file = 'key'\n")
     config = load_config(path, environ={"EMERGENCYD_PAGERDUTY_ROUTING_KEY": "from-env"})
     assert config.pagerduty.routing_key.value == "from-env"
 
@@ -91,14 +91,14 @@ def test_imap_settings_and_password_from_the_environment(tmp_path):
     assert imap.password == Secret("app-password-xyz")
     assert "app-password-xyz" not in repr(config)
     assert config.smtp.enabled is False
-    plain = load_config(write(tmp_path, "[imap]\nenabled = true\nhost = '127.0.0.1'\ntls = false\n"
+    plain = load_config(write(tmp_path, "[smtp]\nenabled = false\n[imap]\nenabled = true\nhost = '127.0.0.1'\ntls = false\n"
                                          "username = 'u'\n"), environ={"EMERGENCYD_IMAP_PASSWORD": "p"})
     assert plain.imap.port == 143
 
 
 def test_imap_password_from_the_environment_wins_over_the_file(tmp_path):
     (tmp_path / "imap-password").write_text("from-file\n")
-    path = write(tmp_path, "[imap]\nenabled = true\nhost = 'imap.example.org'\nusername = 'u@example.org'\n"
+    path = write(tmp_path, "[smtp]\nenabled = false\n[imap]\nenabled = true\nhost = 'imap.example.org'\nusername = 'u@example.org'\n"
                            "password_file = 'imap-password'\n")
     assert load_config(path, environ={}).imap.password.value == "from-file"
     assert load_config(path, environ={"EMERGENCYD_IMAP_PASSWORD": "from-env"}).imap.password.value == "from-env"
@@ -110,7 +110,7 @@ def test_imap_password_from_the_environment_wins_over_the_file(tmp_path):
     ("10.0.0.5", False),
 ])
 def test_plain_imap_only_on_loopback(tmp_path, host, allowed):
-    path = write(tmp_path, f"[imap]\nenabled = true\nhost = '{host}'\ntls = false\nusername = 'u'\n")
+    path = write(tmp_path, f"[smtp]\nenabled = false\n[imap]\nenabled = true\nhost = '{host}'\ntls = false\nusername = 'u'\n")
     if allowed:
         assert load_config(path, environ={"EMERGENCYD_IMAP_PASSWORD": "p"}).imap.tls is False
     else:

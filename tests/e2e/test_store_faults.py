@@ -11,6 +11,7 @@ test starts from a real, migrated store file.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import resource
 import shutil
@@ -354,10 +355,13 @@ def test_a_full_disk_answers_451_stores_nothing_and_the_retry_succeeds(tmp_path,
         assert code(client.command(b"QUIT\r\n")) == 221
     assert daemon.proc.poll() is None
     assert [m["message_id"] for m in daemon.status()["messages"]] == ["seed0@example.net"]
+    status, body = daemon.http_get("/readyz")      # the no-op write still passes: the failed commit counts
+    assert status == 503 and "the last commit of mail failed" in json.loads(body)["checks"]["store"], body
 
     # The daemon keeps running and small mail still fits.
     assert daemon.send(make_message(message_id="<small@example.net>")) == {}
     daemon.wait_settled(2)
+    assert daemon.http_get("/readyz")[0] == 200
 
     # Space freed: the sending MTA's retry of the big message is stored, once and whole.
     resource.prlimit(daemon.proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))

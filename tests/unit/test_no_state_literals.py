@@ -58,6 +58,10 @@ def bare_literals(source: str) -> list[tuple[int, str]]:
                 visit_value(child, in_function)
 
     def visit_value(node: ast.AST, in_function: bool) -> None:
+        if isinstance(node, ast.Dict):         # a dict inside a value: its keys are keys there too
+            for value in node.values:
+                visit_value(value, in_function)
+            return
         if isinstance(node, ast.Constant):
             if isinstance(node.value, str) and node.value in SPELT:
                 found.append((node.lineno, node.value))
@@ -82,9 +86,11 @@ def f(record, status):
     metrics.labels("failed")           # a label
     state = "stuck"                    # found
     return f"{record} done", ["first"] # the f-string is text; the list element is found
+def g():
+    return {"doc": {"ticket": 1, "x": "failed"}}   # a nested dict's key is a key; its value is found
 '''
     assert bare_literals(source) == [(6, EscalationState.DONE), (7, EscalationState.PENDING), (8, StepName.PAGE),
-                                     (12, EscalationState.STUCK), (13, RelationKind.FIRST)]
+                                     (12, EscalationState.STUCK), (13, RelationKind.FIRST), (15, StepState.FAILED)]
 
 
 def test_no_bare_state_step_or_kind_literals_outside_the_enums() -> None:

@@ -217,6 +217,7 @@ def test_the_fair_key_moves_to_the_escalation_and_old_rows_get_it(tmp_path):
     first = old.ingest(make_message(sender="Ops <OPS@Tenant.example>"), envelope()).message_pk
     old._conn.execute("UPDATE escalations SET fair_key = '' WHERE message_pk = ?", (first,))
     old._conn.execute("PRAGMA user_version = 7")   # as a store from before migration 8: what came since, undone
+    old._conn.execute("ALTER TABLE escalations DROP COLUMN retried_at")
     old._conn.execute("DROP TABLE leases")
     old._conn.execute("ALTER TABLE escalations DROP COLUMN decide_error")
     old._conn.execute("ALTER TABLE escalations DROP COLUMN decide_failures")
