@@ -300,6 +300,7 @@ class Daemon:
             new = load_config(self.config.source)
         except ConfigError as exc:
             log.error("reload refused; still running the previous config", extra={"error": str(exc)})
+            self.metrics.reload_ok.set(0)
             return
         if self._smtp_tls is not None:   # a renewed certificate, for the next STARTTLS
             try:
@@ -316,6 +317,8 @@ class Daemon:
         needs_restart += ["smtp"] if smtp_changed else []
         self.config = replace(self.config, policy=new.policy, smtp=replace(self.config.smtp,
                                                                             recipients=new.smtp.recipients))
+        self.metrics.reload_ok.set(1)
+        self.metrics.reload_at.set(time.time())
         log.info("reloaded policy and recipients", extra={
             "rules": len(new.policy.rules), "recipients": len(new.smtp.recipients),
             "changes_needing_restart": ",".join(needs_restart) or "none"})

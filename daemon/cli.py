@@ -12,6 +12,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Callable
 
+import shtab
+
 from emergencyd.daemon.config.model import Config, ConfigError, load_config
 from emergencyd.daemon.ops.logs import configure_logging
 from emergencyd.daemon.ops.metrics import build_version
@@ -67,16 +69,18 @@ CONFIG_HELP = ("config file (default: $EMERGENCYD_CONFIG, else /etc/emergencyd/c
                "else ./config.toml); before or after the command")
 
 
-def _positive(text: str) -> int:
+def _count(text: str) -> int:
     value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emergencyd", description=__doc__)
     parser.add_argument("--version", action="version", version=f"emergencyd {build_version()}")
+    # A static script from this parser: `emergencyd --print-completion bash > /etc/bash_completion.d/emergencyd`.
+    shtab.add_argument_to(parser, ["--print-completion"])
     parser.add_argument("--config", default=None, help=CONFIG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -110,7 +114,8 @@ def _parser() -> argparse.ArgumentParser:
     rearm.add_argument("id", type=int, metavar="ID", help="the message's id, as `status` shows it")
     status = command("status", cmd_status, "Show escalations by state and the recent messages.")
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.add_argument("--limit", type=_positive, default=20, help="how many recent messages (default 20)")
+    status.add_argument("--limit", type=_count, default=20,
+                        help="how many recent messages (default 20; 0: the counts and incidents only)")
     show = command("show", cmd_show, "One message whole: envelope, headers, verdict, every step's attempts and "
                    "errors. Reads the store: works with the daemon stopped.")
     show.add_argument("id", type=int, metavar="ID", help="the message's id, as `status` shows it")

@@ -1,4 +1,5 @@
-"""Structured logs: one JSON object per line on stderr, for journald (structlog over stdlib logging).
+"""Structured logs: one JSON object per line on stderr, for journald (structlog over stdlib logging); on a
+terminal, a line for people instead.
 
 Every module logs with the standard library, `log.info("event", extra={...})`, and structlog's
 ProcessorFormatter renders each record as {"ts", "level", "logger", "event", ...fields}, so
@@ -10,6 +11,10 @@ Records are written by a thread of their own (the logging cookbook's QueueHandle
 QueueListener): the event loop only queues a record, so a journald that is slow to read stderr
 never holds up a 250, and rendering the JSON (about 50 us a record, three records a mail) is not
 paid on the loop. The queue is drained on exit, so nothing logged is lost to a clean stop.
+
+Under systemd, stderr is the journal's stream (JOURNAL_STREAM names it): each line then starts with the
+syslog priority, `<3>` for an error, which journald takes as the entry's PRIORITY, so that
+`journalctl -u emergencyd -p err` shows the errors alone (sd-daemon(3), SyslogLevelPrefix=).
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import atexit
 import json
 import logging
 import logging.handlers
+import os
 import queue
 import sys
 from typing import Any
@@ -49,7 +55,13 @@ def _in_order(_logger: Any, _name: str, event: EventDict) -> EventDict:
     return {**{k: event[k] for k in FIRST_KEYS if k in event}, **event}
 
 
-def formatter() -> structlog.stdlib.ProcessorFormatter:
+# sd-daemon(3)'s prefixes: syslog's priorities for Python's levels.
+JOURNAL_PRIORITIES = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
+
+
+def formatter(*, for_people: bool = False) -> structlog.stdlib.ProcessorFormatter:
+    renderer: Any = structlog.dev.ConsoleRenderer(colors=False) if for_people else \
+        structlog.processors.JSONRenderer(ensure_ascii=False, default=str)
     return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[
             structlog.stdlib.add_log_level,
@@ -62,9 +74,41 @@ def formatter() -> structlog.stdlib.ProcessorFormatter:
             structlog.processors.format_exc_info,
             _bound,
             _in_order,
-            structlog.processors.JSONRenderer(ensure_ascii=False, default=str),
+            renderer,
         ],
     )
+
+
+class _JournalPriority(logging.Formatter):
+    """The wrapped formatter's line, after its syslog priority prefix."""
+
+    def __init__(self, inner: logging.Formatter):
+        super().__init__()
+        self._inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = JOURNAL_PRIORITIES.get(record.levelno, 6 if record.levelno < logging.WARNING else 3)
+        return f"<{priority}>{self._inner.format(record)}"
+
+
+def stderr_formatter() -> logging.Formatter:
+    """JSON, with journald's priority prefix when stderr is the journal's; for people on a terminal."""
+    if sys.stderr.isatty():
+        return formatter(for_people=True)
+    if _stderr_is_the_journal():
+        return _JournalPriority(formatter())
+    return formatter()
+
+
+def _stderr_is_the_journal() -> bool:
+    """JOURNAL_STREAM is "device:inode" of the stream systemd connected; a child whose stderr was redirected
+    elsewhere inherits the variable, hence the comparison."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        found = os.fstat(sys.stderr.fileno())
+        return (found.st_dev, found.st_ino) == (int(device), int(inode))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 class _QueueRecords(logging.handlers.QueueHandler):
@@ -85,7 +129,7 @@ def configure_logging(level: int = logging.INFO) -> None:
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging._srcfile = None
     stderr = logging.StreamHandler(sys.stderr)
-    stderr.setFormatter(formatter())
+    stderr.setFormatter(stderr_formatter())
     records: queue.SimpleQueue = queue.SimpleQueue()
     stop_writing()
     _listener = logging.handlers.QueueListener(records, stderr)
@@ -110,7 +154,9 @@ def stop_writing() -> None:
 
 
 def parse_line(line: str) -> dict[str, Any] | None:
-    """One log line back into its fields; None for a line that is not one of ours."""
+    """One log line back into its fields (a journal priority prefix skipped); None for a line not ours."""
+    if line.startswith("<") and line[2:3] == ">":
+        line = line[3:]
     try:
         record = json.loads(line)
     except ValueError:

@@ -13,6 +13,8 @@ from prometheus_client import (
     Gauge,
     Histogram,
     Info,
+    PlatformCollector,
+    ProcessCollector,
     disable_created_metrics,
 )
 
@@ -176,6 +178,18 @@ class Metrics:
         self._spam_last: tuple[str, float] | None = None       # the last rspamd check's outcome, and when
         self._spam_failing_since: float | None = None
         self.last_page_at = 0.0
+        self.reload_ok = Gauge("emergencyd_config_last_reload_successful",
+                               "1 if the config in force was read without error (at start, or by the last SIGHUP); 0 "
+                               "if the last SIGHUP's file was refused and the previous config keeps running.",
+                               registry=r)
+        self.reload_at = Gauge("emergencyd_config_last_reload_success_timestamp_seconds",
+                               "Unix time the config in force was read (the start, or the last good SIGHUP).",
+                               registry=r)
+        self.reload_ok.set(1)
+        self.reload_at.set(time.time())
+        # The process's own CPU, memory, file descriptors and start time (process_*), and Python's (python_info).
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
         self.dry_run = Gauge("emergencyd_dry_run",
                              "1 while dry_run = true: mail is taken and decided, but nothing is sent to Zendesk or "
                              "PagerDuty (an alert: a test setting carried into production pages no one).", registry=r)

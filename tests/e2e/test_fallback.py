@@ -173,7 +173,7 @@ def test_relay_replies_are_classified_like_every_other_call(exc, retryable):
 
 def load_with(tmp_path, fallback: str, environ: dict[str, str] | None = None):
     path = tmp_path / "config.toml"
-    path.write_text(f"[fallback]\n{fallback}\n")
+    path.write_text(f"[smtp]\nrecipients = [\"emergency@example.org\"]\n[fallback]\n{fallback}\n")
     return load_config(path, environ=environ or {})
 
 

@@ -4,10 +4,18 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
 
 from emergencyd.daemon.ops.logs import MAX_FIELD_CHARS, MAX_TRACEBACK_CHARS, formatter
 from emergencyd.escalation.records import PAGE, StepOutcome
-from tests.harness import SECRETS, log_records, make_message
+from tests.harness import ROOT, SECRETS, base_env, log_records, make_message, write_config
 
 BODY_MARKER = "body-marker-7c41: our production app returns 502"
 FAILED_EVENT = "failed"     # the message logged with an exception
@@ -79,3 +87,38 @@ def test_mail_parser_warnings_about_parts_it_leaves_to_us_stay_out_of_the_log(tm
     result = run_cli(write_config(tmp_path, dry_run=True), "classify", *fixtures)
     assert len(result.stdout.splitlines()) == len(fixtures)
     assert "mailparser" not in result.stderr, result.stderr[:2000]
+
+
+def test_under_systemd_each_line_carries_its_journal_priority(tmp_path, start_daemon):
+    """JOURNAL_STREAM names stderr's device:inode when systemd connected it to the journal; here the log file
+    stands in for the stream, so journald would read `<4>` as a warning and `journalctl -p err` filter on it."""
+    log_file = tmp_path / "daemon.log"
+    log_file.touch()
+    found = log_file.stat()
+    daemon = start_daemon(env=base_env(JOURNAL_STREAM=f"{found.st_dev}:{found.st_ino}"))
+    daemon.stop()
+    lines = daemon.log_text().splitlines()
+    ready = next(line for line in lines if '"emergencyd ready"' in line)
+    warning = next(line for line in lines if '"level": "warning"' in line)     # the empty tenant directory
+    assert ready.startswith('<6>{"ts"') and warning.startswith("<4>{"), (ready, warning)
+    assert all(re.match(r"<[2-7]>\{", line) for line in lines if line.startswith("<")), lines[:5]
+
+
+def test_on_a_terminal_the_lines_are_for_people(tmp_path):
+    config = write_config(tmp_path, dry_run=True)
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "emergencyd.daemon.cli", "run", "--config", str(config)],
+                            cwd=ROOT, env=base_env(), stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 30
+        while b"emergencyd ready" not in seen and time.monotonic() < deadline:
+            if select.select([controller], [], [], 0.5)[0]:
+                seen += os.read(controller, 65536)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        os.close(controller)
+    line = next(text for text in seen.decode().splitlines() if "emergencyd ready" in text)
+    assert not line.lstrip().startswith("{") and "[info" in line and "smtp=" in line, line

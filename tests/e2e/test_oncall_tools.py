@@ -103,7 +103,7 @@ def test_the_version_and_the_config_wherever_it_is_given(tmp_path):
     assert emergencyd("--config", str(config), "check-config").returncode == 0           # before the command
     assert emergencyd("check-config", env=base_env(EMERGENCYD_CONFIG=str(config))).returncode == 0
     wrong = emergencyd("status", "--limit", "-1", "--config", str(config))
-    assert wrong.returncode == 2 and b"must be at least 1" in wrong.stderr
+    assert wrong.returncode == 2 and b"must be 0 or more" in wrong.stderr
 
 
 @pytest.mark.parametrize(("text", "error"), [
@@ -141,3 +141,11 @@ def test_classify_says_the_deciding_rule_once_and_no_ticket_for_noise(tmp_path):
     explained = json.loads(run_cli(config, "classify", str(noise)).stdout)
     assert explained["suppressed"] and explained["ticket_subject"] is None and explained["zendesk_priority"] is None
     assert "no ticket" in run_cli(config, "classify", "--text", str(noise)).stdout
+
+
+def test_bash_completes_the_commands():
+    script = emergencyd("--print-completion", "bash").stdout.decode()
+    completed = subprocess.run(["bash", "-c", 'source /dev/stdin; COMP_WORDS=(emergencyd re); COMP_CWORD=1; '
+                                'COMP_LINE="emergencyd re"; COMP_POINT=${#COMP_LINE}; _shtab_emergencyd; '
+                                'echo "${COMPREPLY[@]}"'], input=script, capture_output=True, text=True, timeout=30)
+    assert completed.stdout.split() == ["release", "rearm", RETRY_COMMAND], completed.stderr

@@ -100,9 +100,12 @@ def test_sighup_reloads_the_policy_and_keeps_it_on_a_bad_file(tmp_path, start_da
     daemon = start_daemon(policy=True)
     config = daemon.config
     good = config.read_text()
+    started_at = daemon.metric("emergencyd_config_last_reload_success_timestamp_seconds")
     config.write_text(good.replace('unclassified_severity = "P1"', 'unclassified_severity = "P4"'))
     daemon.proc.send_signal(signal.SIGHUP)
     daemon.wait_for(lambda: "reloaded policy" in daemon.log_text(), what="the reload")
+    assert daemon.metric("emergencyd_config_last_reload_successful") == 1
+    assert daemon.metric("emergencyd_config_last_reload_success_timestamp_seconds") > started_at
     daemon.send(make_message(subject="Hello", body="Please call us back.", message_id="<after-reload@x>"))
     [message] = daemon.wait_settled(1)["messages"]
     assert message["severity"] == "P4" and PAGE not in message["steps"]
@@ -112,6 +115,7 @@ def test_sighup_reloads_the_policy_and_keeps_it_on_a_bad_file(tmp_path, start_da
     daemon.proc.send_signal(signal.SIGHUP)
     daemon.wait_for(lambda: "reload refused" in daemon.log_text(), what="the refusal")
     assert "policy.routing.P9: unknown severity" in daemon.log_text()
+    assert daemon.metric("emergencyd_config_last_reload_successful") == 0
     config.write_text(reloaded)      # so that `status` can read it; the daemon is not told
     daemon.send(make_message(subject="Hello again", body="Please call us back.", message_id="<after-bad@x>"))
     doc = daemon.wait_settled(2)
