@@ -8,9 +8,10 @@ import logging
 import os
 import sys
 import time
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import shtab
 
@@ -228,14 +229,8 @@ def cmd_rearm(config: Config, args: argparse.Namespace) -> int:
 
 def _hand_back(config: Config, pk: int, change: Callable[[Store, int], StrEnum], done: StrEnum, said: str) -> int:
     """A store change that makes a message new again for the running daemon (release, rearm), or why not."""
-    if not store_exists(config.store):
-        print(f"emergencyd: no store at {config.store.location} yet", file=sys.stderr)
-        return 3
-    store = open_store(config.store, busy_timeout_ms=max(config.store.busy_timeout_ms, INJECT_BUSY_TIMEOUT_MS))
-    try:
+    with _existing_store(config, busy_timeout_ms=max(config.store.busy_timeout_ms, INJECT_BUSY_TIMEOUT_MS)) as store:
         outcome = change(store, pk)
-    finally:
-        store.close()
     if outcome is not done:
         print(f"emergencyd: message {pk}: {outcome}; nothing changed", file=sys.stderr)
         return 1
@@ -243,19 +238,26 @@ def _hand_back(config: Config, pk: int, change: Callable[[Store, int], StrEnum],
     return 0
 
 
-def cmd_show(config: Config, args: argparse.Namespace) -> int:
-    from emergencyd.daemon.ops.show import render_show, show_document
+@contextmanager
+def _existing_store(config: Config, *, busy_timeout_ms: int | None = None) -> Iterator[Store]:
+    """The store, for a command that reads or hands back what is there: exit 3 when there is none yet."""
     if not store_exists(config.store):
-        print(f"emergencyd: no store at {config.store.location} yet", file=sys.stderr)
-        return 3
-    store = open_store(config.store)
+        raise StoreError(f"no store at {config.store.location} yet")
+    store = open_store(config.store, busy_timeout_ms=busy_timeout_ms)
     try:
-        document = show_document(store, args.id)
-    except KeyError:
-        print(f"emergencyd: no message {args.id}", file=sys.stderr)
-        return 1
+        yield store
     finally:
         store.close()
+
+
+def cmd_show(config: Config, args: argparse.Namespace) -> int:
+    from emergencyd.daemon.ops.show import render_show, show_document
+    with _existing_store(config) as store:
+        try:
+            document = show_document(store, args.id)
+        except KeyError:
+            print(f"emergencyd: no message {args.id}", file=sys.stderr)
+            return 1
     print(json.dumps(document, indent=2) if args.json else render_show(document))
     return 0
 
@@ -290,15 +292,9 @@ def cmd_store_copy(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
-    if not store_exists(config.store):
-        print(f"emergencyd: no store at {config.store.location} yet", file=sys.stderr)
-        return 3
-    store = open_store(config.store)
-    try:
+    with _existing_store(config) as store:
         document = status_document(store, limit=args.limit, dry_run=config.dry_run, tenant_directory=directory_line(
             config.policy.trust, kept_copy(store, config.policy.trust)))
-    finally:
-        store.close()
     print(json.dumps(document, indent=2) if args.json else render_status(document))
     return 0
 

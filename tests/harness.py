@@ -24,7 +24,7 @@ import dkim
 from prometheus_client.parser import text_string_to_metric_families
 
 from emergencyd.daemon.ops.logs import parse_line
-from emergencyd.escalation.records import DONE
+from emergencyd.escalation.records import DONE, Envelope
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPIENT = "emergency@example.org"
@@ -252,6 +252,12 @@ def require_tool(name: str) -> str:
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+def smtp_envelope(source: str = "smtp") -> Envelope:
+    """The envelope of a tenant's mail as SMTP gives it, received now: for the store's own tests."""
+    return Envelope(source=source, mail_from="tenant@example.net", rcpt_to=("emergency@example.org",),
+                    peer="127.0.0.1:5000", helo="mx.example.net", tls=False, received_at=time.time())
 
 
 def make_message(subject: str = "Apps down", body: str = "Our production app returns 502 since 02:10.",

@@ -28,18 +28,13 @@ from emergencyd.escalation.records import (
     STUCK,
     SUPPRESSED,
     TICKET,
-    Envelope,
     RearmOutcome,
     ReleaseOutcome,
     dedup_key_of,
 )
 from tests.harness import make_message
+from tests.harness import smtp_envelope as envelope
 from tests.postgres import PASSWORD
-
-
-def envelope(source="smtp"):
-    return Envelope(source=source, mail_from="tenant@example.net", rcpt_to=("emergency@example.org",),
-                    peer="127.0.0.1:5000", helo="mx.example.net", tls=False, received_at=time.time())
 
 
 @pytest.fixture(params=list(StoreBackend))

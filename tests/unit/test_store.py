@@ -2,7 +2,6 @@
 import sqlite3
 import stat
 import threading
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,16 +19,11 @@ from emergencyd.daemon.store.thread import (
 )
 from emergencyd.escalation.records import (
     NEW,
-    Envelope,
     dedup_key_of,
     identity_of,
 )
 from tests.harness import make_message
-
-
-def envelope(source="smtp"):
-    return Envelope(source=source, mail_from="tenant@example.net", rcpt_to=("emergency@example.org",),
-                    peer="127.0.0.1:5000", helo="mx.example.net", tls=False, received_at=time.time())
+from tests.harness import smtp_envelope as envelope
 
 
 @pytest.fixture
