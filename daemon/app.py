@@ -23,6 +23,8 @@ from emergencyd.daemon.ops.http import start_http
 from emergencyd.daemon.ops.loop_lag import watch_loop_lag
 from emergencyd.daemon.ops.metrics import Metrics
 from emergencyd.daemon.ops.notify import SystemdNotifier
+from emergencyd.daemon.ops.status import status_document
+from emergencyd.daemon.ops.status_page import MESSAGES_SHOWN, render_page
 from emergencyd.daemon.runner import Runner
 from emergencyd.daemon.store.asynchronous import AsyncStore
 from emergencyd.daemon.store.core import IngestResult
@@ -167,6 +169,14 @@ class Daemon:
         self.metrics.checked(checks)
         return checks
 
+    async def status_page(self) -> str:
+        """The page at / ([metrics] status_page): the store read on its thread, the checks as /readyz has them."""
+        checks = await self.readiness()
+        document = await self.store.call(status_document, self.store.sync, limit=MESSAGES_SHOWN,
+                                         dry_run=self.config.dry_run)
+        return render_page(document, checks, self.readiness_details(), zendesk_url=self.config.zendesk.url,
+                           now=time.time())
+
     def readiness_details(self) -> dict[str, str]:
         """What /readyz shows beside its checks: parts the daemon works without, so never a reason for a 503."""
         details = {"escalating": "this replica" if self.leadership.held.is_set() else
@@ -208,7 +218,8 @@ class Daemon:
             self._servers.append(self._smtp)
         try:
             http = await start_http(self.config.metrics.listen, self.metrics, self.readiness,
-                                    self.runner.read_store_gauges, self.readiness_details)
+                                    self.runner.read_store_gauges, self.readiness_details,
+                                    self.status_page if self.config.metrics.status_page else None)
         except OSError as exc:
             for server in self._servers:
                 server.close()

@@ -136,6 +136,8 @@ class MetricsConfig:
     listen: HostPort
     # /readyz fails once an integration has failed, with no success since, for this long.
     integration_failing_seconds: float
+    # The read-only status page at /: it shows tenants' subjects and addresses, so off unless asked for.
+    status_page: bool = False
 
 
 @dataclass(frozen=True)

@@ -189,7 +189,8 @@ def read_dedup(r: ConfigReader) -> DedupConfig:
 def read_metrics(r: ConfigReader) -> MetricsConfig:
     return MetricsConfig(
         listen=r.host_port("metrics.listen", "127.0.0.1:9464"),
-        integration_failing_seconds=r.number("metrics.integration_failing_seconds", 300.0, minimum=1.0))
+        integration_failing_seconds=r.number("metrics.integration_failing_seconds", 300.0, minimum=1.0),
+        status_page=r.boolean("metrics.status_page", False))
 
 
 def read_policy(table: Any, trust: Any = None, spam: Any = None) -> Policy:

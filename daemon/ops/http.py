@@ -1,6 +1,7 @@
-"""/metrics, /healthz and /readyz on the daemon's own loop: a tiny HTTP/1.1 server.
+"""/metrics, /healthz and /readyz on the daemon's own loop, and the status page at / when it is on: a tiny
+HTTP/1.1 server.
 
-Only GET of three paths, one request per connection; anything else is 404/405.
+Only GET of these paths, one request per connection; anything else is 404/405.
 Bounded reads and a timeout, so a slow or hostile client cannot hold it.
 """
 from __future__ import annotations
@@ -20,21 +21,30 @@ log = logging.getLogger("emergencyd.http")
 ReadyCheck = Callable[[], Awaitable[dict[str, str]]]   # check name -> "ok" or why not
 GaugeRefresh = Callable[[], Awaitable[None]]            # reads what the gauges show from the store
 Details = Callable[[], dict[str, str]]                  # what /readyz also shows, never making it fail
+Page = Callable[[], Awaitable[str]]                     # the status page's HTML
+# The page runs no script and loads nothing: a subject a tenant wrote can do nothing even if escaping failed.
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+                "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
 REQUEST_TIMEOUT_SECONDS = 5.0
 REFRESH_TIMEOUT_SECONDS = 2.0   # a wedged store must not hang the scrape: its gauges keep their last values
 MAX_HEADER_BYTES = 8192
 
 
 async def start_http(listen: HostPort, metrics: Metrics, readiness: ReadyCheck,
-                     refresh: GaugeRefresh, details: Details) -> asyncio.Server:
+                     refresh: GaugeRefresh, details: Details, page: Page | None = None) -> asyncio.Server:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        headers: dict[str, str] = {}
         try:
             method, path = await asyncio.wait_for(_read_request(reader), REQUEST_TIMEOUT_SECONDS)
-            status, content_type, body = await _route(method, path, metrics, readiness, refresh, details)
+            if path == "/" and page is not None and method in ("GET", "HEAD"):
+                status, content_type, body = 200, "text/html; charset=utf-8", (await page()).encode()
+                headers = PAGE_HEADERS
+            else:
+                status, content_type, body = await _route(method, path, metrics, readiness, refresh, details)
         except (asyncio.TimeoutError, ValueError, asyncio.LimitOverrunError, asyncio.IncompleteReadError):
             status, content_type, body = 400, "text/plain", b"bad request\n"
         try:
-            writer.write(_response(status, content_type, body))
+            writer.write(_response(status, content_type, body, headers))
             await writer.drain()
         except ConnectionError:
             pass
@@ -84,9 +94,10 @@ async def _refreshed(refresh: GaugeRefresh) -> None:
         log.warning("metrics served with the store's gauges as last read", extra={"error": repr(exc)})
 
 
-def _response(status: int, content_type: str, body: bytes) -> bytes:
+def _response(status: int, content_type: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
     reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
               503: "Service Unavailable"}[status]
-    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n{extra}"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
     return head.encode("latin-1") + body
