@@ -207,7 +207,8 @@ def describe_verdict(verdict: Verdict) -> str:
 
 
 def _clock(when: datetime) -> str:
-    return f"{when:%H:%M} ({when:%a %d %b})"   # already in the policy's time zone
+    """In the policy's time zone, named: beside UTC times (status, logs) a bare 02:40 would be ambiguous."""
+    return f"{when:%H:%M %Z} ({when:%a %d %b})".replace("  ", " ")
 
 
 def _update_words(seconds: int, working_time: bool) -> str:

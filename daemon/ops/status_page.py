@@ -80,7 +80,7 @@ def _deadlines(message: dict[str, Any] | None, now: float) -> str:
         return ""
     respond_by = datetime.fromisoformat(verdict["respond_by"]).timestamp()
     left = respond_by - now
-    text = f"respond by {_e(verdict['respond_by'][11:16])}: " + (
+    text = f"respond by {_e(_utc(respond_by)[11:16])} UTC: " + (
         f"in {_minutes(left)}" if left >= 0 else f'<span class=late>{_minutes(-left)} late</span>')
     every = verdict.get("update_every_seconds")
     received = message["received_at"] if message else None

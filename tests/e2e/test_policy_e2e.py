@@ -50,7 +50,7 @@ def test_routing_table_through_the_fakes(tmp_path, live_daemon, zendesk, pagerdu
             assert incident["log"][0]["payload"]["severity"] == page_severity, (severity, window)
     note = next(c["body"] for c in zendesk.comments(by_subject["P1 out_of_hours_overnight"]["ticket_id"])
                 if "emergencyd: P1" in c["body"])
-    assert "P1 (apps not served), out of hours (overnight): respond by 23:40 (Wed 25 Nov), update hourly" in note
+    assert "P1 (apps not served), out of hours (overnight): respond by 23:40 UTC (Wed 25 Nov), update hourly" in note
     assert "rule apps-not-served matched 'apps are down' in the body" in note
 
 

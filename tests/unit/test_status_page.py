@@ -45,7 +45,7 @@ def test_open_incidents_come_first_with_their_links_and_deadlines():
     html = page()
     assert html.index("&lt;script&gt;") < html.index("Old and settled")     # the open incident first
     assert 'href="https://z.example/agent/tickets/7"' in html and 'href="https://pd/incidents/1"' in html
-    assert "respond by 02:40: in 10 min" in html and "next update due 03:10 UTC (in 40 min)" in html
+    assert "respond by 02:40 UTC: in 10 min" in html and "next update due 03:10 UTC (in 40 min)" in html
 
 
 def test_a_failed_step_shows_its_error_and_a_dry_run_its_banner():
