@@ -24,9 +24,12 @@ from emergencyd.escalation.grouping import (
 )
 from emergencyd.escalation.records import (
     COMMENT,
+    FAILED,
     NEW,
+    PENDING,
     STEP_DONE,
     STEP_PENDING,
+    STUCK,
     SUPPRESSED,
     TICKET,
     FollowUp,
@@ -311,11 +314,14 @@ class GroupingQueries:
         return {"group_id": group_id, "dedup_key": row[0], "reports": row[1], "tenants": tenants}
 
     def groups(self, limit: int = 20) -> list[dict[str, Any]]:
-        """Recent incident groups: the incident, its problem ticket, its incident tickets, its tenants."""
+        """Recent incident groups, and every one with mail still unfinished, failed or stuck however old (a
+        short --limit must not hide the live incident): the incident, its tickets, its tenants."""
         out = []
         for gid, fingerprint, dedup_key, problem_pk, opened_at, last_at, reports in self._conn.execute(
                 "SELECT id, fingerprint, dedup_key, problem_pk, opened_at, last_report_at, reports"
-                " FROM incident_groups ORDER BY id DESC LIMIT ?", (limit,)).fetchall():
+                " FROM incident_groups WHERE id IN (SELECT id FROM incident_groups ORDER BY id DESC LIMIT ?)"
+                " OR id IN (SELECT group_id FROM escalations WHERE group_id IS NOT NULL AND state IN (?, ?, ?, ?))"
+                " ORDER BY id DESC", (limit, NEW, PENDING, FAILED, STUCK)).fetchall():
             members = self._conn.execute(
                 "SELECT message_pk, relation, ticket_id, sender, incident_url FROM escalations WHERE group_id = ?"
                 " ORDER BY message_pk", (gid,)).fetchall()

@@ -86,6 +86,7 @@ def test_a_dry_run_is_never_green(tmp_path, start_daemon):
         daemon.send(make_message(subject="All our apps are down"))
         daemon.wait_settled(1)
         assert daemon.metric("emergencyd_dry_run") == 1
+        assert daemon.metric("process_resident_memory_bytes") > 0 and daemon.metric("process_open_fds") > 0
         assert daemon.metric("emergencyd_escalation_steps_total", integration="pagerduty", step=PAGE,
                              outcome=StepOutcome.DRY_RUN) == 1
         assert daemon.metric("emergencyd_escalation_steps_total", integration="pagerduty", step=PAGE,

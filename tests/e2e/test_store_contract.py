@@ -28,7 +28,9 @@ from emergencyd.escalation.records import (
     STUCK,
     SUPPRESSED,
     TICKET,
+    PlannedRelation,
     RearmOutcome,
+    RelationKind,
     ReleaseOutcome,
     dedup_key_of,
 )
@@ -221,3 +223,19 @@ def test_a_reply_finds_its_undecided_parent_and_a_quiet_sender_its_turn(store):
     assert store.undecided_thread_parent(answer) is None
     assert store.undecided_quiet_sender_before(answer, "tenant@example.net") is None
     assert store.undecided_before(answer) is None and store.undecided_before(answer + 1) == answer
+
+
+def test_an_unfinished_incident_is_listed_however_short_the_limit(store):
+    def incident(n: int) -> int:
+        pk = store.ingest(make_message(subject=f"Outage {n}", message_id=f"<outage-{n}@tenant.example>"),
+                          envelope()).message_pk
+        store.plan(pk, subject=f"Outage {n}", sender="tenant@example.net", steps=(TICKET,),
+                   relation=PlannedRelation(RelationKind.FIRST, "a new incident", fingerprint=f"outage-{n}"))
+        return pk
+    live = incident(1)                                  # still pending: its ticket is not made yet
+    for n in (2, 3):
+        settled = incident(n)
+        store.begin_attempt(settled, TICKET)
+        store.complete_step(settled, TICKET, {"ticket_id": n}, ticket_id=n)
+    assert [g["fingerprint"] for g in store.groups(limit=1)] == ["outage-3", "outage-1"]
+    assert store.record(live).state == PENDING
