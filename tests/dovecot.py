@@ -64,6 +64,16 @@ def dovecot_binary() -> str:
     return shutil.which("dovecot", path=search) or require_tool("dovecot")
 
 
+def _answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.2)
+        try:
+            probe.connect(str(path))
+            return True
+        except OSError:
+            return False
+
+
 class DovecotError(RuntimeError):
     pass
 
@@ -324,6 +334,18 @@ service stats {{
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self._event(f"pid {self.proc.pid} still there 10 s after signal {sig}")
+        self._wait_sockets_released()
+
+    def _wait_sockets_released(self, patience: float = 10.0) -> None:
+        """Until no process of the old instance answers on its Unix sockets. The master is reaped at once, but
+        a child dying under load may still hold one, and a new master that can connect to it refuses to start
+        ("Dovecot is already running?")."""
+        deadline = time.monotonic() + patience
+        while time.monotonic() < deadline:
+            if not any(_answers(path) for path in (self.dir / "run").rglob("*") if path.is_socket()):
+                return
+            time.sleep(0.02)
+        self._event(f"a socket of the old instance still answers {patience:g} s after it was stopped")
 
     def restart(self) -> Self:
         """Stop and start again on the same ports with the same mail (clients are disconnected)."""

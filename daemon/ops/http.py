@@ -27,6 +27,7 @@ PAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsaf
                 "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
 REQUEST_TIMEOUT_SECONDS = 5.0
 REFRESH_TIMEOUT_SECONDS = 2.0   # a wedged store must not hang the scrape: its gauges keep their last values
+PAGE_TIMEOUT_SECONDS = 5.0      # the status page reads the store and the checks
 MAX_HEADER_BYTES = 8192
 
 
@@ -37,7 +38,7 @@ async def start_http(listen: HostPort, metrics: Metrics, readiness: ReadyCheck,
         try:
             method, path = await asyncio.wait_for(_read_request(reader), REQUEST_TIMEOUT_SECONDS)
             if path == "/" and page is not None and method in ("GET", "HEAD"):
-                status, content_type, body = 200, "text/html; charset=utf-8", (await page()).encode()
+                status, content_type, body = await _status_page(page)
                 headers = PAGE_HEADERS
             else:
                 status, content_type, body = await _route(method, path, metrics, readiness, refresh, details)
@@ -85,6 +86,15 @@ async def _route(method: str, path: str, metrics: Metrics, readiness: ReadyCheck
     ready = all(v == "ok" for v in checks.values())
     body = json.dumps({"ready": ready, "checks": checks, "details": details()}, sort_keys=True).encode() + b"\n"
     return (200 if ready else 503), "application/json", body
+
+
+async def _status_page(page: Page) -> tuple[int, str, bytes]:
+    """The page, or a 503 saying why: a wedged store must not hang the on-call's browser."""
+    try:
+        return 200, "text/html; charset=utf-8", (await asyncio.wait_for(page(), PAGE_TIMEOUT_SECONDS)).encode()
+    except Exception as exc:
+        log.warning("status page not served", extra={"error": repr(exc)})
+        return 503, "text/plain; charset=utf-8", f"status page unavailable: {type(exc).__name__}\n".encode()
 
 
 async def _refreshed(refresh: GaugeRefresh) -> None:
