@@ -8,6 +8,7 @@ from emergencyd.daemon.store.core import Store
 from emergencyd.daemon.store.leases import ESCALATOR
 from emergencyd.escalation.content import describe_verdict, iso
 from emergencyd.escalation.records import (
+    PAGE,
     TICKET,
     EscalationRecord,
     EscalationState,
@@ -112,6 +113,7 @@ def render_status(document: dict[str, Any]) -> str:
         ticket = str(m["ticket_id"]) if m["ticket_id"] is not None else _dry_or_dash(m)
         lines.append(f"{m['id']:>5}  {(m['received_at'] or '')[:19]:<20} {m['state']:<10} "
                      f"{m['severity'] or '-':<4} {ticket:>8}  {m['dedup_key']:<51} {(m['subject'] or '')[:60]}")
+        lines.append(f"{'':>7}from {m['sender'] or '-'}; {_paged(m)}")
         if m["decision"]:
             lines.append(f"{'':>7}{m['decision'][:200]}")
         spam = (m["verdict"] or {}).get("spam")
@@ -131,6 +133,21 @@ def render_status(document: dict[str, Any]) -> str:
             lines.append(f"{'':>7}stuck after {m['decide_failures']} failed tries to decide it: "
                          f"{(m['decide_error'] or '')[:200]} (`emergencyd rearm {m['id']}` once fixed)")
     return "\n".join(lines)
+
+
+def _paged(message: dict[str, Any]) -> str:
+    """Whether the on-call was paged for it, at a glance: when, or why not (yet)."""
+    page = message["steps"].get(PAGE)
+    if page is None:
+        return "no page"
+    if message["paged_at"]:
+        return f"paged at {message['paged_at'][11:19]} UTC"
+    result = page.get("result") or {}
+    if result.get("dry_run"):
+        return "page not sent (dry run)"
+    if result.get("skipped"):
+        return "no page of its own (its incident is paged)"
+    return f"page {page['state']}"
 
 
 def _dry_or_dash(message: dict[str, Any]) -> str:

@@ -41,7 +41,7 @@ def test_status_show_and_classify_work_with_the_daemon_stopped_and_its_credentia
     env = base_env()
     assert run_cli(config, "check-config", env=env, check=False).returncode == 2    # the daemon needs them
     status = run_cli(config, "status", env=env)
-    assert "All our apps are down" in status.stdout
+    assert "All our apps are down" in status.stdout and "from tenant@example.net; paged at " in status.stdout
     shown = run_cli(config, "show", str(message["id"]), env=env).stdout
     assert "MAIL FROM: <tenant@example.net>" in shown and "Message-ID: <down@tenant.example>" in shown
     assert f"{PAGE}: {STEP_DONE} after 1 attempt(s)" in shown
@@ -65,6 +65,7 @@ def test_a_page_that_failed_for_good_is_retried_once_its_cause_is_fixed(live_dae
     assert all(m["steps"][PAGE]["state"] == STEP_FAILED for m in messages)
     text = daemon.cli("status").stdout
     assert f"{PAGE} {STEP_FAILED} after" in text             # the page's own error, not only the ticket's
+    assert f"; page {STEP_FAILED}" in text                   # and, at a glance, that no one was paged
     pagerduty.clear_faults()                                  # the key is fixed
     first = next(m for m in messages if m["message_id"] == "one@tenant.example")
     assert "retried" not in daemon.cli(RETRY_COMMAND, "999", check=False).stdout
