@@ -84,7 +84,10 @@ def test_postgresql_restarted_mid_storm_gives_451s_then_everything_is_escalated_
     sender.join(120)
     assert not sender.is_alive()
     doc = daemon.wait_settled(150, timeout=60)
-    assert doc["counts"] == {DONE: 150} and {m["deliveries"] for m in doc["messages"]} == {1}
+    # One message per mail. A commit that reached the database as it stopped, whose answer was lost, was told 451
+    # and re-sent: a second delivery of the same message, never a second one.
+    assert doc["counts"] == {DONE: 150} and len({m["message_id"] for m in doc["messages"]}) == 150
+    assert sum(m["deliveries"] for m in doc["messages"]) <= 150 + len(refused)
     assert len(zendesk.tickets()) == 1 and len(pagerduty.incidents()) == 1     # the loop: one incident
     assert PASSWORD not in daemon.log_text()
 
