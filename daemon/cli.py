@@ -276,11 +276,8 @@ def _retry_failed(config: Config, since_text: str | None) -> int:
     except ValueError:
         print(f"emergencyd: --since {since_text!r} is not an ISO-8601 time", file=sys.stderr)
         return 2
-    store = open_store(config.store, busy_timeout_ms=max(config.store.busy_timeout_ms, INJECT_BUSY_TIMEOUT_MS))
-    try:
+    with _existing_store(config, busy_timeout_ms=max(config.store.busy_timeout_ms, INJECT_BUSY_TIMEOUT_MS)) as store:
         retried = [pk for pk in store.failed_since(since) if store.retry(pk) is RetryOutcome.RETRIED]
-    finally:
-        store.close()
     print(f"{len(retried)} failed message(s) handed back" + (f": {', '.join(map(str, retried))}" if retried else ""))
     return 0
 

@@ -67,14 +67,17 @@ class Leadership:
                 self._held_until = asked_at + self._lease_seconds
         self._note(ours)
 
-    def _note(self, ours: bool) -> None:
+    def _note(self, ours: bool, *, stopping: bool = False) -> None:
         if ours and not self.held.is_set():
             log.info("escalating: took the escalator lease", extra={"replica": self.replica})
             self.lost.clear()
             self.held.set()
         elif not ours and self.held.is_set():
-            log.warning("no longer escalating: the escalator lease is another replica's or could not be renewed",
-                        extra={"replica": self.replica})
+            if stopping:
+                log.info("gave up the escalator lease: stopping", extra={"replica": self.replica})
+            else:
+                log.warning("no longer escalating: the escalator lease is another replica's or could not be renewed",
+                            extra={"replica": self.replica})
             self.held.clear()
             self.lost.set()
         self._metrics.leader.set(1 if ours else 0)
@@ -88,7 +91,7 @@ class Leadership:
         except Exception:
             log.warning("could not give up the escalator lease; another replica takes it when it expires",
                         exc_info=True)
-        self._note(False)
+        self._note(False, stopping=True)
 
     async def while_held(self, work: Callable[[], Coroutine[Any, Any, None]],
                          stop: Callable[[], Coroutine[Any, Any, None]]) -> None:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Protocol, Sequence
 
+# A write that changes nothing: inside a transaction that is rolled back, it proves the database takes writes.
+WRITE_PROBE = "UPDATE escalations SET updated_at = updated_at WHERE 1 = 0"
+
 
 class Rows(Protocol):
     """A statement's result, as both drivers' cursors give it."""

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from emergencyd.daemon.store.connection import Connection
+from emergencyd.daemon.store.connection import WRITE_PROBE, Connection
 from emergencyd.daemon.store.errors import StoreBusy, StoreError
 from emergencyd.daemon.store.grouping import GroupingQueries
 from emergencyd.daemon.store.leases import LeaseQueries
@@ -469,7 +469,7 @@ class Store(GroupingQueries, LeaseQueries):
     def check_writable(self) -> None:
         """A write that is rolled back: proves the store takes writes without changing it."""
         with self._transaction(rollback=True):
-            self._conn.execute("UPDATE escalations SET updated_at = updated_at WHERE 1 = 0")
+            self._conn.execute(WRITE_PROBE)
 
     def _to_record(self, row: tuple) -> EscalationRecord:
         (pk, identity, message_id, sha, size, source, mail_from, rcpt_to, peer, helo, tls, received_at,

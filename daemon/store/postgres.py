@@ -21,7 +21,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from emergencyd.daemon.config.store import describe_dsn
-from emergencyd.daemon.store.connection import Connection
+from emergencyd.daemon.store.connection import WRITE_PROBE, Connection
 from emergencyd.daemon.store.core import Store, WriteGate
 from emergencyd.daemon.store.errors import StoreError
 from emergencyd.daemon.store.postgres_schema import POSTGRES_MIGRATIONS, migrate, schema_version
@@ -158,7 +158,7 @@ class PostgresConnection:
                              f"this emergencyd at {len(POSTGRES_MIGRATIONS)}")
         try:
             self.begin_write()
-            self.execute("UPDATE escalations SET updated_at = updated_at WHERE 1 = 0")
+            self.execute(WRITE_PROBE)
         except psycopg.errors.ReadOnlySqlTransaction as exc:
             raise StoreError(f"the database {self.name} is read-only (a standby?): {_one_line(exc)}") from exc
         finally:

@@ -10,7 +10,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Sequence
 
-from emergencyd.daemon.store.connection import Connection
+from emergencyd.daemon.store.connection import WRITE_PROBE, Connection
 from emergencyd.daemon.store.core import Store, WriteGate
 from emergencyd.daemon.store.errors import StoreError
 from emergencyd.daemon.store.migrations import MIGRATIONS
@@ -112,7 +112,7 @@ class SqliteConnection:
                              "move it aside and restore a backup")
         try:
             self.begin_write()          # a write that is rolled back: the file takes writes
-            self._raw.execute("UPDATE escalations SET updated_at = updated_at WHERE 1 = 0")
+            self._raw.execute(WRITE_PROBE)
         except sqlite3.OperationalError as exc:
             if "readonly" in str(exc) or "read-only" in str(exc):
                 raise StoreError(f"cannot open store {self.path}: it is read-only ({exc})") from exc
