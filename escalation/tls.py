@@ -9,6 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import certifi
+import requests
 
 
 def ssl_context(ca_file: Path | None) -> ssl.SSLContext:
@@ -30,6 +31,14 @@ def trust_bundle(ca_file: Path | None) -> str:
         out.write(ca_file.read_bytes())
     atexit.register(_remove_quietly, path)
     return path
+
+
+def verifying_session(ca_file: Path | None) -> requests.Session:
+    """A requests session that trusts the public CAs plus ca_file, whatever the environment says."""
+    session = requests.Session()
+    session.trust_env = False   # REQUESTS_CA_BUNDLE in the environment would override verify
+    session.verify = trust_bundle(ca_file)
+    return session
 
 
 def _remove_quietly(path: str) -> None:

@@ -29,7 +29,7 @@ from emergencyd.escalation.retry import (
     require_json,
 )
 from emergencyd.escalation.settings import ZendeskConfig
-from emergencyd.escalation.tls import trust_bundle
+from emergencyd.escalation.tls import verifying_session
 
 # zenpy sends the request from deep inside its own calls, on the calling thread, with no way to
 # pass anything down: a thread-local is how create_ticket tells the adapter whom to tell when it queues.
@@ -86,9 +86,7 @@ class ZendeskDesk:
     def __init__(self, config: ZendeskConfig):
         if config.token is None:
             raise ValueError("a Zendesk token is required")
-        session = requests.Session()
-        session.trust_env = False   # REQUESTS_CA_BUNDLE in the environment would override verify
-        session.verify = trust_bundle(config.ca_file)
+        session = verifying_session(config.ca_file)
         gate = RetryAfterGate("zendesk")     # Zendesk's rate limit is the account's: one pause for all
         session.hooks["response"].append(raise_for_status("zendesk", gate))
         session.mount("https://", paced(Pacer(config.requests_per_minute), gate))
