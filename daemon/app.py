@@ -11,6 +11,8 @@ from dataclasses import replace
 from emergencyd.daemon.config.model import DRY_RUN_KEY, Config, ConfigError, load_config
 from emergencyd.daemon.directory_keeper import DirectoryKeeper
 from emergencyd.daemon.ingest.imap import CONNECTED, ImapIngress
+from emergencyd.daemon.ingest.oauth2_keeper import TokenKeeper, keeper_for
+from emergencyd.daemon.ingest.oauth2_tokens import TokenError
 from emergencyd.daemon.ingest.smtp import (
     IngestHandler,
     load_certificate,
@@ -95,6 +97,13 @@ COMMIT_FAILURE_SHOWN_SECONDS = 300.0
 DRY_RUN_NOTE = "dry run: mail is taken and decided, nothing is sent to Zendesk or PagerDuty (dry_run = true)"
 
 
+def _imap_tokens(config: Config, metrics: Metrics) -> TokenKeeper | None:
+    try:
+        return keeper_for(config.imap, metrics)
+    except TokenError as exc:
+        raise StartupError(f"imap.oauth2: {exc.detail}") from None
+
+
 class StartupError(RuntimeError):
     """The daemon cannot start; the message says what to fix."""
 
@@ -113,7 +122,9 @@ class Daemon:
                              page_deadline_seconds=config.fallback.after_seconds if config.fallback.enabled else None,
                              may_escalate=self.leadership.held)
         self.smtp_handler = IngestHandler(config.smtp, self.ingest, self.metrics)
-        self.imap = ImapIngress(config.imap, self.ingest, self.store, self.metrics) if config.imap.enabled else None
+        tokens = _imap_tokens(config, self.metrics)
+        self.imap = ImapIngress(config.imap, self.ingest, self.store, self.metrics, tokens) \
+            if config.imap.enabled else None
         self.notifier = SystemdNotifier()
         self._stop = asyncio.Event()
         self._smtp: asyncio.Server | None = None

@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 import shtab
 
 from emergencyd.daemon.config.model import Config, ConfigError, load_config
+from emergencyd.daemon.config.store import StoreBackend
 from emergencyd.daemon.ops.logs import configure_logging
 from emergencyd.daemon.ops.metrics import build_version
 from emergencyd.daemon.ops.status import render_status, status_document
@@ -94,7 +95,10 @@ def _parser() -> argparse.ArgumentParser:
 
     run = command("run", cmd_run, "Run the daemon in the foreground; logs go to stderr.")
     run.add_argument("--verbose", action="store_true", help="debug logging")
-    command("check-config", cmd_check_config, "Validate the config; exit 0 when it is valid.")
+    check = command("check-config", cmd_check_config,
+                    "Validate the config, and that its database and IMAP OAuth 2.0 grant work; exit 0 when they do.")
+    check.add_argument("--offline", action="store_true",
+                       help="check the config only: no PostgreSQL connection, no token asked of the provider")
     inject = command("inject", cmd_inject, "Submit .eml files through the same durable path as SMTP.")
     inject.add_argument("files", nargs="+", type=Path, metavar="MESSAGE.eml")
     inject.add_argument("--received-at", metavar="ISO-8601",
@@ -179,7 +183,21 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
     print(f"{config.source}: valid ({mode}; SMTP {config.smtp.listen}, "
           f"{len(config.smtp.recipients)} recipient(s); store {config.store.location})")
     print(f"tenant directory: {directory_line(config.policy.trust, None)}")
-    print(probe_store(config.store))
+    offline = args.offline
+    print(f"store {config.store.location}: not checked (--offline)" if offline and
+          config.store.backend is StoreBackend.POSTGRESQL else probe_store(config.store))
+    if config.imap.enabled and config.imap.oauth2 is not None:
+        from emergencyd.daemon.ingest.oauth2_tokens import TokenError, probe_token
+        described = f"imap OAuth 2.0 ({config.imap.oauth2.describe})"
+        if offline:
+            print(f"{described}: no token asked for (--offline)")
+            return 0
+        try:
+            print(f"{described}: {probe_token(config.imap.oauth2, config.imap.username)}")
+        except TokenError as exc:
+            print(f"emergencyd: {described}: no access token ({exc.problem}: {exc.detail}); {exc.problem.advice}",
+                  file=sys.stderr)
+            return 1
     return 0
 
 

@@ -100,6 +100,33 @@ def dovecot(ca):
         server.cleanup()
 
 
+@pytest.fixture
+def identity(ca):
+    """HTTPS fakes of Google's and Microsoft's token endpoints, with the introspection Dovecot asks
+    (tests/fakes/oauth2.py)."""
+    from tests.fakes.oauth2 import FakeIdentityProvider, Introspection
+    provider = FakeIdentityProvider(ca, username="alerts@example.com").start()
+    provider.introspection = Introspection(provider).start()
+    yield provider
+    provider.introspection.stop()
+    provider.stop()
+    assert provider.errors == []
+
+
+@pytest.fixture
+def oauth_dovecot(ca, identity):
+    """A throwaway Dovecot that takes XOAUTH2 and OAUTHBEARER with the identity fixture's tokens."""
+    from tests.dovecot import Dovecot, dovecot_binary
+    server = Dovecot(ca, dovecot=dovecot_binary(), oauth2_introspection_url=identity.introspection.url)
+    server.login_throttling = False      # a refused token is answered at once: only the daemon's pacing counts
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        print(server.log_tail())
+        server.cleanup()
+
+
 def _throwaway_postgres() -> Iterator[Postgres]:
     from tests.postgres import postgres_bin_dir
     bin_dir = postgres_bin_dir()

@@ -81,8 +81,12 @@ class DovecotError(RuntimeError):
 class Dovecot:
     """One throwaway Dovecot instance. start() / stop() / restart() / kill(); see module doc."""
 
-    def __init__(self, ca: TestCA | None = None, *, idle: bool = True, dovecot: str = "dovecot") -> None:
+    def __init__(self, ca: TestCA | None = None, *, idle: bool = True, dovecot: str = "dovecot",
+                 oauth2_introspection_url: str | None = None) -> None:
         self.ca = ca or TestCA()
+        # With a URL: SASL XOAUTH2 and OAUTHBEARER too, each token checked at login by POSTing
+        # "token=..." to it (RFC 7662 introspection, as ../shared/recipes/throwaway-dovecot-oauth2.sh).
+        self.oauth2_introspection_url = oauth2_introspection_url
         self.binary = dovecot
         self.username = USERNAME
         self.password = PASSWORD
@@ -94,7 +98,8 @@ class Dovecot:
         self.proc: subprocess.Popen | None = None
         self.start_seconds: float | None = None   # how long the last start() took
         self.events: list[str] = []                # lifecycle with timings, shown in log_tail()
-        self._capability_without_idle: str | None = None
+        self._capabilities: list[str] | None = None    # Dovecot's own list, learnt from a first start
+        self.left_out_capabilities: set[str] = set()    # not advertised (before and after login)
         self._saved_modes: dict[Path, int] = {}   # set_mailbox_writable(False) restores these
         self.is_root = os.geteuid() == 0
 
@@ -130,7 +135,16 @@ class Dovecot:
     def _write_config(self) -> None:
         d = self.dir
         capability = ""
-        throttling = anvil_penalty = ""
+        throttling = anvil_penalty = oauth2_passdb = ""
+        mechanisms = "plain login"
+        if self.oauth2_introspection_url:
+            mechanisms += " xoauth2 oauthbearer"
+            (d / "oauth2.conf.ext").write_text(
+                f"introspection_mode = post\nintrospection_url = {self.oauth2_introspection_url}\n"
+                "username_attribute = username\nactive_attribute = active\nactive_value = true\n")
+            (d / "oauth2.conf.ext").chmod(0o644)
+            oauth2_passdb = f"passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n" \
+                            f"  args = {d}/oauth2.conf.ext\n}}"
         if not self.login_throttling:
             throttling = "auth_failure_delay = 0"
             # No per-IP penalty: at mode 0 anvil's penalty socket is not created, and the auth
@@ -138,11 +152,12 @@ class Dovecot:
             # retry for seconds (connection refused), so it goes too.
             anvil_penalty = "  unix_listener anvil-auth-penalty {\n    mode = 0\n  }\n"
             (d / "run" / "anvil-auth-penalty").unlink(missing_ok=True)
-        if not self.idle_enabled:
-            if self._capability_without_idle is None:
-                raise DovecotError("capability list unknown: start Dovecot with IDLE once first")
+        left_out = self.left_out_capabilities | (set() if self.idle_enabled else {"IDLE"})
+        if left_out:
+            if self._capabilities is None:
+                raise DovecotError("capability list unknown: start Dovecot with every capability once first")
             # an explicit list (no leading "+") replaces Dovecot's built-in one, before and after login
-            capability = f"imap_capability = {self._capability_without_idle}"
+            capability = f"imap_capability = {' '.join(c for c in self._capabilities if c.upper() not in left_out)}"
         self.config_path.write_text(f"""\
 # throwaway test instance written by tests/dovecot.py; no include of /etc/dovecot
 base_dir = {d}/run
@@ -155,7 +170,7 @@ default_internal_user = {self._user}
 default_internal_group = {self._group}
 default_login_user = {self._login_user}
 first_valid_uid = 0
-auth_mechanisms = plain login
+auth_mechanisms = {mechanisms}
 disable_plaintext_auth = no
 mail_fsync = never
 shutdown_clients = yes
@@ -164,6 +179,7 @@ ssl_cert = <{d}/cert.pem
 ssl_key = <{d}/key.pem
 {capability}
 {throttling}
+{oauth2_passdb}
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {d}/passwd
@@ -373,16 +389,29 @@ service stats {{
         if enabled == self.idle_enabled:
             return
         was_running = self.running
-        if not enabled and self._capability_without_idle is None:
-            if not was_running:
-                self.start()
-            caps = self.capabilities()
-            self._capability_without_idle = " ".join(c for c in caps if c.upper() != "IDLE")
+        self._learn_capabilities()
         self.idle_enabled = enabled
         if was_running:
             self.restart()
         else:
             self.stop()   # it was only started to learn the capability list
+
+    def leave_out_capability(self, name: str) -> None:
+        """Stop advertising a capability (SASL-IR, say), before and after login; restarts Dovecot if it runs."""
+        was_running = self.running
+        self._learn_capabilities()
+        self.left_out_capabilities.add(name.upper())
+        if was_running:
+            self.restart()
+        else:
+            self.stop()
+
+    def _learn_capabilities(self) -> None:
+        """Dovecot's own capability list, from a start with every capability (the first one)."""
+        if self._capabilities is None:
+            if not self.running:
+                self.start()
+            self._capabilities = self.capabilities()
 
     def set_login_throttling(self, enabled: bool) -> None:
         """False: a wrong password is refused at once, every time; restarts Dovecot if it runs.

@@ -299,6 +299,31 @@ def imap_table(dovecot, tmp_path: Path, *, tls: bool = True, password: str | Non
     return "\n".join(f"{key} = {_toml(value)}" for key, value in values.items() if value is not None)
 
 
+def oauth2_imap(dovecot, tmp_path: Path, identity, provider: str, grant: str, ca_file: Path, **oauth2: object) -> str:
+    """[imap] with auth = "oauth2" and its [imap.oauth2] table for the identity fixture's fakes
+    (tests/fakes/oauth2.py); each secret in a file of its own."""
+    from tests.fakes.oauth2 import CLIENT_ID, CLIENT_SECRET, TENANT
+    values: dict[str, object] = {"provider": provider, "grant": grant, "ca_file": str(ca_file), **oauth2}
+    secrets = {"service_account": identity.service_account_key()} if grant == "service_account" else {}
+    if grant != "service_account":
+        values["client_id"] = CLIENT_ID
+    if grant == "client_credentials" or provider in ("google", "generic") and grant == "refresh_token":
+        secrets["client_secret"] = CLIENT_SECRET
+    if grant == "refresh_token":
+        secrets["refresh_token"] = identity.refresh_token
+    if provider == "microsoft":
+        values["tenant"], values["authority"] = TENANT, identity.url
+    else:
+        values.setdefault("token_url", f"{identity.url}/token")
+    for name, value in secrets.items():
+        path = tmp_path / f"oauth2-{name}"
+        path.write_text(value)
+        path.chmod(0o600)
+        values[f"{name}_file"] = str(path)
+    table = "\n".join(f"{key} = {json.dumps(value)}" for key, value in values.items())
+    return imap_table(dovecot, tmp_path, password_file=None, auth="oauth2") + f"\n\n[imap.oauth2]\n{table}"
+
+
 class NotifySocket:
     """What systemd does: a datagram socket the service sends its notifications to."""
 

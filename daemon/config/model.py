@@ -18,6 +18,7 @@ from typing import Any
 from emergencyd.daemon.config.fallback import FallbackConfig, read_fallback
 from emergencyd.daemon.config.reader import ConfigError, ConfigReader, HostPort, Secret
 from emergencyd.daemon.config.store import StoreBackend, describe_dsn
+from emergencyd.daemon.ingest.oauth2_settings import ImapAuth, OAuth2Config
 from emergencyd.daemon.ingest.smtp_settings import ProxyConfig, SmtpAuthConfig
 from emergencyd.escalation.policy import Policy
 from emergencyd.escalation.settings import PagerDutyConfig, ZendeskConfig
@@ -74,6 +75,8 @@ class ImapConfig:
     login_retry_seconds: float
     batch_messages: int
     max_message_bytes: int
+    auth: ImapAuth = ImapAuth.PASSWORD
+    oauth2: OAuth2Config | None = None       # with auth = "oauth2"
 
     @property
     def account(self) -> str:

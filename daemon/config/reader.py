@@ -32,17 +32,26 @@ class ConfigReader:
         self._lenient_secrets = lenient_secrets
         self._read: set[str] = set()     # every key asked for, present or not
 
+    @property
+    def lenient_secrets(self) -> bool:
+        return self._lenient_secrets
+
     def unread_keys(self, *, checked_elsewhere: frozenset[str]) -> list[str]:
         """The keys in the file that no section reader asked for: typos, whose values would silently not count.
         Derived from what was read, so a new setting is known the moment it is read."""
+        return [key for key in self._unread("", self._data) if key.split(".")[0] not in checked_elsewhere]
+
+    def _unread(self, prefix: str, table: dict[str, Any]) -> list[str]:
+        """A table some of whose keys were read is looked into ([imap.oauth2] within [imap]); else it is unread."""
         unread = []
-        for name, value in self._data.items():
-            if name in checked_elsewhere:
+        for name, value in table.items():
+            key = prefix + name
+            if key in self._read:
                 continue
-            if isinstance(value, dict) and any(key.startswith(name + ".") for key in self._read):
-                unread += [f"{name}.{sub}" for sub in value if f"{name}.{sub}" not in self._read]
-            elif name not in self._read:
-                unread.append(name)
+            if isinstance(value, dict) and any(read.startswith(key + ".") for read in self._read):
+                unread += self._unread(key + ".", value)
+            else:
+                unread.append(key)
         return unread
 
     def _get(self, key: str, default: Any) -> Any:

@@ -27,6 +27,7 @@ from emergencyd.daemon.config.reader import (
     read_networks,
 )
 from emergencyd.daemon.config.store import StoreBackend, dsn_fields
+from emergencyd.daemon.ingest.oauth2_settings import ImapAuth, read_imap_auth, read_oauth2
 from emergencyd.daemon.ingest.smtp_settings import read_auth, read_proxy
 from emergencyd.escalation.policy import Policy
 from emergencyd.escalation.policy_config import PolicyError, parse_policy
@@ -83,9 +84,13 @@ def read_imap(r: ConfigReader) -> ImapConfig:
                           "handled mail is moved there")
     username = r.string("imap.username", "")
     password = r.secret("imap.password_file", "EMERGENCYD_IMAP_PASSWORD")
-    if enabled and not (username and password):
-        raise ConfigError("imap: username and a password (EMERGENCYD_IMAP_PASSWORD or imap.password_file) "
-                          "are required when imap.enabled = true")
+    auth = read_imap_auth(r)
+    oauth2 = read_oauth2(r, needed=enabled and auth is ImapAuth.OAUTH2)
+    if enabled and not username:
+        raise ConfigError("imap.username: required when imap.enabled = true (the mailbox's login)")
+    if enabled and auth is ImapAuth.PASSWORD and not (password or r.lenient_secrets):
+        raise ConfigError("imap: a password (EMERGENCYD_IMAP_PASSWORD or imap.password_file) is required "
+                          "when imap.enabled = true with imap.auth = \"password\"")
     initial = r.number("imap.reconnect_initial_seconds", 1.0, minimum=0.01)
     return ImapConfig(
         enabled=enabled, host=host, port=r.integer("imap.port", 993 if tls else 143, minimum=1),
@@ -101,6 +106,7 @@ def read_imap(r: ConfigReader) -> ImapConfig:
         login_retry_seconds=r.number("imap.login_retry_seconds", 300.0, minimum=0.1),
         batch_messages=r.integer("imap.batch_messages", 50, minimum=1),
         max_message_bytes=r.integer("imap.max_message_bytes", 25 * 1024 * 1024, minimum=1024),
+        auth=auth, oauth2=oauth2,
     )
 
 

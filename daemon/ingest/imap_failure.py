@@ -9,6 +9,8 @@ class FailureKind(StrEnum):
     CONNECT = "connect"                  # no TCP connection to the server
     TLS = "tls"                          # the TLS handshake failed (certificate, protocol)
     LOGIN = "login"                      # refused credentials: retried at the login pace, not the reconnect one
+    TOKEN = "token"                      # no OAuth 2.0 access token: the provider refused (login pace too)
+    TOKEN_ENDPOINT = "token_endpoint"    # the token endpoint did not answer with a token (reconnect pace)
     MAILBOX = "mailbox"                  # the mailbox or the processed mailbox cannot be selected or made
     TIMEOUT = "timeout"                  # no answer to a command in time
     CONNECTION_LOST = "connection_lost"  # the server closed the connection
@@ -16,6 +18,10 @@ class FailureKind(StrEnum):
     MOVE = "move"                        # a stored mail could not be moved out of the inbox
     TOO_LARGE = "too_large"              # a mail over [imap] max_message_bytes, left in the inbox
     PROTOCOL = "protocol"                # anything else the server or the connection did
+
+
+# A person must act before these can succeed: retried at the login pace, so as not to hammer the provider.
+NEEDS_A_PERSON = frozenset({FailureKind.LOGIN, FailureKind.TOKEN})
 
 
 class ImapFailure(Exception):

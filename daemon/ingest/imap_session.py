@@ -10,12 +10,13 @@ import logging
 import re
 import ssl
 import time
-from typing import Any, Awaitable
+from typing import Any, Awaitable, TypeVar
 
 import aioimaplib
 
 from emergencyd.daemon.config.model import ImapConfig
 from emergencyd.daemon.ingest.imap_failure import FailureKind, ImapFailure
+from emergencyd.daemon.ingest.imap_sasl import authenticate, choose_mechanism
 from emergencyd.daemon.ingest.imap_wire import (
     MessageMeta,
     batches,
@@ -29,6 +30,9 @@ from emergencyd.daemon.ingest.imap_wire import (
     uidvalidity_of,
 )
 from emergencyd.daemon.ingest.intake import Ingest
+from emergencyd.daemon.ingest.oauth2_keeper import FetchReason, TokenKeeper
+from emergencyd.daemon.ingest.oauth2_settings import SaslMechanism
+from emergencyd.daemon.ingest.oauth2_tokens import AccessToken, TokenError
 from emergencyd.daemon.ops.metrics import Metrics
 from emergencyd.daemon.store.asynchronous import AsyncStore
 from emergencyd.daemon.store.errors import StoreError
@@ -36,6 +40,7 @@ from emergencyd.escalation.records import Envelope
 from emergencyd.escalation.tls import ssl_context
 
 log = logging.getLogger("emergencyd.imap")
+T = TypeVar("T")
 
 # An untagged LIST answer as aioimaplib hands it over ("LIST " removed): '(\\HasNoChildren) "/" Processed'
 _LIST_ENTRY = re.compile(rb"^(LIST )?\(", re.IGNORECASE)
@@ -49,8 +54,9 @@ class MailboxSession:
     """One connection to the mailbox, from login to logout."""
 
     def __init__(self, config: ImapConfig, ingest: Ingest, store: AsyncStore, metrics: Metrics,
-                 stopping: asyncio.Event):
+                 stopping: asyncio.Event, tokens: TokenKeeper | None = None):
         self.config = config
+        self._tokens = tokens          # with [imap] auth = "oauth2"
         self._ingest = ingest
         self._store = store
         self._metrics = metrics
@@ -60,6 +66,8 @@ class MailboxSession:
         self.uidvalidity = 0
         self.last_uid = 0
         self.idle = False
+        self.token: AccessToken | None = None   # the access token this session logged in with (OAuth 2.0)
+        self.log_in_again_at = float("inf")     # epoch seconds: a new session, with a new token, is due then
 
     # -- commands, each bounded in time and aware of a lost connection ------------------
 
@@ -117,8 +125,11 @@ class MailboxSession:
             raise ImapFailure(FailureKind.TLS, f"{cfg.host}:{cfg.port}: {exc.reason or exc}") from None
         except OSError as exc:
             raise ImapFailure(FailureKind.CONNECT, f"{cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
-        assert cfg.password is not None          # the config requires one when IMAP is enabled
-        await self._ok("LOGIN", client.login(cfg.username, cfg.password.value), kind=FailureKind.LOGIN)
+        if self._tokens is not None:
+            await self._log_in_with_a_token(client)
+        else:
+            assert cfg.password is not None          # the config requires one when IMAP is enabled
+            await self._ok("LOGIN", client.login(cfg.username, cfg.password.value), kind=FailureKind.LOGIN)
         await self._ensure_processed_mailbox()
         selected = await self._ok(f"SELECT {cfg.mailbox}", client.select(mailbox_name(cfg.mailbox)),
                                   kind=FailureKind.MAILBOX)
@@ -127,6 +138,33 @@ class MailboxSession:
             raise ImapFailure(FailureKind.PROTOCOL, f"SELECT {cfg.mailbox} gave no UIDVALIDITY")
         await self._adopt(uidvalidity)
         self.idle = cfg.idle and client.has_capability("IDLE")
+
+    async def _log_in_with_a_token(self, client: aioimaplib.IMAP4) -> None:
+        """SASL with the current token; a refused one that was not new is replaced and tried once more."""
+        tokens, cfg = self._tokens, self.config
+        assert tokens is not None and cfg.oauth2 is not None
+        wanted = cfg.oauth2.mechanism
+        mechanism = choose_mechanism(client.protocol.capabilities, wanted)
+        if mechanism is None:
+            asked = "XOAUTH2 or OAUTHBEARER" if wanted is SaslMechanism.AUTO else wanted.upper()
+            offered = " ".join(sorted(client.protocol.capabilities))
+            raise ImapFailure(FailureKind.LOGIN, f"the server offers no {asked} login (its capabilities: {offered})")
+        token, new = await _token(tokens.token())
+        refused = await self._authenticate(client, mechanism, token)
+        if refused is not None and not new:     # revoked on the provider's side, say: a new one may do
+            log.info("imap refused the access token; fetching a new one", extra={"answer": refused})
+            token = await _token(tokens.fresh(FetchReason.REFUSED))
+            refused = await self._authenticate(client, mechanism, token)
+        if refused is not None:
+            raise ImapFailure(FailureKind.LOGIN, f"{mechanism.upper()} refused a new access token ({refused}): the "
+                              "mailbox may be disabled, or the app not allowed on it (docs/imap.md)")
+        self.token = token
+        self.log_in_again_at = tokens.renew_at(token)
+
+    async def _authenticate(self, client: aioimaplib.IMAP4, mechanism: SaslMechanism,
+                            token: AccessToken) -> str | None:
+        return await self._command(f"AUTHENTICATE {mechanism.upper()}",
+                                   authenticate(client, mechanism, self.config.username, token.value.value))
 
     async def _ensure_processed_mailbox(self) -> None:
         name = mailbox_name(self.config.processed_mailbox)
@@ -304,11 +342,15 @@ class MailboxSession:
                 self.idle = False
                 self._metrics.imap_idle_active.set(0)
                 log.warning("imap IDLE failed; polling instead for this connection", extra={"error": exc.detail})
-        await self._pause(self.config.poll_interval_seconds)
+        await self._pause(min(self.config.poll_interval_seconds, self.seconds_left()))
+
+    def seconds_left(self) -> float:
+        """Until a new session is due (its token's renewal), at least a moment; a password session has no end."""
+        return max(self.log_in_again_at - time.time(), 0.01)
 
     async def _idle_once(self) -> None:
         client = self._imap
-        renew = self.config.idle_renew_seconds
+        renew = min(self.config.idle_renew_seconds, self.seconds_left())
         idle = await self._command("IDLE", client.idle_start(timeout=renew + 60))
         self._metrics.imap_idle_active.set(1)
         try:
@@ -345,6 +387,14 @@ class MailboxSession:
         if news in done and not news.cancelled() and news.exception() is None:
             return news.result()
         return None
+
+
+async def _token(fetching: Awaitable[T]) -> T:
+    try:
+        return await fetching
+    except TokenError as exc:
+        kind = FailureKind.TOKEN if exc.problem.needs_a_person else FailureKind.TOKEN_ENDPOINT
+        raise ImapFailure(kind, f"no access token ({exc.problem}: {exc.detail}); {exc.problem.advice}") from None
 
 
 def _text(lines: list[Any]) -> str:

@@ -34,7 +34,7 @@ MAX_FIELD_CHARS = 1000
 MAX_TRACEBACK_CHARS = 4000
 FIRST_KEYS = ("ts", "level", "logger", "event")
 # Third-party chatter at INFO would drown our events and may echo request details.
-QUIET_LOGGERS = ("mail", "zenpy", "pagerduty", "httpx2", "urllib3", "mail.log", "aioimaplib")
+QUIET_LOGGERS = ("mail", "zenpy", "pagerduty", "httpx2", "urllib3", "mail.log", "aioimaplib", "msal", "google.auth")
 # mail-parser warns of every MIME part it leaves to us (a bounce's rfc822-headers, say): a line per
 # ordinary mail in the journal. The parser records what matters in ParsedMessage instead.
 SILENT_LOGGERS = ("mailparser",)

@@ -19,6 +19,7 @@ from prometheus_client import (
 )
 
 from emergencyd.daemon.ingest.imap_failure import FailureKind
+from emergencyd.daemon.ingest.oauth2_tokens import FETCHED, TokenProblem
 from emergencyd.escalation.hours import Window
 from emergencyd.escalation.policy import SEVERITIES, Verdict
 from emergencyd.escalation.records import (
@@ -45,6 +46,7 @@ STATUS_CLASSES = ("2xx", "4xx", "5xx", "network")
 # outage stretches this into minutes and hours.
 PAGE_LATENCY_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)
 IMAP_ERROR_KINDS = tuple(FailureKind)
+TOKEN_FETCH_OUTCOMES = (FETCHED, *TokenProblem)
 # The loop should never be held for more than a few milliseconds; 20 ms is already felt by SMTP clients.
 LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 # INTERNALDATE has whole seconds: sub-second buckets would be noise.
@@ -158,6 +160,13 @@ class Metrics:
         self.imap_pickup_latency = Histogram("emergencyd_imap_pickup_latency_seconds",
                                              "Seconds from the IMAP server's INTERNALDATE to the durable commit.",
                                              buckets=PICKUP_LATENCY_BUCKETS, registry=r)
+        self.imap_oauth2_fetches = Counter(
+            "emergencyd_imap_oauth2_token_fetches_total",
+            "OAuth 2.0 access tokens asked for the IMAP login ([imap] auth = \"oauth2\"), by outcome: ok, or why "
+            "none came: grant, scope, client (a person must act), unreachable.", ["outcome"], registry=r)
+        self.imap_oauth2_expiry = Gauge(
+            "emergencyd_imap_oauth2_token_expiry_timestamp_seconds",
+            "Unix time the IMAP session's current access token expires (0: none yet).", registry=r)
         self.integration_last_success = Gauge(
             "emergencyd_integration_last_success_timestamp_seconds",
             "Unix time of the last successful call to each integration (0: none since start).", ["integration"],
@@ -222,6 +231,8 @@ class Metrics:
             self.integration_failing_since.labels(integration)
         for kind in IMAP_ERROR_KINDS:
             self.imap_errors.labels(kind)
+        for outcome in TOKEN_FETCH_OUTCOMES:
+            self.imap_oauth2_fetches.labels(outcome)
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
         for fallback_outcome in FallbackOutcome:

@@ -11,9 +11,9 @@ from tests.harness import ROOT, require_tool
 
 DASHBOARD = ROOT / "monitoring" / "grafana-dashboard.json"
 INSTANCE_MATCHER = 'instance=~"$instance"'
-METRIC = re.compile(r"\bemergencyd_[a-z_]+")
+METRIC = re.compile(r"\bemergencyd_[a-z0-9_]+")
 # A metric name and the label matchers that follow it, if any.
-SELECTOR = re.compile(r"\b(emergencyd_[a-z_]+|up)\b(\{[^}]*\})?")
+SELECTOR = re.compile(r"\b(emergencyd_[a-z0-9_]+|up)\b(\{[^}]*\})?")
 HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
 # Grafana's own interval variables, and what stands in for them when promtool checks the syntax.
 GRAFANA_INTERVALS = re.compile(r"\$__(rate_interval|interval|range)\b")

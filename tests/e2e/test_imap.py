@@ -27,8 +27,8 @@ RECEIVED = "emergencyd_messages_received_total"
 DUPLICATES = "emergencyd_messages_duplicate_total"
 LAST_SYNC = "emergencyd_imap_last_sync_timestamp_seconds"
 PICKUP_COUNT = "emergencyd_imap_pickup_latency_seconds_count"
-ERROR_KINDS = ("connect", "tls", "login", "mailbox", "timeout", "connection_lost", "protocol", "move",
-               "too_large", "store")
+ERROR_KINDS = ("connect", "tls", "login", "token", "token_endpoint", "mailbox", "timeout", "connection_lost",
+               "protocol", "move", "too_large", "store")
 
 # Quick reconnects keep the tests short; commands get room for Dovecot's 2 s delay on a failed login.
 # Many distinct incidents at once: without this, pages beyond 10 a minute wait (by design).

@@ -123,3 +123,41 @@ def write_mail(tmp_path):
     path = tmp_path / "mail.eml"
     path.write_bytes(make_message(message_id="<classify@example.net>"))
     return path
+
+
+def test_oauth2_tokens_and_grants_are_never_printed(tmp_path, start_daemon, identity, oauth_dovecot, ca_file):
+    """IMAP with OAuth 2.0 (a Microsoft refresh token, which the provider rotates): tokens that live 3 s, so
+    several are fetched; one revoked and replaced at a login; then the grant withdrawn. Neither a token nor a
+    refresh token nor the client secret is in the logs, `status`, `check-config`, /metrics or /readyz, as
+    itself or inside a SASL string."""
+    from emergencyd.daemon.ingest.imap_sasl import initial_response
+    from emergencyd.daemon.ingest.oauth2_settings import SaslMechanism
+    from tests.fakes.oauth2 import CLIENT_SECRET
+    from tests.harness import oauth2_imap
+    identity.token_seconds = 3
+    imap = oauth2_imap(oauth_dovecot, tmp_path, identity, "microsoft", "refresh_token", ca_file)
+    secret_file = tmp_path / "oauth2-client-secret"
+    secret_file.write_text(CLIENT_SECRET)
+    daemon = start_daemon(imap=imap + f'\nclient_secret_file = "{secret_file}"')
+    daemon.wait_for(lambda: len(identity.tokens()) >= 3, timeout=20, what="three tokens")
+    identity.revoke_current_tokens()
+    oauth_dovecot.restart()
+    daemon.wait_for(lambda: "fetching a new one" in daemon.log_text(), what="the revoked token replaced")
+    checked = daemon.cli("check-config")
+    identity.grant_revoked = True
+    daemon.wait_for(lambda: "imap has no access token" in daemon.log_text(), timeout=20, what="the withdrawn grant")
+    refused = daemon.cli("check-config", check=False)
+
+    output = "\n".join([
+        daemon.log_text(), daemon.cli("status").stdout, daemon.cli("status", "--json").stdout,
+        daemon.http_get("/metrics")[1], daemon.http_get("/readyz")[1], checked.stdout, checked.stderr,
+        refused.stdout, refused.stderr])
+    secrets = [*identity.tokens(), *identity.refresh_tokens, CLIENT_SECRET]
+    assert len(identity.refresh_tokens) >= 3              # rotated, and each rotation searched for too
+    for secret in secrets:
+        forms = leaked_forms(secret) + [initial_response(mechanism, "alerts@example.com", secret)
+                                        for mechanism in (SaslMechanism.XOAUTH2, SaslMechanism.OAUTHBEARER)]
+        for form in forms:
+            assert form not in output, f"a secret leaked: {secret!r} as {form!r}"
+    for sign in ("imap fetched an access token", "AADSTS700082", "a token was issued", "refused the access token"):
+        assert sign in output, sign
