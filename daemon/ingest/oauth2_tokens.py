@@ -169,6 +169,7 @@ class MicrosoftTokens:
         self._refresh_token = config.refresh_token.value if config.refresh_token else ""
 
     def fetch(self) -> AccessToken:
+        from msal.exceptions import MsalError
         fetched_at = time.time()
         try:
             app = self._app()   # a new one each time: msal would hand back its cached token, not a new one
@@ -176,7 +177,9 @@ class MicrosoftTokens:
                 result = app.acquire_token_for_client(scopes=list(self._config.scopes))
             else:
                 result = app.acquire_token_by_refresh_token(self._refresh_token, scopes=list(self._config.scopes))
-        except (requests.RequestException, ValueError) as exc:    # ValueError: msal found no authority there
+        except ValueError as exc:    # msal's discovery had a 4xx: no such tenant at that authority
+            raise TokenError(TokenProblem.CLIENT, f"the tenant or authority: {_first_line(exc)}") from None
+        except (requests.RequestException, MsalError) as exc:    # MsalError: a 5xx from the discovery
             raise TokenError(TokenProblem.UNREACHABLE, _first_line(exc)) from None
         if "access_token" not in result:
             raise TokenError(_microsoft_problem(result), describe(result) or "no access token in the answer")

@@ -165,3 +165,37 @@ def test_a_server_without_sasl_ir_is_sent_the_token_when_it_asks(tmp_path, oauth
     daemon.wait_settled(1)
     [login] = xoauth_logins(oauth_dovecot)
     assert "method=XOAUTH2" in login, login
+
+
+def test_a_token_endpoint_outage_leaves_the_session_up_while_its_token_lasts(tmp_path, oauth_dovecot, identity,
+                                                                             start_daemon, ca_file):
+    """The renewal fails (the provider down): the logged-in session goes on and takes mail; once its token has
+    expired it ends, and without a token the mailbox is not ready; when the provider is back, it logs in again."""
+    identity.token_seconds = 6
+    daemon = start_daemon(imap=oauth2_imap(oauth_dovecot, tmp_path, identity, "microsoft", "client_credentials",
+                                           ca_file))
+    wait_connected(daemon, idle=True)
+    identity.set_down(True)                                  # 503 to everything
+    daemon.wait_for(lambda: "could not renew its access token" in daemon.log_text(), timeout=15,
+                    what="a failed renewal")
+    assert daemon.metric("emergencyd_imap_connected") == 1
+    oauth_dovecot.append(mail("during-outage"))              # the session still takes mail
+    daemon.wait_settled(1, timeout=15)
+    wait_metric(daemon, ERRORS, lambda v: v >= 1, kind="token_endpoint", timeout=20)   # the token has run out
+    status, checks = readiness(daemon)
+    assert status == 503 and "token endpoint" in checks["imap"], checks
+    assert daemon.metric(TOKEN_FETCHES, outcome="unreachable") >= 1
+    identity.set_down(False)
+    wait_connected(daemon, idle=True)
+    oauth_dovecot.append(mail("after-outage"))
+    daemon.wait_settled(2, timeout=15)
+
+
+def test_check_config_names_a_tenant_that_is_not_there(tmp_path, identity, ca_file, oauth_dovecot):
+    from tests.harness import write_config
+    imap = oauth2_imap(oauth_dovecot, tmp_path, identity, "microsoft", "client_credentials", ca_file)
+    config = write_config(tmp_path, dry_run=True, imap=imap.replace('tenant = "contoso', 'tenant = "typo-contoso'))
+    refused = run_cli(config, "check-config", check=False)
+    assert refused.returncode == 1
+    assert "no access token (client: the tenant or authority: Unable to get authority configuration for " \
+        f"{identity.url}/typo-contoso.onmicrosoft.com" in refused.stderr
