@@ -299,9 +299,10 @@ def imap_table(dovecot, tmp_path: Path, *, tls: bool = True, password: str | Non
     return "\n".join(f"{key} = {_toml(value)}" for key, value in values.items() if value is not None)
 
 
-def oauth2_imap(dovecot, tmp_path: Path, identity, provider: str, grant: str, ca_file: Path, **oauth2: object) -> str:
-    """[imap] with auth = "oauth2" and its [imap.oauth2] table for the identity fixture's fakes
-    (tests/fakes/oauth2.py); each secret in a file of its own."""
+def oauth2_imap(dovecot, tmp_path: Path, identity, provider: str, grant: str, ca_file: Path,
+                imap: dict[str, object] | None = None, **oauth2: object) -> str:
+    """[imap] with auth = "oauth2" (and `imap`'s settings) and its [imap.oauth2] table for the identity
+    fixture's fakes (tests/fakes/oauth2.py); each secret in a file of its own."""
     from tests.fakes.oauth2 import CLIENT_ID, CLIENT_SECRET, TENANT
     values: dict[str, object] = {"provider": provider, "grant": grant, "ca_file": str(ca_file), **oauth2}
     secrets = {"service_account": identity.service_account_key()} if grant == "service_account" else {}
@@ -321,7 +322,8 @@ def oauth2_imap(dovecot, tmp_path: Path, identity, provider: str, grant: str, ca
         path.chmod(0o600)
         values[f"{name}_file"] = str(path)
     table = "\n".join(f"{key} = {json.dumps(value)}" for key, value in values.items())
-    return imap_table(dovecot, tmp_path, password_file=None, auth="oauth2") + f"\n\n[imap.oauth2]\n{table}"
+    return imap_table(dovecot, tmp_path, password_file=None, auth="oauth2", **(imap or {})) + \
+        f"\n\n[imap.oauth2]\n{table}"
 
 
 class NotifySocket:

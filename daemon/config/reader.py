@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from emergencyd.escalation.settings import HostPort, Secret
+
+E = TypeVar("E", bound=StrEnum)
 
 __all__ = ["ConfigError", "ConfigReader", "HostPort", "Secret", "is_loopback", "read_networks"]
 
@@ -64,6 +67,14 @@ class ConfigReader:
                 return default
             node = node[part]
         return node
+
+    def choice(self, key: str, kind: type[E], default: str, allowed: tuple[E, ...] | None = None) -> E:
+        """One of an enum's values (or of `allowed`), named in the error when it is not."""
+        name = self.string(key, default)
+        options = allowed or tuple(kind)
+        if name not in {option.value for option in options}:
+            raise ConfigError(f"{key}: expected one of {', '.join(options)}, got {name!r}")
+        return kind(name)
 
     def string(self, key: str, default: str) -> str:
         value = self._get(key, default)

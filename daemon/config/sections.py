@@ -111,10 +111,7 @@ def read_imap(r: ConfigReader) -> ImapConfig:
 
 
 def read_store(r: ConfigReader) -> StoreConfig:
-    backend_name = r.string("store.backend", StoreBackend.SQLITE)
-    if backend_name not in set(StoreBackend):
-        raise ConfigError(f"store.backend: expected one of {', '.join(StoreBackend)}, got {backend_name!r}")
-    backend = StoreBackend(backend_name)
+    backend = r.choice("store.backend", StoreBackend, StoreBackend.SQLITE)
     dsn = r.string("store.dsn", "")
     password = r.secret("store.password_file", "EMERGENCYD_STORE_PASSWORD")
     if backend is StoreBackend.POSTGRESQL:

@@ -15,15 +15,13 @@ import json
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from emergencyd.daemon.config.reader import ConfigError, Secret, is_loopback
 
 if TYPE_CHECKING:
     from emergencyd.daemon.config.reader import ConfigReader
-
-E = TypeVar("E", bound=StrEnum)
 
 
 class ImapAuth(StrEnum):
@@ -102,14 +100,16 @@ class OAuth2Config:
 
 
 def read_imap_auth(r: ConfigReader) -> ImapAuth:
-    return _choice(r, "imap.auth", ImapAuth, ImapAuth.PASSWORD.value)
+    return r.choice("imap.auth", ImapAuth, ImapAuth.PASSWORD.value)
 
 
 def read_oauth2(r: ConfigReader, *, needed: bool) -> OAuth2Config | None:
     """[imap.oauth2], when imap.auth = "oauth2"; keys there are read (and checked) either way."""
-    provider = _choice(r, "imap.oauth2.provider", Provider, Provider.GENERIC.value if not needed else "")
+    if needed and not r.string("imap.oauth2.provider", ""):
+        raise ConfigError(f"imap.oauth2.provider: required with imap.auth = \"oauth2\"; one of {', '.join(Provider)}")
+    provider = r.choice("imap.oauth2.provider", Provider, Provider.GENERIC.value)
     grants = GRANTS[provider]
-    grant = _choice(r, "imap.oauth2.grant", Grant, grants[0].value, allowed=grants)
+    grant = r.choice("imap.oauth2.grant", Grant, grants[0].value, allowed=grants)
     secrets = {name: r.secret(file_key, env) for name, (file_key, env) in _SECRETS.items()}
     config = OAuth2Config(
         provider=provider, grant=grant,
@@ -118,7 +118,7 @@ def read_oauth2(r: ConfigReader, *, needed: bool) -> OAuth2Config | None:
         token_url=_https_url(r, "imap.oauth2.token_url"),
         authority=_https_url(r, "imap.oauth2.authority") or MICROSOFT_AUTHORITY,
         scope=r.string("imap.oauth2.scope", ""),
-        mechanism=_choice(r, "imap.oauth2.mechanism", SaslMechanism, SaslMechanism.AUTO.value),
+        mechanism=r.choice("imap.oauth2.mechanism", SaslMechanism, SaslMechanism.AUTO.value),
         ca_file=r.optional_path("imap.oauth2.ca_file"),
         timeout_seconds=r.number("imap.oauth2.timeout_seconds", 30.0, minimum=0.1),
         client_secret=secrets["client_secret"], refresh_token=secrets["refresh_token"],
@@ -128,16 +128,6 @@ def read_oauth2(r: ConfigReader, *, needed: bool) -> OAuth2Config | None:
         return None
     _require(config, r.lenient_secrets)
     return config
-
-
-def _choice(r: ConfigReader, key: str, kind: type[E], default: str, allowed: tuple[E, ...] | None = None) -> E:
-    name = r.string(key, default)
-    options = allowed or tuple(kind)
-    if name not in {option.value for option in options}:
-        if not name:
-            raise ConfigError(f"{key}: required with imap.auth = \"oauth2\"; one of {', '.join(options)}")
-        raise ConfigError(f"{key}: expected one of {', '.join(options)}, got {name!r}")
-    return kind(name)
 
 
 def _https_url(r: ConfigReader, key: str) -> str:

@@ -102,9 +102,8 @@ def test_a_withdrawn_grant_is_reported_not_ready_and_not_hammered(tmp_path, oaut
                                                                   ca_file, provider, grant, withdrawn, outcome,
                                                                   words):
     setattr(identity, withdrawn, True)
-    imap = oauth2_imap(oauth_dovecot, tmp_path, identity, provider, grant, ca_file)
-    daemon = start_daemon(imap=imap.replace("reconnect_initial_seconds = 0.2", "reconnect_initial_seconds = 0.2\n"
-                                            "login_retry_seconds = 2"))
+    imap = oauth2_imap(oauth_dovecot, tmp_path, identity, provider, grant, ca_file, {"login_retry_seconds": 2})
+    daemon = start_daemon(imap=imap)
     wait_metric(daemon, ERRORS, lambda v: v >= 1, kind="token")
     watched_from = time.monotonic()
     [line, *_] = [line for line in daemon.log_text().splitlines() if "imap has no access token" in line]
@@ -128,9 +127,9 @@ def test_a_mailbox_that_refuses_a_new_token_is_reported(tmp_path, oauth_dovecot,
     """The token endpoint issues tokens, but the server refuses them: the account disabled, or the app not
     allowed on the mailbox. One fresh token is refused: a login failure at the login pace, not a token loop."""
     identity.disabled_users.add("alerts@example.com")       # what Dovecot's introspection now says
-    imap = oauth2_imap(oauth_dovecot, tmp_path, identity, "microsoft", "client_credentials", ca_file)
-    daemon = start_daemon(imap=imap.replace("reconnect_initial_seconds = 0.2", "reconnect_initial_seconds = 0.2\n"
-                                            "login_retry_seconds = 5"))
+    imap = oauth2_imap(oauth_dovecot, tmp_path, identity, "microsoft", "client_credentials", ca_file,
+                       {"login_retry_seconds": 5})
+    daemon = start_daemon(imap=imap)
     wait_metric(daemon, ERRORS, lambda v: v >= 1, kind="login")
     [line] = [line for line in daemon.log_text().splitlines() if "imap refused the access token" in line]
     assert "mailbox may be disabled" in line and "status 401" in line, line   # Dovecot's challenge, decoded
