@@ -1,7 +1,7 @@
 """Loop storm benchmark: one tenant's monitoring loops, and another tenant's P1 arrives meanwhile.
 
-    .venv/bin/python bench/loop_storm.py [--mails 600] [--body-kb 20] [--connections 8]
-                                         [--p1-after 200] [--zendesk-rpm 90] [--json FILE]
+    .venv/bin/python bench/loop_storm.py [--storm loop|bounces] [--mails 600] [--body-kb 20]
+                                         [--connections 8] [--p1-after 200] [--zendesk-rpm 90] [--json FILE]
 
 emergencyd runs live (dry_run = false, the shipped policy) against FakeZendesk and
 FakePagerDuty in this process, as in bench/storm.py. One sender mails N alerts of ~20 KB
@@ -11,6 +11,10 @@ connections as fast as they are accepted; right after the Mth 250, another tenan
 to its trigger at the fake PagerDuty, the storm's 250 latency and rate, the daemon's
 event-loop lag (its /metrics histogram), what the loop became in PagerDuty and Zendesk, and
 the drain. Figures only: nothing is asserted. See bench/README.md ("Loop storm benchmark").
+
+With --storm bounces the burst is N delivery reports instead, each from a mail system of its own
+with a null envelope sender (a mass mailing bouncing back): every one a first mail of its sender,
+all noise, none to be paged.
 """
 from __future__ import annotations
 
@@ -53,6 +57,7 @@ from tests.harness import make_message  # noqa: E402
 LAG_METRIC = "emergencyd_event_loop_lag_seconds"
 LOOP_SENDER = "alerts@monitoring.tenant-loop.example"
 P1_SENDER = "ops@othercorp.example"
+RETURNED_TO = "newsletter@tenant-loop.example"   # the bounces' mailing went out from here
 P1_PAGE_TIMEOUT = 30.0     # seconds after the P1's DATA to wait for its page before the drain
 SEND_P1_TIMEOUT = 120.0    # the P1 thread gives up if the Mth 250 never comes
 
@@ -95,6 +100,31 @@ def loop_mail(run: str, index: int, body_kb: float) -> tuple[str, bytes, str]:
     raw = make_message(subject=subject, body=body, sender=LOOP_SENDER, message_id=f"<{mid}>",
                        extra_headers="X-Mailer: Alertmanager/0.27\r\n")
     return f"loop-{index}", raw, LOOP_SENDER
+
+
+def bounce_mail(run: str, index: int, body_kb: float) -> tuple[str, bytes, str]:
+    """A delivery report from mail system `index` (a sender of its own), quoting the returned mail:
+    (key, raw, envelope sender ""). About `body_kb` KB."""
+    host = f"mx{index:04d}.isp{index % 97:02d}.example"
+    mid = f"{run}.dsn{index:05d}@{host}"
+    rcpt = f"user{index}@customer{index % 211}.example"
+    head = (f"From: MAILER-DAEMON@{host} (Mail Delivery System)\r\nTo: {RETURNED_TO}\r\n"
+            f"Subject: Undelivered Mail Returned to Sender\r\nDate: Fri, 27 Nov 2026 02:15:01 +0000\r\n"
+            f"Message-ID: <{mid}>\r\nAuto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n"
+            'Content-Type: multipart/report; report-type=delivery-status; boundary="dsn"\r\n\r\n')
+    notice = (f"--dsn\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nThis is the mail system at host {host}."
+              f"\r\n\r\nI'm sorry to have to inform you that your message could not be delivered.\r\n\r\n"
+              f"<{rcpt}>: host {host}[203.0.113.{index % 250 + 1}] said: 550 5.1.1 User unknown\r\n\r\n")
+    status = (f"--dsn\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; {host}\r\n\r\n"
+              f"Final-Recipient: rfc822; {rcpt}\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n")
+    returned = (f"--dsn\r\nContent-Type: message/rfc822\r\n\r\nFrom: {RETURNED_TO}\r\nTo: {rcpt}\r\n"
+                "Subject: Maintenance window on Saturday\r\n\r\n")
+    size = int(body_kb * 1024) - len(head) - len(notice) - len(status) - len(returned) - len("\r\n--dsn--\r\n")
+    raw = head + notice + status + returned + log_dump(max(size, 0), index) + "\r\n--dsn--\r\n"
+    return f"dsn-{index}", raw.encode(), ""
+
+
+STORMS = {"loop": loop_mail, "bounces": bounce_mail}
 
 
 def p1_mail(run: str) -> tuple[str, bytes]:
@@ -178,11 +208,11 @@ def loop_lag_windows(readings: dict) -> dict:
 def bench_loop_storm(args, workdir: Path, stack: Cleanup, run: str) -> dict:
     directory = workdir / "loop-storm"
     daemon, zendesk, pagerduty, sampler = start_live_with_fakes(directory, stack, args.zendesk_rpm)
-    messages = [loop_mail(run, i, args.body_kb) for i in range(args.mails)]
+    messages = [STORMS[args.storm](run, i, args.body_kb) for i in range(args.mails)]
     p1_id, p1_raw = p1_mail(run)
     sizes = [len(raw) for _, raw, _ in messages]
     lag = {"before": histogram.read_histogram(daemon.metrics_port, LAG_METRIC)}
-    print(f"loop storm: {len(messages)} mails of {min(sizes)}-{max(sizes)} bytes from {LOOP_SENDER} over "
+    print(f"{args.storm} storm: {len(messages)} mails of {min(sizes)}-{max(sizes)} bytes from {_senders(args.storm)} over "
           f"{args.connections} connections; the P1 after the {args.p1_after}th 250 ...", file=sys.stderr, flush=True)
 
     p1 = P1AfterNth(daemon.smtp_port, p1_raw, args.p1_after)
@@ -219,7 +249,7 @@ def figures(args, result, p1, paged, p1_key, record, drained, lag, pagerduty, ze
     loop_keys = {t.get("dedup_key") for t in events if t.get("dedup_key") != p1_key}
     incidents = pagerduty.incidents()
     return {
-        "mails": len(sizes), "connections": args.connections, "p1_after": args.p1_after,
+        "storm": args.storm, "mails": len(sizes), "connections": args.connections, "p1_after": args.p1_after,
         "zendesk_rpm": args.zendesk_rpm, "message_bytes": {"min": min(sizes), "max": max(sizes)},
         "smtp": {"accepted": len(accepted), "rejected": result.rejected, "errors": result.errors,
                  "last_250_s": round(accept_s, 3),
@@ -247,13 +277,17 @@ def _s(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f} s"
 
 
+def _senders(storm: str) -> str:
+    return f"one looping sender ({LOOP_SENDER})" if storm == "loop" else "a mail system of its own each, envelope <>"
+
+
 def report(info: dict, f: dict) -> str:
     smtp, p1, loop, zd, pd, drained = f["smtp"], f["p1"], f["loop"], f["zendesk"], f["pagerduty"], f["drain"]
     lag = f["event_loop_lag"]
     out = header(info, "emergencyd loop storm benchmark") + [
         "",
-        f"storm     {f['mails']} alerts of {f['message_bytes']['min']}-{f['message_bytes']['max']} bytes from one "
-        f"looping sender ({LOOP_SENDER}) over {f['connections']} SMTP connections; after the "
+        f"storm     {f['mails']} {f['storm']} mails of {f['message_bytes']['min']}-{f['message_bytes']['max']} bytes "
+        f"from {_senders(f['storm'])} over {f['connections']} SMTP connections; after the "
         f"{f['p1_after']}th 250, another tenant's P1 on its own connection",
         f"config    dry_run=false, shipped policy, busy_timeout_ms=5000, zendesk requests_per_minute="
         f"{f['zendesk_rpm']}",
@@ -268,7 +302,7 @@ def report(info: dict, f: dict) -> str:
         f"loop lag  burst (until the last 250 and the P1's page): {histogram.describe(lag['burst'])}",
         f"          whole run (until drained): {histogram.describe(lag['whole_run'])}",
         f"the loop  PagerDuty incidents {loop['incidents']}, trigger dedup_keys {loop['dedup_keys']} "
-        f"(target: 1), trigger events {loop['trigger_events']}",
+        f"(target: {1 if f['storm'] == 'loop' else 0}), trigger events {loop['trigger_events']}",
         f"Zendesk   tickets {zd['tickets']} (P1 included), public comments {zd['public_comments']}, private notes "
         f"{zd['private_notes']}; calls {zd['calls']}: {', '.join(f'{k} {v}' for k, v in zd['calls_by_kind'].items())}",
         f"          max {zd['calls_per_minute_max_60s_window']} calls in a 60 s window (configured "
@@ -297,7 +331,9 @@ def report(info: dict, f: dict) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mails", type=int, default=600, help="alerts from the looping sender (600)")
+    parser.add_argument("--storm", choices=sorted(STORMS), default="loop",
+                        help="loop: one sender's alerts (the default); bounces: delivery reports from as many senders")
+    parser.add_argument("--mails", type=int, default=600, help="mails in the storm (600)")
     parser.add_argument("--body-kb", type=float, default=20.0, help="size of each alert, KB (20)")
     parser.add_argument("--connections", type=int, default=8, help="concurrent SMTP connections (8)")
     parser.add_argument("--p1-after", type=int, default=200, help="send the P1 right after this many 250s (200)")

@@ -191,6 +191,21 @@ class Envelope:
     received_at: float = 0.0          # unix time
 
 
+# The turn shared by all mail with a null reverse path (escalation/fair_turns.py).
+NULL_REVERSE_PATH_TURN = "<>"
+
+
+def fair_key_of(envelope: Envelope, from_address: str | None) -> str:
+    """Whose turn a mail is decided in: its From address, else its envelope sender. Mail that came over
+    SMTP with a null reverse path (bounces and auto-replies, RFC 5321 4.5.5 and RFC 3834; the policy
+    takes it for noise) shares one turn: a mass mailing bounced by a thousand mail systems is one
+    storm, and every tenant's mail is decided ahead of it. Over IMAP and `inject` an empty envelope
+    sender means unknown, not null."""
+    if envelope.source == "smtp" and envelope.mail_from in ("", NULL_REVERSE_PATH_TURN):
+        return NULL_REVERSE_PATH_TURN
+    return from_address if from_address is not None else envelope.mail_from.lower()
+
+
 @dataclass(frozen=True)
 class FollowUp:
     """A later mail's comment, folded into an earlier comment on the same ticket."""

@@ -47,6 +47,7 @@ from emergencyd.escalation.records import (
     StepRecord,
     StepState,
     dedup_key_of,
+    fair_key_of,
     identity_of,
 )
 from emergencyd.parsers.identity import HeaderIdentity, header_identity
@@ -188,11 +189,9 @@ class Store(GroupingQueries, LeaseQueries):
             (identity, header.message_id, sha, raw, len(raw), envelope.source, envelope.mail_from,
              json.dumps(list(envelope.rcpt_to)), envelope.peer, envelope.helo, int(envelope.tls),
              now, now, header.from_address)).fetchone()[0]
-        # fair_key, whose turn the mail is decided in: the From address read at ingest, else the envelope sender.
         self._conn.execute("INSERT INTO escalations (message_pk, dedup_key, state, created_at, updated_at, fair_key)"
-                           " VALUES (?, ?, ?, ?, ?, COALESCE(?, LOWER(?), ''))",
-                           (pk, dedup_key_of(identity), NEW, now, now, header.from_address,
-                            envelope.mail_from))
+                           " VALUES (?, ?, ?, ?, ?, ?)",
+                           (pk, dedup_key_of(identity), NEW, now, now, fair_key_of(envelope, header.from_address)))
         return IngestResult(pk, identity, duplicate=False)
 
     # -- IMAP intake position -------------------------------------------------------

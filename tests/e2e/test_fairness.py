@@ -99,3 +99,38 @@ def test_a_storm_over_smtp_is_all_decided_after_it_and_a_new_sender_is_not_held_
     assert loop == sorted(loop)
     # The loop's mail stored before the P1 was still (mostly) undecided when the P1 was decided.
     assert decided.index(p1_pk) < p1_pk - 1, (decided.index(p1_pk), p1_pk)
+
+
+def _bounce(number: int) -> bytes:
+    """A delivery report from a mail system of its own, as a mass mailing's bounces come back."""
+    host = f"mx{number}.isp{number % 7}.example"
+    return (f"From: MAILER-DAEMON@{host}\r\nTo: newsletter@tenant.example\r\nSubject: Undelivered Mail Returned "
+            f"to Sender\r\nMessage-ID: <dsn-{number}@{host}>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report;"
+            f' report-type=delivery-status; boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\n<user{number}'
+            f"@customer.example>: host {host} said: 550 5.1.1 User unknown\r\n--b\r\nContent-Type: "
+            f"message/delivery-status\r\n\r\nReporting-MTA: dns; {host}\r\n\r\nFinal-Recipient: rfc822; user{number}"
+            "@customer.example\r\nAction: failed\r\nStatus: 5.1.1\r\n--b--\r\n").encode()
+
+
+def test_bounces_from_many_mail_systems_take_one_turn_and_a_tenants_p1_goes_first(start_daemon):
+    """Mail with a null reverse path (MAIL FROM:<>) is decided in one turn, whichever mail system sent
+    it: a thousand mail systems bouncing a mass mailing are one storm, not a thousand new senders."""
+    daemon = start_daemon(policy=True)
+    bounces = 240
+    with smtplib.SMTP("127.0.0.1", daemon.smtp_port, timeout=30) as client:
+        for number in range(bounces):
+            if number == bounces // 2:
+                client.sendmail("ops@other-tenant.example", [RECIPIENT], make_message(
+                    subject="All our apps are down", sender="ops@other-tenant.example",
+                    body="All our production apps return 502.", message_id="<p1@other>"))
+            client.sendmail("", [RECIPIENT], _bounce(number))
+    doc = daemon.wait_settled(bounces + 1, timeout=120)
+    decided = [r["message_pk"] for r in log_records(daemon.log_text()) if r.get("event") == "decided"]
+    assert sorted(decided) == list(range(1, bounces + 2))
+    p1 = next(m for m in doc["messages"] if m["subject"] == "All our apps are down")
+    assert p1["severity"] == "P1"
+    assert {m["verdict"]["category"] for m in doc["messages"] if m["id"] != p1["id"]} == {"noise:bounce"}
+    in_turn = [pk for pk in decided if pk != p1["id"]]
+    assert in_turn == sorted(in_turn)                 # one turn: in arrival order
+    # The bounces stored before the P1 were still (mostly) undecided when the P1 was decided.
+    assert decided.index(p1["id"]) < p1["id"] - 1, (decided.index(p1["id"]), p1["id"])

@@ -2,6 +2,7 @@
 import sqlite3
 import stat
 import threading
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -19,6 +20,7 @@ from emergencyd.daemon.store.thread import (
 )
 from emergencyd.escalation.records import (
     NEW,
+    NULL_REVERSE_PATH_TURN,
     dedup_key_of,
     identity_of,
 )
@@ -225,6 +227,20 @@ def test_the_fair_key_moves_to_the_escalation_and_old_rows_get_it(tmp_path):
     later = store.ingest(make_message(sender="x@y.example", message_id="<later@y.example>"), envelope()).message_pk
     assert store.record(later).fair_key == "x@y.example"
     store.close()
+
+
+def test_mail_with_a_null_reverse_path_takes_one_turn_whoever_wrote_it(store):
+    """Bounces from a thousand mail systems are one storm: over SMTP, MAIL FROM:<> is certain. Over IMAP
+    and `inject` an empty envelope sender only means it is not known: the From address counts."""
+    def fair_key(number: int, source: str, mail_from: str) -> str:
+        raw = make_message(sender=f"MAILER-DAEMON@mx{number}.example", message_id=f"<dsn{number}@mx.example>")
+        pk = store.ingest(raw, replace(envelope(source), mail_from=mail_from)).message_pk
+        return store.record(pk).fair_key
+
+    assert fair_key(1, "smtp", "") == fair_key(2, "smtp", "<>") == NULL_REVERSE_PATH_TURN
+    assert fair_key(3, "imap", "") == "mailer-daemon@mx3.example"
+    assert fair_key(4, "inject", "") == "mailer-daemon@mx4.example"
+    assert fair_key(5, "smtp", "postmaster@mx5.example") == "mailer-daemon@mx5.example"
 
 
 def test_the_identity_keys_are_pinned():
