@@ -1,4 +1,4 @@
-"""News that a mail has been decided, for the mail that waits on it (see Escalator._wait_for_earlier_mail).
+"""News that a mail has been decided, for the mail that waits on it (see Escalator._wait_for).
 
 A mail must not overtake the mail it replies to, nor earlier mail of a sender that is not storming.
 It used to look again every 20 ms: with a backlog, two hundred escalations in flight each ran a

@@ -6,6 +6,11 @@ At most `limit` mails are being decided at once. When a turn frees up it goes, i
   2. otherwise round-robin over the senders with mail queued.
 Each sender's mail is decided one at a time and in arrival order, so a sender's reports
 keep their order (the first of a loop opens the incident, the later ones join it).
+
+A mail that must wait on other mail in the middle of its turn (escalation/steps.py) steps aside:
+its place in the limit goes to the next in line, while its sender's later mail still waits
+behind it; it then comes back ahead of everyone queued. Waiting with the turn held instead
+could fill the limit with mail waiting on mail that can get no turn.
 """
 from __future__ import annotations
 
@@ -22,6 +27,8 @@ class FairTurns:
         self._queued: dict[str, deque[asyncio.Future]] = {}  # sender -> waiters, in arrival order
         self._fresh: deque[str] = deque()                   # senders whose first queued mail comes first
         self._rotation: deque[str] = deque()                # senders already served, round-robin
+        self._aside: set[str] = set()                       # senders whose mail stepped aside mid-turn
+        self._returning: deque[tuple[str, asyncio.Future]] = deque()   # those coming back, first served
 
     @property
     def waiting(self) -> int:
@@ -29,7 +36,7 @@ class FairTurns:
 
     @asynccontextmanager
     async def turn(self, sender: str) -> AsyncIterator[None]:
-        if len(self._holding) < self._limit and sender not in self._holding and sender not in self._queued:
+        if len(self._holding) < self._limit and not self._busy(sender) and sender not in self._queued:
             self._holding.add(sender)
         else:
             await self._wait(sender)
@@ -37,14 +44,46 @@ class FairTurns:
             yield
         finally:
             self._holding.discard(sender)
+            self._aside.discard(sender)
             self._hand_on()
+
+    @asynccontextmanager
+    async def aside(self, sender: str) -> AsyncIterator[None]:
+        """Within the sender's turn: free its place while waiting on other mail, and take one back after."""
+        self._holding.discard(sender)
+        self._aside.add(sender)
+        self._hand_on()
+        try:
+            yield
+        finally:
+            await self._come_back(sender)
+
+    async def _come_back(self, sender: str) -> None:
+        if len(self._holding) < self._limit and not self._returning:
+            self._take(sender)
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._returning.append((sender, waiter))
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if not waiter.done() or waiter.cancelled():   # not granted: the turn's own end lets the next in
+                self._returning.remove((sender, waiter))
+            raise
+
+    def _take(self, sender: str) -> None:
+        self._aside.discard(sender)
+        self._holding.add(sender)
+
+    def _busy(self, sender: str) -> bool:
+        return sender in self._holding or sender in self._aside
 
     async def _wait(self, sender: str) -> None:
         waiter = asyncio.get_running_loop().create_future()
         if sender not in self._queued:
             self._queued[sender] = deque()
             # Fresh only when nothing of the sender's is being decided: a loop's next mail is not news.
-            (self._rotation if sender in self._holding else self._fresh).append(sender)
+            (self._rotation if self._busy(sender) else self._fresh).append(sender)
         self._queued[sender].append(waiter)
         try:
             await waiter
@@ -70,6 +109,11 @@ class FairTurns:
                 line.remove(sender)
 
     def _hand_on(self) -> None:
+        while len(self._holding) < self._limit and self._returning:
+            returning, back = self._returning.popleft()
+            if not back.done():
+                self._take(returning)
+                back.set_result(None)
         while len(self._holding) < self._limit:
             sender = self._next_sender()
             if sender is None:
@@ -82,13 +126,13 @@ class FairTurns:
                 self._rotation.append(sender)
             if waiter.done():          # cancelled while queued; its task is unwinding
                 continue
-            self._holding.add(sender)
+            self._take(sender)
             waiter.set_result(None)
 
     def _next_sender(self) -> str | None:
         for line in (self._fresh, self._rotation):
             for sender in line:
-                if sender not in self._holding:
+                if not self._busy(sender):
                     line.remove(sender)
                     return sender
         return None

@@ -25,6 +25,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from typing import Callable, Protocol
 
 from emergencyd.escalation import content, fallback
@@ -85,7 +86,7 @@ log = logging.getLogger("emergencyd.escalation")
 FALLBACK_THREADS = 2
 # How soon to look again at a step waiting on another escalation's ticket.
 CROSS_WAIT_SECONDS = 0.5
-# A mail waits at most this long for earlier mail of other senders it must not overtake (deciding takes ms).
+# A mail naming an encoded id waits at most this long for earlier mail of other senders (deciding takes ms).
 EARLIER_MAIL_WAIT_SECONDS = 10.0
 # A reply decided before the mail it answers would open an incident of its own (a second ticket and page):
 # worth a longer wait, which ends anyway once that mail is decided or stuck.
@@ -200,9 +201,14 @@ class Escalator:
         self._decided.deciding(record.message_pk)
         asking = self._ask_spam_filter(record)     # meanwhile: rspamd is never waited on past its timeout
         try:
-            await self._wait_for_earlier_mail(record)
+            await self._wait_for(partial(self._undecided_thread_parent, record), THREAD_PARENT_WAIT_SECONDS,
+                                 record, "the mail it replies to")
             async with self._turns.turn(record.fair_key):
                 parsed = await self._cpu.parse(await self._store.raw(record.message_pk), Priority.DECIDE)
+                look = partial(self._undecided_mail_its_ids_may_come_from, record, parsed)
+                if await self._store.call(look) is not None:
+                    async with self._turns.aside(record.fair_key):
+                        await self._wait_for(look, EARLIER_MAIL_WAIT_SECONDS, record, "earlier mail of another sender")
                 asked = await self._spam_answer(asking)
                 verdict = await self.decide(record, parsed, asked.verdict if asked else None)
                 if asked is not None:
@@ -234,35 +240,36 @@ class Escalator:
             log.warning("decided without rspamd", extra={"outcome": result.outcome, "detail": result.detail})
         return result
 
-    async def _wait_for_earlier_mail(self, record: EscalationRecord) -> None:
-        """Overtake only a storm. A mail waits (without a turn) for the mail it replies to, and for
-        earlier mail of senders that are not storming, to be decided first: a reply joins the ticket
-        of the mail it answers, an encoded id is learnt before it is looked up. Deciding takes
-        milliseconds, but a backlog (a burst, a replica taking over) can hold the mail in the way for
-        longer: past EARLIER_MAIL_WAIT_SECONDS a mail goes ahead of other senders' mail anyway, and past
-        THREAD_PARENT_WAIT_SECONDS ahead of the mail it replies to (which is decided or stuck by then,
-        unless the backlog is that long)."""
+    async def _wait_for(self, look: Callable[[], int | None], patience: float, record: EscalationRecord,
+                        what: str) -> None:
+        """Until `look` (run on the store's thread) finds no undecided mail in the way, at most `patience`
+        seconds: a backlog (a burst, a replica taking over) can hold that mail for longer, and then this
+        one goes ahead of it anyway. Each look waits for the decision of the mail it found, announced
+        when it is taken (escalation/decided.py): waiters form a chain, each woken by the one before."""
         began = time.monotonic()
         while True:
             mark = self._decided.mark()
-            in_the_way, is_parent = await self._store.call(self._earlier_undecided, record)
+            in_the_way = await self._store.call(look)
             if in_the_way is None:
                 return
-            patience = THREAD_PARENT_WAIT_SECONDS if is_parent else EARLIER_MAIL_WAIT_SECONDS
             left = began + patience - time.monotonic()
             if left <= 0:
                 log.warning("deciding before earlier mail", extra={
-                    "message_pk": record.message_pk, "in_the_way": in_the_way, "replies_to_it": is_parent})
+                    "message_pk": record.message_pk, "in_the_way": in_the_way, "waited_for": what})
                 return
             await self._decided.wait_for(in_the_way, mark, left)
 
-    def _earlier_undecided(self, record: EscalationRecord) -> tuple[int | None, bool]:
-        """The mail in the way, and whether this one replies to it."""
-        store = self._store.sync
-        parent = store.undecided_thread_parent(record.message_pk)
-        if parent is not None:
-            return parent, True
-        return store.undecided_quiet_sender_before(record.message_pk, record.fair_key), False
+    def _undecided_thread_parent(self, record: EscalationRecord) -> int | None:
+        """A reply is decided after the mail it answers, whose ticket it joins: read from its headers."""
+        return self._store.sync.undecided_thread_parent(record.message_pk)
+
+    def _undecided_mail_its_ids_may_come_from(self, record: EscalationRecord, parsed: ParsedMessage) -> int | None:
+        """A mail naming a Zendesk encoded id is decided after earlier mail of senders that are not
+        storming, from which that id may be learnt (a reply to Zendesk's notification, threaded by its
+        headers). Other mail depends on no other sender's earlier mail, and never waits for it."""
+        if not encoded_ids(parsed.text):
+            return None
+        return self._store.sync.undecided_quiet_sender_before(record.message_pk, record.fair_key)
 
     def _log_decision(self, record: EscalationRecord, verdict: Verdict, relation: Relation) -> None:
         self._observer.decided(verdict)

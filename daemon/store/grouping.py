@@ -206,9 +206,9 @@ class GroupingQueries:
 
     def undecided_quiet_sender_before(self, pk: int, fair_key: str) -> int | None:
         """The latest earlier undecided mail of another sender that is not storming (at most QUIET_QUEUE
-        undecided mails among the STORM_WINDOW oldest): mail that this one must not overtake, since a
-        later mail may depend on it (a reply naming it, a Zendesk encoded id learnt from it). The
-        latest, so that waiters wait in a chain, each on the one before (escalation/decided.py).
+        undecided mails among the STORM_WINDOW oldest): mail that a mail naming a Zendesk encoded id must
+        not overtake, since the id may be learnt from it. The latest, so that waiters wait in a chain,
+        each on the one before (escalation/decided.py).
 
         Asked once or twice for every mail: the latest candidate first, through the indexes, passing
         over a storming sender's mail (each storming sender costs one more look)."""

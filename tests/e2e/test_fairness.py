@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from emergencyd.escalation.records import DONE
+from emergencyd.escalation.records import DONE, RelationKind
 from tests.harness import (
     RECIPIENT,
     DaemonProcess,
@@ -14,6 +14,7 @@ from tests.harness import (
     make_message,
     require_tool,
     run_cli,
+    signed,
     write_config,
 )
 
@@ -134,3 +135,39 @@ def test_bounces_from_many_mail_systems_take_one_turn_and_a_tenants_p1_goes_firs
     assert in_turn == sorted(in_turn)                 # one turn: in arrival order
     # The bounces stored before the P1 were still (mostly) undecided when the P1 was decided.
     assert decided.index(p1["id"]) < p1["id"] - 1, (decided.index(p1["id"]), p1["id"])
+
+
+def test_only_mail_naming_an_encoded_id_waits_for_another_senders_earlier_mail(tmp_path, fake_dns, signing_key):
+    """A mail whose decision takes long (its DKIM key lookup goes unanswered) holds up no other sender's
+    mail, except a later mail naming a Zendesk encoded id, which may have to learn that id from it."""
+    private, _ = signing_key
+    fake_dns.drop("gone._domainkey.tenant.example")
+    config = write_config(tmp_path, dry_run=True, policy=True, extra=(
+        f'[trust]\nverify_dkim = true\ndkim_dns_server = "{fake_dns.address}"\ndkim_timeout_seconds = 3\n'))
+    mails = {
+        "slow": signed(private, selector=b"gone", message=make_message(
+            subject="Re: Database is down", sender="carol@tenant.example", message_id="<slow@tenant.example>",
+            body="Any news? [7ZVQ3M-J7K4]")),
+        "unrelated": make_message(subject="All our apps are down", sender="ops@other.example",
+                                  message_id="<p1@other.example>", body="All our production apps return 502."),
+        "naming the id": make_message(subject="Database", sender="cto@third.example",
+                                      message_id="<id@third.example>", body="Please escalate. [7ZVQ3M-J7K4]"),
+    }
+    files = []
+    for name, raw in mails.items():
+        files.append(tmp_path / f"{name}.eml")
+        files[-1].write_bytes(raw)
+    stored = run_cli(config, "inject", *map(str, files)).stdout.strip().splitlines()
+    pk = dict(zip(mails, (int(line.rsplit(" ", 1)[1]) for line in stored)))
+
+    daemon = DaemonProcess(config=config, env=base_env(), log_path=tmp_path / "daemon.log").start()
+    try:
+        doc = daemon.wait_settled(3, timeout=60)
+        decided = [r["message_pk"] for r in log_records(daemon.log_text()) if r.get("event") == "decided"]
+    finally:
+        daemon.stop()
+    slow = next(m for m in doc["messages"] if m["id"] == pk["slow"])
+    assert slow["verdict"]["sender_trust"]["dkim_checked"] == "temperror"       # it did wait on DNS
+    assert decided == [pk["unrelated"], pk["slow"], pk["naming the id"]], (decided, pk)
+    named = next(m for m in doc["messages"] if m["id"] == pk["naming the id"])
+    assert named["relation"] == RelationKind.THREAD                              # the id learnt from the slow mail

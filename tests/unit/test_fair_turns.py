@@ -85,3 +85,65 @@ async def test_a_cancelled_waiter_gives_up_its_place_and_the_line_moves_on():
     release.set()
     await asyncio.gather(holder, survivor)
     assert order == [HOLDER, "after"] and turns.waiting == 0
+
+
+async def test_a_mail_stepping_aside_lets_another_sender_in_but_not_its_own_next_mail():
+    turns = FairTurns(limit=1)
+    order: list[str] = []
+    waiting_on_other_mail = asyncio.Event()
+    other_mail_decided = asyncio.Event()
+
+    async def decide(name: str, sender: str) -> None:
+        async with turns.turn(sender):
+            order.append(name)
+            if name == "a1":                 # its mail must wait for b's to be decided
+                async with turns.aside(sender):
+                    waiting_on_other_mail.set()
+                    await other_mail_decided.wait()
+                order.append("a1 back")
+            await asyncio.sleep(0)
+            if name == "b1":               # decided; a1 looks again and waits to come back before b1's turn ends
+                other_mail_decided.set()
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+
+    first = asyncio.create_task(decide("a1", "a"))
+    await asyncio.sleep(0)
+    rest = [asyncio.create_task(decide(name, sender)) for name, sender in (("a2", "a"), ("b1", "b"), ("c1", "c"))]
+    await asyncio.gather(first, *rest)
+    # b takes the one place while a1 waits; a2 does not (a's mail keeps its order); a1 comes back
+    # ahead of c, which had queued before a1 stepped aside.
+    assert order == ["a1", "b1", "a1 back", "c1", "a2"], order
+    assert turns.waiting == 0
+
+
+async def test_a_mail_coming_back_that_is_cancelled_leaves_its_place_to_the_next():
+    turns = FairTurns(limit=1)
+    order: list[str] = []
+    back_now, release = asyncio.Event(), asyncio.Event()
+
+    async def aside_then_back() -> None:
+        async with turns.turn("a"):
+            async with turns.aside("a"):
+                await back_now.wait()
+            order.append("a back")
+
+    async def hold(name: str, sender: str) -> None:
+        async with turns.turn(sender):
+            order.append(name)
+            await release.wait()
+
+    stepping = asyncio.create_task(aside_then_back())
+    await asyncio.sleep(0)                      # a steps aside: b takes the place and keeps it
+    holder = asyncio.create_task(hold("b", "b"))
+    await asyncio.sleep(0)
+    back_now.set()
+    await asyncio.sleep(0)                      # a now waits to come back, behind b's turn
+    later = [asyncio.create_task(hold("a2", "a")), asyncio.create_task(hold("c", "c"))]
+    await asyncio.sleep(0)
+    stepping.cancel()
+    await asyncio.gather(stepping, return_exceptions=True)
+    release.set()
+    await asyncio.gather(holder, *later)
+    assert order == ["b", "c", "a2"], order       # a2 came while a was being decided: c is news, a2 not
+    assert turns.waiting == 0
