@@ -114,8 +114,17 @@ def header_identity(raw: bytes) -> HeaderIdentity:
                           _safely(_first_address, values.get("from")))
 
 
+# A line of the header block that could begin either field: without one there is nothing to read, and
+# the header parser's read of the block (the cost, asked of every new mail) is skipped.
+_THREAD_FIELD_LINE = re.compile(rb"^(?:in-reply-to|references)[ \t]*:", re.IGNORECASE | re.MULTILINE)
+
+
 def thread_ids_of(raw: bytes) -> tuple[str, ...]:
     """The message ids a reply names (In-Reply-To, then References), from the header block only."""
+    if isinstance(raw, (bytes, bytearray)):
+        data = skip_preamble(bytes(raw))
+        if not _THREAD_FIELD_LINE.search(data, 0, header_block_end(data) or len(data)):
+            return ()
     values = _first_values(raw)
     ids = [i for name in ("in-reply-to", "references") for i in (_safely(message_ids_in, values.get(name)) or ())]
     return tuple(dict.fromkeys(ids))

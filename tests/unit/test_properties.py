@@ -61,7 +61,8 @@ from emergencyd.escalation.records import (
     dedup_key_of,
     identity_of,
 )
-from emergencyd.parsers.identity import MAX_IDS, MAX_MESSAGE_ID_CHARS, message_id_of
+from emergencyd.parsers import identity
+from emergencyd.parsers.identity import MAX_IDS, MAX_MESSAGE_ID_CHARS, message_id_of, thread_ids_of
 from emergencyd.parsers.limits import (
     MAX_ATTACHMENTS,
     MAX_DEFECT_CHARS,
@@ -787,6 +788,23 @@ def test_hostile_mail_gets_a_verdict(raw: bytes, mail_from: str | None, received
 @given(raw=mutated_seeds(), mail_from=mail_froms, received_at=received_ats)
 def test_mutated_real_mail_gets_a_verdict(raw: bytes, mail_from: str | None, received_at: datetime) -> None:
     check_everything(raw, mail_from, received_at)
+
+
+@bounded_settings(EXAMPLES)
+@given(raw=st.one_of(mutated_seeds(), hostile_mail(),
+                     st.tuples(st.sampled_from([b"In-Reply-To", b"references", b"REFERENCES ", b"X-References",
+                                                b"in-reply-to\t"]),
+                               st.sampled_from([b": <a@b.example>", b":\r\n <a@b.example> <c@d>", b":<x@y>"]),
+                               st.sampled_from([b"", b"\r\n", b"\r\n\r\n", b"\xef\xbb\xbf\r\n"]),
+                               st.binary(max_size=300))
+                     .map(lambda parts: parts[2] + b"Subject: s\r\n" + parts[0] + parts[1] + b"\r\n\r\n" + parts[3])))
+def test_the_look_for_thread_fields_before_parsing_changes_no_answer(raw: bytes) -> None:
+    """thread_ids_of skips the header parser when no line of the header block could begin In-Reply-To or
+    References: its answer is the parser's own, whatever the mail."""
+    values = identity._first_values(raw)
+    expected = tuple(dict.fromkeys(i for name in ("in-reply-to", "references")
+                                   for i in (identity._safely(identity.message_ids_in, values.get(name)) or ())))
+    assert thread_ids_of(raw) == expected
 
 
 @bounded_settings(EXAMPLES)
