@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config.toml
 
-.PHONY: run test lint setup system-packages bench bench-classify bench-postfix bench-storm-loop bench-imap bench-imap-burst bench-startup bench-replicas soak corpus-check corpus-check-strangers fuzz clean
+.PHONY: run test lint setup system-packages bench bench-classify bench-postfix bench-storm-loop bench-decide bench-imap bench-imap-burst bench-startup bench-replicas soak corpus-check corpus-check-strangers fuzz clean
 
 run: setup
 	$(BIN)/emergencyd run --config $(CONFIG)
@@ -44,6 +44,10 @@ bench-postfix: setup system-packages
 # One sender's 600 looping alerts, another tenant's P1 after the 200th; a few minutes.
 bench-storm-loop: setup
 	$(BIN)/python bench/loop_storm.py
+
+# 1,000 first mails from as many tenants and a P1, stored before a start: the deciding rate; a minute.
+bench-decide: setup
+	$(BIN)/python bench/decide_backlog.py
 
 bench-imap: setup system-packages
 	$(BIN)/python bench/imap_pickup.py

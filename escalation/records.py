@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from emergencyd.parsers.identity import HeaderIdentity, is_null_path
+
 if TYPE_CHECKING:
     from emergencyd.escalation.policy import Verdict
 
@@ -195,15 +197,19 @@ class Envelope:
 NULL_REVERSE_PATH_TURN = "<>"
 
 
-def fair_key_of(envelope: Envelope, from_address: str | None) -> str:
-    """Whose turn a mail is decided in: its From address, else its envelope sender. Mail that came over
-    SMTP with a null reverse path (bounces and auto-replies, RFC 5321 4.5.5 and RFC 3834; the policy
-    takes it for noise) shares one turn: a mass mailing bounced by a thousand mail systems is one
-    storm, and every tenant's mail is decided ahead of it. Over IMAP and `inject` an empty envelope
-    sender means unknown, not null."""
-    if envelope.source == "smtp" and envelope.mail_from in ("", NULL_REVERSE_PATH_TURN):
+def fair_key_of(envelope: Envelope, header: HeaderIdentity) -> str:
+    """Whose turn a mail is decided in: its From address, else its envelope sender. Mail with a null
+    reverse path (bounces and auto-replies, RFC 5321 4.5.5 and RFC 3834; the policy takes it for noise)
+    shares one turn: a mass mailing bounced by a thousand mail systems is one storm, and every tenant's
+    mail is decided ahead of it. Over SMTP the envelope says so (a Return-Path field there is the
+    sender's own); over IMAP and `inject` an empty envelope sender means unknown, and the Return-Path
+    field the delivering server wrote says so, as for the policy (parsers/noise_facts.py)."""
+    if envelope.source == "smtp":
+        if is_null_path(envelope.mail_from):
+            return NULL_REVERSE_PATH_TURN
+    elif header.null_return_path:
         return NULL_REVERSE_PATH_TURN
-    return from_address if from_address is not None else envelope.mail_from.lower()
+    return header.from_address if header.from_address is not None else envelope.mail_from.lower()
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,7 @@ def _valid_id(candidate: str) -> str | None:
 class HeaderIdentity:
     message_id: str | None    # as parse_message finds it: the store's identity of the message
     from_address: str | None  # the first From address, lower-cased: whose mail this is, before parsing
+    null_return_path: bool = False   # the first Return-Path field is the null reverse path
 
 
 def message_id_of(raw: bytes) -> str | None:
@@ -108,10 +109,20 @@ def message_id_of(raw: bytes) -> str | None:
 
 
 def header_identity(raw: bytes) -> HeaderIdentity:
-    """Message-ID and From from one read of the header block; never raises."""
+    """Message-ID, From and whether Return-Path is null, from one read of the header block; never raises."""
     values = _first_values(raw)
+    return_path = values.get("return-path")
     return HeaderIdentity(_safely(normalize_message_id, values.get("message-id")),
-                          _safely(_first_address, values.get("from")))
+                          _safely(_first_address, values.get("from")),
+                          return_path is not None and is_null_path(return_path))
+
+
+_PATH_COMMENT = re.compile(r"\([^()]*\)")
+
+
+def is_null_path(value: str) -> bool:
+    """A reverse path that is the null one, <> (RFC 5321 4.5.5), or empty: comments and spaces aside."""
+    return _PATH_COMMENT.sub("", value).replace(" ", "").strip() in ("<>", "")
 
 
 # A line of the header block that could begin either field: without one there is nothing to read, and

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from emergencyd.parsers.identity import is_null_path
 from emergencyd.parsers.message import ParsedMessage
 
 # Bounds for what the rules look at: subjects and header values are already
@@ -126,7 +127,7 @@ class Facts:
                 return "null reverse path (MAIL FROM:<>)"
             return None
         return_path = self.header("Return-Path")
-        if return_path is not None and COMMENT.sub("", return_path).replace(" ", "") in ("<>", ""):
+        if return_path is not None and is_null_path(return_path):
             return "null reverse path (Return-Path: <>)"
         return None
 

@@ -191,7 +191,7 @@ class Store(GroupingQueries, LeaseQueries):
              now, now, header.from_address)).fetchone()[0]
         self._conn.execute("INSERT INTO escalations (message_pk, dedup_key, state, created_at, updated_at, fair_key)"
                            " VALUES (?, ?, ?, ?, ?, ?)",
-                           (pk, dedup_key_of(identity), NEW, now, now, fair_key_of(envelope, header.from_address)))
+                           (pk, dedup_key_of(identity), NEW, now, now, fair_key_of(envelope, header)))
         return IngestResult(pk, identity, duplicate=False)
 
     # -- IMAP intake position -------------------------------------------------------

@@ -230,10 +230,12 @@ def test_the_fair_key_moves_to_the_escalation_and_old_rows_get_it(tmp_path):
 
 
 def test_mail_with_a_null_reverse_path_takes_one_turn_whoever_wrote_it(store):
-    """Bounces from a thousand mail systems are one storm: over SMTP, MAIL FROM:<> is certain. Over IMAP
-    and `inject` an empty envelope sender only means it is not known: the From address counts."""
-    def fair_key(number: int, source: str, mail_from: str) -> str:
-        raw = make_message(sender=f"MAILER-DAEMON@mx{number}.example", message_id=f"<dsn{number}@mx.example>")
+    """Bounces from a thousand mail systems are one storm. Over SMTP the envelope says so (MAIL FROM:<>);
+    over IMAP and `inject` an empty envelope sender only means it is not known, and the Return-Path field
+    the delivering server wrote says so."""
+    def fair_key(number: int, source: str, mail_from: str, return_path: str | None = None) -> str:
+        raw = make_message(sender=f"MAILER-DAEMON@mx{number}.example", message_id=f"<dsn{number}@mx.example>",
+                           extra_headers="" if return_path is None else f"Return-Path: {return_path}\r\n")
         pk = store.ingest(raw, replace(envelope(source), mail_from=mail_from)).message_pk
         return store.record(pk).fair_key
 
@@ -241,6 +243,10 @@ def test_mail_with_a_null_reverse_path_takes_one_turn_whoever_wrote_it(store):
     assert fair_key(3, "imap", "") == "mailer-daemon@mx3.example"
     assert fair_key(4, "inject", "") == "mailer-daemon@mx4.example"
     assert fair_key(5, "smtp", "postmaster@mx5.example") == "mailer-daemon@mx5.example"
+    assert fair_key(6, "imap", "", "<>") == fair_key(7, "inject", "", " < > (bounce)") == NULL_REVERSE_PATH_TURN
+    assert fair_key(8, "imap", "list@mx8.example", "<list@mx8.example>") == "mailer-daemon@mx8.example"
+    # Over SMTP a Return-Path field came from the sender, not from a server that delivered the mail.
+    assert fair_key(9, "smtp", "tenant@mx9.example", "<>") == "mailer-daemon@mx9.example"
 
 
 def test_the_identity_keys_are_pinned():
