@@ -5,6 +5,7 @@ plug in its own. Typed so that renaming a store method fails `make lint` (mypy),
 """
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar
 
 if TYPE_CHECKING:
@@ -73,6 +74,10 @@ class EscalationStore(Protocol):
     async def group(self, group_id: int) -> dict[str, Any] | None: ...
 
     async def undecided_before(self, pk: int) -> int | None: ...
+
+    def in_the_background(self) -> AbstractContextManager[None]:
+        """Within it, the calling task's store calls (and those of the tasks it starts) wait behind
+        urgent ones, and yield to intake: for an escalation that pages nothing."""
 
 
 class Desk(Protocol):

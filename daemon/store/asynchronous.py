@@ -4,14 +4,15 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, TypeVar
 
 from emergencyd.daemon.config.model import StoreConfig
 from emergencyd.daemon.store.backends import open_store
 from emergencyd.daemon.store.core import DueWork, IngestResult, Store, WriteGate
 from emergencyd.daemon.store.errors import StoreError
 from emergencyd.daemon.store.leases import Fence
-from emergencyd.daemon.store.thread import StoreThread
+from emergencyd.daemon.store.thread import BACKGROUND, StoreThread, store_priority
 from emergencyd.escalation.records import Envelope, EscalationRecord, FollowUp
 
 T = TypeVar("T")
@@ -50,6 +51,15 @@ class AsyncStore:
         except BaseException:
             store.close()
             raise
+
+    @contextmanager
+    def in_the_background(self) -> Iterator[None]:
+        """The calling task's store calls within, and those of the tasks it starts, as background work."""
+        token = store_priority.set(BACKGROUND)
+        try:
+            yield
+        finally:
+            store_priority.reset(token)
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.wrap_future(self._thread.submit(lambda: fn(*args, **kwargs)))

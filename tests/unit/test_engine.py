@@ -19,6 +19,7 @@ import pytest
 from emergencyd.daemon.app import escalation_settings
 from emergencyd.daemon.config.model import StoreConfig, load_config
 from emergencyd.daemon.store.asynchronous import AsyncStore
+from emergencyd.daemon.store.thread import BACKGROUND, URGENT, store_priority
 from emergencyd.escalation.content import (
     CommentRequest,
     Incident,
@@ -130,9 +131,11 @@ class Recorder:
     def __init__(self) -> None:
         self.failing_since: dict[str, float] = {}
         self.events: list[tuple[str, ...]] = []
+        self.step_priorities: list[tuple[str, int]] = []   # each finished step, with its store calls' priority
 
     def step_finished(self, integration: str, step: str, outcome: str, status_class: str) -> None:
         self.events.append(("step", step, outcome))
+        self.step_priorities.append((step, store_priority.get()))
 
     def paged(self, seconds_since_receipt: float) -> None:
         self.events.append(("paged",))
@@ -219,6 +222,25 @@ async def test_a_p1_goes_ticket_then_page_with_its_link_then_the_link_note(engin
     assert e.desk.link_notes == [1]                                  # and the link note after the page
     assert [event for event in e.observer.events if event[0] == "step"][-1] == \
         ("step", StepName.LINK_TICKET, StepOutcome.SUCCESS)
+
+
+async def test_the_steps_of_mail_that_pages_nothing_are_background_work(engine):
+    """A ticket without a page is no one's wait but Zendesk's: after its decision, its steps' store calls
+    go behind other mail's decisions and pages on the store's thread (daemon/store/thread.py)."""
+    e = engine()
+    question = await e.mail("billing@shop-a.example", "Question about an invoice",
+                            "Could you send us last month's invoice again?")
+    await e.escalator.advance(question)
+    assert store_priority.get() == URGENT                          # only within the escalation's steps
+    breach = await e.breach("shop-b")
+    await e.escalator.advance(breach)
+    asked, paged = await e.store.record(question), await e.store.record(breach)
+    assert asked.state == paged.state == EscalationState.DONE
+    assert asked.step(StepName.PAGE) is None and paged.step(StepName.PAGE) is not None
+    ticket_only = [p for _, p in e.observer.step_priorities[:len(asked.steps)]]
+    paging = [p for _, p in e.observer.step_priorities[len(asked.steps):]]
+    assert ticket_only == [BACKGROUND] * len(asked.steps), e.observer.step_priorities
+    assert paging == [URGENT] * len(paged.steps), e.observer.step_priorities
 
 
 async def test_the_new_page_cap_holds_a_page_a_minute_and_never_its_ticket(engine):
