@@ -126,8 +126,9 @@ def is_null_path(value: str) -> bool:
 
 
 # A line of the header block that could begin either field: without one there is nothing to read, and
-# the header parser's read of the block (the cost, asked of every new mail) is skipped.
-_THREAD_FIELD_LINE = re.compile(rb"^(?:in-reply-to|references)[ \t]*:", re.IGNORECASE | re.MULTILINE)
+# the header parser's read of the block (the cost, asked of every new mail) is skipped. Lines may end in
+# LF, CRLF or a bare CR (old Mac mail), as the parser takes them.
+_THREAD_FIELD_LINE = re.compile(rb"(?:^|\r)(?:in-reply-to|references)[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
 
 def thread_ids_of(raw: bytes) -> tuple[str, ...]:

@@ -796,8 +796,9 @@ def test_mutated_real_mail_gets_a_verdict(raw: bytes, mail_from: str | None, rec
                                                 b"in-reply-to\t"]),
                                st.sampled_from([b": <a@b.example>", b":\r\n <a@b.example> <c@d>", b":<x@y>"]),
                                st.sampled_from([b"", b"\r\n", b"\r\n\r\n", b"\xef\xbb\xbf\r\n"]),
-                               st.binary(max_size=300))
-                     .map(lambda parts: parts[2] + b"Subject: s\r\n" + parts[0] + parts[1] + b"\r\n\r\n" + parts[3])))
+                               st.binary(max_size=300), st.sampled_from([b"\r\n", b"\n", b"\r"]))
+                     .map(lambda parts: (parts[2] + b"Subject: s\r\n" + parts[0] + parts[1] + b"\r\n\r\n"
+                                         + parts[3]).replace(b"\r\n", parts[4]))))
 def test_the_look_for_thread_fields_before_parsing_changes_no_answer(raw: bytes) -> None:
     """thread_ids_of skips the header parser when no line of the header block could begin In-Reply-To or
     References: its answer is the parser's own, whatever the mail."""
