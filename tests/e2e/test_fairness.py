@@ -2,6 +2,7 @@
 import os
 import smtplib
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -78,28 +79,35 @@ def test_without_worker_processes_mail_is_still_decided_on_threads(tmp_path):
     assert "worker processes unavailable; parsing and classifying on threads instead" in log
 
 
-def test_a_storm_over_smtp_is_all_decided_after_it_and_a_new_sender_is_not_held_back(start_daemon):
-    """While mail arrives, the runner holds a storm's later mail back (daemon/runner.py); none of it is
-    forgotten once the storm ends, and another sender's first mail is never among what is held."""
-    daemon = start_daemon(policy=True)
-    loop_mail = 240
+def _a_storm_with_a_p1_halfway(daemon, mails: int, send_one: Callable[[smtplib.SMTP, int], None]) -> tuple[dict, dict]:
+    """A storm's mails over one session, another tenant's P1 halfway. Once all is settled, every mail was
+    decided, the storm's in arrival order, and the storm's mail stored before the P1 was still (mostly)
+    undecided when the P1 was decided. Returns the status document and the P1's record."""
     with smtplib.SMTP("127.0.0.1", daemon.smtp_port, timeout=30) as client:
-        for number in range(loop_mail):
-            if number == loop_mail // 2:
+        for number in range(mails):
+            if number == mails // 2:
                 client.sendmail("ops@other-tenant.example", [RECIPIENT], make_message(
                     subject="All our apps are down", sender="ops@other-tenant.example",
                     body="All our production apps return 502.", message_id="<p1@other>"))
-            client.sendmail("monitoring@loop.example", [RECIPIENT], make_message(
-                subject=f"ALERT #{number} disk usage", sender="monitoring@loop.example",
-                body="disk usage 91% " * 100, message_id=f"<loop-{number}@loop.example>"))
-    doc = daemon.wait_settled(loop_mail + 1, timeout=120)
+            send_one(client, number)
+    doc = daemon.wait_settled(mails + 1, timeout=120)
     decided = [r["message_pk"] for r in log_records(daemon.log_text()) if r.get("event") == "decided"]
-    assert sorted(decided) == list(range(1, loop_mail + 2))
-    p1_pk = next(m["id"] for m in doc["messages"] if m["subject"] == "All our apps are down")
-    loop = [pk for pk in decided if pk != p1_pk]
-    assert loop == sorted(loop)
-    # The loop's mail stored before the P1 was still (mostly) undecided when the P1 was decided.
-    assert decided.index(p1_pk) < p1_pk - 1, (decided.index(p1_pk), p1_pk)
+    assert sorted(decided) == list(range(1, mails + 2))
+    p1 = next(m for m in doc["messages"] if m["subject"] == "All our apps are down")
+    storm = [pk for pk in decided if pk != p1["id"]]
+    assert storm == sorted(storm)
+    assert decided.index(p1["id"]) < p1["id"] - 1, (decided.index(p1["id"]), p1["id"])
+    return doc, p1
+
+
+def test_a_storm_over_smtp_is_all_decided_after_it_and_a_new_sender_is_not_held_back(start_daemon):
+    """While mail arrives, the runner holds a storm's later mail back (daemon/runner.py); none of it is
+    forgotten once the storm ends, and another sender's first mail is never among what is held."""
+    def alert(client: smtplib.SMTP, number: int) -> None:
+        client.sendmail("monitoring@loop.example", [RECIPIENT], make_message(
+            subject=f"ALERT #{number} disk usage", sender="monitoring@loop.example",
+            body="disk usage 91% " * 100, message_id=f"<loop-{number}@loop.example>"))
+    _a_storm_with_a_p1_halfway(start_daemon(policy=True), 240, alert)
 
 
 def _bounce(number: int) -> bytes:
@@ -116,25 +124,10 @@ def _bounce(number: int) -> bytes:
 def test_bounces_from_many_mail_systems_take_one_turn_and_a_tenants_p1_goes_first(start_daemon):
     """Mail with a null reverse path (MAIL FROM:<>) is decided in one turn, whichever mail system sent
     it: a thousand mail systems bouncing a mass mailing are one storm, not a thousand new senders."""
-    daemon = start_daemon(policy=True)
-    bounces = 240
-    with smtplib.SMTP("127.0.0.1", daemon.smtp_port, timeout=30) as client:
-        for number in range(bounces):
-            if number == bounces // 2:
-                client.sendmail("ops@other-tenant.example", [RECIPIENT], make_message(
-                    subject="All our apps are down", sender="ops@other-tenant.example",
-                    body="All our production apps return 502.", message_id="<p1@other>"))
-            client.sendmail("", [RECIPIENT], _bounce(number))
-    doc = daemon.wait_settled(bounces + 1, timeout=120)
-    decided = [r["message_pk"] for r in log_records(daemon.log_text()) if r.get("event") == "decided"]
-    assert sorted(decided) == list(range(1, bounces + 2))
-    p1 = next(m for m in doc["messages"] if m["subject"] == "All our apps are down")
+    doc, p1 = _a_storm_with_a_p1_halfway(start_daemon(policy=True), 240,
+                                         lambda client, number: client.sendmail("", [RECIPIENT], _bounce(number)))
     assert p1["severity"] == "P1"
     assert {m["verdict"]["category"] for m in doc["messages"] if m["id"] != p1["id"]} == {"noise:bounce"}
-    in_turn = [pk for pk in decided if pk != p1["id"]]
-    assert in_turn == sorted(in_turn)                 # one turn: in arrival order
-    # The bounces stored before the P1 were still (mostly) undecided when the P1 was decided.
-    assert decided.index(p1["id"]) < p1["id"] - 1, (decided.index(p1["id"]), p1["id"])
 
 
 def test_only_mail_naming_an_encoded_id_waits_for_another_senders_earlier_mail(tmp_path, fake_dns, signing_key):
