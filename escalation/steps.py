@@ -327,6 +327,8 @@ class Escalator:
             record = await self._store.record(pk)
         elif record.state == PENDING:
             parsed = await self._cpu.parse(await self._store.raw(pk), Priority.STEP)
+        else:
+            return                 # finished, or stuck: nothing to run
         # Steps of mail that pages nothing (a ticket, a comment) are no one's wait but Zendesk's, which
         # paces them anyway: their store calls go behind other mail's decisions and pages.
         with nullcontext() if record.step(PAGE) is not None else self._store.in_the_background():

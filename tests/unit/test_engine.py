@@ -241,6 +241,9 @@ async def test_the_steps_of_mail_that_pages_nothing_are_background_work(engine):
     paging = [p for _, p in e.observer.step_priorities[len(asked.steps):]]
     assert ticket_only == [BACKGROUND] * len(asked.steps), e.observer.step_priorities
     assert paging == [URGENT] * len(paged.steps), e.observer.step_priorities
+    calls = list(e.desk.calls)
+    await e.escalator.advance(question)                            # a finished escalation: nothing to run
+    assert e.desk.calls == calls and len(e.pager.pages) == 1
 
 
 async def test_the_new_page_cap_holds_a_page_a_minute_and_never_its_ticket(engine):
