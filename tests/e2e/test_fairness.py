@@ -20,34 +20,38 @@ from tests.harness import (
 )
 
 
-def test_a_new_senders_mail_is_decided_before_a_storming_senders_backlog(tmp_path):
-    config = write_config(tmp_path, dry_run=True, policy=True)
+def _decided_after_a_start(tmp_path: Path, config: Path, mails: dict[str, bytes]) -> tuple[dict, list[int], dict]:
+    """Stores `mails` with `inject` while no daemon runs, then starts one and lets it settle. Returns the
+    status document, the ids in the order they were decided, and each mail's id by its name."""
     files = []
-    for number in range(40):
-        path = tmp_path / f"loop-{number:02}.eml"
-        path.write_bytes(make_message(subject=f"ALERT #{10400 + number} checkout-api 5xx above threshold",
-                                      body="HTTP 5xx rate 12.4% " * 200, sender="monitoring@loop.example",
-                                      message_id=f"<loop-{number}@loop.example>"))
-        files.append(str(path))
-    p1 = tmp_path / "p1.eml"
-    p1.write_bytes(make_message(subject="All our apps are down", sender="ops@other-tenant.example",
-                                body="All our production apps return 502 since 02:10.", message_id="<p1@other>"))
-    files.append(str(p1))
-    stored = run_cli(config, "inject", *files).stdout
-    p1_pk = int(stored.strip().splitlines()[-1].rsplit(" ", 1)[1])
-
+    for name, raw in mails.items():
+        files.append(tmp_path / f"{name}.eml")
+        files[-1].write_bytes(raw)
+    stored = run_cli(config, "inject", *map(str, files)).stdout.strip().splitlines()
+    pk = dict(zip(mails, (int(line.rsplit(" ", 1)[1]) for line in stored)))
     daemon = DaemonProcess(config=config, env=base_env(), log_path=tmp_path / "daemon.log").start()
     try:
-        doc = daemon.wait_settled(41, timeout=60)
+        doc = daemon.wait_settled(len(mails), timeout=60)
         decided = [r["message_pk"] for r in log_records(daemon.log_text()) if r.get("event") == "decided"]
     finally:
         daemon.stop()
-    assert sorted(decided) == list(range(1, 42))
+    assert sorted(decided) == sorted(pk.values())
+    return doc, decided, pk
+
+
+def test_a_new_senders_mail_is_decided_before_a_storming_senders_backlog(tmp_path):
+    config = write_config(tmp_path, dry_run=True, policy=True)
+    mails = {f"loop-{number:02}": make_message(
+        subject=f"ALERT #{10400 + number} checkout-api 5xx above threshold", body="HTTP 5xx rate 12.4% " * 200,
+        sender="monitoring@loop.example", message_id=f"<loop-{number}@loop.example>") for number in range(40)}
+    mails["p1"] = make_message(subject="All our apps are down", sender="ops@other-tenant.example",
+                               body="All our production apps return 502 since 02:10.", message_id="<p1@other>")
+    doc, decided, pk = _decided_after_a_start(tmp_path, config, mails)
     # Forty of the loop's mails were stored first; the other tenant's P1 is among the first decided.
-    assert decided.index(p1_pk) <= 2, decided
-    loop = [pk for pk in decided if pk != p1_pk]
+    assert decided.index(pk["p1"]) <= 2, decided
+    loop = [one for one in decided if one != pk["p1"]]
     assert loop == sorted(loop)                       # the loop's own mail keeps its order
-    assert next(m for m in doc["messages"] if m["id"] == p1_pk)["severity"] == "P1"
+    assert next(m for m in doc["messages"] if m["id"] == pk["p1"])["severity"] == "P1"
 
 
 def test_the_event_loop_lag_is_measured_and_the_work_runs_in_worker_processes(start_daemon):
@@ -146,19 +150,7 @@ def test_only_mail_naming_an_encoded_id_waits_for_another_senders_earlier_mail(t
         "naming the id": make_message(subject="Database", sender="cto@third.example",
                                       message_id="<id@third.example>", body="Please escalate. [7ZVQ3M-J7K4]"),
     }
-    files = []
-    for name, raw in mails.items():
-        files.append(tmp_path / f"{name}.eml")
-        files[-1].write_bytes(raw)
-    stored = run_cli(config, "inject", *map(str, files)).stdout.strip().splitlines()
-    pk = dict(zip(mails, (int(line.rsplit(" ", 1)[1]) for line in stored)))
-
-    daemon = DaemonProcess(config=config, env=base_env(), log_path=tmp_path / "daemon.log").start()
-    try:
-        doc = daemon.wait_settled(3, timeout=60)
-        decided = [r["message_pk"] for r in log_records(daemon.log_text()) if r.get("event") == "decided"]
-    finally:
-        daemon.stop()
+    doc, decided, pk = _decided_after_a_start(tmp_path, config, mails)
     slow = next(m for m in doc["messages"] if m["id"] == pk["slow"])
     assert slow["verdict"]["sender_trust"]["dkim_checked"] == "temperror"       # it did wait on DNS
     assert decided == [pk["unrelated"], pk["slow"], pk["naming the id"]], (decided, pk)
