@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from emergencyd.parsers.identity import HeaderIdentity, is_null_path
+from emergencyd.parsers.identity import HeaderIdentity, is_null_envelope_sender
 
 if TYPE_CHECKING:
     from emergencyd.escalation.policy import Verdict
@@ -203,9 +203,9 @@ def fair_key_of(envelope: Envelope, header: HeaderIdentity) -> str:
     shares one turn: a mass mailing bounced by a thousand mail systems is one storm, and every tenant's
     mail is decided ahead of it. Over SMTP the envelope says so (a Return-Path field there is the
     sender's own); over IMAP and `inject` an empty envelope sender means unknown, and the Return-Path
-    field the delivering server wrote says so, as for the policy (parsers/noise_facts.py)."""
+    field the delivering server wrote says so: both read as the policy reads them (parsers/noise_facts.py)."""
     if envelope.source == "smtp":
-        if is_null_path(envelope.mail_from):
+        if is_null_envelope_sender(envelope.mail_from):
             return NULL_REVERSE_PATH_TURN
     elif header.null_return_path:
         return NULL_REVERSE_PATH_TURN

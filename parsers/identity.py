@@ -121,8 +121,14 @@ _PATH_COMMENT = re.compile(r"\([^()]*\)")
 
 
 def is_null_path(value: str) -> bool:
-    """A reverse path that is the null one, <> (RFC 5321 4.5.5), or empty: comments and spaces aside."""
+    """A Return-Path field that holds the null reverse path, <> (RFC 5321 4.5.5), or nothing: comments and
+    spaces aside."""
     return _PATH_COMMENT.sub("", value).replace(" ", "").strip() in ("<>", "")
+
+
+def is_null_envelope_sender(mail_from: str) -> bool:
+    """MAIL FROM:<> as the SMTP session gave the envelope sender."""
+    return mail_from.strip() in ("", "<>")
 
 
 # A line of the header block that could begin either field: without one there is nothing to read, and

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from emergencyd.parsers.identity import is_null_path
+from emergencyd.parsers.identity import is_null_envelope_sender, is_null_path
 from emergencyd.parsers.message import ParsedMessage
 
 # Bounds for what the rules look at: subjects and header values are already
@@ -123,7 +123,7 @@ class Facts:
     def null_reverse_path(self) -> str | None:
         """The evidence of a null reverse path, or None."""
         if self.mail_from is not None:
-            if self.mail_from.strip() in ("", "<>"):
+            if is_null_envelope_sender(self.mail_from):
                 return "null reverse path (MAIL FROM:<>)"
             return None
         return_path = self.header("Return-Path")
