@@ -50,13 +50,18 @@ class FairTurns:
     @asynccontextmanager
     async def aside(self, sender: str) -> AsyncIterator[None]:
         """Within the sender's turn: free its place while waiting on other mail, and take one back after."""
-        self._holding.discard(sender)
-        self._aside.add(sender)
-        self._hand_on()
+        self.step_out(sender)
         try:
             yield
         finally:
             await self._come_back(sender)
+
+    def step_out(self, sender: str) -> None:
+        """Within the sender's turn: free its place for the rest of the turn, for work that can wait.
+        The sender's later mail still waits until the turn ends."""
+        self._holding.discard(sender)
+        self._aside.add(sender)
+        self._hand_on()
 
     async def _come_back(self, sender: str) -> None:
         if len(self._holding) < self._limit and not self._returning:
@@ -120,9 +125,10 @@ class FairTurns:
                 return
             queue = self._queued[sender]
             waiter = queue.popleft()
+            # _next_sender took it out of its line: a sender with mail queued is in exactly one line.
             if not queue:
-                self._drop(sender)
-            elif sender not in self._rotation:
+                del self._queued[sender]
+            else:
                 self._rotation.append(sender)
             if waiter.done():          # cancelled while queued; its task is unwinding
                 continue
