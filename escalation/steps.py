@@ -24,7 +24,7 @@ import logging
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from typing import Callable, Protocol
@@ -214,13 +214,17 @@ class Escalator:
                 verdict = await self.decide(record, parsed, asked.verdict if asked else None)
                 if asked is not None:
                     verdict = replace(verdict, spam_check=str(asked.outcome))
-                relation = await self._store.call(self._relate_and_plan, record, parsed, verdict)
+                urgent = verdict.page and not self._new_page_cap_full()
+                if not urgent:   # a plan that can page no one now waits behind those that can, out of the limit
+                    self._turns.step_out(record.fair_key)
+                with self._urgent_or_background(urgent):
+                    relation = await self._store.call(self._relate_and_plan, record, parsed, verdict)
+                    if relation is not None:
+                        self._log_decision(record, verdict, relation)
         finally:
             self._decided.decided(record.message_pk)
             if asking is not None and not asking.done():
                 asking.cancel()
-        if relation is not None:
-            self._log_decision(record, verdict, relation)
         return parsed
 
     def _ask_spam_filter(self, record: EscalationRecord) -> asyncio.Task[CheckResult] | None:
@@ -329,10 +333,14 @@ class Escalator:
             parsed = await self._cpu.parse(await self._store.raw(pk), Priority.STEP)
         else:
             return                 # finished, or stuck: nothing to run
-        # Steps of mail that pages nothing (a ticket, a comment) are no one's wait but Zendesk's, which
-        # paces them anyway: their store calls go behind other mail's decisions and pages.
-        with nullcontext() if record.step(PAGE) is not None else self._store.in_the_background():
+        # Steps of mail that pages no one now (a ticket, a comment, a page the new-page cap holds) are no
+        # one's wait but Zendesk's and the cap's: their store calls go behind other mail's decisions and pages.
+        with self._urgent_or_background(record.step(PAGE) is not None and self._page_may_go_now(record)):
             await self._run_steps(record, parsed)
+
+    def _urgent_or_background(self, urgent: bool) -> AbstractContextManager[None]:
+        """The calling task's store calls within: at its own priority, or as background work."""
+        return nullcontext() if urgent else self._store.in_the_background()
 
     async def _run_steps(self, record: EscalationRecord, parsed: ParsedMessage) -> None:
         running: dict[str, asyncio.Task[None]] = {}
@@ -522,20 +530,31 @@ class Escalator:
 
     async def _page_allowed(self, record: EscalationRecord, name: str) -> bool:
         """A cap on new incidents per minute guards the on-call engineer from a loop; pages wait, never drop."""
-        if record.relation == INCIDENT or record.planned(name).attempts:
-            return True     # joins an open incident, or was already let through once
-        if record.comments_only and not record.pages_on_its_own:
-            return True     # a follow-up only looks whether its incident was resolved
-        now = self._clock()
-        while self._new_pages and self._new_pages[0] < now - 60:
-            self._new_pages.popleft()
-        if len(self._new_pages) < self._settings.max_new_pages_per_minute:
-            self._new_pages.append(now)
+        if self._new_page_cap_exempts(record, name):
+            return True
+        if not self._new_page_cap_full():
+            self._new_pages.append(self._clock())
             return True
         self._observer.page_deferred()
         log.warning("page deferred: new-page cap reached", extra={"message_pk": record.message_pk})
         await self._store.defer_step(record.message_pk, name, self._new_pages[0] + 60)
         return False
+
+    @staticmethod
+    def _new_page_cap_exempts(record: EscalationRecord, name: str) -> bool:
+        if record.relation == INCIDENT or record.planned(name).attempts:
+            return True     # joins an open incident, or was already let through once
+        return record.comments_only and not record.pages_on_its_own   # only looks whether its incident was resolved
+
+    def _new_page_cap_full(self) -> bool:
+        """As many new incidents paged in the last minute as the cap allows."""
+        now = self._clock()
+        while self._new_pages and self._new_pages[0] < now - 60:
+            self._new_pages.popleft()
+        return len(self._new_pages) >= self._settings.max_new_pages_per_minute
+
+    def _page_may_go_now(self, record: EscalationRecord) -> bool:
+        return self._new_page_cap_exempts(record, PAGE) or not self._new_page_cap_full()
 
     async def _run_step(self, record: EscalationRecord, parsed: ParsedMessage, name: str) -> None:
         integration = integration_of(name)

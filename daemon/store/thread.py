@@ -5,7 +5,8 @@ fsync). On a plain single-thread executor another tenant's first mail queued beh
 its P1 was decided seconds after its 250. So a storm's work goes in the background: the runner
 marks the escalation of every new mail but each sender's first, and every pending step but a
 page (or its fallback) due again, as BACKGROUND (`store_priority`, a context variable its task
-inherits). Everything else stays URGENT: those first mails and pages, and whatever intake (IMAP's
+inherits); the escalator marks so the plan and steps of mail that can page no one now, once it is
+classified (escalation/steps.py). Everything else stays URGENT: those first mails and pages, and whatever intake (IMAP's
 look-ups) and `status` ask. Urgent
 calls go ahead of the background queue; within one priority calls run in the order they came, as
 before. The standard library has no executor with priorities, hence this one (a heap and one thread).

@@ -132,6 +132,7 @@ class Recorder:
         self.failing_since: dict[str, float] = {}
         self.events: list[tuple[str, ...]] = []
         self.step_priorities: list[tuple[str, int]] = []   # each finished step, with its store calls' priority
+        self.plan_priorities: list[int] = []               # each decision's, as its plan was written
 
     def step_finished(self, integration: str, step: str, outcome: str, status_class: str) -> None:
         self.events.append(("step", step, outcome))
@@ -145,6 +146,7 @@ class Recorder:
 
     def related(self, kind: str) -> None:
         self.events.append(("related", kind))
+        self.plan_priorities.append(store_priority.get())
 
     def page_deferred(self) -> None:
         self.events.append(("page_deferred",))
@@ -224,9 +226,9 @@ async def test_a_p1_goes_ticket_then_page_with_its_link_then_the_link_note(engin
         ("step", StepName.LINK_TICKET, StepOutcome.SUCCESS)
 
 
-async def test_the_steps_of_mail_that_pages_nothing_are_background_work(engine):
-    """A ticket without a page is no one's wait but Zendesk's: after its decision, its steps' store calls
-    go behind other mail's decisions and pages on the store's thread (daemon/store/thread.py)."""
+async def test_the_plan_and_steps_of_mail_that_pages_nothing_are_background_work(engine):
+    """A ticket without a page is no one's wait but Zendesk's: once classified, its plan's and its steps'
+    store calls go behind other mail's decisions and pages on the store's thread (daemon/store/thread.py)."""
     e = engine()
     question = await e.mail("billing@shop-a.example", "Question about an invoice",
                             "Could you send us last month's invoice again?")
@@ -241,6 +243,7 @@ async def test_the_steps_of_mail_that_pages_nothing_are_background_work(engine):
     paging = [p for _, p in e.observer.step_priorities[len(asked.steps):]]
     assert ticket_only == [BACKGROUND] * len(asked.steps), e.observer.step_priorities
     assert paging == [URGENT] * len(paged.steps), e.observer.step_priorities
+    assert e.observer.plan_priorities == [BACKGROUND, URGENT]
     calls = list(e.desk.calls)
     await e.escalator.advance(question)                            # a finished escalation: nothing to run
     assert e.desk.calls == calls and len(e.pager.pages) == 1
@@ -257,6 +260,10 @@ async def test_the_new_page_cap_holds_a_page_a_minute_and_never_its_ticket(engin
     assert held.state == EscalationState.PENDING and page.state == StepState.PENDING and page.attempts == 0
     assert 0 < page.next_attempt_at - e.clock() <= 60              # held until the first page is a minute old
     assert e.observer.events.count(("page_deferred",)) == 1
+    # The third P1 was classified with the cap already full: its page could not go, so nor was its plan,
+    # nor its steps, anyone's wait (the cap lets the page go again when the first is a minute old).
+    assert e.observer.plan_priorities == [URGENT, URGENT, BACKGROUND]
+    assert e.observer.step_priorities[-2:] == [(StepName.TICKET, BACKGROUND), (StepName.TICKET_NOTE, BACKGROUND)]
 
     await e.escalator.advance(pks[2])                                # still within the minute: still held
     assert len(e.pager.pages) == 2

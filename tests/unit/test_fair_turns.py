@@ -117,6 +117,31 @@ async def test_a_mail_stepping_aside_lets_another_sender_in_but_not_its_own_next
     assert turns.waiting == 0
 
 
+async def test_a_mail_stepping_out_gives_its_place_away_for_good_but_keeps_its_senders_order():
+    turns = FairTurns(limit=1)
+    order: list[str] = []
+    plan_written = asyncio.Event()
+
+    async def decide(name: str, sender: str) -> None:
+        async with turns.turn(sender):
+            order.append(name)
+            if name == "a1":                 # classified: what is left of its turn can wait
+                turns.step_out(sender)
+                await plan_written.wait()
+                order.append("a1 planned")
+            if name == "c1":
+                plan_written.set()
+            await asyncio.sleep(0)
+
+    first = asyncio.create_task(decide("a1", "a"))
+    await asyncio.sleep(0)
+    rest = [asyncio.create_task(decide(name, sender)) for name, sender in (("a2", "a"), ("b1", "b"), ("c1", "c"))]
+    await asyncio.gather(first, *rest)
+    # b and c take the one place in turn while a1's plan waits; a2 waits for a1's whole turn.
+    assert order == ["a1", "b1", "c1", "a1 planned", "a2"], order
+    assert turns.waiting == 0
+
+
 async def test_a_mail_coming_back_that_is_cancelled_leaves_its_place_to_the_next():
     turns = FairTurns(limit=1)
     order: list[str] = []
