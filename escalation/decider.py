@@ -9,7 +9,7 @@ comes from the trusted header fields and, when configured, a DKIM check of the r
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from emergencyd.escalation.dkim_check import decide_trust
 from emergencyd.escalation.policy import Verdict
@@ -45,5 +45,11 @@ async def decide_verdict(envelope: Envelope, parsed: ParsedMessage, trust_policy
                          spam: SpamVerdict | None = None, released: bool = False) -> Verdict:
     """The policy's verdict, at the time the mail was received (not its Date header)."""
     trust = await decide_trust(envelope, parsed, trust_policy, read_raw)
-    return await classify(parsed, received_at=datetime.fromtimestamp(envelope.received_at, timezone.utc),
-                          mail_from=policy_mail_from(envelope), trust=trust, spam=spam, released=released)
+    return await classify(parsed, **classify_arguments(envelope, trust, spam=spam, released=released))
+
+
+def classify_arguments(envelope: Envelope, trust: SenderTrust | None, *, spam: SpamVerdict | None = None,
+                       released: bool = False) -> dict[str, Any]:
+    """What classify takes besides the parsed mail, for every caller (a worker deciding at once, too)."""
+    return {"received_at": datetime.fromtimestamp(envelope.received_at, timezone.utc),
+            "mail_from": policy_mail_from(envelope), "trust": trust, "spam": spam, "released": released}

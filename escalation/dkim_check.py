@@ -37,15 +37,26 @@ async def decide_trust(envelope: Envelope, parsed: ParsedMessage, policy: TrustP
                        read_raw: Callable[[], Awaitable[bytes]], *, dnsfunc: DnsFunc | None = None
                        ) -> SenderTrust | None:
     """The sender's trust for the decide step; None when trust is not configured."""
+    dkim = None
+    if needs_dkim_check(parsed, policy):
+        if dnsfunc is None:
+            dnsfunc = resolver_lookup(policy.dkim_dns_server)
+        dkim = await check_dkim(await read_raw(), timeout=policy.dkim_timeout_seconds, dnsfunc=dnsfunc)
+    return trust_with(envelope, parsed, policy, dkim)
+
+
+def needs_dkim_check(parsed: ParsedMessage, policy: TrustPolicy) -> bool:
+    """Only then does the sender's trust need more than the mail and its envelope (DNS, on threads)."""
+    return policy.enabled and policy.verify_dkim and parsed.header("DKIM-Signature") is not None
+
+
+def trust_with(envelope: Envelope, parsed: ParsedMessage, policy: TrustPolicy,
+               dkim: DkimCheck | None) -> SenderTrust | None:
+    """The sender's trust from the mail, its envelope and our own DKIM check if one was needed; pure."""
     if not policy.enabled:
         return None
-    dkim = None
-    if policy.verify_dkim:
+    if policy.verify_dkim and dkim is None:
         dkim = DkimCheck("none", detail="no DKIM-Signature")
-        if parsed.header("DKIM-Signature") is not None:
-            if dnsfunc is None:
-                dnsfunc = resolver_lookup(policy.dkim_dns_server)
-            dkim = await check_dkim(await read_raw(), timeout=policy.dkim_timeout_seconds, dnsfunc=dnsfunc)
     headers_count = peer_trusted(envelope.source, envelope.peer, policy.trusted_relays)
     return assess(parsed.headers, policy, headers_count=headers_count, dkim=dkim)
 

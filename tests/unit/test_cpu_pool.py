@@ -3,6 +3,7 @@ import asyncio
 import os
 import time
 import tomllib
+from dataclasses import replace
 from datetime import datetime, timezone
 
 import pytest
@@ -13,9 +14,11 @@ from emergencyd.escalation.cpu_pool import (
     Priority,
     WorkerFailed,
 )
+from emergencyd.escalation.decider import decide_verdict
 from emergencyd.escalation.policy_config import parse_policy
+from emergencyd.escalation.records import Envelope
 from emergencyd.parsers.message import parse_message
-from tests.harness import ROOT, make_message
+from tests.harness import ROOT, make_message, signed
 
 SHIPPED = tomllib.loads((ROOT / "config.toml").read_text())["policy"]
 AT = datetime(2026, 11, 25, 11, 0, tzinfo=timezone.utc)
@@ -45,6 +48,56 @@ async def test_a_worker_parses_and_classifies_as_the_loop_would(cpu):
     assert parsed == parse_message(raw)
     verdict = await cpu.classify(parsed, received_at=AT, mail_from="dev@tenant.example", trust=None)
     assert (verdict.category, verdict.severity, verdict.page) == ("apps_not_served", "P1", True)
+
+
+MX = "mx.ours.example"
+TENANT_TRUST = {"trusted_authserv_ids": [MX], "tenant_domains": ["tenant.example"]}
+RELAYED = Envelope("smtp", "alice@tenant.example", ("emergency@example.org",), peer="127.0.0.1:4000",
+                   received_at=AT.timestamp())
+
+
+def _one_round_trip_cases(private: bytes) -> list[tuple[str, bytes, Envelope, bool]]:
+    """Mail whose verdict depends on each input the worker takes: trust headers, the envelope, released."""
+    p1 = make_message(sender="alice@tenant.example", subject="URGENT: all our apps are down",
+                      body="Every app returns 502 since 02:10.")
+    dmarc_fail = f"Authentication-Results: {MX}; dmarc=fail (p=reject dis=none) header.from=tenant.example\r\n"
+    out_of_office = make_message(sender="bob@tenant.example", subject="Automatic reply: apps down",
+                                 body="I am out of the office.", extra_headers={"Auto-Submitted": "auto-replied"})
+    return [
+        ("a tenant's P1", p1, RELAYED, False),
+        ("a P1 that fails DMARC at our MTA", dmarc_fail.encode() + p1, RELAYED, False),
+        ("the same from a peer whose fields do not count", dmarc_fail.encode() + p1,
+         replace(RELAYED, peer="198.51.100.66:4000"), False),
+        ("a stranger's P1", make_message(sender="eve@elsewhere.example", subject="All apps are down",
+                                         body="Production is down."), RELAYED, False),
+        ("an auto-reply", out_of_office, RELAYED, False),
+        ("an auto-reply released by hand", out_of_office, RELAYED, True),
+        ("a DKIM-signed P1, not checked by us", signed(private), RELAYED, False),
+    ]
+
+
+@pytest.mark.parametrize("verify_dkim", [False, True])
+async def test_deciding_in_one_round_trip_gives_the_deciders_verdict(signing_key, verify_dkim):
+    """The worker's parse-and-classify (escalation/steps.py takes it when no spam filter is asked) is
+    decide_verdict (escalation/decider.py) in one round trip; a DKIM check of our own it leaves to the loop."""
+    private, _ = signing_key
+    trust = {**TENANT_TRUST, "verify_dkim": verify_dkim}
+    workers = pool(parse_policy(SHIPPED, trust))
+    try:
+        for case, raw, envelope, released in _one_round_trip_cases(private):
+            parsed, at_once = await workers.parse_and_classify(raw, envelope, released=released)
+            assert parsed == parse_message(raw), case
+
+            async def read_raw(raw: bytes = raw) -> bytes:
+                return raw
+            if verify_dkim and b"DKIM-Signature" in raw:
+                assert at_once is None, case       # the DNS look-up is the loop's, with its timeout
+                continue
+            verdict = await decide_verdict(envelope, parsed, workers.policy.trust, read_raw, workers.classify,
+                                           released=released)
+            assert at_once == verdict, case
+    finally:
+        workers.close()
 
 
 async def test_a_waiting_decision_goes_before_waiting_step_work(cpu):
