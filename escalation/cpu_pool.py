@@ -2,23 +2,24 @@
 
 The event loop does I/O only. Parsing a 20 KB mail or classifying it costs milliseconds
 of pure Python, which on the loop would stall every SMTP session, and on a thread would
-still hold the GIL in 5 ms slices. So the work runs in worker processes (pebble's
-ProcessPool: a worker that hangs past `timeout_seconds` is killed and replaced, one that
-dies is replaced, and neither takes the daemon down).
+still hold the GIL in 5 ms slices. So the work runs in worker processes that the loop
+speaks to over pipes (escalation/worker_process.py): a worker busy past `timeout_seconds`
+is killed and replaced, one that dies is replaced, and neither takes the daemon down.
+When no worker can start at all, the same calls run on threads of the daemon's process.
 
 A new mail's parse and classify go to a worker as one job when nothing from outside the worker
 goes into the verdict (no rspamd answer to wait for, no DKIM check of our own): one round
-trip instead of two. Each costs the daemon's own process about 0.15 ms of CPU (pebble's
-threads, pickling), which SMTP intake then waits for under the GIL.
+trip instead of two.
 
 In front of the workers sits a small priority queue: at most one job per worker is handed
 to the pool at a time, and a waiting decision (a new mail's parse and classify) always goes
 before a waiting re-parse for a later step. A storm's backlog of step work therefore never
 delays a new mail's decision.
 
-The policy lives in the workers (sent once, when each starts). A reload builds a new pool
-with the new policy and swaps it in whole: every classification uses the old policy or
-the new one, never a mix, and jobs already handed to the old pool finish there.
+The policy lives in the workers (sent once, when each starts). A reload swaps the policy
+whole: idle workers with the old one are stopped and new ones started; a job already handed
+to an old worker finishes there, and that worker is stopped after it. Every classification
+uses the old policy or the new one, never a mix.
 """
 from __future__ import annotations
 
@@ -26,19 +27,23 @@ import asyncio
 import heapq
 import itertools
 import logging
-import multiprocessing
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum
 from typing import Any, Callable
 
-from pebble import ProcessExpired, ProcessPool
-
 from emergencyd.escalation.decider import classify_arguments
 from emergencyd.escalation.dkim_check import needs_dkim_check, trust_with
 from emergencyd.escalation.policy import Policy, Verdict, classify
 from emergencyd.escalation.records import Envelope
+from emergencyd.escalation.worker_process import (
+    COMMAND,
+    WorkerCannotStart,
+    WorkerDied,
+    WorkerProcess,
+    WorkerTimedOut,
+)
 from emergencyd.parsers.auth_results import SenderTrust
 from emergencyd.parsers.message import ParsedMessage, last_resort, parse_message
 from emergencyd.parsers.spam_headers import SpamVerdict
@@ -62,41 +67,34 @@ class ClassifyContext:
 
 
 class CpuPool:
-    def __init__(self, context: ClassifyContext, *, workers: int, timeout_seconds: float):
+    def __init__(self, context: ClassifyContext, *, workers: int, timeout_seconds: float,
+                 command: tuple[str, ...] = COMMAND):
         self._workers = workers
         self._timeout = timeout_seconds
+        self._command = command
         self._waiting: list[tuple[int, int, asyncio.Future]] = []   # (priority, order, slot granted)
         self._order = itertools.count()
         self._free_slots = workers
-        self._generation: tuple[ClassifyContext, ProcessPool | InProcessPool] = self._new_pool(context)
+        self._context = context
+        self._generation = 0                 # which policy a worker was started with
+        self._idle: list[WorkerProcess] = []
+        self._busy: set[WorkerProcess] = set()
+        self._threads: InProcessPool | None = None    # when no worker process can start
 
     @property
     def policy(self) -> Policy:
-        return self._generation[0].policy
-
-    def _new_pool(self, context: ClassifyContext) -> tuple[ClassifyContext, ProcessPool]:
-        # spawn, not fork: the daemon has threads (store, integrations) whose locks a fork would copy.
-        pool = ProcessPool(max_workers=self._workers, initializer=_start_worker, initargs=(context,),
-                           context=multiprocessing.get_context("spawn"))
-        return context, pool
-
-    def _schedule(self, fn: Callable, args: tuple, kwargs: dict) -> Future:
-        context, pool = self._generation
-        try:
-            return pool.schedule(fn, args=args, kwargs=kwargs, timeout=self._timeout)
-        except OSError as exc:      # the pool starts at its first job: no /dev/shm for its locks, say
-            log.error("worker processes unavailable; parsing and classifying on threads instead",
-                      extra={"error": str(exc)})
-            fallback = InProcessPool(context, self._workers)
-            if self._generation[1] is pool:
-                self._generation = (context, fallback)
-            return fallback.schedule(fn, args=args, kwargs=kwargs, timeout=self._timeout)
+        return self._context.policy
 
     def swap_policy(self, context: ClassifyContext) -> None:
-        """A reload: new workers with the new policy; jobs already in the old pool finish there."""
-        old = self._generation[1]
-        self._generation = self._new_pool(context)
-        old.close()
+        """A reload: later jobs go to workers with the new policy; jobs already handed out finish."""
+        self._context = context
+        self._generation += 1
+        idle, self._idle = self._idle, []
+        for worker in idle:
+            worker.stop(timeout=5)
+        if self._threads is not None:
+            self._threads.close()
+            self._threads = InProcessPool(context, self._workers)
 
     async def warm(self) -> None:
         """Start every worker now, so the first mail does not wait for a process to start."""
@@ -117,7 +115,7 @@ class CpuPool:
         except WorkerFailed as exc:
             # classify is bounded by design; a worker lost to something else (OOM) must not lose the mail.
             log.error("classifying off the loop failed; classified on a thread instead", extra={"error": str(exc)})
-            return await asyncio.to_thread(classify_with, self._generation[0], parsed, **kwargs)
+            return await asyncio.to_thread(classify_with, self._context, parsed, **kwargs)
 
     async def parse_and_classify(self, raw: bytes, envelope: Envelope, *,
                                  released: bool = False) -> tuple[ParsedMessage, Verdict | None]:
@@ -131,15 +129,48 @@ class CpuPool:
     async def _run(self, priority: Priority, fn: Callable, args: tuple, kwargs: dict | None = None) -> Any:
         await self._slot(priority)
         try:
-            future = self._schedule(fn, args, kwargs or {})
+            worker = await self._worker()
+            if worker is None:
+                assert self._threads is not None
+                return await asyncio.wrap_future(self._threads.schedule(fn, args=args, kwargs=kwargs or {}))
+            self._busy.add(worker)
             try:
-                return await asyncio.wrap_future(future)
-            except TimeoutError:
+                result = await worker.call(fn, args, kwargs or {}, self._timeout)
+            except WorkerTimedOut:
                 raise WorkerFailed(f"took longer than {self._timeout:g} s and was stopped") from None
-            except ProcessExpired as exc:
+            except WorkerDied as exc:
                 raise WorkerFailed(f"process died ({exc})") from None
+            finally:
+                self._busy.discard(worker)
+            self._hand_back(worker)
+            return result
         finally:
             self._release_slot()
+
+    async def _worker(self) -> WorkerProcess | None:
+        """An idle worker with the current policy, a new one, or None: run on threads instead."""
+        while self._idle:
+            worker = self._idle.pop()
+            if worker.alive():
+                return worker
+            log.warning("a worker process had ended while idle; replaced", extra={"error": worker.end()})
+            worker.kill()
+        if self._threads is not None:
+            return None
+        try:
+            return await WorkerProcess.start(_start_worker, (self._context,), generation=self._generation,
+                                             timeout=max(self._timeout, 30), command=self._command)
+        except WorkerCannotStart as exc:
+            log.error("worker processes unavailable; parsing and classifying on threads instead",
+                      extra={"error": str(exc)})
+            self._threads = self._threads or InProcessPool(self._context, self._workers)
+            return None
+
+    def _hand_back(self, worker: WorkerProcess) -> None:
+        if worker.generation == self._generation:
+            self._idle.append(worker)
+        else:
+            worker.stop(timeout=5)      # started with the policy before a reload
 
     async def _slot(self, priority: Priority) -> None:
         if self._free_slots and not self._waiting:
@@ -162,10 +193,18 @@ class CpuPool:
                 return
         self._free_slots += 1
 
+    def worker_pids(self) -> list[int]:
+        return sorted(worker.pid for worker in (*self._idle, *self._busy))
+
     def close(self) -> None:
-        pool = self._generation[1]
-        pool.stop()
-        pool.join(timeout=5)
+        for worker in self._busy:
+            worker.kill()
+        for worker in self._idle:
+            worker.stop(timeout=5)
+        self._busy.clear()
+        self._idle.clear()
+        if self._threads is not None:
+            self._threads.close()
 
 
 class InProcessPool:
@@ -176,21 +215,15 @@ class InProcessPool:
         self._context = context
         self._threads = ThreadPoolExecutor(workers, thread_name_prefix="cpu")
 
-    def schedule(self, fn: Callable, *, args: tuple, kwargs: dict, timeout: float) -> Future:
+    def schedule(self, fn: Callable, *, args: tuple, kwargs: dict) -> Future:
         if fn is _classify:
             return self._threads.submit(classify_with, self._context, *args, **kwargs)
         if fn is _parse_and_classify:
             return self._threads.submit(parse_and_classify_with, self._context, *args)
-        return self._threads.submit(_ready if fn is _ready else fn, *args, **kwargs)
+        return self._threads.submit(fn, *args, **kwargs)
 
     def close(self) -> None:
         self._threads.shutdown(wait=False)
-
-    def stop(self) -> None:
-        self._threads.shutdown(wait=False, cancel_futures=True)
-
-    def join(self, timeout: float | None = None) -> None:
-        return None
 
 
 class WorkerFailed(RuntimeError):

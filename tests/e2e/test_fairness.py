@@ -54,18 +54,23 @@ def test_a_new_senders_mail_is_decided_before_a_storming_senders_backlog(tmp_pat
     assert next(m for m in doc["messages"] if m["id"] == pk["p1"])["severity"] == "P1"
 
 
+def _worker_commands(daemon: DaemonProcess) -> list[bytes]:
+    pid = daemon.proc.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [Path(f"/proc/{child}/cmdline").read_bytes() for child in children]
+
+
 def test_the_event_loop_lag_is_measured_and_the_work_runs_in_worker_processes(start_daemon):
     daemon = start_daemon()
     daemon.send(make_message(subject="All our apps are down", body="Every app returns 502."))
     daemon.wait_settled(1)
     assert daemon.metric("emergencyd_event_loop_lag_seconds_count") > 0
-    children = (Path(f"/proc/{daemon.proc.pid}/task/{daemon.proc.pid}/children").read_text().split())
-    commands = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children]
-    assert any(b"multiprocessing" in command for command in commands), commands
+    commands = _worker_commands(daemon)
+    assert sum(b"emergencyd.escalation.worker_process" in command for command in commands) == 2, commands
 
 
-def test_without_worker_processes_mail_is_still_decided_on_threads(tmp_path):
-    """A host where the pool cannot start (no writable /dev/shm for its locks): nothing is lost."""
+def test_the_worker_processes_need_no_shared_memory(tmp_path):
+    """A host without a writable /dev/shm (which multiprocessing's locks need): the workers still run."""
     if os.geteuid() != 0:
         message = "needs root for a mount namespace with a read-only /dev/shm"
         pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
@@ -77,10 +82,13 @@ def test_without_worker_processes_mail_is_still_decided_on_threads(tmp_path):
         daemon.send(make_message(subject="All our apps are down", body="Every app returns 502."))
         [message] = daemon.wait_settled(1)["messages"]
         log = daemon.log_text()
+        # The wrapper's sh execs the daemon: its children are the workers.
+        commands = _worker_commands(daemon)
     finally:
         daemon.stop()
     assert message["severity"] == "P1" and message["state"] == DONE
-    assert "worker processes unavailable; parsing and classifying on threads instead" in log
+    assert "worker processes unavailable" not in log
+    assert sum(b"emergencyd.escalation.worker_process" in command for command in commands) == 2, commands
 
 
 def _a_storm_with_a_p1_halfway(daemon, mails: int, send_one: Callable[[smtplib.SMTP, int], None]) -> tuple[dict, dict]:

@@ -1,10 +1,13 @@
 """The worker processes that parse and classify off the event loop: real processes, real faults."""
 import asyncio
 import os
+import signal
+import sys
 import time
 import tomllib
 from dataclasses import replace
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 
@@ -29,14 +32,14 @@ def policy_with_rule(name: str, phrase: str):
     return parse_policy({**SHIPPED, "rules": [rule]})
 
 
-def pool(policy=None, *, workers: int = 1, timeout: float = 30.0) -> CpuPool:
+def pool(policy=None, *, workers: int = 1, timeout: float = 30.0, **command) -> CpuPool:
     context = ClassifyContext(policy=policy or parse_policy(SHIPPED), own_addresses=("emergency@example.org",),
                               own_hostnames=())
-    return CpuPool(context, workers=workers, timeout_seconds=timeout)
+    return CpuPool(context, workers=workers, timeout_seconds=timeout, **command)
 
 
 @pytest.fixture
-def cpu():
+async def cpu():
     workers = pool()
     yield workers
     workers.close()
@@ -132,6 +135,43 @@ async def test_a_worker_busy_past_the_timeout_is_stopped_and_replaced():
         assert parsed.subject == "After the timeout"
     finally:
         workers.close()
+
+
+@pytest.mark.parametrize("command, why", [
+    (("/nonexistent/python3",), "No such file"),
+    ((sys.executable, "-c", "import sys; sys.exit(7)"), "exit code 7"),
+])
+async def test_when_no_worker_process_can_start_the_work_runs_on_threads(command, why, caplog):
+    workers = pool(command=command)
+    try:
+        raw = make_message(subject="URGENT: all our apps are down", body="Every app returns 502 since 02:10.")
+        parsed, verdict = await workers.parse_and_classify(raw, RELAYED)
+        assert parsed == parse_message(raw) and verdict is not None and verdict.severity == "P1"
+        [failure] = [r for r in caplog.records if r.getMessage().startswith("worker processes unavailable")]
+        assert why in failure.error     # type: ignore[attr-defined]
+        assert await workers.parse(raw, Priority.STEP) == parsed     # later jobs too, without a new attempt
+        assert len([r for r in caplog.records if r.getMessage().startswith("worker processes unavailable")]) == 1
+    finally:
+        workers.close()
+
+
+async def test_a_worker_killed_while_idle_is_replaced_before_it_is_handed_a_mail(cpu):
+    await cpu.warm()
+    [idle] = cpu.worker_pids()
+    os.kill(idle, signal.SIGKILL)
+    await asyncio.sleep(0.2)
+    raw = make_message(subject="URGENT: all our apps are down", body="Every app returns 502.")
+    assert await cpu.parse(raw, Priority.DECIDE) == parse_message(raw)     # not the could-not-parse stand-in
+    assert cpu.worker_pids() != [idle]
+
+
+async def test_stopping_the_pool_ends_its_worker_processes():
+    workers = pool(workers=2)
+    await workers.warm()
+    pids = workers.worker_pids()
+    assert len(pids) == 2 and all(Path(f"/proc/{pid}").exists() for pid in pids)
+    workers.close()
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)     # ended and reaped, no zombie left
 
 
 async def test_a_reload_swaps_the_policy_whole():

@@ -189,7 +189,7 @@ class Engine:
 
 
 @pytest.fixture
-def engine(tmp_path):
+async def engine(tmp_path):
     made: list[Engine] = []
 
     def make(**settings: object) -> Engine:
