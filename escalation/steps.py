@@ -460,9 +460,8 @@ class Escalator:
         deadline = time.monotonic() + 2 * CROSS_WAIT_SECONDS
         while True:
             mark = self._decided.mark()
-            earlier = await self._store.earlier_pending_comment(record.message_pk, record.parent_pk,
-                                                                record.target_ticket_id)
-            undecided = await self._store.undecided_before(record.message_pk) if earlier is None else None
+            earlier, undecided = await self._store.comment_in_the_way(record.message_pk, record.parent_pk,
+                                                                      record.target_ticket_id)
             if earlier is None and undecided is None:
                 return True
             if earlier is None:

@@ -173,15 +173,12 @@ class AsyncStore:
     async def claim_follow_ups(self, pk: int, limit: int) -> tuple[FollowUp, ...]:
         return await self.call(self.sync.claim_follow_ups, pk, limit)
 
-    async def earlier_pending_comment(self, pk: int, parent_pk: int | None,
-                                      target_ticket_id: int | None) -> tuple[int, float] | None:
-        return await self.call(self.sync.earlier_pending_comment, pk, parent_pk, target_ticket_id)
+    async def comment_in_the_way(self, pk: int, parent_pk: int | None,
+                                 target_ticket_id: int | None) -> tuple[tuple[int, float] | None, int | None]:
+        return await self.call(self.sync.comment_in_the_way, pk, parent_pk, target_ticket_id)
 
     async def group(self, group_id: int) -> dict[str, Any] | None:
         return await self.call(self.sync.group, group_id)
-
-    async def undecided_before(self, pk: int) -> int | None:
-        return await self.call(self.sync.undecided_before, pk)
 
     async def due_turns(self, now: float, limit: int = 100, *, new_after: int = 0) -> list[DueWork]:
         return await self.call(self.sync.due_turns, now, limit, new_after=new_after)

@@ -244,6 +244,19 @@ class GroupingQueries:
         return self._conn.execute("SELECT MAX(message_pk) FROM escalations WHERE state = ? AND message_pk < ?",
                                   (NEW, pk)).fetchone()[0]
 
+    def comment_in_the_way(self, pk: int, parent_pk: int | None,
+                           target_ticket_id: int | None) -> tuple[tuple[int, float] | None, int | None]:
+        """What a comment waits for: an earlier pending comment on the same ticket, else the latest earlier
+        mail not decided yet (its plan may add one).
+
+        Undecided mail is read first: mail decided between the two reads (on another task or replica) then
+        has its comment found by the second. Read the other way round, its comment was not planned yet for
+        the first read and it was no longer undecided for the second: the later comment went first.
+        """
+        undecided = self.undecided_before(pk)
+        earlier = self.earlier_pending_comment(pk, parent_pk, target_ticket_id)
+        return earlier, None if earlier is not None else undecided
+
     def earlier_pending_comment(self, pk: int, parent_pk: int | None,
                                 target_ticket_id: int | None) -> tuple[int, float] | None:
         """An earlier mail's comment on the same ticket that is still to go: comments keep arrival order."""

@@ -225,6 +225,23 @@ def test_a_reply_finds_its_undecided_parent_and_a_quiet_sender_its_turn(store):
     assert store.undecided_before(answer) is None and store.undecided_before(answer + 1) == answer
 
 
+def test_a_comment_waits_for_an_earlier_comment_on_its_ticket_or_for_earlier_undecided_mail(store):
+    def mail(n: int) -> int:
+        return store.ingest(make_message(subject=f"Re: Apps down {n}", message_id=f"<c{n}@tenant.example>"),
+                            envelope()).message_pk
+    holder, forward, update = mail(0), mail(1), mail(2)
+    store.plan(holder, subject="Apps down", sender="ops@tenant.example", steps=(TICKET,),
+               relation=PlannedRelation(RelationKind.FIRST, "a new incident"))
+    store.plan(update, subject="Update", sender="ops@tenant.example", steps=(COMMENT,),
+               relation=PlannedRelation(RelationKind.THREAD, "a reply", parent_pk=holder))
+    assert store.comment_in_the_way(update, holder, None) == (None, forward)        # it may become a comment
+    store.plan(forward, subject="Fwd", sender="lead@tenant.example", steps=(COMMENT,),
+               relation=PlannedRelation(RelationKind.THREAD, "a reply", parent_pk=holder))
+    [(earlier, due)] = [store.comment_in_the_way(update, holder, None)[0]]
+    assert earlier == forward and due <= time.time()
+    assert store.comment_in_the_way(forward, holder, None) == (None, None)
+
+
 def test_an_unfinished_incident_is_listed_however_short_the_limit(store):
     def incident(n: int) -> int:
         pk = store.ingest(make_message(subject=f"Outage {n}", message_id=f"<outage-{n}@tenant.example>"),
