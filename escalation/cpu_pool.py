@@ -79,6 +79,7 @@ class CpuPool:
         self._generation = 0                 # which policy a worker was started with
         self._idle: list[WorkerProcess] = []
         self._busy: set[WorkerProcess] = set()
+        self._ending: list[WorkerProcess] = []   # told to exit (a reload), not reaped yet
         self._threads: InProcessPool | None = None    # when no worker process can start
 
     @property
@@ -91,7 +92,7 @@ class CpuPool:
         self._generation += 1
         idle, self._idle = self._idle, []
         for worker in idle:
-            worker.stop(timeout=5)
+            self._retire(worker)
         if self._threads is not None:
             self._threads.close()
             self._threads = InProcessPool(context, self._workers)
@@ -149,6 +150,7 @@ class CpuPool:
 
     async def _worker(self) -> WorkerProcess | None:
         """An idle worker with the current policy, a new one, or None: run on threads instead."""
+        self._ending = [worker for worker in self._ending if not worker.reaped()]
         while self._idle:
             worker = self._idle.pop()
             if worker.alive():
@@ -170,7 +172,12 @@ class CpuPool:
         if worker.generation == self._generation:
             self._idle.append(worker)
         else:
-            worker.stop(timeout=5)      # started with the policy before a reload
+            self._retire(worker)        # started with the policy before a reload
+
+    def _retire(self, worker: WorkerProcess) -> None:
+        """Tell it to exit, without waiting on the loop for its teardown; a later job or close() reaps it."""
+        worker.end_input()
+        self._ending.append(worker)
 
     async def _slot(self, priority: Priority) -> None:
         if self._free_slots and not self._waiting:
@@ -199,10 +206,14 @@ class CpuPool:
     def close(self) -> None:
         for worker in self._busy:
             worker.kill()
-        for worker in self._idle:
+        ending = [*self._idle, *self._ending]
+        for worker in ending:           # all at once: their teardowns overlap
+            worker.end_input()
+        for worker in ending:
             worker.stop(timeout=5)
         self._busy.clear()
         self._idle.clear()
+        self._ending.clear()
         if self._threads is not None:
             self._threads.close()
 

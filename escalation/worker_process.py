@@ -157,20 +157,31 @@ class WorkerProcess:
         return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
 
     def kill(self) -> None:
+        """SIGKILL, and reap it: a killed process ends at once, with no interpreter to tear down."""
         self._close_pipes()
         if self._process.poll() is None:
             self._process.kill()
         self._process.wait()
 
-    def stop(self, timeout: float) -> None:
-        """The end of its stdin asks it to exit once its job is done; past the timeout it is killed."""
+    def end_input(self) -> None:
+        """The end of its stdin: it exits once its job is done. Its teardown (about 0.1 s) is not waited
+        for here, on the event loop; reaped() tells when it is over."""
         self._close_pipes()
+
+    def reaped(self) -> bool:
+        return self._process.poll() is not None
+
+    def stop(self, timeout: float) -> None:
+        """end_input(), then wait for the exit; past the timeout it is killed. Blocks: for the daemon's end."""
+        self.end_input()
         try:
             self._process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
 
     def _close_pipes(self) -> None:
+        if self._writing.is_closing() and self._reading.is_closing():
+            return
         for transport in (self._writing, self._reading):
             pipe = transport.get_extra_info("pipe")
             try:

@@ -242,6 +242,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def process_running(pid: int) -> bool:
+    """Alive: not gone, and not a zombie waiting for a reaper (a container's init may never reap one)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def require_tool(name: str) -> str:
     """A missing system tool fails the test in CI and skips it elsewhere, saying why."""
     import pytest

@@ -14,6 +14,7 @@ from tests.harness import (
     base_env,
     log_records,
     make_message,
+    process_running,
     require_tool,
     run_cli,
     signed,
@@ -70,14 +71,6 @@ def test_the_event_loop_lag_is_measured_and_the_work_runs_in_worker_processes(st
     assert sum(b"emergencyd.escalation.worker_process" in command for command in commands) == 2, commands
 
 
-def _running(pid: int) -> bool:
-    """Alive: not gone, and not a zombie waiting for a reaper (a container's init may never reap it)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 @pytest.mark.parametrize("stop", ["SIGTERM", "SIGKILL"])
 def test_no_worker_process_outlives_the_daemon(start_daemon, stop):
     """Stopped, the daemon ends its workers; killed, each worker sees the end of its input and exits."""
@@ -85,16 +78,16 @@ def test_no_worker_process_outlives_the_daemon(start_daemon, stop):
     daemon.send(make_message(subject="All our apps are down", body="Every app returns 502."))
     daemon.wait_settled(1)
     workers = [int(pid) for pid in Path(f"/proc/{daemon.proc.pid}/task/{daemon.proc.pid}/children").read_text().split()]
-    assert len(workers) == 2 and all(_running(pid) for pid in workers)
+    assert len(workers) == 2 and all(process_running(pid) for pid in workers)
     if stop == "SIGTERM":
         assert daemon.stop() == 0
     else:
         daemon.proc.kill()
         daemon.proc.wait(10)
     deadline = time.monotonic() + 20
-    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+    while any(process_running(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not any(_running(pid) for pid in workers), [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in workers]
+    assert not any(process_running(pid) for pid in workers), [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in workers]
 
 
 def test_the_worker_processes_need_no_shared_memory(tmp_path):

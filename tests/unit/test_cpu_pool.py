@@ -21,7 +21,7 @@ from emergencyd.escalation.decider import decide_verdict
 from emergencyd.escalation.policy_config import parse_policy
 from emergencyd.escalation.records import Envelope
 from emergencyd.parsers.message import parse_message
-from tests.harness import ROOT, make_message, signed
+from tests.harness import ROOT, make_message, process_running, signed
 
 SHIPPED = tomllib.loads((ROOT / "config.toml").read_text())["policy"]
 AT = datetime(2026, 11, 25, 11, 0, tzinfo=timezone.utc)
@@ -179,9 +179,15 @@ async def test_a_reload_swaps_the_policy_whole():
     try:
         parsed = parse_message(make_message(subject="Zebra and giraffe", body="A zebra met a giraffe."))
         before = await workers.classify(parsed, received_at=AT, mail_from=None, trust=None)
+        old_workers = workers.worker_pids()
         workers.swap_policy(ClassifyContext(policy_with_rule("giraffe-rule", "giraffe"),
                                             own_addresses=("emergency@example.org",), own_hostnames=()))
         after = await workers.classify(parsed, received_at=AT, mail_from=None, trust=None)
+        assert not set(old_workers) & set(workers.worker_pids())
+        deadline = time.monotonic() + 20     # told to exit, not waited for on the loop: they end on their own
+        while any(process_running(pid) for pid in old_workers) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert not any(process_running(pid) for pid in old_workers)
         assert [hit.rule for hit in before.rules] == ["zebra-rule"]
         assert [hit.rule for hit in after.rules] == ["giraffe-rule"]
         assert [rule.name for rule in workers.policy.rules] == ["giraffe-rule"]
