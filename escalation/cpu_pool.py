@@ -80,6 +80,7 @@ class CpuPool:
         self._idle: list[WorkerProcess] = []
         self._busy: set[WorkerProcess] = set()
         self._ending: list[WorkerProcess] = []   # told to exit (a reload), not reaped yet
+        self._warming: asyncio.Task[None] | None = None
         self._threads: InProcessPool | None = None    # when no worker process can start
 
     @property
@@ -96,6 +97,10 @@ class CpuPool:
         if self._threads is not None:
             self._threads.close()
             self._threads = InProcessPool(context, self._workers)
+        try:      # the new workers start now, not when the first mail after the reload needs one
+            self._warming = asyncio.get_running_loop().create_task(self.warm(), name="cpu-warm-after-reload")
+        except RuntimeError:
+            pass      # no event loop running (a reload outside the daemon): they start on first use
 
     async def warm(self) -> None:
         """Start every worker now, so the first mail does not wait for a process to start."""
@@ -204,6 +209,8 @@ class CpuPool:
         return sorted(worker.pid for worker in (*self._idle, *self._busy))
 
     def close(self) -> None:
+        if self._warming is not None:
+            self._warming.cancel()      # a worker it was starting is killed as the task ends
         for worker in self._busy:
             worker.kill()
         ending = [*self._idle, *self._ending]
