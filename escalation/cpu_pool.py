@@ -160,8 +160,8 @@ class CpuPool:
             worker = self._idle.pop()
             if worker.alive():
                 return worker
+            worker.kill()       # reaped here, never waited for: its pipe may have closed before its exit
             log.warning("a worker process had ended while idle; replaced", extra={"error": worker.end()})
-            worker.kill()
         if self._threads is not None:
             return None
         try:
