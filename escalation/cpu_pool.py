@@ -141,15 +141,14 @@ class CpuPool:
                 return await asyncio.wrap_future(self._threads.schedule(fn, args=args, kwargs=kwargs or {}))
             self._busy.add(worker)
             try:
-                result = await worker.call(fn, args, kwargs or {}, self._timeout)
+                return await worker.call(fn, args, kwargs or {}, self._timeout)
             except WorkerTimedOut:
                 raise WorkerFailed(f"took longer than {self._timeout:g} s and was stopped") from None
             except WorkerDied as exc:
                 raise WorkerFailed(f"process died ({exc})") from None
-            finally:
+            finally:      # after a result, or the job's own exception; a worker lost or killed is not kept
                 self._busy.discard(worker)
-            self._hand_back(worker)
-            return result
+                self._hand_back(worker)
         finally:
             self._release_slot()
 
@@ -174,6 +173,8 @@ class CpuPool:
             return None
 
     def _hand_back(self, worker: WorkerProcess) -> None:
+        if not worker.alive():
+            return
         if worker.generation == self._generation:
             self._idle.append(worker)
         else:

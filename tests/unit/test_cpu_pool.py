@@ -155,6 +155,17 @@ async def test_when_no_worker_process_can_start_the_work_runs_on_threads(command
         workers.close()
 
 
+async def test_a_jobs_own_exception_reaches_the_caller_and_the_worker_serves_on(cpu):
+    await cpu.warm()
+    [worker] = cpu.worker_pids()
+    with pytest.raises(ValueError, match="invalid literal"):
+        await cpu._run(Priority.DECIDE, int, ("not a number",))
+    assert cpu.worker_pids() == [worker]
+    raw = make_message(subject="Still here")
+    assert await cpu.parse(raw, Priority.DECIDE) == parse_message(raw)
+    assert cpu.worker_pids() == [worker]
+
+
 async def test_a_worker_killed_while_idle_is_replaced_before_it_is_handed_a_mail(cpu):
     await cpu.warm()
     [idle] = cpu.worker_pids()
