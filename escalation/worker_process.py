@@ -104,8 +104,13 @@ class WorkerProcess:
             raise WorkerCannotStart(str(exc)) from None
         loop = asyncio.get_running_loop()
         replies = _Replies()
-        reading, _ = await loop.connect_read_pipe(lambda: replies, process.stdout)
-        writing, _ = await loop.connect_write_pipe(asyncio.Protocol, process.stdin)
+        try:
+            reading, _ = await loop.connect_read_pipe(lambda: replies, process.stdout)
+            writing, _ = await loop.connect_write_pipe(asyncio.Protocol, process.stdin)
+        except BaseException:       # cancelled, say: no process is left behind
+            process.kill()
+            process.wait()
+            raise
         worker = cls(process, replies, reading, writing, generation)
         writing.write(frame(pickle.dumps((initializer, initargs), pickle.HIGHEST_PROTOCOL)))
         try:
