@@ -17,9 +17,10 @@ before a waiting re-parse for a later step. A storm's backlog of step work there
 delays a new mail's decision.
 
 The policy lives in the workers (sent once, when each starts). A reload swaps the policy
-whole: idle workers with the old one are stopped and new ones started; a job already handed
-to an old worker finishes there, and that worker is stopped after it. Every classification
-uses the old policy or the new one, never a mix.
+whole: idle workers with the old one are told to exit (the loop never waits for their
+teardown) and new ones start at once; a job already handed to an old worker finishes there,
+and that worker is told to exit after it. Every classification uses the old policy or the
+new one, never a mix.
 """
 from __future__ import annotations
 

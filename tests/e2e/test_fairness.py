@@ -56,10 +56,13 @@ def test_a_new_senders_mail_is_decided_before_a_storming_senders_backlog(tmp_pat
     assert next(m for m in doc["messages"] if m["id"] == pk["p1"])["severity"] == "P1"
 
 
-def _worker_commands(daemon: DaemonProcess) -> list[bytes]:
+def _children(daemon: DaemonProcess) -> list[int]:
     pid = daemon.proc.pid
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [Path(f"/proc/{child}/cmdline").read_bytes() for child in children]
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _worker_commands(daemon: DaemonProcess) -> list[bytes]:
+    return [Path(f"/proc/{child}/cmdline").read_bytes() for child in _children(daemon)]
 
 
 def test_the_event_loop_lag_is_measured_and_the_work_runs_in_worker_processes(start_daemon):
@@ -77,7 +80,7 @@ def test_no_worker_process_outlives_the_daemon(start_daemon, stop):
     daemon = start_daemon()
     daemon.send(make_message(subject="All our apps are down", body="Every app returns 502."))
     daemon.wait_settled(1)
-    workers = [int(pid) for pid in Path(f"/proc/{daemon.proc.pid}/task/{daemon.proc.pid}/children").read_text().split()]
+    workers = _children(daemon)
     assert len(workers) == 2 and all(process_running(pid) for pid in workers)
     if stop == "SIGTERM":
         assert daemon.stop() == 0
