@@ -194,8 +194,14 @@ async def test_a_reload_swaps_the_policy_whole():
         workers.swap_policy(ClassifyContext(policy_with_rule("giraffe-rule", "giraffe"),
                                             own_addresses=("emergency@example.org",), own_hostnames=()))
         after = await workers.classify(parsed, received_at=AT, mail_from=None, trust=None)
+        assert not set(old_workers) & set(workers.worker_pids())
+        # Both new workers start after the reload on their own, not only the one this mail needed
+        # (the second may still be starting when the classify returns).
+        deadline = time.monotonic() + 20
+        while len(workers.worker_pids()) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         assert len(workers.worker_pids()) == 2 and not set(old_workers) & set(workers.worker_pids())
-        deadline = time.monotonic() + 20     # told to exit, not waited for on the loop: they end on their own
+        # Told to exit, not waited for on the loop: the old workers end on their own.
         while any(process_running(pid) for pid in old_workers) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         assert not any(process_running(pid) for pid in old_workers)
