@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from urllib.parse import urlsplit
 
 import requests
@@ -93,9 +94,21 @@ class ZendeskDesk:
         subdomain, domain = split_host(config.url)
         self._agent_url_base = config.agent_url_base
         self._user_ids: dict[str, int] = {}
-        self._client = Zenpy(subdomain=subdomain, domain=domain, email=config.email,
-                             token=config.token.value, session=session,
-                             timeout=config.timeout_seconds, disable_cache=True)
+        self._new_client = partial(Zenpy, subdomain=subdomain, domain=domain, email=config.email,
+                                   token=config.token.value, session=session,
+                                   timeout=config.timeout_seconds, disable_cache=True)
+        self._clients = threading.local()
+
+    @property
+    def _client(self) -> Zenpy:
+        """This thread's zenpy client. zenpy keeps each call's state on its API objects (the object it
+        sent, cleaned after the answer), so two threads on one client break each other's calls: a call
+        that succeeded raised a TypeError and was made again. The clients share one session: one
+        connection pool, one pacer, one Retry-After pause."""
+        client = getattr(self._clients, "zenpy", None)
+        if client is None:
+            client = self._clients.zenpy = self._new_client()
+        return client
 
     def ticket_url(self, ticket_id: int) -> str:
         return f"{self._agent_url_base}{ticket_id}"
@@ -136,12 +149,13 @@ class ZendeskDesk:
     def _user_id(self, email: str, name: str | None) -> int:
         """A storm comments as the same sender hundreds of times: ask Zendesk once per address."""
         key = email.lower()
-        if key not in self._user_ids:
-            user = self._client.users.create_or_update(User(email=email, name=name or email))
+        user_id = self._user_ids.get(key)
+        if user_id is None:     # read once: another thread may clear the cache meanwhile
+            user_id = self._client.users.create_or_update(User(email=email, name=name or email)).id
             if len(self._user_ids) > 10_000:
                 self._user_ids.clear()
-            self._user_ids[key] = user.id
-        return self._user_ids[key]
+            self._user_ids[key] = user_id
+        return user_id
 
     def add_note(self, note: NoteRequest) -> None:
         ticket = Ticket(id=note.ticket_id)
