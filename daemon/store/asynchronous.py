@@ -62,7 +62,7 @@ class AsyncStore:
             store_priority.reset(token)
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await asyncio.wrap_future(self._thread.submit(lambda: fn(*args, **kwargs)))
+        return await self._thread.submit_to_loop(lambda: fn(*args, **kwargs), asyncio.get_running_loop())
 
     async def ingest(self, raw: bytes, envelope: Envelope) -> IngestResult:
         self._thread.note_intake()

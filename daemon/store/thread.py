@@ -20,6 +20,7 @@ d * (1 / share - 1). Urgent calls never wait, and the background catches up as s
 """
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import queue
@@ -27,7 +28,7 @@ import threading
 import time
 from concurrent.futures import Future
 from contextvars import ContextVar
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 URGENT, BACKGROUND = 0, 1
 INTAKE_BUSY_SECONDS = 0.1
@@ -37,12 +38,58 @@ _LAST = 2                      # the stop marker: after everything already queue
 store_priority: ContextVar[int] = ContextVar("store_priority", default=URGENT)
 
 
+class _Reply(Protocol):
+    """Where a call's outcome goes: start() is False when its caller has given up before it ran."""
+    def start(self) -> bool: ...
+    def settle(self, result: Any, error: BaseException | None) -> None: ...
+
+
+class _ToFuture:
+    def __init__(self, future: Future):
+        self._future = future
+
+    def start(self) -> bool:
+        return self._future.set_running_or_notify_cancel()
+
+    def settle(self, result: Any, error: BaseException | None) -> None:
+        if error is None:
+            self._future.set_result(result)
+        else:
+            self._future.set_exception(error)
+
+
+class _ToLoop:
+    def __init__(self, waiter: asyncio.Future, loop: asyncio.AbstractEventLoop):
+        self._waiter = waiter
+        self._loop = loop
+
+    def start(self) -> bool:
+        return not self._waiter.cancelled()     # read off the loop: at worst a cancelled call still runs
+
+    def settle(self, result: Any, error: BaseException | None) -> None:
+        try:
+            self._loop.call_soon_threadsafe(_settle, self._waiter, result, error)
+        except RuntimeError:                    # the loop is closed: no one waits any more
+            pass
+
+
+def _settle(waiter: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    if waiter.done():                           # cancelled meanwhile
+        return
+    if error is None:
+        waiter.set_result(result)
+    elif isinstance(error, StopIteration):      # an asyncio future refuses it as an exception
+        waiter.set_exception(RuntimeError(f"store call raised {error!r}"))
+    else:
+        waiter.set_exception(error)
+
+
 class StoreThread:
     def __init__(self, name: str, *, clock: Callable[[], float] = time.monotonic):
         # The calls wait in a heap; the thread is woken once per call through a SimpleQueue, whose
         # blocking get is as cheap as a ThreadPoolExecutor's (a PriorityQueue's Condition is not,
         # and the store's thread serves thousands of calls a second in a backlog).
-        self._heap: list[tuple[int, int, Callable[[], Any] | None, Future | None]] = []
+        self._heap: list[tuple[int, int, Callable[[], Any] | None, _Reply | None]] = []
         self._lock = threading.Lock()
         self._wake: queue.SimpleQueue = queue.SimpleQueue()
         self._order = itertools.count()
@@ -55,12 +102,22 @@ class StoreThread:
         self._thread.start()
 
     def submit(self, fn: Callable[[], Any]) -> Future:
-        """Queue `fn` at the caller's store_priority."""
+        """Queue `fn` at the caller's store_priority; its outcome comes back in a concurrent Future."""
+        future: Future = Future()
+        self._queue(fn, _ToFuture(future))
+        return future
+
+    def submit_to_loop(self, fn: Callable[[], Any], loop: asyncio.AbstractEventLoop) -> asyncio.Future:
+        """The same, its outcome set on `loop` in one call_soon_threadsafe: no concurrent Future (each
+        makes a Condition) and no chaining callbacks, on the path of every store call of a decision."""
+        waiter = loop.create_future()
+        self._queue(fn, _ToLoop(waiter, loop))
+        return waiter
+
+    def _queue(self, fn: Callable[[], Any], reply: _Reply) -> None:
         if self._closed:
             raise RuntimeError("the store is closed")
-        future: Future = Future()
-        self._put(store_priority.get(), fn, future)
-        return future
+        self._put(store_priority.get(), fn, reply)
 
     def note_intake(self) -> None:
         """A mail arrived: background calls yield to intake for the next INTAKE_BUSY_SECONDS."""
@@ -70,9 +127,9 @@ class StoreThread:
         """A mail arrived within INTAKE_BUSY_SECONDS."""
         return self._clock() - self._intake_at <= INTAKE_BUSY_SECONDS
 
-    def _put(self, priority: int, fn: Callable[[], Any] | None, future: Future | None) -> None:
+    def _put(self, priority: int, fn: Callable[[], Any] | None, reply: _Reply | None) -> None:
         with self._lock:
-            heapq.heappush(self._heap, (priority, next(self._order), fn, future))
+            heapq.heappush(self._heap, (priority, next(self._order), fn, reply))
         if priority != BACKGROUND:
             self._urgent.set()
         self._wake.put(None)
@@ -82,18 +139,18 @@ class StoreThread:
             self._wake.get()
             self._yield_to_intake()
             with self._lock:
-                priority, _, fn, future = heapq.heappop(self._heap)
-            if fn is None or future is None:
+                priority, _, fn, reply = heapq.heappop(self._heap)
+            if fn is None or reply is None:
                 return
-            if not future.set_running_or_notify_cancel():
+            if not reply.start():
                 continue
             started = self._clock()
             try:
                 result = fn()
             except BaseException as exc:   # the caller gets it, as from an executor
-                future.set_exception(exc)
+                reply.settle(None, exc)
             else:
-                future.set_result(result)
+                reply.settle(result, None)
             if priority == BACKGROUND:
                 ended = self._clock()
                 self._background_from = ended + (ended - started) * (1 / BACKGROUND_SHARE - 1)

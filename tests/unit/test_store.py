@@ -1,4 +1,5 @@
 """The store: durable settings, one row per message identity, steps committed one by one."""
+import asyncio
 import sqlite3
 import stat
 import threading
@@ -106,6 +107,29 @@ def test_an_urgent_store_call_goes_ahead_of_the_queue_and_each_priority_keeps_it
     for future in [first, *queued]:
         future.result(timeout=10)
     assert ran == ["urgent 1", "urgent 2", "a", "b", "c"]
+    thread.shutdown()
+
+
+async def test_a_store_call_from_the_loop_gets_its_result_or_its_error_and_a_cancelled_one_does_not_run():
+    thread = StoreThread("test-store")
+    loop = asyncio.get_running_loop()
+    assert await thread.submit_to_loop(lambda: 6 * 7, loop) == 42
+
+    def fails():
+        raise LookupError("no such message")
+    with pytest.raises(LookupError, match="no such message"):
+        await thread.submit_to_loop(fails, loop)
+    with pytest.raises(RuntimeError, match="StopIteration"):     # an asyncio future cannot carry it as such
+        await thread.submit_to_loop(lambda: next(iter(())), loop)
+
+    held, ran = threading.Event(), []
+    holding = thread.submit(held.wait)                  # the thread is busy: the next call waits its turn
+    given_up = thread.submit_to_loop(lambda: ran.append("given up"), loop)
+    given_up.cancel()
+    held.set()
+    holding.result(timeout=10)
+    assert await thread.submit_to_loop(lambda: ran.append("next") or "ran", loop) == "ran"
+    assert ran == ["next"]
     thread.shutdown()
 
 
