@@ -219,7 +219,7 @@ DRAIN_TIMEOUT = 120.0
 def bench_postfix(workdir: Path, stack, messages, warmup, connections: int) -> dict:
     """smtp_ingest's load against a fresh throwaway Postfix; the row, and how long its queue took
     to empty after the last 250 (local delivery runs meanwhile, as emergencyd's escalation does)."""
-    from bench.smtp_ingest import run_load, smtp_row
+    from bench.smtp_ingest import cpu_ms_per_mail, run_load, smtp_row
     from tests.harness import RECIPIENT
 
     workdir.chmod(0o711)   # Postfix's daemons (users postfix, nobody) must reach its queue inside
@@ -228,7 +228,9 @@ def bench_postfix(workdir: Path, stack, messages, warmup, connections: int) -> d
     postfix.start()
     result = run_load(postfix.port, messages, connections, warmup, server_cpu=postfix.cpu_seconds)
     drained = postfix.wait_drained(DRAIN_TIMEOUT)
+    cpu = cpu_ms_per_mail(result, postfix.cpu_seconds(), len(result.accepted))
     delivered = postfix.delivered()
     postfix.stop()
     return smtp_row(f"Postfix {postfix_version()}", result, len(messages), connections,
-                    queue_drained_after_s=None if drained is None else round(drained, 2), delivered=delivered)
+                    queue_drained_after_s=None if drained is None else round(drained, 2), delivered=delivered,
+                    cpu_ms_per_mail=cpu)

@@ -126,6 +126,7 @@ class LoadResult:
     started: float = 0.0
     finished: float = 0.0
     server_cpu: float | None = None   # CPU seconds the server used from the start to the end of the load
+    server_cpu_at_start: float | None = None   # the server's CPU seconds so far when the load began
 
     @property
     def accepted(self) -> list[Sample]:
@@ -203,7 +204,7 @@ def run_load(port: int, messages: list[tuple], connections: int,
         pass
     result.started = time.monotonic()
     read_cpu = server_cpu or (lambda: cpu_seconds(server_pid))
-    cpu_before = read_cpu()
+    cpu_before = result.server_cpu_at_start = read_cpu()
     for t in threads:
         while t.is_alive():
             t.join(0.2)
@@ -224,6 +225,23 @@ def cpu_seconds(pid: int | None) -> float | None:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
+
+
+def cpu_seconds_with_children(pid: int) -> float | None:
+    """cpu_seconds of `pid` and of its children alive now: emergencyd and its worker processes."""
+    try:
+        children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        children = []
+    own = cpu_seconds(pid)
+    return None if own is None else own + sum(cpu_seconds(c) or 0.0 for c in children)
+
+
+def cpu_ms_per_mail(result: LoadResult, cpu_now: float | None, mails: int) -> float | None:
+    """The server's CPU from the start of the load until now, per mail."""
+    if cpu_now is None or result.server_cpu_at_start is None or not mails:
+        return None
+    return round(1000 * (cpu_now - result.server_cpu_at_start) / mails, 2)
 
 
 # --- figures ----------------------------------------------------------------------
@@ -326,11 +344,32 @@ def bench_floor(workdir: Path, stack: Cleanup, messages, warmup, connections: in
 def bench_dry_run(workdir: Path, stack: Cleanup, messages, warmup, connections: int) -> dict:
     directory = workdir / f"dry-run-{connections}"
     daemon = start_emergencyd(directory, stack, env=base_env(), dry_run=True)
-    result = run_load(daemon.smtp_port, messages, connections, warmup, server_pid=daemon.proc.pid)
-    backlog = _escalation_backlog(directory / "var" / "store.sqlite3")
+    pid = daemon.proc.pid
+    result = run_load(daemon.smtp_port, messages, connections, warmup,
+                      server_cpu=lambda: cpu_seconds_with_children(pid))
+    store = directory / "var" / "store.sqlite3"
+    backlog = _escalation_backlog(store)
+    decided = _wait_decided(store, DECIDE_TIMEOUT)
+    cpu = cpu_ms_per_mail(result, cpu_seconds_with_children(pid), len(result.accepted))
     stop_daemon(daemon)
     return smtp_row("emergencyd dry-run", result, len(messages), connections,
-                    escalations_unfinished_at_end=backlog)
+                    escalations_unfinished_at_end=backlog, decided_after_s=decided, cpu_ms_per_mail=cpu)
+
+
+DECIDE_TIMEOUT = 120.0
+
+
+def _wait_decided(path: Path, timeout: float) -> float | None:
+    """Seconds from now until no mail waits to be decided (a page the new-page cap holds is decided,
+    only not sent yet), None at the timeout."""
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        with contextlib.suppress(sqlite3.Error), \
+                contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as conn:
+            if conn.execute("SELECT COUNT(*) FROM escalations WHERE state = ?", (NEW,)).fetchone()[0] == 0:
+                return round(time.monotonic() - began, 2)
+        time.sleep(0.05)
+    return None
 
 
 def _escalation_backlog(path: Path) -> int | None:
@@ -550,6 +589,12 @@ def report(info: dict, rows: list[dict], idle: dict | None, args) -> str:
            if r.get("server_cpu_percent") is not None]
     if cpu:
         out.append(f"server CPU during the load (100% = one core): {', '.join(cpu)}")
+    per_mail = [f"{r['name'].split(' (')[0]} x{r['connections']} {r['cpu_ms_per_mail']} ms" for r in rows
+                if r.get("cpu_ms_per_mail") is not None]
+    if per_mail:
+        out.append("server CPU per mail, from the start of the load until every mail was delivered (Postfix: its")
+        out.append("  processes alive at the end) or decided (emergencyd: the daemon and its workers): "
+                   + ", ".join(per_mail))
     out += peer_lines(rows)
     for dry in (r for r in rows if r["name"] == "emergencyd dry-run"):
         if dry.get("escalations_unfinished_at_end") is not None:
