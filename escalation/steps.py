@@ -196,9 +196,10 @@ class Escalator:
                                     lambda: self._store.raw(record.message_pk), self._cpu.classify,
                                     spam=spam, released=record.released_at is not None)
 
-    async def _decide_and_plan(self, record: EscalationRecord) -> ParsedMessage:
+    async def _decide_and_plan(self, record: EscalationRecord) -> tuple[ParsedMessage, EscalationRecord]:
         """In the sender's turn: parse, the sender's trust (a DKIM check may wait on DNS, bounded),
-        classify, then relate and plan in one store transaction."""
+        classify, then relate and plan in one store transaction. Returns the parse and the record as
+        the store has it after the plan."""
         self._decided.deciding(record.message_pk)
         asking = self._ask_spam_filter(record)     # meanwhile: rspamd is never waited on past its timeout
         try:
@@ -207,7 +208,8 @@ class Escalator:
             async with self._turns.turn(record.fair_key):
                 parsed, verdict = await self._parse_and_classify(record, asking is None)
                 look = partial(self._undecided_mail_its_ids_may_come_from, record, parsed)
-                if await self._store.call(look) is not None:
+                # Most mail names no encoded id (a regex over the bounded text, microseconds): no store call.
+                if encoded_ids(parsed.text) and await self._store.call(look) is not None:
                     async with self._turns.aside(record.fair_key):
                         await self._wait_for(look, EARLIER_MAIL_WAIT_SECONDS, record, "earlier mail of another sender")
                 if verdict is None:
@@ -219,14 +221,14 @@ class Escalator:
                 if not urgent:   # a plan that can page no one now waits behind those that can, out of the limit
                     self._turns.step_out(record.fair_key)
                 with self._urgent_or_background(urgent):
-                    relation = await self._store.call(self._relate_and_plan, record, parsed, verdict)
+                    relation, planned = await self._store.call(self._plan_and_read, record, parsed, verdict)
                     if relation is not None:
                         self._log_decision(record, verdict, relation)
         finally:
             self._decided.decided(record.message_pk)
             if asking is not None and not asking.done():
                 asking.cancel()
-        return parsed
+        return parsed, planned
 
     async def _parse_and_classify(self, record: EscalationRecord,
                                   at_once: bool) -> tuple[ParsedMessage, Verdict | None]:
@@ -293,6 +295,12 @@ class Escalator:
         log.info("decided", extra={"message_pk": record.message_pk, "relation": relation.kind,
                                    "decision": content.describe_verdict(verdict), "why": relation.reason})
 
+    def _plan_and_read(self, record: EscalationRecord, parsed: ParsedMessage,
+                       verdict: Verdict) -> tuple[Relation | None, EscalationRecord]:
+        """On the store's thread: relate and plan, then the record as planned, in one call from the loop."""
+        relation = self._relate_and_plan(record, parsed, verdict)
+        return relation, self._store.sync.record(record.message_pk)
+
     def _relate_and_plan(self, record: EscalationRecord, parsed: ParsedMessage, verdict: Verdict) -> Relation | None:
         """On the store's thread, in one go: what is known of related mail, then the plan."""
         store = self._store.sync
@@ -338,8 +346,7 @@ class Escalator:
         """Run the steps of one escalation, each as soon as it is due and its prerequisites are done."""
         record = await self._store.record(pk)
         if record.state == NEW:
-            parsed = await self._decide_and_plan(record)
-            record = await self._store.record(pk)
+            parsed, record = await self._decide_and_plan(record)
         elif record.state == PENDING:
             parsed = await self._cpu.parse(await self._store.raw(pk), Priority.STEP)
         else:
