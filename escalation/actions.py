@@ -58,6 +58,11 @@ class StepContext:
 
 
 class Actions:
+    # What an action reads besides its own record and parse: the escalator fetches the parent's record and the
+    # incident group (a store call each) only for these (tests/unit/test_properties.py holds them to it).
+    READS_PARENT = frozenset({TICKET, COMMENT, PAGE})
+    READS_GROUP = frozenset({PAGE, LINK_PAGE})
+
     def __init__(self, desk: Desk | None, pager: Pager | None, *, dry_run: bool, relay: Relay | None = None):
         self._desk = desk
         self._pager = pager

@@ -605,8 +605,10 @@ class Escalator:
 
     async def _context(self, record: EscalationRecord, parsed: ParsedMessage, prior_attempts: int,
                        name: str) -> StepContext:
-        parent = await self._store.record(record.parent_pk) if record.parent_pk is not None else None
-        group = await self._store.group(record.group_id) if record.group_id is not None else None
+        parent = await self._store.record(record.parent_pk) \
+            if record.parent_pk is not None and name in Actions.READS_PARENT else None
+        group = await self._store.group(record.group_id) \
+            if record.group_id is not None and name in Actions.READS_GROUP else None
         # Follow-ups queued behind this comment go with it: one Zendesk call, not one each.
         follow_ups = await self._store.claim_follow_ups(record.message_pk, MAX_FOLLOW_UPS_PER_COMMENT) \
             if name == COMMENT else ()

@@ -22,6 +22,7 @@ import base64
 import json
 import os
 import quopri
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from hypothesis import strategies as st
 
 from emergencyd.daemon.config.model import load_config
 from emergencyd.escalation import content
+from emergencyd.escalation.actions import Actions, StepContext
 from emergencyd.escalation.grouping import (
     ALONE,
     FIRST,
@@ -262,6 +264,21 @@ def check_content(raw: bytes, message_id: str | None, parsed: ParsedMessage, ver
         json.dumps(page.custom_details, ensure_ascii=False).encode("utf-8")
         assert content.describe_verdict(verdict)
         assert content.ticket_tags(verdict)
+        check_what_actions_read(record, parsed)
+
+
+def check_what_actions_read(record: EscalationRecord, parsed: ParsedMessage) -> None:
+    """The escalator fetches a parent's record and the incident group only for the actions said to read
+    them (Actions.READS_PARENT, READS_GROUP): every other action gives the same answer without them."""
+    actions = Actions(None, None, dry_run=True)
+    parent = replace(record, message_pk=1, parent_pk=None, ticket_id=5)
+    given = StepContext(record, parsed, 0, parent=parent, group={"reports": 3, "tenants": ["a@example.net"]})
+    for step, act in actions.by_step.items():
+        answer = act(given)
+        if step not in Actions.READS_PARENT:
+            assert act(replace(given, parent=None)) == answer, step
+        if step not in Actions.READS_GROUP:
+            assert act(replace(given, group=None)) == answer, step
 
 
 def run_pipeline(raw: bytes, mail_from: str | None, received_at: datetime) -> tuple[ParsedMessage, Verdict]:
