@@ -26,8 +26,6 @@ FIRST, THREAD, STORM, REPEAT, INCIDENT, ALONE = RelationKind   # the names relat
 
 # Zendesk writes "[#1234]" or "Ticket #1234" in its notification subjects; people write "(#1234)".
 _TICKET_REF = re.compile(r"(?:\[#(\d{1,12})\]|\bticket\s*#\s*(\d{1,12})\b|\(#(\d{1,12})\))", re.IGNORECASE)
-# Zendesk's encoded id in notification bodies, e.g. "[7ZVQ3M-J7K4]".
-_ENCODED_ID = re.compile(r"\[([0-9A-Z]{6}-[0-9A-Z]{4})\]")
 
 
 @dataclass(frozen=True)
@@ -69,10 +67,6 @@ class GroupingFacts:
 def ticket_reference(subject: str) -> int | None:
     match = _TICKET_REF.search(subject)
     return int(next(g for g in match.groups() if g)) if match else None
-
-
-def encoded_ids(text: str) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(_ENCODED_ID.findall(text)))[:5]
 
 
 def fingerprint(verdict: Verdict, parsed: ParsedMessage, settings: GroupingSettings) -> str | None:

@@ -45,7 +45,6 @@ from emergencyd.escalation.grouping import (
     THREAD,
     GroupingSettings,
     Relation,
-    encoded_ids,
     fingerprint,
     relate,
     ticket_reference,
@@ -208,8 +207,8 @@ class Escalator:
             async with self._turns.turn(record.fair_key):
                 parsed, verdict = await self._parse_and_classify(record, asking is None)
                 look = partial(self._undecided_mail_its_ids_may_come_from, record, parsed)
-                # Most mail names no encoded id (a regex over the bounded text, microseconds): no store call.
-                if encoded_ids(parsed.text) and await self._store.call(look) is not None:
+                # Most mail names no encoded id (read with the parse, in the worker): no store call for it.
+                if parsed.encoded_ids and await self._store.call(look) is not None:
                     async with self._turns.aside(record.fair_key):
                         await self._wait_for(look, EARLIER_MAIL_WAIT_SECONDS, record, "earlier mail of another sender")
                 if verdict is None:
@@ -285,7 +284,7 @@ class Escalator:
         """A mail naming a Zendesk encoded id is decided after earlier mail of senders that are not
         storming, from which that id may be learnt (a reply to Zendesk's notification, threaded by its
         headers). Other mail depends on no other sender's earlier mail, and never waits for it."""
-        if not encoded_ids(parsed.text):
+        if not parsed.encoded_ids:
             return None
         return self._store.sync.undecided_quiet_sender_before(record.message_pk, record.fair_key)
 
@@ -319,7 +318,7 @@ class Escalator:
             facts = store.grouping_facts(
                 record.message_pk, message_ids=tuple(dict.fromkeys(parsed.in_reply_to + parsed.references))[:50],
                 ticket_ref=ticket_reference(parsed.subject), sender_key=sender_key, fingerprint=print_,
-                received_at=record.envelope.received_at, settings=grouping, encoded_ids=encoded_ids(parsed.text))
+                received_at=record.envelope.received_at, settings=grouping, encoded_ids=parsed.encoded_ids)
             relation = relate(verdict, facts, grouping)
             if verdict.untrusted and relation.kind == FIRST:   # opens no incident that real reports would join
                 relation = Relation(ALONE, "an unverified sender: a ticket of its own, outside incident grouping")
@@ -327,7 +326,7 @@ class Escalator:
                    steps=self.planned_steps(verdict, relation), verdict=verdict,
                    relation=PlannedRelation(**asdict(relation), fingerprint=print_, sender_key=sender_key,
                                             category=verdict.category, severity=verdict.severity,
-                                            encoded_ids=encoded_ids(parsed.text)))
+                                            encoded_ids=parsed.encoded_ids))
         return relation
 
     def _plan_released(self, record: EscalationRecord, parsed: ParsedMessage, verdict: Verdict) -> Relation:

@@ -18,6 +18,7 @@ __all__ = [
     "header_block_end",
     "header_identity",
     "thread_ids_of",
+    "encoded_ids",
     "message_id_of",
     "message_ids_in",
     "normalize_message_id",
@@ -26,6 +27,7 @@ __all__ = [
 
 MAX_MESSAGE_ID_CHARS = 998  # RFC 5322 line length limit
 MAX_IDS = 100
+MAX_ENCODED_IDS = 5
 MAX_ADDRESS_CHARS = 254  # RFC 5321's path limit
 # Only the start of a Message-ID value is searched for the id. The full
 # parser reads at most parsers.limits.MAX_RAW_VALUE_CHARS of a value; this
@@ -37,6 +39,8 @@ _LEADING_BLANK_LINES = re.compile(rb"(?:[ \t]*(?:\r\n|\n|\r))+")
 _UTF8_BOM = b"\xef\xbb\xbf"
 _HEADER_SEPARATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
 _ANGLE_ADDR = re.compile(r"<([^<>]*)>")
+# Zendesk's encoded id in notification bodies, e.g. "[7ZVQ3M-J7K4]": a reply that quotes one belongs to its ticket.
+_ENCODED_ID = re.compile(r"\[([0-9A-Z]{6}-[0-9A-Z]{4})\]")
 _ID_SEPARATORS = re.compile(r"[\s,]+")
 
 
@@ -181,3 +185,8 @@ def _first_address(value: str | None) -> str | None:
     pairs = getaddresses([header_text(value[:MAX_MESSAGE_ID_VALUE_CHARS])])
     address = next((addr for _, addr in pairs if "@" in addr), None)
     return address.strip().lower()[:MAX_ADDRESS_CHARS] if address else None
+
+
+def encoded_ids(text: str) -> tuple[str, ...]:
+    """The Zendesk encoded ids a mail's text carries, first seen first, at most MAX_ENCODED_IDS."""
+    return tuple(dict.fromkeys(_ENCODED_ID.findall(text)))[:MAX_ENCODED_IDS]

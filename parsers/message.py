@@ -40,6 +40,7 @@ from emergencyd.parsers.header_fields import (
     raw_header_block,
 )
 from emergencyd.parsers.identity import (
+    encoded_ids,
     header_block_end,
     message_ids_in,
     normalize_message_id,
@@ -89,6 +90,7 @@ class ParsedMessage:
     headers: tuple[tuple[str, str], ...]  # (name, decoded value), in order
     raw_headers: str  # the raw header block as text, bounded
     parse_error: str | None = None  # set when it could not be parsed properly
+    encoded_ids: tuple[str, ...] = ()  # Zendesk encoded ids in the text, read here, off the event loop
 
     def header(self, name: str) -> str | None:
         """First value of header ``name`` (case-insensitive), or None."""
@@ -217,12 +219,13 @@ def last_resort(raw: object, error: str) -> ParsedMessage:
         raw_headers = raw_header_block(skip_preamble(_as_bytes(raw)))
     except Exception:
         raw_headers = ""
+    text = _failure_text(raw_headers, "")
     return ParsedMessage(
         message_id=None, sender=None, sender_name=None, recipients=(), subject="",
-        date=None, text=_failure_text(raw_headers, ""), attachments=(),
+        date=None, text=text, attachments=(),
         defects=(), in_reply_to=(), references=(), auto_submitted=None,
         precedence=None, content_type="text/plain", headers=(),
-        raw_headers=raw_headers, parse_error=error,
+        raw_headers=raw_headers, parse_error=error, encoded_ids=encoded_ids(text),
     )
 
 
@@ -261,6 +264,7 @@ def _assemble(
         headers=decode_headers(headers.items),
         raw_headers=raw_headers,
         parse_error=parse_error,
+        encoded_ids=encoded_ids(text),
     )
 
 

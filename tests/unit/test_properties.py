@@ -43,7 +43,6 @@ from emergencyd.escalation.grouping import (
     GroupingSettings,
     OpenGroup,
     Related,
-    encoded_ids,
     fingerprint,
     relate,
     ticket_reference,
@@ -64,7 +63,14 @@ from emergencyd.escalation.records import (
     identity_of,
 )
 from emergencyd.parsers import identity
-from emergencyd.parsers.identity import MAX_IDS, MAX_MESSAGE_ID_CHARS, message_id_of, thread_ids_of
+from emergencyd.parsers.identity import (
+    MAX_ENCODED_IDS,
+    MAX_IDS,
+    MAX_MESSAGE_ID_CHARS,
+    encoded_ids,
+    message_id_of,
+    thread_ids_of,
+)
 from emergencyd.parsers.limits import (
     MAX_ATTACHMENTS,
     MAX_DEFECT_CHARS,
@@ -226,7 +232,7 @@ def check_grouping(verdict: Verdict, parsed: ParsedMessage) -> list[str]:
     assert (print_ is None) == (verdict.suppressed or verdict.severity is None)
     reference = ticket_reference(parsed.subject)
     assert reference is None or reference >= 0
-    assert len(encoded_ids(parsed.text)) <= 5
+    assert parsed.encoded_ids == encoded_ids(parsed.text) and len(parsed.encoded_ids) <= MAX_ENCODED_IDS
     parent = Related(message_pk=1, severity="P3", ticket_id=7)
     kinds = []
     for facts in (
