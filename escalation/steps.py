@@ -206,8 +206,9 @@ class Escalator:
                                  record, "the mail it replies to")
             async with self._turns.turn(record.fair_key):
                 parsed, verdict = await self._parse_and_classify(record, asking is None)
-                look = partial(self._undecided_mail_its_ids_may_come_from, record, parsed)
-                # Most mail names no encoded id (read with the parse, in the worker): no store call for it.
+                # Only mail naming a Zendesk encoded id (read with the parse, in the worker) may wait for another
+                # sender's earlier mail, from which that id may be learnt; other mail makes no store call for it.
+                look = partial(self._undecided_mail_its_ids_may_come_from, record)
                 if parsed.encoded_ids and await self._store.call(look) is not None:
                     async with self._turns.aside(record.fair_key):
                         await self._wait_for(look, EARLIER_MAIL_WAIT_SECONDS, record, "earlier mail of another sender")
@@ -280,12 +281,9 @@ class Escalator:
         """A reply is decided after the mail it answers, whose ticket it joins: read from its headers."""
         return self._store.sync.undecided_thread_parent(record.message_pk)
 
-    def _undecided_mail_its_ids_may_come_from(self, record: EscalationRecord, parsed: ParsedMessage) -> int | None:
-        """A mail naming a Zendesk encoded id is decided after earlier mail of senders that are not
-        storming, from which that id may be learnt (a reply to Zendesk's notification, threaded by its
-        headers). Other mail depends on no other sender's earlier mail, and never waits for it."""
-        if not parsed.encoded_ids:
-            return None
+    def _undecided_mail_its_ids_may_come_from(self, record: EscalationRecord) -> int | None:
+        """For a mail naming a Zendesk encoded id: undecided earlier mail of senders that are not storming,
+        from which that id may be learnt (a reply to Zendesk's notification, threaded by its headers)."""
         return self._store.sync.undecided_quiet_sender_before(record.message_pk, record.fair_key)
 
     def _log_decision(self, record: EscalationRecord, verdict: Verdict, relation: Relation) -> None:
