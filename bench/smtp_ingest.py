@@ -364,20 +364,23 @@ def _wait_decided(path: Path, timeout: float) -> float | None:
     only not sent yet), None at the timeout."""
     began = time.monotonic()
     while time.monotonic() - began < timeout:
-        with contextlib.suppress(sqlite3.Error), \
-                contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as conn:
-            if conn.execute("SELECT COUNT(*) FROM escalations WHERE state = ?", (NEW,)).fetchone()[0] == 0:
-                return round(time.monotonic() - began, 2)
+        if _escalations_in(path, NEW) == 0:
+            return round(time.monotonic() - began, 2)
         time.sleep(0.05)
     return None
 
 
 def _escalation_backlog(path: Path) -> int | None:
-    """Escalations not yet done when the last 250 came back (read-only peek at the store)."""
+    """Escalations not yet done when the last 250 came back."""
+    return _escalations_in(path, NEW, PENDING)
+
+
+def _escalations_in(path: Path, *states: str) -> int | None:
+    """How many escalations are in one of `states` (a read-only peek at the store); None if it cannot be read."""
     try:
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as conn:
-            return conn.execute("SELECT COUNT(*) FROM escalations WHERE state IN (?, ?)",
-                                (NEW, PENDING)).fetchone()[0]
+            return conn.execute(f"SELECT COUNT(*) FROM escalations WHERE state IN ({', '.join('?' * len(states))})",
+                                states).fetchone()[0]
     except sqlite3.Error:
         return None
 
