@@ -1,6 +1,8 @@
 """A thread-safe token bucket: Zendesk allows about 100 ticket updates a minute per account.
 
-Calls wait for a token rather than fail: in a storm, nothing is dropped, it is paced.
+Calls wait for a token rather than fail: in a storm, nothing is dropped, it is paced. The runner
+also asks one, without waiting, whether a new sender's mail may start being decided while mail
+is arriving (daemon/runner.py).
 
 Waiting calls queue in lanes. When a token comes free, it goes to the oldest waiter of the
 first non-empty lane: in a storm, a new tenant's ticket goes ahead of hundreds of comments
@@ -33,7 +35,7 @@ class _Waiter:
 
 
 class Pacer:
-    def __init__(self, per_minute: int, *, burst: int | None = None):
+    def __init__(self, per_minute: float, *, burst: int | None = None):
         self._rate = per_minute / 60.0
         self._capacity = float(burst if burst is not None else max(1, min(per_minute // 6, 20)))
         self._tokens = self._capacity
@@ -56,6 +58,17 @@ class Pacer:
         with self._lock:
             self._queue_for_token(priority)
         return time.monotonic() - began
+
+    def take_now(self) -> bool:
+        """A token if one is free now and no call waits for one; never blocks."""
+        with self._lock:
+            return self._take_at_once()
+
+    def seconds_until_token(self) -> float:
+        """How long until a token is free, for a caller that will ask take_now() again then."""
+        with self._lock:
+            self._refill()
+            return max((1 - self._tokens) / self._rate, 0.0)
 
     def waiting(self, lane: Lane | None = None) -> int:
         """How many calls wait for a token, in one lane or in all."""

@@ -120,3 +120,22 @@ def test_the_lane_comes_from_the_method_and_the_path(method, path, lane):
 def ticket(n: int) -> TicketRequest:
     return TicketRequest(external_id=f"emergencyd:<{n}@pacing.example>", subject=f"Ticket {n}", body="Down.",
                          requester_email="tenant@example.net", requester_name=None)
+
+
+def test_take_now_never_waits_and_says_when_the_next_token_comes():
+    """The runner's pace of first mails asks without blocking (daemon/runner.py)."""
+    pacer = Pacer(per_minute=1, burst=2)       # a token a minute: none comes back within this test
+    assert pacer.seconds_until_token() == 0.0
+    assert [pacer.take_now() for _ in range(3)] == [True, True, False]
+    assert 50.0 < pacer.seconds_until_token() <= 60.0
+
+
+def test_take_now_does_not_jump_a_call_waiting_for_a_token():
+    pacer = Pacer(per_minute=60, burst=1)      # a token each second
+    assert pacer.take_now()
+    takers = Takers(pacer)
+    takers.start(FIRST_CALL, Lane.OTHER)
+    wait_until(lambda: pacer.waiting() == 1, "the call queues for the next token")
+    assert not pacer.take_now()                # the coming token is the waiting call's
+    takers.join()
+    assert takers.served() == [FIRST_CALL]
