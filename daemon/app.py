@@ -38,6 +38,7 @@ from emergencyd.escalation.directory import (
 )
 from emergencyd.escalation.fallback import SmtpRelay
 from emergencyd.escalation.grouping import GroupingSettings
+from emergencyd.escalation.pacing import Pacer
 from emergencyd.escalation.policy import Policy
 from emergencyd.escalation.records import NEW, PENDING, Envelope
 from emergencyd.escalation.retry import RetrySchedule
@@ -120,7 +121,7 @@ class Daemon:
                              poll_interval=config.escalation.poll_interval_seconds,
                              max_in_flight_bytes=config.escalation.max_in_flight_bytes,
                              page_deadline_seconds=config.fallback.after_seconds if config.fallback.enabled else None,
-                             may_escalate=self.leadership.held)
+                             may_escalate=self.leadership.held, first_mails_pace=_first_mails_pace(config))
         self.smtp_handler = IngestHandler(config.smtp, self.ingest, self.metrics)
         tokens = _imap_tokens(config, self.metrics)
         self.imap = ImapIngress(config.imap, self.ingest, self.store, self.metrics, tokens) \
@@ -376,6 +377,13 @@ class Daemon:
         self.store.close()
         self.notifier.close()
         log.info("stopped")
+
+
+def _first_mails_pace(config: Config) -> Pacer | None:
+    per_second = config.escalation.first_mails_per_second_while_mail_arrives
+    if not per_second:
+        return None
+    return Pacer(per_second * 60, burst=config.escalation.first_mails_at_once_while_mail_arrives)
 
 
 def _bound(server: asyncio.Server) -> str:

@@ -123,6 +123,10 @@ class EscalationConfig:
     # a worker still busy with one mail past the timeout is replaced.
     cpu_workers: int = 2
     cpu_timeout_seconds: float = 60.0
+    # While mail is arriving, new senders' mail starts being decided at most this fast, after a burst
+    # of this many (daemon/runner.py); 0: no limit.
+    first_mails_per_second_while_mail_arrives: float = 50.0
+    first_mails_at_once_while_mail_arrives: int = 20
 
 
 @dataclass(frozen=True)

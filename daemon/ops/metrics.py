@@ -99,6 +99,10 @@ class Metrics:
                                "Escalations being worked on now (each holds its parsed message).", registry=r)
         self.in_flight_bytes = Gauge("emergencyd_escalations_in_flight_bytes",
                                      "Raw size of the messages of the escalations in flight.", registry=r)
+        self.first_mails_paced = Counter(
+            "emergencyd_first_mails_paced_total",
+            "New senders' mail whose decision waited for the pace of first mails while mail was arriving"
+            " ([escalation] first_mails_per_second_while_mail_arrives).", registry=r)
         self.oldest_pending_age = Gauge("emergencyd_escalation_oldest_pending_age_seconds",
                                         "Age of the oldest unfinished escalation, 0 when none.", registry=r)
         self.verdicts = Counter("emergencyd_verdicts_total",

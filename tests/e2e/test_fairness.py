@@ -146,6 +146,38 @@ def test_a_storm_over_smtp_is_all_decided_after_it_and_a_new_sender_is_not_held_
     _a_storm_with_a_p1_halfway(start_daemon(policy=True), 240, alert)
 
 
+def _new_tenants_down(daemon, tenants: int) -> dict:
+    """A P1 from each of `tenants` new tenants over one session, as fast as it goes; the settled status."""
+    with smtplib.SMTP("127.0.0.1", daemon.smtp_port, timeout=30) as client:
+        for number in range(tenants):
+            sender = f"ops@tenant-{number}.example"
+            client.sendmail(sender, [RECIPIENT], make_message(
+                subject=f"Checkout {number} is down", sender=sender, message_id=f"<down-{number}@tenant.example>",
+                body="All our production apps return 502 since 02:10."))
+    return daemon.wait_settled(tenants, timeout=60)
+
+
+def test_while_mail_arrives_new_senders_mail_starts_at_its_pace_and_all_of_it_once_mail_stops(start_daemon):
+    """Deciding a new sender's mail costs CPU that every arriving mail's 250 shares: while mail arrives, first
+    mails start at the configured pace after a burst (daemon/runner.py), and none of what waited is forgotten
+    once mail stops arriving. Here the pace is one mail a hundred seconds after two at once, so what waited was
+    decided when intake went quiet, not by the pace."""
+    daemon = start_daemon(policy=True, escalation=(
+        "first_mails_per_second_while_mail_arrives = 0.01\nfirst_mails_at_once_while_mail_arrives = 2\n"))
+    doc = _new_tenants_down(daemon, 20)
+    assert [m["severity"] for m in doc["messages"]] == ["P1"] * 20
+    paced = daemon.metric("emergencyd_first_mails_paced_total")
+    assert 1 <= paced <= 20 - 2, paced
+    paced_lines = [r for r in log_records(daemon.log_text()) if r.get("event", "").startswith("new senders' mail")]
+    assert paced_lines and paced_lines[0]["waiting"] >= 1, paced_lines
+
+
+def test_without_a_pace_every_new_senders_mail_starts_at_once(start_daemon):
+    daemon = start_daemon(policy=True, escalation="first_mails_per_second_while_mail_arrives = 0\n")
+    _new_tenants_down(daemon, 20)
+    assert daemon.metric("emergencyd_first_mails_paced_total") == 0
+
+
 def _bounce(number: int) -> bytes:
     """A delivery report from a mail system of its own, as a mass mailing's bounces come back."""
     host = f"mx{number}.isp{number % 7}.example"
