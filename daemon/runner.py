@@ -11,6 +11,7 @@ import contextvars
 import logging
 import time
 
+from emergencyd.daemon.first_mails import FirstMailLine
 from emergencyd.daemon.ops.metrics import Metrics
 from emergencyd.daemon.store.asynchronous import AsyncStore
 from emergencyd.daemon.store.core import DueWork
@@ -69,10 +70,8 @@ class Runner:
         self._full_look_at = float("-inf")
         self._background: set[int] = set()   # escalations in flight as background work
         self._held_back = False               # background work was left for when intake is quiet
-        # While mail is arriving, new senders' mail starts at this pace (None: at once), and what
-        # waits for it is kept here in arrival order: the runner's looks at new mail pass it by.
-        self._first_mails_pace = first_mails_pace
-        self._paced: list[DueWork] = []
+        # While mail is arriving, new senders' mail starts at this pace (None: at once); what waits, waits here.
+        self._first_mails = FirstMailLine(first_mails_pace, metrics.first_mails_paced) if first_mails_pace else None
         self._failed_rounds = 0
         # Set while this replica holds the escalator lease (daemon/leadership.py); None: always.
         self._may_escalate = may_escalate
@@ -114,7 +113,8 @@ class Runner:
                 pass
         self._full_look_at = float("-inf")
         self._new_after = 0
-        self._paced = []
+        if self._first_mails is not None:
+            self._first_mails.forget()
 
     async def _start_due(self) -> int:
         started = 0
@@ -126,11 +126,9 @@ class Runner:
         # enough that they cannot crowd out the rest.
         limit = DUE_BATCH + len(self._in_flight)
         found = await self._store.due_turns(time.time(), limit, new_after=0 if full_look else self._new_after)
-        taken = self._in_flight.keys() | {work.message_pk for work in self._paced}
-        due = self._paced + [work for work in found if work.message_pk not in taken]
+        due = [work for work in found if work.message_pk not in self._in_flight and not self._in_line(work)]
         # A look at new mail only must not start a storm's later mail before its earlier mail held back.
-        due, held_back, paced = self._while_intake_busy(due, behind_held_back=self._held_back and not full_look)
-        self._note_paced(paced)
+        due, held_back = self._while_intake_busy(due, behind_held_back=self._held_back and not full_look)
         # Held back mail past the mark is found again by full looks, until one finds less than it asked for.
         self._held_back = bool(held_back) or (self._held_back and (not full_look or len(found) >= limit))
         sizes = await self._store.message_sizes([work.message_pk for work in due]) if due else {}
@@ -150,35 +148,28 @@ class Runner:
         return started
 
     def _while_intake_busy(self, due: list[DueWork], *,
-                           behind_held_back: bool) -> tuple[list[DueWork], list[DueWork], list[DueWork]]:
-        """What to start now, the background work held back while mail is arriving, and the new senders'
-        mail that waits for the pace of first mails. Behind mail already held back, background work waits
-        too, so that a full look starts the backlog in its order."""
+                           behind_held_back: bool) -> tuple[list[DueWork], list[DueWork]]:
+        """What to start now, and the background work held back while mail is arriving. Behind mail already
+        held back, background work waits too, so that a full look starts the backlog in its order. New
+        senders' mail starts at its pace meanwhile, the line of it first (daemon/first_mails.py)."""
         if not self._store.intake_busy():
-            return due, [], []
+            return (self._first_mails.release() if self._first_mails is not None else []) + due, []
         room = 0 if behind_held_back else max(BACKGROUND_IN_FLIGHT_DURING_INTAKE - len(self._background), 0)
-        start: list[DueWork] = []
-        held_back: list[DueWork] = []
-        paced: list[DueWork] = []
+        start = self._first_mails.turns_come() if self._first_mails is not None else []
+        held_back = []
         for work in due:
             if work.urgent and work.undecided:
-                # In order: once one waits for the pace, those after it wait too.
-                fits = not paced and (self._first_mails_pace is None or self._first_mails_pace.take_now())
-                (start if fits else paced).append(work)
+                if self._first_mails is None or self._first_mails.admit(work):
+                    start.append(work)
             elif work.urgent or room:
                 room -= not work.urgent
                 start.append(work)
             else:
                 held_back.append(work)
-        return start, held_back, paced
+        return start, held_back
 
-    def _note_paced(self, paced: list[DueWork]) -> None:
-        newly = len({work.message_pk for work in paced} - {work.message_pk for work in self._paced})
-        if newly and not self._paced:
-            log.info("new senders' mail is decided at the pace of first mails while mail arrives",
-                     extra={"waiting": len(paced)})
-        self._metrics.first_mails_paced.inc(newly)
-        self._paced = paced
+    def _in_line(self, work: DueWork) -> bool:
+        return self._first_mails is not None and work.message_pk in self._first_mails
 
     async def _advance(self, pk: int) -> None:
         try:
@@ -236,8 +227,8 @@ class Runner:
             timeout = min(timeout, max(next_due - time.time(), 0.01))
         if self._held_back:       # look again soon: intake may be quiet by then
             timeout = min(timeout, INTAKE_BUSY_SECONDS)
-        if self._paced and self._first_mails_pace is not None:   # again at the next token, or when intake is quiet
-            timeout = min(timeout, INTAKE_BUSY_SECONDS, max(self._first_mails_pace.seconds_until_token(), 0.001))
+        if self._first_mails:     # again at the next token, or when intake is quiet
+            timeout = min(timeout, INTAKE_BUSY_SECONDS, max(self._first_mails.seconds_until_turn(), 0.001))
         try:
             await asyncio.wait_for(self._wake.wait(), timeout)
         except asyncio.TimeoutError:
