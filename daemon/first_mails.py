@@ -22,7 +22,9 @@ log = logging.getLogger("emergencyd.runner")
 
 
 class FirstMailLine:
-    def __init__(self, pace: Pacer, paced_total: Counter):
+    """pace None: no pace ([escalation] first_mails_per_second_while_mail_arrives = 0), every mail starts at once."""
+
+    def __init__(self, pace: Pacer | None, paced_total: Counter):
         self._pace = pace
         self._paced_total = paced_total
         self._line: deque[DueWork] = deque()
@@ -36,7 +38,7 @@ class FirstMailLine:
 
     def admit(self, work: DueWork) -> bool:
         """True: `work` may start now. False: it joins the end of the line; once one waits, those after it do."""
-        if not self._line and self._pace.take_now():
+        if self._pace is None or (not self._line and self._pace.take_now()):
             return True
         if not self._line:
             log.info("new senders' mail is decided at the pace of first mails while mail arrives")
@@ -48,7 +50,7 @@ class FirstMailLine:
     def turns_come(self) -> list[DueWork]:
         """From the front of the line, the mail whose token has come."""
         started = []
-        while self._line and self._pace.take_now():
+        while self._line and self._pace is not None and self._pace.take_now():
             started.append(self._leave())
         return started
 
@@ -66,7 +68,7 @@ class FirstMailLine:
         self._in_line.clear()
 
     def seconds_until_turn(self) -> float:
-        return self._pace.seconds_until_token()
+        return self._pace.seconds_until_token() if self._pace is not None else 0.0
 
     def _leave(self) -> DueWork:
         work = self._line.popleft()

@@ -71,7 +71,7 @@ class Runner:
         self._background: set[int] = set()   # escalations in flight as background work
         self._held_back = False               # background work was left for when intake is quiet
         # While mail is arriving, new senders' mail starts at this pace (None: at once); what waits, waits here.
-        self._first_mails = FirstMailLine(first_mails_pace, metrics.first_mails_paced) if first_mails_pace else None
+        self._first_mails = FirstMailLine(first_mails_pace, metrics.first_mails_paced)
         self._failed_rounds = 0
         # Set while this replica holds the escalator lease (daemon/leadership.py); None: always.
         self._may_escalate = may_escalate
@@ -113,8 +113,7 @@ class Runner:
                 pass
         self._full_look_at = float("-inf")
         self._new_after = 0
-        if self._first_mails is not None:
-            self._first_mails.forget()
+        self._first_mails.forget()
 
     async def _start_due(self) -> int:
         started = 0
@@ -126,7 +125,8 @@ class Runner:
         # enough that they cannot crowd out the rest.
         limit = DUE_BATCH + len(self._in_flight)
         found = await self._store.due_turns(time.time(), limit, new_after=0 if full_look else self._new_after)
-        due = [work for work in found if work.message_pk not in self._in_flight and not self._in_line(work)]
+        due = [work for work in found
+               if work.message_pk not in self._in_flight and work.message_pk not in self._first_mails]
         # A look at new mail only must not start a storm's later mail before its earlier mail held back.
         due, held_back = self._while_intake_busy(due, behind_held_back=self._held_back and not full_look)
         # Held back mail past the mark is found again by full looks, until one finds less than it asked for.
@@ -153,13 +153,13 @@ class Runner:
         held back, background work waits too, so that a full look starts the backlog in its order. New
         senders' mail starts at its pace meanwhile, the line of it first (daemon/first_mails.py)."""
         if not self._store.intake_busy():
-            return (self._first_mails.release() if self._first_mails is not None else []) + due, []
+            return self._first_mails.release() + due, []
         room = 0 if behind_held_back else max(BACKGROUND_IN_FLIGHT_DURING_INTAKE - len(self._background), 0)
-        start = self._first_mails.turns_come() if self._first_mails is not None else []
+        start = self._first_mails.turns_come()
         held_back = []
         for work in due:
             if work.urgent and work.undecided:
-                if self._first_mails is None or self._first_mails.admit(work):
+                if self._first_mails.admit(work):
                     start.append(work)
             elif work.urgent or room:
                 room -= not work.urgent
@@ -167,9 +167,6 @@ class Runner:
             else:
                 held_back.append(work)
         return start, held_back
-
-    def _in_line(self, work: DueWork) -> bool:
-        return self._first_mails is not None and work.message_pk in self._first_mails
 
     async def _advance(self, pk: int) -> None:
         try:
