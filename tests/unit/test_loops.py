@@ -156,3 +156,24 @@ def test_an_untrusted_sender_keeps_todays_behaviour(store):
     loop = "Alert #{}: checkout-api 5xx above threshold"
     kinds = [decide(store, "alerts@a.example", loop.format(1041 + n), n, trusted=False) for n in range(3)]
     assert kinds == [FIRST] * 3       # none folds; the escalator then gives each a ticket of its own
+
+
+def test_the_queries_of_deciding_find_related_mail_through_the_indexes_of_decided_mail(store):
+    """Sender, loop key and group are indexed for decided mail only (store migration 14): every query that
+    looks them up must still be answered from an index, never by reading every escalation."""
+    raw = store._conn._raw
+    statements: list[str] = []
+    raw.set_trace_callback(statements.append)
+    loop = "Alert #{}: checkout-api 5xx above threshold"
+    for n in range(3):
+        decide(store, "alerts@a.example", loop.format(1041 + n), n)
+    decide(store, "ops@c.example", loop.format(1041), 10)
+    [group] = store.groups()
+    store.group(group["group_id"])
+    raw.set_trace_callback(None)
+    lookups = {s for s in statements if s.lstrip().upper().startswith("SELECT")
+               and any(column in s for column in ("sender_key", "loop_key", "group_id"))}
+    assert len(lookups) >= 5      # the sender's recent and latest mail, its loop, the group's members
+    for sql in lookups:
+        plan = [row[3] for row in raw.execute(f"EXPLAIN QUERY PLAN {sql}")]
+        assert not any(step.startswith("SCAN e") for step in plan), (sql, plan)
