@@ -21,6 +21,8 @@ T = TypeVar("T")
 GROUP_COMMIT_MESSAGES = 64
 GROUP_COMMIT_BYTES = 32 * 1024 * 1024
 
+Waiting = tuple[bytes, Envelope, "asyncio.Future[IngestResult]"]   # a mail, and its sender waiting for the commit
+
 
 class AsyncStore:
     """Runs store calls on dedicated threads, so commits never block the event loop.
@@ -36,8 +38,8 @@ class AsyncStore:
         self._ingest_store = ingest_store
         self._thread = StoreThread("store")
         self._ingest_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-ingest")
-        self._to_commit: list[tuple[bytes, Envelope, asyncio.Future]] = []
-        self._committer: asyncio.Task | None = None
+        self._to_commit: list[Waiting] = []
+        self._committing = False               # a group is on the ingest thread; what arrives meanwhile waits
         # The last group commit's failure, until a commit succeeds: a full disk refuses every commit while a
         # no-op write (check_writable) still passes, and /readyz must say so.
         self._commit_failure: tuple[float, str] | None = None
@@ -68,9 +70,8 @@ class AsyncStore:
         self._thread.note_intake()
         committed = asyncio.get_running_loop().create_future()
         self._to_commit.append((raw, envelope, committed))
-        if self._committer is None or self._committer.done():
-            # The ingest thread starts on this mail now, not a turn of the loop later when the task runs.
-            self._committer = asyncio.create_task(self._commit_waiting(self._commit_next()), name="group-commit")
+        if not self._committing:
+            self._commit_next(asyncio.get_running_loop())
         return await committed
 
     def commit_failure(self, within_seconds: float) -> str | None:
@@ -85,35 +86,42 @@ class AsyncStore:
         """Mail is arriving: background work on the store's thread gets only its share (daemon/store/thread.py)."""
         return self._thread.intake_busy()
 
-    def _commit_next(self) -> tuple[list[tuple[bytes, Envelope, asyncio.Future]], asyncio.Future]:
-        """Hand the waiting mail (one group) to the ingest thread."""
+    def _commit_next(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Hand the waiting mail (one group) to the ingest thread, which answers on the loop when it is committed."""
         group = self._take_group()
-        batch = [(raw, envelope) for raw, envelope, _ in group]
-        return group, asyncio.get_running_loop().run_in_executor(
-            self._ingest_executor, self._ingest_store.ingest_batch, batch)
+        self._committing = True
+        self._ingest_executor.submit(self._commit_group, group, loop)
 
-    async def _commit_waiting(self, first: tuple[list[tuple[bytes, Envelope, asyncio.Future]], asyncio.Future]) -> None:
-        """Answer each group's senders, then commit what arrived meanwhile, until none waits."""
-        group, committing = first
-        while True:
-            try:
-                results = await committing
-            except Exception as exc:       # every sender of the group is told to try again (451)
-                error = exc if isinstance(exc, StoreError) else StoreError(f"could not commit message: {exc}")
-                self._commit_failure = (time.monotonic(), str(error))
-                for _, _, committed in group:
-                    if not committed.done():
-                        committed.set_exception(error)
-            else:
-                self._commit_failure = None
-                for (_, _, committed), result in zip(group, results):
-                    if not committed.done():
-                        committed.set_result(result)
-            if not self._to_commit:
-                return
-            group, committing = self._commit_next()
+    def _commit_group(self, group: list[Waiting], loop: asyncio.AbstractEventLoop) -> None:
+        """On the ingest thread: commit, then answer the group in one call on the loop, with nothing between."""
+        outcome: list[IngestResult] | StoreError
+        try:
+            outcome = self._ingest_store.ingest_batch([(raw, envelope) for raw, envelope, _ in group])
+        except Exception as exc:       # every sender of the group is told to try again (451)
+            outcome = exc if isinstance(exc, StoreError) else StoreError(f"could not commit message: {exc}")
+        try:
+            loop.call_soon_threadsafe(self._answer, group, outcome, loop)
+        except RuntimeError:           # the loop is closed: no one waits any more
+            pass
 
-    def _take_group(self) -> list[tuple[bytes, Envelope, asyncio.Future]]:
+    def _answer(self, group: list[Waiting], outcome: list[IngestResult] | StoreError,
+                loop: asyncio.AbstractEventLoop) -> None:
+        """On the loop: each sender of the group gets its answer, and what arrived meanwhile is committed next."""
+        if isinstance(outcome, StoreError):
+            self._commit_failure = (time.monotonic(), str(outcome))
+            for _, _, committed in group:
+                if not committed.done():
+                    committed.set_exception(outcome)
+        else:
+            self._commit_failure = None
+            for (_, _, committed), result in zip(group, outcome):
+                if not committed.done():
+                    committed.set_result(result)
+        self._committing = False
+        if self._to_commit:
+            self._commit_next(loop)
+
+    def _take_group(self) -> list[Waiting]:
         """The waiting mail, oldest first, up to GROUP_COMMIT_MESSAGES and GROUP_COMMIT_BYTES (at least one)."""
         size, count = 0, 0
         for raw, _, _ in self._to_commit:
