@@ -21,6 +21,7 @@ smtp.proxy_trusted_networks, or a missing or malformed header, is dropped withou
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import ssl
@@ -150,8 +151,10 @@ class IngestHandler:
             log.error("store commit failed; answered 451", extra={"peer": stored.peer, "error": str(exc)})
             return "451 4.3.0 Temporary failure storing the message, try again later"
         label = "duplicate" if result.duplicate else "stored"
-        log.info("message %s", label, extra={"message_pk": result.message_pk, "peer": stored.peer,
-                                              "bytes": len(raw)})
+        # Logged once the 250 is out (smtp_DATA pushes it in this same step of the task): the sender's wait
+        # is the commit's, not a log record's making too.
+        server.loop.call_soon(functools.partial(log.info, "message %s", label, extra={
+            "message_pk": result.message_pk, "peer": stored.peer, "bytes": len(raw)}))
         return f"250 2.0.0 OK: queued as {result.message_pk}"
 
 
