@@ -36,8 +36,9 @@ class Connection(Protocol):
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows: ...
 
-    def begin_write(self) -> None:
-        """A transaction that may write; writers anywhere on this database take turns."""
+    def begin_write(self, *, durable: bool = True) -> None:
+        """A transaction that may write; writers anywhere on this database take turns. `durable=False`: its
+        commit need not reach the disk before it returns, only before the next durable commit's does."""
 
     def begin_snapshot(self) -> None:
         """A read-only transaction that sees one moment of the database."""

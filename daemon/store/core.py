@@ -145,8 +145,14 @@ class Store(GroupingQueries, LeaseQueries):
         return self._conn.schema_version()
 
     @contextmanager
-    def _transaction(self, *, rollback: bool = False) -> Iterator[None]:
-        with self._gate.hold(priority=self._priority), _Transaction(self._conn, rollback=rollback):
+    def _transaction(self, *, rollback: bool = False, durable: bool = True) -> Iterator[None]:
+        """A write transaction. `durable=False`: the bookkeeping of a decision or of a step's outcome, which a
+        power loss may undo back to the last durable commit (kill -9 cannot: it is written, not yet fsynced).
+        That is safe because the store's log replays in order, so a later durable commit makes every earlier
+        one durable too, and what survives is an earlier moment of the store, from which escalation goes on
+        as after any crash. Mail is committed durably before its 250, and each external call's attempt
+        (begin_attempt) durably before the call, with everything decided before it."""
+        with self._gate.hold(priority=self._priority), _Transaction(self._conn, rollback=rollback, durable=durable):
             yield
 
     @contextmanager
@@ -232,7 +238,7 @@ class Store(GroupingQueries, LeaseQueries):
         """
         now = time.time()
         state = PENDING if steps else SUPPRESSED
-        with self._transaction():
+        with self._transaction(durable=False):
             self._check_fence()
             updated = self._conn.execute(
                 "UPDATE escalations SET state = ?, subject = ?, sender = ?, verdict = ?, category = ?, severity = ?,"
@@ -277,7 +283,7 @@ class Store(GroupingQueries, LeaseQueries):
 
     def decide_failed(self, pk: int, error: str) -> bool:
         """Count a failed attempt to decide and plan a mail that is still new; True when it is now stuck."""
-        with self._transaction():
+        with self._transaction(durable=False):
             self._conn.execute(
                 "UPDATE escalations SET decide_failures = decide_failures + 1, decide_error = ?, updated_at = ?,"
                 " state = CASE WHEN decide_failures + 1 >= ? THEN ? ELSE state END WHERE message_pk = ? AND state = ?",
@@ -348,7 +354,7 @@ class Store(GroupingQueries, LeaseQueries):
 
     def defer_step(self, pk: int, step: str, until: float) -> None:
         """A step waiting on another one is due no sooner than that one."""
-        with self._transaction():
+        with self._transaction(durable=False):
             self._conn.execute("UPDATE steps SET next_attempt_at = ?, updated_at = ? WHERE message_pk = ? AND name = ?",
                                (until, time.time(), pk, step))
 
@@ -360,7 +366,7 @@ class Store(GroupingQueries, LeaseQueries):
         allowed = {"ticket_id", "incident_url", "paged_at"}
         if not set(escalation) <= allowed:
             raise ValueError(f"unknown escalation fields: {set(escalation) - allowed}")
-        with self._transaction():
+        with self._transaction(durable=False):
             self._conn.execute(
                 "UPDATE steps SET state = ?, result = ?, last_error = NULL, updated_at = ?"
                 " WHERE message_pk = ? AND name = ?", (STEP_DONE, json.dumps(result), now, pk, step))
@@ -374,7 +380,7 @@ class Store(GroupingQueries, LeaseQueries):
         """Record a failure: retried at next_attempt_at, or permanent when that is None."""
         now = time.time()
         state = STEP_PENDING if next_attempt_at is not None else STEP_FAILED
-        with self._transaction():
+        with self._transaction(durable=False):
             self._conn.execute(
                 "UPDATE steps SET state = ?, last_error = ?, next_attempt_at = ?, updated_at = ?"
                 " WHERE message_pk = ? AND name = ?",
@@ -519,12 +525,13 @@ def _verdict(stored: str | None) -> Verdict | None:
 class _Transaction:
     """A write transaction, committed, or rolled back on any error so nothing is half-written."""
 
-    def __init__(self, conn: Connection, *, rollback: bool = False):
+    def __init__(self, conn: Connection, *, rollback: bool = False, durable: bool = True):
         self._conn = conn
         self._rollback = rollback
+        self._durable = durable
 
     def __enter__(self) -> None:
-        self._conn.begin_write()
+        self._conn.begin_write(durable=self._durable)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None and not self._rollback:

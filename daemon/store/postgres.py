@@ -101,8 +101,10 @@ class PostgresConnection:
         finally:
             self._pool.putconn(conn)
 
-    def begin_write(self) -> None:
-        self._begin(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})".encode())
+    def begin_write(self, *, durable: bool = True) -> None:
+        # synchronous_commit off: PostgreSQL's own log is in order too, so the next durable commit flushes it.
+        lazy = "" if durable else "; SET LOCAL synchronous_commit = off"
+        self._begin(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK}){lazy}".encode())
 
     def begin_snapshot(self) -> None:
         self._begin(b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")

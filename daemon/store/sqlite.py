@@ -31,6 +31,7 @@ class SqliteConnection:
 
     def __init__(self, conn: sqlite3.Connection, path: Path, busy_timeout_ms: int):
         self._raw = conn
+        self._durable = True                 # PRAGMA synchronous = FULL, as opened
         self.path = path
         self.name = str(path)
         self._busy_timeout_ms = busy_timeout_ms
@@ -60,7 +61,12 @@ class SqliteConnection:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         return self._raw.execute(sql, params)
 
-    def begin_write(self) -> None:
+    def begin_write(self, *, durable: bool = True) -> None:
+        if durable != self._durable:
+            # WAL with NORMAL: the commit is written to the log without an fsync; the next FULL commit's fsync of
+            # the same log, or a checkpoint's, carries it to the disk.
+            self._raw.execute("PRAGMA synchronous = FULL" if durable else "PRAGMA synchronous = NORMAL")
+            self._durable = durable
         self._raw.execute("BEGIN IMMEDIATE")
 
     def begin_snapshot(self) -> None:

@@ -44,6 +44,31 @@ def test_durability_settings_and_private_file(store):
     assert store.schema_version() == len(MIGRATIONS)
 
 
+def test_mail_and_each_attempt_are_fsynced_and_the_bookkeeping_between_rides_on_the_next_fsync(store):
+    """Which commits wait for the disk (synchronous = FULL) and which only for the log's next fsync (NORMAL):
+    the mail before its 250 and a step's attempt before its call do; a decision and a step's outcome need not,
+    since any later FULL commit carries them to the disk (daemon/store/core.py, Store._transaction)."""
+    modes, committed = {"current": "FULL"}, []
+
+    def watch(sql: str) -> None:
+        if sql.startswith("PRAGMA synchronous = "):
+            modes["current"] = sql.rsplit(" ", 1)[1]
+        elif sql == "BEGIN IMMEDIATE":
+            committed.append(modes["current"])
+    store._conn._raw.set_trace_callback(watch)
+    pk = store.ingest(make_message(subject="All our apps are down"), envelope()).message_pk
+    store.plan(pk, subject="All our apps are down", sender="ops@tenant.example", steps=("ticket",))
+    assert store.begin_attempt(pk, "ticket") == 0
+    store.complete_step(pk, "ticket", {"ticket_id": 7}, ticket_id=7)
+    store.begin_attempt(pk, "ticket")
+    store.fail_step(pk, "ticket", error="timed out", next_attempt_at=0.0)
+    second = store.ingest(make_message(subject="Still down"), envelope()).message_pk
+    store.decide_failed(second, "parser crashed")
+    store.defer_step(pk, "ticket", 0.0)
+    assert committed == ["FULL", "NORMAL", "FULL", "NORMAL", "FULL", "NORMAL", "FULL", "NORMAL", "NORMAL"]
+    assert store.record(pk).ticket_id == 7
+
+
 def test_the_write_ahead_log_is_private_and_a_readable_store_is_tightened(tmp_path, caplog):
     path = tmp_path / "loose" / "store.sqlite3"
     first = open_sqlite(path)
