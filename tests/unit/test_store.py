@@ -22,6 +22,7 @@ from emergencyd.daemon.store.thread import (
 from emergencyd.escalation.records import (
     NEW,
     NULL_REVERSE_PATH_TURN,
+    TICKET,
     dedup_key_of,
     identity_of,
 )
@@ -57,14 +58,14 @@ def test_mail_and_each_attempt_are_fsynced_and_the_bookkeeping_between_rides_on_
             committed.append(modes["current"])
     store._conn._raw.set_trace_callback(watch)
     pk = store.ingest(make_message(subject="All our apps are down"), envelope()).message_pk
-    store.plan(pk, subject="All our apps are down", sender="ops@tenant.example", steps=("ticket",))
-    assert store.begin_attempt(pk, "ticket") == 0
-    store.complete_step(pk, "ticket", {"ticket_id": 7}, ticket_id=7)
-    store.begin_attempt(pk, "ticket")
-    store.fail_step(pk, "ticket", error="timed out", next_attempt_at=0.0)
+    store.plan(pk, subject="All our apps are down", sender="ops@tenant.example", steps=(TICKET,))
+    assert store.begin_attempt(pk, TICKET) == 0
+    store.complete_step(pk, TICKET, {"ticket_id": 7}, ticket_id=7)
+    store.begin_attempt(pk, TICKET)
+    store.fail_step(pk, TICKET, error="timed out", next_attempt_at=0.0)
     second = store.ingest(make_message(subject="Still down"), envelope()).message_pk
     store.decide_failed(second, "parser crashed")
-    store.defer_step(pk, "ticket", 0.0)
+    store.defer_step(pk, TICKET, 0.0)
     assert committed == ["FULL", "NORMAL", "FULL", "NORMAL", "FULL", "NORMAL", "FULL", "NORMAL", "NORMAL"]
     assert store.record(pk).ticket_id == 7
 
