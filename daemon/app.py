@@ -66,7 +66,7 @@ def build_escalator(config: Config, store: AsyncStore, metrics: Metrics) -> Esca
     relay = SmtpRelay(config.fallback, helo_name=config.smtp.hostname) \
         if config.fallback.enabled and not config.dry_run else None
     cpu = CpuPool(classify_context(config.policy, settings), workers=config.escalation.cpu_workers,
-                  timeout_seconds=config.escalation.cpu_timeout_seconds, nice=config.escalation.cpu_workers_nice)
+                  timeout_seconds=config.escalation.cpu_timeout_seconds)
     return Escalator(store, desk, pager, settings, metrics, cpu, relay=relay)
 
 

@@ -44,7 +44,6 @@ from emergencyd.escalation.worker_process import (
     WorkerDied,
     WorkerProcess,
     WorkerTimedOut,
-    worker_command,
 )
 from emergencyd.parsers.auth_results import SenderTrust
 from emergencyd.parsers.message import ParsedMessage, last_resort, parse_message
@@ -69,11 +68,11 @@ class ClassifyContext:
 
 
 class CpuPool:
-    def __init__(self, context: ClassifyContext, *, workers: int, timeout_seconds: float, nice: int = 0,
+    def __init__(self, context: ClassifyContext, *, workers: int, timeout_seconds: float,
                  command: tuple[str, ...] = COMMAND):
         self._workers = workers
         self._timeout = timeout_seconds
-        self._command = worker_command(nice, command)   # nice: below intake's CPU priority (worker_process.py)
+        self._command = command
         self._waiting: list[tuple[int, int, asyncio.Future]] = []   # (priority, order, slot granted)
         self._order = itertools.count()
         self._free_slots = workers

@@ -14,10 +14,6 @@ tenant's, those threads cost each next mail's DATA about 0.3 ms (bench/README.md
 The worker ignores SIGINT and SIGTERM: the daemon stops it (end of its stdin), after the
 drain at shutdown, which may still need it. A worker left running by a daemon killed with
 SIGKILL sees the end of its stdin after its job and exits.
-
-Started with `--nice N`, a worker lowers its own CPU priority first: on a host short of cores, the
-kernel then runs the daemon's intake before a parse whenever both are ready, and the parse gets
-every cycle that intake leaves (bench/README.md, "Workers below intake").
 """
 from __future__ import annotations
 
@@ -31,7 +27,6 @@ from typing import Any, BinaryIO, Callable
 
 FRAME_HEADER_BYTES = 8
 COMMAND = (sys.executable, "-m", "emergencyd.escalation.worker_process")
-NICE_OPTION = "--nice"
 READY = b"ready"
 
 
@@ -235,25 +230,9 @@ def serve(source: BinaryIO, answers: BinaryIO) -> None:
         answers.flush()
 
 
-def worker_command(nice: int, command: tuple[str, ...] = COMMAND) -> tuple[str, ...]:
-    """The command of a worker that runs `nice` steps below the daemon's CPU priority (0: at it)."""
-    return (*command, NICE_OPTION, str(nice)) if nice else command
-
-
-def _lower_priority(argv: list[str]) -> None:
-    if NICE_OPTION not in argv:
-        return
-    steps = int(argv[argv.index(NICE_OPTION) + 1])
-    try:
-        os.nice(steps)
-    except OSError as exc:       # a sandbox that forbids it: the worker still serves, at the daemon's priority
-        print(f"emergencyd worker: could not lower its CPU priority by {steps}: {exc}", file=sys.stderr, flush=True)
-
-
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _lower_priority(sys.argv[1:])
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)    # whatever a library prints goes to the log, never into the answers
     serve(sys.stdin.buffer, answers)

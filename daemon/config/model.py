@@ -123,8 +123,6 @@ class EscalationConfig:
     # a worker still busy with one mail past the timeout is replaced.
     cpu_workers: int = 2
     cpu_timeout_seconds: float = 60.0
-    # The workers run this many nice steps below the daemon: intake goes first when both want a core.
-    cpu_workers_nice: int = 10
     # While mail is arriving, new senders' mail starts being decided at most this fast, after a burst
     # of this many (daemon/runner.py); 0: no limit.
     first_mails_per_second_while_mail_arrives: float = 50.0

@@ -88,14 +88,12 @@ class ConfigReader:
             raise ConfigError(f"{key}: expected true or false, got {value!r}")
         return value
 
-    def integer(self, key: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
+    def integer(self, key: str, default: int, *, minimum: int) -> int:
         value = self._get(key, default)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         if value < minimum:
             raise ConfigError(f"{key}: must be at least {minimum}, got {value}")
-        if maximum is not None and value > maximum:
-            raise ConfigError(f"{key}: must be at most {maximum}, got {value}")
         return value
 
     def number(self, key: str, default: float, *, minimum: float) -> float:

@@ -175,7 +175,6 @@ def read_escalation(r: ConfigReader) -> EscalationConfig:
         shutdown_deadline_seconds=r.number("escalation.shutdown_deadline_seconds", 20.0, minimum=0.1),
         cpu_workers=r.integer("escalation.cpu_workers", 2, minimum=1),
         cpu_timeout_seconds=r.number("escalation.cpu_timeout_seconds", 60.0, minimum=1.0),
-        cpu_workers_nice=r.integer("escalation.cpu_workers_nice", 10, minimum=0, maximum=19),
         first_mails_per_second_while_mail_arrives=r.number(
             "escalation.first_mails_per_second_while_mail_arrives", 50.0, minimum=0.0),
         first_mails_at_once_while_mail_arrives=r.integer(

@@ -155,19 +155,6 @@ async def test_when_no_worker_process_can_start_the_work_runs_on_threads(command
         workers.close()
 
 
-@pytest.mark.parametrize("steps", [0, 7])
-async def test_workers_run_the_configured_steps_below_the_daemons_cpu_priority(steps):
-    workers = pool(nice=steps)
-    try:
-        await workers.warm()
-        [pid] = workers.worker_pids()
-        assert os.getpriority(os.PRIO_PROCESS, pid) == min(os.nice(0) + steps, 19)
-        assert await workers._run(Priority.DECIDE, os.nice, (0,)) == min(os.nice(0) + steps, 19)   # the job's own
-        assert os.nice(0) == os.getpriority(os.PRIO_PROCESS, 0)      # the daemon's own is left as it was
-    finally:
-        workers.close()
-
-
 async def test_a_jobs_own_exception_reaches_the_caller_and_the_worker_serves_on(cpu):
     await cpu.warm()
     [worker] = cpu.worker_pids()
