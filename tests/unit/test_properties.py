@@ -24,6 +24,8 @@ import os
 import quopri
 from dataclasses import replace
 from datetime import datetime, timezone
+from email import policy
+from email.parser import BytesHeaderParser
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -94,6 +96,7 @@ from emergencyd.parsers.text import (
     html_to_text,
     single_line,
 )
+from tests.harness import make_message
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = load_config(ROOT / "config.toml", environ={})
@@ -829,6 +832,48 @@ def test_the_look_for_thread_fields_before_parsing_changes_no_answer(raw: bytes)
     expected = tuple(dict.fromkeys(i for name in ("in-reply-to", "references")
                                    for i in (identity._safely(identity.message_ids_in, values.get(name)) or ())))
     assert thread_ids_of(raw) == expected
+
+
+HEADER_LINES = st.one_of(
+    st.tuples(st.sampled_from(["From", "Message-ID", "message-id", "X-A.b_c", "Return-Path", "To", "N\x7e", "!"]),
+              st.sampled_from([":", ": ", ":\t", " :", ":  "]),
+              st.text(st.characters(codec="latin-1", exclude_characters="\r\n"), max_size=30))
+    .map(lambda parts: "".join(parts)),
+    st.sampled_from([" folded", "\tfolded", " ", "\t", ":no name", "From someone", "From: a@b", "no colon",
+                     "Na me: space in the name", "", "\x00: nul", "X:\x80\xff", "Subject: =?utf-8?q?caf=C3=A9?="]),
+)
+
+
+def compat32_first_values(block: bytes) -> dict[str, str]:
+    """What _first_values gave before its plain path: the stdlib's parser, field by field."""
+    values: dict[str, str] = {}
+    for name, value in BytesHeaderParser(policy=policy.compat32).parsebytes(block).raw_items():
+        values.setdefault(name.strip().lower(), value)
+    return values
+
+
+@bounded_settings(4 * EXAMPLES)
+@given(lines=st.lists(HEADER_LINES, min_size=1, max_size=8),
+       endings=st.lists(st.sampled_from(["\r\n"] * 6 + ["\n", "\r"]), min_size=8, max_size=8))
+def test_a_plain_header_block_reads_as_the_stdlib_parser_reads_it(lines: list[str], endings: list[str]) -> None:
+    """The store's read of the header block skips the stdlib's parser for a plain block (parsers/identity.py):
+    same values, for every block it takes; any other block is left to the parser."""
+    block = "".join(line + ending for line, ending in zip(lines, endings))[:-len(endings[len(lines) - 1])]
+    raw = block.encode("latin-1")
+    plain = identity._plain_first_values(raw)
+    if plain is not None:
+        assert plain == compat32_first_values(raw)
+    mail = raw + b"\r\n\r\nbody\r\n"
+    data = identity.skip_preamble(mail)     # as _first_values reads it
+    end = identity.header_block_end(data)
+    assert identity._first_values(mail) == compat32_first_values(data if end is None else data[:end])
+
+
+def test_the_plain_read_takes_ordinary_mail() -> None:
+    block = make_message(subject="URGENT: all our apps are down", sender="noc@tenant.example",
+                         extra_headers="Received: from mx.tenant.example\r\n\tby mx.ours.example\r\n"
+                         ).split(b"\r\n\r\n")[0]
+    assert identity._plain_first_values(block) == compat32_first_values(block) != {}
 
 
 @bounded_settings(EXAMPLES)
