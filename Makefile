@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config.toml
 
-.PHONY: run test lint setup system-packages bench bench-classify bench-postfix bench-storm-loop bench-decide bench-imap bench-imap-burst bench-startup bench-replicas soak corpus-check corpus-check-strangers fuzz clean
+.PHONY: run test lint setup system-packages bench bench-classify bench-commit bench-postfix bench-storm-loop bench-decide bench-imap bench-imap-burst bench-startup bench-replicas soak corpus-check corpus-check-strangers fuzz clean
 
 run: setup
 	$(BIN)/emergencyd run --config $(CONFIG)
@@ -38,6 +38,10 @@ bench-classify: setup
 	$(BIN)/python bench/classify.py
 
 # Against a throwaway Postfix (needs the postfix package and root), 6 KB mails, 8 connections and 1.
+# A mail's commit: the store's ingest against a bare SQLite INSERT and a file with fsyncs; seconds.
+bench-commit: setup
+	$(BIN)/python bench/ingest_commit.py
+
 bench-postfix: setup system-packages
 	$(BIN)/python bench/smtp_ingest.py --postfix --body-kb 6 --connections 8 1 --messages 1000 --no-live
 
