@@ -11,6 +11,7 @@ from __future__ import annotations
 import psycopg
 
 from emergencyd.daemon.store.errors import StoreError
+from emergencyd.daemon.store.migrations import DECIDED_MAIL_INDEXES
 
 # pg_advisory_xact_lock's key for migrating: any fixed number that nothing else in the database uses.
 SCHEMA_LOCK = 0x656D6572   # "emer"
@@ -125,14 +126,7 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE escalations ADD COLUMN retried_at DOUBLE PRECISION
     """,
     # 4: the SQLite store's migration 14: the indexes of what a decision sets hold decided mail only.
-    """
-    DROP INDEX escalations_sender;
-    CREATE INDEX escalations_sender ON escalations(sender_key, created_at) WHERE sender_key IS NOT NULL;
-    DROP INDEX escalations_sender_loop;
-    CREATE INDEX escalations_sender_loop ON escalations(sender_key, loop_key) WHERE sender_key IS NOT NULL;
-    DROP INDEX escalations_group;
-    CREATE INDEX escalations_group ON escalations(group_id) WHERE group_id IS NOT NULL
-    """,
+    DECIDED_MAIL_INDEXES,
 )
 
 
