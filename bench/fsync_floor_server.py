@@ -44,13 +44,14 @@ class FsyncHandler:
             raw = raw.encode("utf-8", "surrogateescape")
         number = next(self._numbers)
         try:
-            await asyncio.to_thread(self._write, number, raw)
+            await asyncio.to_thread(self.write, number, raw)
         except OSError as exc:
             return f"451 4.3.0 Could not store the message: {exc.strerror}"
         self.stored += 1
         return f"250 2.0.0 OK: queued as {number}"
 
-    def _write(self, number: int, raw: bytes) -> None:
+    def write(self, number: int, raw: bytes) -> None:
+        """The message in a file of its own, fsynced, and its name too."""
         path = self.directory / f"{number:08d}.eml"
         with open(path, "xb") as f:
             f.write(raw)

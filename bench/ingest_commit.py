@@ -7,15 +7,15 @@ The 250 of a one-session SMTP client waits for this commit, on the ingest thread
 measure, not a tmpfs), taking turns mail by mail so that the disk's moods fall on all three alike:
 1. the store: Store.ingest_batch() of one mail (SHA-256, the header read, two INSERTs, one WAL fsync);
 2. bare SQLite: one INSERT of the bytes into a one-column table, WAL, synchronous=FULL, the same fsync;
-3. a file: written, fsynced, and its directory fsynced (bench/fsync_floor_server.py's way).
+3. a file: written, fsynced, and its directory fsynced (bench/fsync_floor_server.py's own write).
 Also counted: the pages each commit of the store writes to its WAL, over the first mails (without a
 checkpoint in between). Figures only: nothing is asserted.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
-import os
 import sqlite3
 import sys
 import tempfile
@@ -27,19 +27,15 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.fsync_floor_server import FsyncHandler  # noqa: E402
 from bench.ingest_mail import mail_for  # noqa: E402
 from bench.smtp_ingest import percentile  # noqa: E402
 from emergencyd.daemon.store.sqlite import open_sqlite  # noqa: E402
-from emergencyd.escalation.records import Envelope  # noqa: E402
+from tests.harness import smtp_envelope as envelope  # noqa: E402
 
 WARM_UP = 300
 PAGES_COUNTED = 60
 WAL_FRAME_HEADER = 24
-
-
-def envelope() -> Envelope:
-    return Envelope(source="smtp", mail_from="noc@tenant.example", rcpt_to=("emergency@example.org",),
-                    peer="127.0.0.1:40000", helo="mx.tenant.example", tls=False, received_at=time.time())
 
 
 def store_commit(directory: Path) -> tuple[Callable[[bytes], None], list[float]]:
@@ -80,18 +76,8 @@ def bare_sqlite(directory: Path) -> Callable[[bytes], None]:
 def file_with_fsyncs(directory: Path) -> Callable[[bytes], None]:
     spool = directory / "spool"
     spool.mkdir()
-    directory_fd = os.open(spool, os.O_RDONLY | os.O_DIRECTORY)
-    names = iter(range(10**9))
-
-    def commit(raw: bytes) -> None:
-        fd = os.open(spool / f"{next(names)}.eml", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, raw)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.fsync(directory_fd)
-    return commit
+    floor, numbers = FsyncHandler(spool), itertools.count(1)
+    return lambda raw: floor.write(next(numbers), raw)
 
 
 def main() -> None:

@@ -180,9 +180,9 @@ def _first_values(raw: bytes) -> dict[str, str]:
 # characters but the colon, the colon, the rest of its line, and any folded lines after it. A block that is
 # such fields alone, one after another, is plain. A name cannot hold a space, so an mbox "From " line is not
 # plain, nor a line that is neither a field nor folding, nor folding before any field: the parser reads those.
-_FIELD = r"[\x21-\x39\x3b-\x7e]+:[^\r\n]*(?:\r\n[ \t][^\r\n]*)*"
-_PLAIN_BLOCK = re.compile(rf"{_FIELD}(?:\r\n{_FIELD})*")
-_PLAIN_FIELD = re.compile(r"^([\x21-\x39\x3b-\x7e]+):([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)", re.MULTILINE)
+_NAME, _VALUE = r"[\x21-\x39\x3b-\x7e]+", r"[^\r\n]*(?:\r\n[ \t][^\r\n]*)*"
+_PLAIN_BLOCK = re.compile(rf"{_NAME}:{_VALUE}(?:\r\n{_NAME}:{_VALUE})*")
+_PLAIN_FIELD = re.compile(rf"^({_NAME}):({_VALUE})", re.MULTILINE)
 
 
 def _plain_first_values(block: bytes) -> dict[str, str] | None:
